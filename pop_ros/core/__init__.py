@@ -1,0 +1,33 @@
+"""POP math on tensors (no ROS, no transformers, no file I/O)."""
+
+from pop_ros.core.fusion import (
+    AGGREGATIONS,
+    SHOT_COMBINATIONS,
+    SIMILARITY_MODES,
+    click_to_patch,
+    combine_shots,
+    fuse,
+    gaussian_smooth,
+    peak_cell,
+    peak_score,
+    peak_to_pixel,
+    text_prior,
+    visual_similarity,
+    visual_similarity_batch,
+)
+
+__all__ = [
+    "AGGREGATIONS",
+    "SHOT_COMBINATIONS",
+    "SIMILARITY_MODES",
+    "click_to_patch",
+    "combine_shots",
+    "fuse",
+    "gaussian_smooth",
+    "peak_cell",
+    "peak_score",
+    "peak_to_pixel",
+    "text_prior",
+    "visual_similarity",
+    "visual_similarity_batch",
+]
