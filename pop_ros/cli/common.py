@@ -1,0 +1,67 @@
+"""What the command-line tools share: model flags, logging, one-line errors, --json output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+
+
+class CliError(Exception):
+    """Bad input to a command: printed as one line, exit status 2."""
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, visual: bool = True) -> None:
+    from pop_ros.models.presets import DEFAULT_PRESET, PRESETS
+
+    group = parser.add_argument_group("model")
+    group.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS), help=f"default {DEFAULT_PRESET}")
+    group.add_argument("--mllm", help="override the preset's MLLM (hub id or local folder)")
+    if visual:
+        group.add_argument("--visual", help="override the preset's visual encoder (hub id or local folder)")
+        group.add_argument("--heads-file", help="YAML head file from pop-find-heads")
+        group.add_argument("--resolution", type=int, help="longer image side for the visual encoder, pixels")
+    group.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    group.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    group.add_argument("--prompt", help="prompt template containing {query}")
+    group.add_argument(
+        "--trust-remote-code", action="store_true", help="allow model code from the hub to run (off by default)"
+    )
+
+
+def model_overrides(args) -> dict:
+    names = {
+        "mllm": "mllm",
+        "visual": "visual",
+        "heads_file": "heads_file",
+        "resolution": "resolution",
+        "device": "device",
+        "dtype": "dtype",
+        "prompt": "prompt_template",
+    }
+    overrides = {field: getattr(args, arg) for arg, field in names.items() if getattr(args, arg, None) is not None}
+    if getattr(args, "trust_remote_code", False):
+        overrides["trust_remote_code"] = True
+    return overrides
+
+
+def run_cli(work: Callable[[], dict], json_output: bool) -> int:
+    """Run `work`; print its result (JSON or key: value lines); bad input -> one line on stderr, exit 2."""
+    from pop_ros.models.loading import ModelLoadError
+    from pop_ros.pipeline import PointerError
+    from pop_ros.supports import SupportError
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        result = work()
+    except (CliError, ModelLoadError, PointerError, SupportError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if json_output:
+        print(json.dumps(result, indent=2))
+    else:
+        for key, value in result.items():
+            print(f"{key}: {value}")
+    return 0

@@ -1,0 +1,106 @@
+"""pop-find-heads: find an MLLM's localization heads on (image, referring expression) pairs.
+
+Data: a JSONL file, one `{"image": "path", "expression": "the red mug"}` per line (paths relative
+to the file), or a folder of images each with a same-named `.txt` holding its expression.
+Writes a YAML head file that `heads_file` (node parameter, preset) or the default location
+`config/heads/<model id>.yaml` makes the pipeline use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import pathlib
+import sys
+
+from pop_ros.cli.common import CliError, add_model_arguments, run_cli
+from pop_ros.supports import SupportError, read_rgb
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+
+
+def read_pairs(data: pathlib.Path) -> list[tuple[pathlib.Path, str]]:
+    """(image path, expression) pairs from a JSONL file or a folder of image + .txt files."""
+    pairs = []
+    if data.is_file():
+        for number, line in enumerate(data.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                image, expression = record["image"], record["expression"]
+            except (json.JSONDecodeError, KeyError, TypeError) as error:
+                raise CliError(f'{data}:{number}: expected {{"image": ..., "expression": ...}} ({error})') from error
+            pairs.append(((data.parent / image).resolve(), str(expression)))
+    elif data.is_dir():
+        for image in sorted(p for p in data.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+            text = image.with_suffix(".txt")
+            if text.is_file() and text.read_text().strip():
+                pairs.append((image, text.read_text().strip()))
+    else:
+        raise CliError(f"data {data} is neither a JSONL file nor a folder")
+    if not pairs:
+        raise CliError(f"no (image, expression) pairs found in {data}")
+    return pairs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pop-find-heads", description=__doc__.split("\n")[0])
+    parser.add_argument("--data", required=True, type=pathlib.Path, help="JSONL file or folder of image + .txt pairs")
+    parser.add_argument("--out", type=pathlib.Path, help="head file to write (default: config/heads/<model>.yaml)")
+    parser.add_argument("-k", type=int, default=3, help="number of heads to keep (default 3)")
+    parser.add_argument("--votes-per-sample", type=int, default=10, help="heads each sample votes for (default 10)")
+    parser.add_argument("--limit", type=int, help="use at most this many pairs")
+    add_model_arguments(parser, visual=False)
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    args = parser.parse_args(argv)
+    return run_cli(lambda: _run(args), json_output=args.json)
+
+
+def _run(args) -> dict:
+    from tqdm import tqdm
+
+    from pop_ros.models.heads import sample_votes, save_head_file, select_heads
+    from pop_ros.models.loading import load_mllm
+    from pop_ros.models.presets import default_head_file, get_preset
+
+    if args.k < 1 or args.votes_per_sample < 1:
+        raise CliError("-k and --votes-per-sample must be >= 1")
+    config = get_preset(args.preset).replace(
+        **{k: v for k, v in {"mllm": args.mllm, "device": args.device, "dtype": args.dtype}.items() if v}
+    )
+    pairs = read_pairs(args.data)[: args.limit] if args.limit else read_pairs(args.data)
+    adapter = load_mllm(
+        config.mllm,
+        device=config.device,
+        dtype=config.dtype,
+        prompt_template=args.prompt or config.prompt_template,
+        trust_remote_code=args.trust_remote_code,
+    )
+    votes, skipped = [], []
+    for image_path, expression in tqdm(pairs, desc="finding heads", unit="sample"):
+        try:
+            image = read_rgb(image_path)
+        except SupportError as error:
+            skipped.append(str(error))
+            continue
+        votes.append(sample_votes(adapter.all_head_maps(image, expression), votes_per_sample=args.votes_per_sample))
+    if not votes:
+        raise CliError(f"no readable sample; first problem: {skipped[0]}")
+    selection = select_heads(votes, k=args.k)
+    out = args.out or default_head_file(config.mllm)
+    save_head_file(out, config.mllm, selection, source=str(args.data))
+    for problem in skipped:
+        logging.getLogger("pop-find-heads").warning("skipped: %s", problem)
+    return {
+        "model": config.mllm,
+        "heads": [list(h) for h in selection.heads],
+        "samples": selection.num_samples,
+        "skipped": len(skipped),
+        "head_file": str(out),
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""pop-point: point at a part in an image file, from a query and example clicks.
+
+pop-point --target scene.png --query "handle of the mug" --support ex.png:120,88 --json
+pop-point --target scene.png --library config/supports/library.yaml --support-set mug_handle
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+from pop_ros.cli.common import CliError, add_model_arguments, model_overrides, run_cli
+
+
+def parse_support(text: str) -> tuple[pathlib.Path, tuple[float, float]]:
+    """`IMG:U,V` -> (path, (u, v)); the last ':' separates, so paths may contain ':'."""
+    path, sep, click = text.rpartition(":")
+    try:
+        u_text, v_text = click.split(",")
+        if not sep or not path:
+            raise ValueError
+        return pathlib.Path(path), (float(u_text), float(v_text))
+    except ValueError as error:
+        raise CliError(f"--support {text!r}: expected IMAGE:U,V (pixels), e.g. mug.png:120,88") from error
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pop-point", description=__doc__.split("\n")[0])
+    parser.add_argument("--target", required=True, type=pathlib.Path, help="image to point in")
+    parser.add_argument("--query", default="", help="the part, in words (default: the support set's query)")
+    parser.add_argument("--support", action="append", default=[], help="IMAGE:U,V exemplar click (repeatable)")
+    parser.add_argument("--support-set", help="a set name from --library")
+    parser.add_argument("--library", type=pathlib.Path, help="support library YAML")
+    parser.add_argument("--shots", type=int, help="use at most this many supports (K)")
+    parser.add_argument("--save-heatmap", type=pathlib.Path, help="write the overlay PNG here")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_model_arguments(parser)
+    args = parser.parse_args(argv)
+    return run_cli(lambda: _run(args), json_output=args.json)
+
+
+def _run(args) -> dict:
+    import cv2
+
+    from pop_ros.pipeline import PartPointer
+    from pop_ros.supports import SupportLibrary, read_rgb, validate_click
+    from pop_ros.visualize import overlay
+
+    if args.support and args.support_set:
+        raise CliError("use --support or --support-set, not both")
+    if args.support_set and not args.library:
+        raise CliError("--support-set needs --library")
+    target = read_rgb(args.target)
+    supports = []
+    for text in args.support:
+        path, click = parse_support(text)
+        image = read_rgb(path)
+        supports.append((image, validate_click(list(click), image)))  # before the slow model load
+    library = SupportLibrary.load(args.library) if args.library else None
+    if library is not None:
+        for problem in library.errors:
+            print(f"warning: {problem}", file=sys.stderr)
+    if args.save_heatmap is not None and not args.save_heatmap.parent.is_dir():
+        raise CliError(f"--save-heatmap folder {args.save_heatmap.parent} does not exist")
+    pointer = PartPointer.from_preset(args.preset, library=library, **model_overrides(args))
+    result = pointer.point(
+        target, args.query, support_set=args.support_set, supports=supports or None, shots=args.shots
+    )
+    output = result.as_dict()
+    output["preset"] = args.preset
+    output["random_weights"] = pointer.model_config.random_weights
+    if args.save_heatmap is not None:
+        if not cv2.imwrite(str(args.save_heatmap), overlay(target, result.heatmap, (result.u, result.v))):
+            raise CliError(f"could not write {args.save_heatmap}")
+        output["heatmap_png"] = str(args.save_heatmap)
+    return output
+
+
+if __name__ == "__main__":
+    sys.exit(main())

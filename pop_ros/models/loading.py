@@ -1,0 +1,155 @@
+"""Loading the MLLM and the visual encoder from a hub id or a local folder, with one clear error.
+
+The code users run is the code the tests run: `tiny:<family>` names a tiny random checkpoint that is
+first saved to a folder (see `tiny.py`) and then loaded through the same `from_pretrained` calls.
+`HF_HUB_OFFLINE` is respected by transformers itself; `trust_remote_code` stays off unless the
+operator sets it (it executes code from the hub).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import torch
+
+from pop_ros.models.mllm import DEFAULT_PROMPT, MLLMAdapter, adapter_for
+from pop_ros.models.visual import VisualEncoder
+
+LOG = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DINOV2_FALLBACK = "facebook/dinov2-with-registers-base"
+VISUAL_MODEL_TYPES = ("dinov3_vit", "dinov2", "dinov2_with_registers")
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message names the model, the cause and the way out."""
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} was asked for but CUDA is not available (torch {torch.__version__})")
+    return resolved
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"dtype must be auto or one of {sorted(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def _local_or_hub(spec: str) -> str:
+    """A `tiny:<kind>` spec becomes its saved folder; a path must exist; anything else is a hub id."""
+    if spec.startswith("tiny:"):
+        from pop_ros.models.tiny import ensure_tiny_checkpoint
+
+        return str(ensure_tiny_checkpoint(spec.split(":", 1)[1]))
+    looks_like_path = spec.startswith(("/", "./", "../", "~")) or os.sep + os.sep in spec
+    if looks_like_path:
+        path = os.path.expanduser(spec)
+        if not os.path.isdir(path):
+            raise ModelLoadError(f"model folder {spec!r} does not exist or is not a folder")
+        return path
+    return spec
+
+
+def _explain(spec: str, error: Exception, role: str) -> ModelLoadError:
+    text = f"{type(error).__name__}: {error}"
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+    gated = "gated" in text.lower() or "GatedRepo" in text or "401" in text or "403" in text
+    if gated:
+        way_out = (
+            "it is gated on the Hugging Face hub: log in (`hf auth login`) and accept its licence on the model page"
+            + (f", or use the ungated DINOv2 fallback `{DINOV2_FALLBACK}`" if role == "visual" else "")
+            + ", or set a local folder that holds it"
+        )
+    elif offline or "connect" in text.lower() or "offline" in text.lower() or "cache" in text.lower():
+        way_out = (
+            "it is not in the local cache and the hub is unreachable"
+            + (" (HF_HUB_OFFLINE is set)" if offline else "")
+            + f": download it on a connected machine (`hf download {spec}`) and copy the cache"
+            ", or set a local folder that holds it"
+            + (f", or use the DINOv2 fallback `{DINOV2_FALLBACK}`" if role == "visual" else "")
+            + ", or use the `tiny` preset (random weights, plumbing only)"
+        )
+    elif "trust_remote_code" in text:
+        way_out = "its code lives on the hub; set trust_remote_code: true only if you trust that repository"
+    else:
+        way_out = "check the id or folder"
+    return ModelLoadError(f"could not load {role} model {spec!r}: {way_out}. Cause: {text.splitlines()[0][:300]}")
+
+
+def load_mllm(
+    spec: str,
+    device: str = "auto",
+    dtype: str = "auto",
+    prompt_template: str = DEFAULT_PROMPT,
+    trust_remote_code: bool = False,
+) -> MLLMAdapter:
+    """The text-prior adapter for the MLLM at `spec` (hub id, folder, or `tiny:<family>`)."""
+    from transformers import AutoModelForImageTextToText
+
+    from pop_ros.models.processors import load_processor
+
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    source = _local_or_hub(spec)
+    started = time.perf_counter()
+    try:
+        processor = load_processor(source, trust_remote_code=trust_remote_code)
+        model = AutoModelForImageTextToText.from_pretrained(
+            source, dtype=torch_dtype, trust_remote_code=trust_remote_code, attn_implementation="sdpa"
+        )
+    except ModelLoadError:
+        raise
+    except Exception as error:  # noqa: BLE001 - every loading failure becomes one clear message
+        raise _explain(spec, error, "MLLM") from error
+    model.to(torch_device)
+    adapter = adapter_for(model, processor, prompt_template=prompt_template)
+    LOG.info(
+        "loaded MLLM %s (%s, %d layers x %d heads) on %s/%s in %.1f s",
+        spec,
+        adapter.family,
+        adapter.num_layers,
+        adapter.num_heads,
+        torch_device,
+        torch_dtype,
+        time.perf_counter() - started,
+    )
+    return adapter
+
+
+def load_visual(spec: str, device: str = "auto", dtype: str = "auto", resolution: int = 448) -> VisualEncoder:
+    """The DINO patch-feature encoder at `spec` (hub id, folder, or `tiny:dinov3`)."""
+    from transformers import AutoModel
+
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    source = _local_or_hub(spec)
+    started = time.perf_counter()
+    try:
+        model = AutoModel.from_pretrained(source, dtype=torch_dtype)
+    except Exception as error:  # noqa: BLE001
+        raise _explain(spec, error, "visual") from error
+    if model.config.model_type not in VISUAL_MODEL_TYPES:
+        raise ModelLoadError(
+            f"visual model {spec!r} is a {model.config.model_type!r}; pop_ros needs one of {VISUAL_MODEL_TYPES}"
+        )
+    encoder = VisualEncoder(model.to(torch_device), resolution=resolution)
+    LOG.info(
+        "loaded visual model %s (%s, patch %d) on %s/%s in %.1f s",
+        spec,
+        model.config.model_type,
+        encoder.patch,
+        torch_device,
+        torch_dtype,
+        time.perf_counter() - started,
+    )
+    return encoder

@@ -1,0 +1,336 @@
+"""Localization-head attention from frozen multimodal LLMs: one adapter per family.
+
+Each adapter turns (RGB image, query) into the model's own inputs through its processor and chat
+template, then returns the attention of the **last prompt token** over the **image tokens**, for a
+list of (layer, head), as maps on the model's image-token grid `(N, H_l, W_l)`.
+
+Two paths, tested equal:
+- fast (default): a registered attention function (`pop_capture`) sees each chosen layer's query and
+  key *after* the model's own RoPE and q/k norms, computes softmax(q_last k^T * scaling) for the
+  chosen heads only, hands the layer to sdpa as usual, and stops the forward right after the deepest
+  chosen layer: no later layers, no vocabulary logits, no S x S attention matrices. Works for every
+  family whose attention goes through transformers' AttentionInterface.
+- eager: `output_attentions=True` with eager attention, the reference (and the baseline the
+  benchmark compares against).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+LOG = logging.getLogger(__name__)
+
+CAPTURE_IMPLEMENTATION = "pop_capture"
+DEFAULT_PROMPT = "Point to the {query}."
+
+
+class _StopForward(Exception):
+    """Raised after the deepest chosen layer: nothing after it is needed."""
+
+
+@dataclasses.dataclass
+class _CaptureState:
+    heads: torch.Tensor  # (n,) query-head indices to keep
+    stop: bool  # stop the forward after this layer
+    result: torch.Tensor | None = None  # (n, S) last-token attention over all tokens
+
+
+def _capture_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """sdpa attention that also records the last query token's attention for chosen heads.
+
+    query `(B, H, S, D)` and key `(B, H_kv, S, D)` arrive after RoPE, as the model computed them.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    state: _CaptureState | None = getattr(module, "_pop_capture", None)
+    if state is not None:
+        num_heads, num_kv_heads = query.shape[1], key.shape[1]
+        heads = state.heads.to(query.device)
+        kv_heads = heads // (num_heads // num_kv_heads)  # GQA: query head h reads kv head h // group
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        q_last = query[0, heads, -1:, :].float()  # (n, 1, D)
+        keys = key[0, kv_heads].float()  # (n, S, D)
+        logits = (q_last @ keys.transpose(-1, -2))[:, 0, :] * scale  # (n, S)
+        if attention_mask is not None:
+            last_row = (
+                attention_mask[0, 0, -1, : logits.shape[-1]] if attention_mask.dim() == 4 else attention_mask[0, -1]
+            )
+            if last_row.dtype == torch.bool:
+                logits = logits.masked_fill(~last_row, float("-inf"))
+            else:
+                logits = logits + last_row.float()
+        state.result = torch.softmax(logits, dim=-1)
+        if state.stop:
+            raise _StopForward
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+
+
+_REGISTERED = False
+
+
+def _register_capture() -> None:
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(CAPTURE_IMPLEMENTATION, _capture_attention)
+    AttentionMaskInterface.register(CAPTURE_IMPLEMENTATION, sdpa_mask)
+    _REGISTERED = True
+
+
+@dataclasses.dataclass
+class PromptInputs:
+    """Model inputs of one (image, query) and where its image tokens are."""
+
+    model_inputs: dict  # what the processor returned, on the model's device
+    image_positions: torch.Tensor  # (H_l * W_l,) sequence positions of the grid's tokens, row-major
+    grid: tuple[int, int]  # (H_l, W_l)
+
+
+class MLLMAdapter:
+    """Base class: everything but the family's image-token layout."""
+
+    family = "base"
+
+    def __init__(self, model, processor, prompt_template: str = DEFAULT_PROMPT):
+        if "{query}" not in prompt_template:
+            raise ValueError(f"prompt_template must contain '{{query}}', got {prompt_template!r}")
+        _register_capture()
+        self.model = model.eval()
+        self.processor = processor
+        self.prompt_template = prompt_template
+        text_config = model.config.get_text_config()
+        self.num_layers = int(text_config.num_hidden_layers)
+        self.num_heads = int(text_config.num_attention_heads)
+        self._lock = threading.Lock()  # the capture state lives on the modules: one forward at a time
+        self._set_text_attention(CAPTURE_IMPLEMENTATION)
+
+    # ---- family-specific -------------------------------------------------------------------
+    def _processor_kwargs(self) -> dict:
+        return {}
+
+    def _locate_image_tokens(self, inputs: dict) -> tuple[torch.Tensor, tuple[int, int]]:
+        raise NotImplementedError
+
+    # ---- shared ----------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def decoder_layers(self) -> Sequence[torch.nn.Module]:
+        language_model = self.model.model.language_model
+        return language_model.layers
+
+    def _set_text_attention(self, implementation: str) -> None:
+        sub_configs = getattr(self.model.config, "sub_configs", {}) or {}
+        if "text_config" in sub_configs:
+            self.model.set_attn_implementation({"text_config": implementation})
+        else:
+            self.model.set_attn_implementation(implementation)
+
+    def prompt(self, query: str) -> str:
+        messages = [
+            {
+                "role": "user",
+                "content": [{"type": "image"}, {"type": "text", "text": self.prompt_template.format(query=query)}],
+            }
+        ]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def prepare(self, image_rgb: np.ndarray, query: str) -> PromptInputs:
+        """Run the processor on one RGB uint8 image `(H, W, 3)` and a query."""
+        from PIL import Image
+
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError("query must be a non-empty string")
+        image = Image.fromarray(np.ascontiguousarray(image_rgb))
+        inputs = self.processor(
+            images=[image], text=[self.prompt(query)], return_tensors="pt", **self._processor_kwargs()
+        )
+        dtype = next(self.model.parameters()).dtype
+        moved = {}
+        for name, value in inputs.items():
+            if isinstance(value, torch.Tensor):
+                value = value.to(self.device)
+                if value.is_floating_point():
+                    value = value.to(dtype)
+            moved[name] = value
+        positions, grid = self._locate_image_tokens(moved)
+        if positions.numel() != grid[0] * grid[1]:
+            raise RuntimeError(
+                f"{self.family}: found {positions.numel()} image tokens for a {grid[0]}x{grid[1]} grid; "
+                "the processor's token layout is not the one this adapter knows"
+            )
+        return PromptInputs(moved, positions, grid)
+
+    def _heads_tensor(self, heads: Sequence[Sequence[int]]) -> dict[int, list[int]]:
+        by_layer: dict[int, list[int]] = {}
+        for layer, head in heads:
+            if not (0 <= int(layer) < self.num_layers and 0 <= int(head) < self.num_heads):
+                raise ValueError(
+                    f"head ({layer}, {head}) is outside this model's {self.num_layers} layers x {self.num_heads} heads"
+                )
+            by_layer.setdefault(int(layer), []).append(int(head))
+        if not by_layer:
+            raise ValueError("at least one (layer, head) is needed")
+        return by_layer
+
+    @contextlib.contextmanager
+    def _armed(self, by_layer: dict[int, list[int]], stop_early: bool):
+        layers = self.decoder_layers()
+        deepest = max(by_layer)
+        states = {}
+        try:
+            for layer_index, heads in by_layer.items():
+                state = _CaptureState(heads=torch.tensor(heads), stop=stop_early and layer_index == deepest)
+                layers[layer_index].self_attn._pop_capture = state
+                states[layer_index] = state
+            yield states
+        finally:
+            for layer_index in by_layer:
+                layers[layer_index].self_attn.__dict__.pop("_pop_capture", None)
+
+    @torch.inference_mode()
+    def head_maps(
+        self,
+        image_rgb: np.ndarray,
+        query: str,
+        heads: Sequence[Sequence[int]],
+        prepared: PromptInputs | None = None,
+    ) -> torch.Tensor:
+        """Fast path: `(N, H_l, W_l)` float32 attention maps of the given heads, in the given order."""
+        prepared = prepared or self.prepare(image_rgb, query)
+        by_layer = self._heads_tensor(heads)
+        with self._lock, self._armed(by_layer, stop_early=True) as states:
+            try:
+                self._forward(prepared.model_inputs)
+            except _StopForward:
+                pass
+            rows = {layer: state.result for layer, state in states.items()}
+        if any(row is None for row in rows.values()):
+            raise RuntimeError(
+                f"{self.family}: the capture attention was not called; is the text attention sdpa-based?"
+            )
+        maps = []
+        for layer, head in heads:
+            row = rows[int(layer)][by_layer[int(layer)].index(int(head))]
+            maps.append(row[prepared.image_positions])
+        return torch.stack(maps).reshape(len(maps), *prepared.grid).float()
+
+    @torch.inference_mode()
+    def all_head_maps(self, image_rgb: np.ndarray, query: str, layers: Sequence[int] | None = None) -> torch.Tensor:
+        """`(L, H, H_l, W_l)` maps of every head of `layers` (default all), by the fast path."""
+        layers = list(range(self.num_layers)) if layers is None else [int(x) for x in layers]
+        heads = [(layer, head) for layer in layers for head in range(self.num_heads)]
+        maps = self.head_maps(image_rgb, query, heads)
+        return maps.reshape(len(layers), self.num_heads, *maps.shape[-2:])
+
+    @torch.inference_mode()
+    def head_maps_eager(
+        self, image_rgb: np.ndarray, query: str, heads: Sequence[Sequence[int]], prepared: PromptInputs | None = None
+    ) -> torch.Tensor:
+        """Reference path: eager attention with `output_attentions=True`, full forward."""
+        prepared = prepared or self.prepare(image_rgb, query)
+        self._heads_tensor(heads)
+        with self._lock:
+            self._set_text_attention("eager")
+            try:
+                outputs = self._forward(prepared.model_inputs, output_attentions=True)
+            finally:
+                self._set_text_attention(CAPTURE_IMPLEMENTATION)
+        maps = [outputs.attentions[int(layer)][0, int(head), -1][prepared.image_positions] for layer, head in heads]
+        return torch.stack(maps).reshape(len(maps), *prepared.grid).float()
+
+    def _forward(self, model_inputs: dict, **kwargs):
+        # logits_to_keep=1: never the full-vocabulary logits of every position.
+        return self.model(**model_inputs, use_cache=False, logits_to_keep=1, **kwargs)
+
+    @torch.inference_mode()
+    def generate_text(self, image_rgb: np.ndarray, prompt_text: str, max_new_tokens: int = 32) -> str:
+        """The model's own answer to a free prompt (native pointing baseline)."""
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt_text}]}]
+        from PIL import Image
+
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        inputs = self.processor(
+            images=[Image.fromarray(np.ascontiguousarray(image_rgb))],
+            text=[text],
+            return_tensors="pt",
+            **self._processor_kwargs(),
+        )
+        inputs = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+        with self._lock:
+            output = self.model.generate(
+                **inputs, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False
+            )
+        return self.processor.tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+class QwenVLAdapter(MLLMAdapter):
+    """Qwen2-VL / Qwen2.5-VL / Qwen3-VL: image tokens between vision_start and vision_end; one token
+    per 2x2 merged patch: grid = (grid_h / merge, grid_w / merge) of `image_grid_thw`."""
+
+    family = "qwen_vl"
+
+    def _locate_image_tokens(self, inputs):
+        input_ids = inputs["input_ids"][0]
+        positions = torch.nonzero(input_ids == self.model.config.image_token_id).flatten()
+        _, grid_h, grid_w = (int(x) for x in inputs["image_grid_thw"][0])
+        merge = int(getattr(self.model.config.vision_config, "spatial_merge_size", 2))
+        return positions, (grid_h // merge, grid_w // merge)
+
+
+class InternVLAdapter(MLLMAdapter):
+    """InternVL (HF format): `<img>` + image_seq_length `<IMG_CONTEXT>` + `</img>` per tile. We run
+    one tile, the whole image resized to the vision size ([ours]: no dynamic tiling), so the tokens
+    form one square grid over the whole image (pixel-shuffle keeps row-major order)."""
+
+    family = "internvl"
+
+    def _processor_kwargs(self):
+        return {"crop_to_patches": False}
+
+    def _locate_image_tokens(self, inputs):
+        input_ids = inputs["input_ids"][0]
+        positions = torch.nonzero(input_ids == self.model.config.image_token_id).flatten()
+        side = int(round(positions.numel() ** 0.5))
+        return positions, (side, side)
+
+
+class Molmo2Adapter(MLLMAdapter):
+    """Molmo2: a low-res view (whole image squashed to the crop size) then a high-res view (the
+    tiled canvas over the whole image), each as rows of `<im_patch>` tokens, 2x2 pooled. We read the
+    high-res view ([ours]: the finer grid), `image_grids = [low_h, low_w, high_h, high_w]`."""
+
+    family = "molmo2"
+
+    def _locate_image_tokens(self, inputs):
+        input_ids = inputs["input_ids"][0]
+        positions = torch.nonzero(input_ids == self.model.config.image_patch_id).flatten()
+        low_h, low_w, high_h, high_w = (int(x) for x in inputs["image_grids"][0])
+        return positions[low_h * low_w :], (high_h, high_w)
+
+
+ADAPTERS = {
+    "qwen2_vl": QwenVLAdapter,
+    "qwen2_5_vl": QwenVLAdapter,
+    "qwen3_vl": QwenVLAdapter,
+    "internvl": InternVLAdapter,
+    "molmo2": Molmo2Adapter,
+}
+
+
+def adapter_for(model, processor, prompt_template: str = DEFAULT_PROMPT) -> MLLMAdapter:
+    model_type = model.config.model_type
+    if model_type not in ADAPTERS:
+        raise ValueError(f"no pop_ros adapter for model type {model_type!r}; supported: {sorted(ADAPTERS)}")
+    return ADAPTERS[model_type](model, processor, prompt_template=prompt_template)

@@ -1,0 +1,63 @@
+"""Named model configurations: which MLLM, which visual encoder, which heads, which precision.
+
+`tiny*` presets are small random models for tests and offline demos: their points are meaningless.
+The others name hub checkpoints; they are what the README recommends on a robot GPU. A preset's
+fields can be overridden one by one (the node's parameters and the CLI flags do that).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+from pop_ros.models.mllm import DEFAULT_PROMPT
+from pop_ros.paths import config_dir
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    mllm: str  # hub id, local folder, or tiny:<family>
+    visual: str  # hub id, local folder, or tiny:dinov3
+    heads_file: str = ""  # YAML from pop-find-heads; empty = config/heads/<mllm id>.yaml if present
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16
+    resolution: int = 448  # longer side of the image given to the visual encoder, pixels
+    prompt_template: str = DEFAULT_PROMPT
+    trust_remote_code: bool = False
+    random_weights: bool = False  # tiny presets: say loudly that points are meaningless
+
+    def replace(self, **changes) -> ModelConfig:
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"unknown model settings {sorted(unknown)}")
+        return dataclasses.replace(self, **changes)
+
+
+_TINY = {"visual": "tiny:dinov3", "device": "cpu", "dtype": "float32", "resolution": 224, "random_weights": True}
+
+PRESETS: dict[str, ModelConfig] = {
+    "tiny": ModelConfig(mllm="tiny:qwen2_5_vl", **_TINY),
+    "tiny-molmo2": ModelConfig(mllm="tiny:molmo2", **_TINY),
+    "tiny-internvl": ModelConfig(mllm="tiny:internvl", **_TINY),
+    "qwen2.5-vl-3b": ModelConfig(mllm="Qwen/Qwen2.5-VL-3B-Instruct", visual="facebook/dinov3-vitb16-pretrain-lvd1689m"),
+    "qwen2.5-vl-7b": ModelConfig(mllm="Qwen/Qwen2.5-VL-7B-Instruct", visual="facebook/dinov3-vitl16-pretrain-lvd1689m"),
+    "molmo2-8b": ModelConfig(mllm="allenai/Molmo2-8B", visual="facebook/dinov3-vitl16-pretrain-lvd1689m"),
+    "internvl3-8b": ModelConfig(mllm="OpenGVLab/InternVL3-8B-hf", visual="facebook/dinov3-vitl16-pretrain-lvd1689m"),
+    # DINOv3 is gated on the hub; DINOv2 with registers is not.
+    "qwen2.5-vl-7b-dinov2": ModelConfig(
+        mllm="Qwen/Qwen2.5-VL-7B-Instruct", visual="facebook/dinov2-with-registers-large"
+    ),
+}
+DEFAULT_PRESET = "qwen2.5-vl-7b"
+
+
+def get_preset(name: str) -> ModelConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def default_head_file(mllm: str) -> pathlib.Path:
+    from pop_ros.models.heads import head_file_name
+
+    return config_dir() / "heads" / head_file_name(mllm)

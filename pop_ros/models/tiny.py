@@ -1,0 +1,281 @@
+"""Tiny randomly initialised models, saved as real checkpoints, for tests and offline demos.
+
+No model hub is reachable from CI or many robots' build machines, so the `tiny` preset builds each
+family from a config with a fixed seed and writes it with `save_pretrained` (model, tokenizer,
+image processor, chat template) into a folder. Everything downstream then loads it through the
+same `from_pretrained` code that loads the real checkpoints. Random weights prove plumbing, shapes
+and geometry; the points they give are meaningless.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+
+import torch
+
+LOG = logging.getLogger(__name__)
+
+# Bump when the tiny configs change so stale cached folders are rebuilt.
+TINY_VERSION = 2
+FAMILIES = ("qwen2_5_vl", "molmo2", "internvl")
+
+_WORDS = (
+    "point to the handle of mug neck bottle lid cup a an in image where is part . , : ? ! "
+    "user assistant system you are helpful answer with json point_2d label x y"
+).split()
+
+# A chat template with the real models' layout: system/user turns, the image placeholder, the text.
+_CHAT_TEMPLATES = {
+    "qwen2_5_vl": (
+        "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+        "{% for item in message['content'] %}"
+        "{% if item['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+        "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    ),
+    "internvl": (
+        "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+        "{% for item in message['content'] %}"
+        "{% if item['type'] == 'image' %}<IMG_CONTEXT>\n"
+        "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    ),
+    "molmo2": (
+        "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+        "{% for item in message['content'] %}"
+        "{% if item['type'] == 'image' %}<|image|>"
+        "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    ),
+}
+
+_SPECIAL_TOKENS = {
+    "qwen2_5_vl": [
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|vision_start|>",
+        "<|vision_end|>",
+        "<|image_pad|>",
+        "<|video_pad|>",
+    ],
+    "internvl": ["<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>"],
+    "molmo2": [
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|endoftext|>",
+        "<|image|>",
+        "<|video|>",
+        "<im_patch>",
+        "<im_col>",
+        "<im_start>",
+        "<low_res_im_start>",
+        "<frame_start>",
+        "<im_end>",
+        "<frame_end>",
+        "<im_low>",
+    ],
+}
+
+
+def _tokenizer(family: str):
+    """A word-level fast tokenizer holding the family's special tokens (ids are small)."""
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[UNK]": 0, "[PAD]": 1}
+    for token in _SPECIAL_TOKENS[family] + list(_WORDS):
+        vocab.setdefault(token, len(vocab))
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    # Special tokens are matched whole before pre-tokenisation, as in the real tokenizers.
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in _SPECIAL_TOKENS[family]])
+    extra = {}
+    if family == "qwen2_5_vl":
+        extra = {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"}
+    elif family == "internvl":
+        extra = {
+            "start_image_token": "<img>",
+            "end_image_token": "</img>",
+            "context_image_token": "<IMG_CONTEXT>",
+            "video_token": "<video>",
+        }
+    elif family == "molmo2":
+        extra = {"image_token": "<|image|>", "video_token": "<|video|>"}
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        eos_token="<|im_end|>",
+        bos_token="<|endoftext|>" if family == "molmo2" else None,
+        extra_special_tokens=extra,
+    )
+    return tokenizer
+
+
+def _text_dims(num_layers: int) -> dict:
+    return {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 4096,
+        "bos_token_id": None,
+        "eos_token_id": None,
+    }
+
+
+def _build(family: str, num_layers: int):
+    """(model, processor) of a tiny random `family` model."""
+    from pop_ros.models.processors import build_processor, molmo2_image_processor
+
+    tokenizer = _tokenizer(family)
+    vocab_size = 128  # > the tiny vocabulary
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in _SPECIAL_TOKENS[family]}
+    if family == "qwen2_5_vl":
+        from transformers import (
+            Qwen2_5_VLConfig,
+            Qwen2_5_VLForConditionalGeneration,
+            Qwen2_5_VLProcessor,
+            Qwen2VLImageProcessorPil,
+        )
+
+        text = {
+            **_text_dims(num_layers),
+            "vocab_size": vocab_size,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+        }
+        vision = {
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "out_hidden_size": 64,
+            "fullatt_block_indexes": [1],
+            "window_size": 112,
+        }
+        config = Qwen2_5_VLConfig(
+            text_config=text,
+            vision_config=vision,
+            image_token_id=ids["<|image_pad|>"],
+            video_token_id=ids["<|video_pad|>"],
+            vision_start_token_id=ids["<|vision_start|>"],
+            vision_end_token_id=ids["<|vision_end|>"],
+        )
+        model = Qwen2_5_VLForConditionalGeneration(config)
+        # Small images keep the tiny model fast: at most 448 x 448 px (256 LLM tokens).
+        image_processor = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=448 * 448)
+        return model, build_processor(Qwen2_5_VLProcessor, image_processor, tokenizer, _CHAT_TEMPLATES[family])
+    if family == "internvl":
+        from transformers import (
+            GotOcr2ImageProcessorPil,
+            InternVLConfig,
+            InternVLForConditionalGeneration,
+            InternVLProcessor,
+        )
+
+        text = {**_text_dims(num_layers), "vocab_size": vocab_size, "model_type": "qwen2"}
+        vision = {
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "image_size": [224, 224],
+            "patch_size": [14, 14],
+        }
+        config = InternVLConfig(
+            text_config=text, vision_config=vision, image_token_id=ids["<IMG_CONTEXT>"], image_seq_length=64
+        )
+        model = InternVLForConditionalGeneration(config)
+        image_processor = GotOcr2ImageProcessorPil(size={"height": 224, "width": 224}, crop_to_patches=False)
+        return model, build_processor(
+            InternVLProcessor, image_processor, tokenizer, _CHAT_TEMPLATES[family], image_seq_length=64
+        )
+    if family == "molmo2":
+        from transformers import Molmo2Config, Molmo2ForConditionalGeneration, Molmo2Processor
+
+        text = {**_text_dims(num_layers), "vocab_size": vocab_size, "additional_vocab_size": 0, "head_dim": 16}
+        vision = {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "head_dim": 16,
+            "image_size": [112, 112],
+            "patch_size": 14,
+        }
+        adapter = {
+            "hidden_size": 32,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "head_dim": 16,
+            "intermediate_size": 64,
+            "text_hidden_size": 64,
+            "vision_feature_layer": [-1, -2],
+        }
+        config = Molmo2Config(
+            text_config=text,
+            vision_config=vision,
+            adapter_config=adapter,
+            image_start_token_id=ids["<im_start>"],
+            low_res_image_start_token_id=ids["<low_res_im_start>"],
+            image_end_token_id=ids["<im_end>"],
+            image_patch_id=ids["<im_patch>"],
+            frame_start_token_id=ids["<frame_start>"],
+            frame_end_token_id=ids["<frame_end>"],
+        )
+        model = Molmo2ForConditionalGeneration(config)
+        image_processor = molmo2_image_processor(
+            size={"height": 112, "width": 112}, max_crops=4, overlap_margins=[1, 1]
+        )
+        return model, build_processor(Molmo2Processor, image_processor, tokenizer, _CHAT_TEMPLATES[family])
+    raise ValueError(f"unknown tiny family {family!r}; choose one of {FAMILIES}")
+
+
+def build_tiny_visual():
+    """A tiny random DINOv3 ViT (patch 16, 4 register tokens like the real checkpoints)."""
+    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+
+    config = DINOv3ViTConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        patch_size=16,
+        num_register_tokens=4,
+        image_size=224,
+    )
+    return DINOv3ViTModel(config)
+
+
+def default_cache_dir() -> pathlib.Path:
+    root = os.environ.get("POP_ROS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "pop_ros")
+    return pathlib.Path(root)
+
+
+def ensure_tiny_checkpoint(
+    kind: str, num_layers: int = 6, seed: int = 0, root: pathlib.Path | None = None
+) -> pathlib.Path:
+    """Folder of a saved tiny checkpoint (`kind` = a family name or "dinov3"); built once, then reused."""
+    from pop_ros.models.processors import save_processor_parts
+
+    root = pathlib.Path(root) if root is not None else default_cache_dir()
+    folder = root / f"tiny-v{TINY_VERSION}" / f"{kind}-l{num_layers}-s{seed}"
+    marker = folder / "pop_ros_tiny.json"
+    if marker.exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    if kind == "dinov3":
+        build_tiny_visual().save_pretrained(folder)
+    else:
+        model, processor = _build(kind, num_layers)
+        model.save_pretrained(folder)
+        save_processor_parts(processor, folder)
+    marker.write_text(json.dumps({"kind": kind, "num_layers": num_layers, "seed": seed, "random_weights": True}))
+    LOG.info("built tiny random %s checkpoint in %s", kind, folder)
+    return folder

@@ -1,0 +1,353 @@
+"""PartPointer: image + query + support set -> point, score, heatmap, timings.
+
+The one place the POP pipeline is assembled; the node, the CLI, the evaluation and the benchmarks
+all call it. Like segment-anything's predictor, the expensive support features are computed once
+per support set (per exemplar image, keyed by content) and reused by every query.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import pathlib
+import threading
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pop_ros import core
+from pop_ros.models.heads import fallback_heads, load_head_file
+from pop_ros.models.loading import load_mllm, load_visual
+from pop_ros.models.presets import ModelConfig, default_head_file, get_preset
+from pop_ros.models.visual import VisualFeatures
+from pop_ros.supports import SupportError, SupportLibrary, validate_click, validate_image
+
+LOG = logging.getLogger(__name__)
+
+RETRIEVALS = ("cls", "first")
+HEAD_SETS = ("selected", "all")
+RANDOM_WEIGHTS_BANNER = (
+    "RANDOM WEIGHTS: the '{name}' models are tiny and randomly initialised; every point they give is "
+    "meaningless. Use a real preset (see README) for real pointing."
+)
+
+
+class PointerError(ValueError):
+    """A query that cannot be answered; the message says why (bad input, unknown set, no memory)."""
+
+
+@dataclasses.dataclass
+class PointerSettings:
+    similarity: str = "bidirectional"  # bidirectional | forward | backward (paper's ablation)
+    aggregation: str = "sum"  # sum | mean | max over the heads' smoothed maps
+    head_set: str = "selected"  # selected: calibrated heads (or the fallback); all: every head
+    sigma: float = 1.0  # Gaussian smoothing of each head map, in LLM-token units
+    shots: str = "mean"  # mean | product: how K visual maps combine
+    upsample: int = 2  # the fused map is upsampled this many times before the argmax
+    max_shots: int = 3  # K: at most this many exemplars of a set are used per query
+    retrieval: str = "cls"  # cls: the K exemplars closest to the target by DINO [CLS]; first: in order
+    use_text: bool = True  # False = visual-only ablation
+
+    def validate(self) -> PointerSettings:
+        checks = [
+            (self.similarity in core.SIMILARITY_MODES, f"similarity must be one of {core.SIMILARITY_MODES}"),
+            (self.aggregation in core.AGGREGATIONS, f"aggregation must be one of {core.AGGREGATIONS}"),
+            (self.head_set in HEAD_SETS, f"head_set must be one of {HEAD_SETS}"),
+            (self.shots in core.SHOT_COMBINATIONS, f"shots must be one of {core.SHOT_COMBINATIONS}"),
+            (self.retrieval in RETRIEVALS, f"retrieval must be one of {RETRIEVALS}"),
+            (self.sigma >= 0, "sigma must be >= 0"),
+            (int(self.upsample) == self.upsample and self.upsample >= 1, "upsample must be an integer >= 1"),
+            (int(self.max_shots) == self.max_shots and self.max_shots >= 1, "max_shots must be an integer >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"{message}; got {dataclasses.asdict(self)}")
+        return self
+
+
+@dataclasses.dataclass
+class PointResult:
+    u: float  # pixel column of the point
+    v: float  # pixel row of the point
+    score: float  # see core.peak_score
+    heatmap: np.ndarray  # (H, W) float32 in [0, 1], the fused map at image size
+    timings_ms: dict[str, float]
+    query: str
+    support_set: str
+    num_shots: int
+    used_text: bool
+
+    def as_dict(self) -> dict:
+        return {
+            "u": self.u,
+            "v": self.v,
+            "score": self.score,
+            "query": self.query,
+            "support_set": self.support_set,
+            "num_shots": self.num_shots,
+            "used_text": self.used_text,
+            "timings_ms": self.timings_ms,
+            "image_size": list(self.heatmap.shape),
+        }
+
+
+class _Timer:
+    def __init__(self, synchronize: bool):
+        self.timings: dict[str, float] = {}
+        self._synchronize = synchronize
+        self._start = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        if self._synchronize:
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        self.timings[name] = self.timings.get(name, 0.0) + (now - self._start) * 1000.0
+        self._start = now
+
+
+class PartPointer:
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        settings: PointerSettings | None = None,
+        library: SupportLibrary | None = None,
+        feature_cache_dir: str | pathlib.Path | None = None,
+        name: str = "custom",
+    ):
+        self.model_config = model_config
+        self.settings = (settings or PointerSettings()).validate()
+        self.library = library or SupportLibrary()
+        self.name = name
+        self.load_timings_s: dict[str, float] = {}
+        if model_config.random_weights:
+            LOG.warning(RANDOM_WEIGHTS_BANNER.format(name=name))
+        started = time.perf_counter()
+        self.visual = load_visual(
+            model_config.visual,
+            device=model_config.device,
+            dtype=model_config.dtype,
+            resolution=model_config.resolution,
+        )
+        self.load_timings_s["visual"] = time.perf_counter() - started
+        started = time.perf_counter()
+        self.mllm = load_mllm(
+            model_config.mllm,
+            device=model_config.device,
+            dtype=model_config.dtype,
+            prompt_template=model_config.prompt_template,
+            trust_remote_code=model_config.trust_remote_code,
+        )
+        self.load_timings_s["mllm"] = time.perf_counter() - started
+        self.calibrated_heads, self.heads_source = self._resolve_heads()
+        self._feature_cache: dict[str, VisualFeatures] = {}
+        self._feature_cache_dir = pathlib.Path(feature_cache_dir) if feature_cache_dir else None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_preset(
+        cls,
+        preset: str,
+        settings: PointerSettings | None = None,
+        library: SupportLibrary | None = None,
+        feature_cache_dir: str | pathlib.Path | None = None,
+        **overrides,
+    ) -> PartPointer:
+        config = get_preset(preset).replace(**{k: v for k, v in overrides.items() if v is not None})
+        return cls(config, settings, library, feature_cache_dir, name=preset)
+
+    # ---- heads ---------------------------------------------------------------------------------
+    def _resolve_heads(self) -> tuple[list[tuple[int, int]] | None, str]:
+        layers, heads = self.mllm.num_layers, self.mllm.num_heads
+        explicit = self.model_config.heads_file
+        path = pathlib.Path(explicit) if explicit else default_head_file(self.model_config.mllm)
+        if explicit or path.is_file():
+            selected = load_head_file(path, layers, heads)
+            LOG.info("localization heads of %s from %s: %s", self.model_config.mllm, path, selected)
+            return selected, str(path)
+        LOG.warning(
+            "no calibrated localization heads for %s (looked for %s): using the mean over all heads of layers "
+            "%d-%d as the text prior until `pop-find-heads` has been run for this model",
+            self.model_config.mllm,
+            path,
+            layers // 3,
+            max(layers // 3 + 1, 2 * layers // 3) - 1,
+        )
+        return None, "fallback"
+
+    def text_heads(self) -> tuple[list[tuple[int, int]], str]:
+        """(heads, aggregation) the text prior uses under the current settings."""
+        if self.settings.head_set == "all":
+            heads = [(layer, head) for layer in range(self.mllm.num_layers) for head in range(self.mllm.num_heads)]
+            return heads, self.settings.aggregation
+        if self.calibrated_heads is None:
+            return fallback_heads(self.mllm.num_layers, self.mllm.num_heads), "mean"
+        return self.calibrated_heads, self.settings.aggregation
+
+    # ---- supports ------------------------------------------------------------------------------
+    def _cache_key(self, image: np.ndarray) -> str:
+        digest = hashlib.sha256()
+        config = self.model_config
+        digest.update(f"{config.visual}|{config.resolution}|{config.dtype}|{image.shape}".encode())
+        digest.update(np.ascontiguousarray(image).data)
+        return digest.hexdigest()
+
+    def support_features(self, images: Sequence[np.ndarray]) -> list[VisualFeatures]:
+        """Features of support images: from memory, then the disk cache, else one batched forward."""
+        keys = [self._cache_key(image) for image in images]
+        missing = []
+        for index, key in enumerate(keys):
+            if key in self._feature_cache:
+                continue
+            cached = self._load_cached(key)
+            if cached is not None:
+                self._feature_cache[key] = cached
+            else:
+                missing.append(index)
+        if missing:
+            computed = self.visual.encode([images[i] for i in missing])
+            for index, features in zip(missing, computed, strict=True):
+                self._feature_cache[keys[index]] = features
+                self._store_cached(keys[index], features)
+        return [self._feature_cache[key] for key in keys]
+
+    def _load_cached(self, key: str) -> VisualFeatures | None:
+        if self._feature_cache_dir is None:
+            return None
+        path = self._feature_cache_dir / f"{key}.pt"
+        if not path.is_file():
+            return None
+        try:
+            data = torch.load(path, map_location=self.visual.device, weights_only=True)
+            return VisualFeatures(data["grid"], data["cls"], tuple(data["image_size"]))
+        except Exception as error:  # noqa: BLE001 - a corrupt cache entry is recomputed, not fatal
+            LOG.warning("ignoring unreadable feature cache entry %s: %s", path, error)
+            return None
+
+    def _store_cached(self, key: str, features: VisualFeatures) -> None:
+        if self._feature_cache_dir is None:
+            return
+        self._feature_cache_dir.mkdir(parents=True, exist_ok=True)
+        temporary = self._feature_cache_dir / f"{key}.pt.tmp"
+        torch.save(
+            {"grid": features.grid.cpu(), "cls": features.cls.cpu(), "image_size": list(features.image_size)}, temporary
+        )
+        temporary.replace(self._feature_cache_dir / f"{key}.pt")  # atomic: no half-written entries
+
+    def warm_support_set(self, name: str) -> int:
+        """Compute (or load) the features of every exemplar of a set; returns how many."""
+        support_set = self.library.get(name)
+        return len(self.support_features([exemplar.image for exemplar in support_set.exemplars]))
+
+    # ---- the query -----------------------------------------------------------------------------
+    def point(
+        self,
+        image_rgb: np.ndarray,
+        query: str = "",
+        support_set: str | None = None,
+        supports: Sequence[tuple[np.ndarray, tuple[float, float]]] | None = None,
+        shots: int | None = None,
+    ) -> PointResult:
+        """Point at `query` in `image_rgb` ((H, W, 3) uint8 RGB) guided by a named support set or by
+        explicit (image, (u, v)) supports; `shots` caps K (default `settings.max_shots`)."""
+        try:
+            validate_image(image_rgb)
+        except SupportError as error:
+            raise PointerError(f"target {error}") from error
+        if support_set and supports:
+            raise PointerError("give a support set name or explicit supports, not both")
+        query = (query or "").strip()
+        examples: list[tuple[np.ndarray, tuple[float, float]]] = []
+        set_name = ""
+        if support_set:
+            try:
+                chosen = self.library.get(support_set)
+            except SupportError as error:
+                raise PointerError(str(error)) from error
+            set_name = chosen.name
+            query = query or chosen.query
+            examples = [(exemplar.image, exemplar.click) for exemplar in chosen.exemplars]
+        elif supports:
+            for image, click in supports:
+                try:
+                    validate_image(image)
+                    examples.append((image, validate_click(list(click), image)))
+                except SupportError as error:
+                    raise PointerError(f"support {len(examples)}: {error}") from error
+        if self.settings.use_text and not query:
+            raise PointerError("the query is empty and the support set has no default query")
+        if not self.settings.use_text and not examples:
+            raise PointerError("visual-only pointing (use_text false) needs at least one support")
+        max_shots = self.settings.max_shots if shots is None else int(shots)
+        if max_shots < 1:
+            raise PointerError(f"shots must be >= 1, got {shots}")
+        with self._lock:
+            try:
+                return self._point(image_rgb, query, set_name, examples, max_shots)
+            except torch.OutOfMemoryError as error:
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                raise PointerError(
+                    "out of GPU memory during the query; lower `resolution`, use fewer shots or a smaller preset"
+                ) from error
+
+    @torch.inference_mode()
+    def _point(self, image_rgb, query, set_name, examples, max_shots) -> PointResult:
+        timer = _Timer(synchronize=self.visual.device.type == "cuda")
+        height, width = image_rgb.shape[:2]
+        target = self.visual.encode_one(image_rgb)
+        timer.lap("visual_target")
+
+        visual_maps = None
+        if examples:
+            features = self.support_features([image for image, _ in examples])
+            order = list(range(len(examples)))
+            if self.settings.retrieval == "cls" and len(examples) > max_shots:
+                support_cls = torch.stack([f.cls for f in features])
+                similarity = F.cosine_similarity(support_cls, target.cls[None], dim=-1)
+                order = torch.argsort(similarity, descending=True, stable=True).tolist()
+            chosen = order[:max_shots]
+            grids = [features[i].grid for i in chosen]
+            rcs = [
+                core.click_to_patch(examples[i][1], examples[i][0].shape[:2], grids[n].shape[:2])
+                for n, i in enumerate(chosen)
+            ]
+            timer.lap("supports")
+            visual_maps = core.visual_similarity_batch(grids, target.grid, rcs, mode=self.settings.similarity)
+            timer.lap("similarity")
+
+        prior = None
+        if self.settings.use_text:
+            heads, aggregation = self.text_heads()
+            head_maps = self.mllm.head_maps(image_rgb, query, heads)
+            prior = core.text_prior(
+                head_maps.to(target.grid.device), sigma=self.settings.sigma, aggregation=aggregation
+            )
+            timer.lap("text_prior")
+
+        maps = visual_maps if visual_maps is not None else []
+        final = core.fuse(prior, maps, shots=self.settings.shots, upsample=int(self.settings.upsample))
+        u, v = core.peak_to_pixel(final, (height, width))
+        score = core.peak_score(final, visual_maps, prior)
+        timer.lap("fusion")
+
+        heatmap = F.interpolate(final[None, None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+        peak = float(heatmap.max())
+        heatmap = (heatmap.clamp_min(0) / peak if peak > 0 else heatmap.clamp_min(0)).cpu().numpy().astype(np.float32)
+        timer.lap("heatmap")
+        timings = dict(timer.timings)
+        timings["total"] = sum(timer.timings.values())
+        return PointResult(
+            u=u,
+            v=v,
+            score=score,
+            heatmap=heatmap,
+            timings_ms=timings,
+            query=query,
+            support_set=set_name,
+            num_shots=0 if visual_maps is None else int(visual_maps.shape[0]),
+            used_text=prior is not None,
+        )

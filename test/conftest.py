@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny random checkpoints (built once per session), loopback-only ROS settings."""
+
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+# Every test session: DDS on loopback, its own domain, no hub.
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+os.environ.setdefault("ROS_DOMAIN_ID", str(os.getpid() % 90 + 10))
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("POP_ROS_CACHE", str(pathlib.Path(__file__).resolve().parents[1] / "build" / "test-cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_adapters():
+    """One tiny random adapter per MLLM family, loaded through the real loader."""
+    from pop_ros.models.loading import load_mllm
+    from pop_ros.models.tiny import FAMILIES
+
+    return {family: load_mllm(f"tiny:{family}", device="cpu", dtype="float32") for family in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def tiny_visual():
+    from pop_ros.models.loading import load_visual
+
+    return load_visual("tiny:dinov3", device="cpu", dtype="float32", resolution=224)
+
+
+@pytest.fixture(scope="session")
+def tiny_pointer():
+    from pop_ros.pipeline import PartPointer
+
+    return PartPointer.from_preset("tiny")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def random_image(rng, height, width):
+    return rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
