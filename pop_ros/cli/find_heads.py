@@ -89,6 +89,11 @@ def _run(args) -> dict:
     if not votes:
         raise CliError(f"no readable sample; first problem: {skipped[0]}")
     selection = select_heads(votes, k=args.k)
+    if not selection.heads:
+        raise CliError(
+            f"no head passed the attention-sum and entropy criteria on any of {len(votes)} samples; "
+            "nothing written (random weights give flat attention; real checkpoints do not)"
+        )
     out = args.out or default_head_file(config.mllm)
     save_head_file(out, config.mllm, selection, source=str(args.data))
     for problem in skipped:
