@@ -5,6 +5,7 @@ from __future__ import annotations
 import pathlib
 
 SOURCE_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SAMPLE_DIR = pathlib.Path(__file__).resolve().parent / "data"  # demo scenes, shipped as package data
 
 
 def share_dir() -> pathlib.Path:

@@ -1,0 +1,125 @@
+"""sensor_msgs/Image <-> numpy with cv_bridge's semantics, for the encodings pop_ros handles.
+
+Why not cv_bridge: no ROS 2 cv_bridge installs from pip (the PyPI package of that name is an old
+ROS 1 copy that breaks on numpy 2), and a colcon-built one ties the node to a system OpenCV. This
+module is small and tested: it honours the row `step` (padding), `is_bigendian`, and channel order.
+
+Colour in: rgb8, bgr8, rgba8, bgra8, mono8, mono16 (scaled to 8 bit like cv_bridge: x * 255 / 65535).
+Depth in (REP-118): 16UC1 millimetres (0 = invalid) and 32FC1 metres (NaN/inf/<=0 = invalid), both
+returned as float32 metres with NaN where invalid.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import cv2
+import numpy as np
+
+# encoding -> (channels, numpy dtype)
+_FORMATS = {
+    "rgb8": (3, np.uint8),
+    "bgr8": (3, np.uint8),
+    "rgba8": (4, np.uint8),
+    "bgra8": (4, np.uint8),
+    "mono8": (1, np.uint8),
+    "8UC1": (1, np.uint8),
+    "mono16": (1, np.uint16),
+    "16UC1": (1, np.uint16),
+    "32FC1": (1, np.float32),
+}
+COLOUR_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16")
+DEPTH_ENCODINGS = ("16UC1", "32FC1")
+
+
+class ImageConversionError(ValueError):
+    """The message cannot be read as an image; the text says which field is wrong."""
+
+
+def _to_array(msg) -> np.ndarray:
+    """The message's pixels as (H, W) or (H, W, C), native byte order, padding removed."""
+    encoding = msg.encoding
+    if encoding not in _FORMATS:
+        supported = ", ".join(COLOUR_ENCODINGS + DEPTH_ENCODINGS)
+        raise ImageConversionError(f"unsupported encoding {encoding!r} (supported: {supported})")
+    channels, dtype = _FORMATS[encoding]
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if height == 0 or width == 0:
+        raise ImageConversionError(f"image is empty ({width}x{height})")
+    row_bytes = width * channels * np.dtype(dtype).itemsize
+    if step < row_bytes:
+        raise ImageConversionError(f"step {step} is smaller than width x pixel size = {row_bytes} bytes")
+    data = msg.data
+    size = len(data)
+    if size != step * height:
+        raise ImageConversionError(f"data has {size} bytes but step x height = {step * height}")
+    buffer = np.frombuffer(bytes(data) if not isinstance(data, (bytes, bytearray, memoryview)) else data, np.uint8)
+    rows = buffer.reshape(height, step)[:, :row_bytes]
+    array = np.ascontiguousarray(rows).view(dtype).reshape(height, width, channels)
+    if np.dtype(dtype).itemsize > 1 and bool(msg.is_bigendian) != (sys.byteorder == "big"):
+        array = array.byteswap()
+    return array[:, :, 0] if channels == 1 else array
+
+
+def to_rgb8(msg) -> np.ndarray:
+    """A colour or mono sensor_msgs/Image as (H, W, 3) uint8 RGB."""
+    if msg.encoding not in COLOUR_ENCODINGS:
+        raise ImageConversionError(
+            f"unsupported colour encoding {msg.encoding!r} (supported: {', '.join(COLOUR_ENCODINGS)})"
+        )
+    array = _to_array(msg)
+    encoding = msg.encoding
+    if encoding == "rgb8":
+        return array
+    if encoding == "bgr8":
+        return cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
+    if encoding == "rgba8":
+        return cv2.cvtColor(array, cv2.COLOR_RGBA2RGB)
+    if encoding == "bgra8":
+        return cv2.cvtColor(array, cv2.COLOR_BGRA2RGB)
+    if encoding == "mono16":
+        array = np.round(array.astype(np.float32) * (255.0 / 65535.0)).astype(np.uint8)
+    return cv2.cvtColor(array, cv2.COLOR_GRAY2RGB)
+
+
+def compressed_to_rgb8(msg) -> np.ndarray:
+    """A sensor_msgs/CompressedImage (jpeg, png) as (H, W, 3) uint8 RGB."""
+    image = cv2.imdecode(np.frombuffer(bytes(msg.data), np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ImageConversionError(f"compressed image (format {msg.format!r}) could not be decoded")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def to_depth_m(msg) -> np.ndarray:
+    """A REP-118 depth image as (H, W) float32 metres, NaN where invalid."""
+    if msg.encoding not in DEPTH_ENCODINGS:
+        raise ImageConversionError(f"unsupported depth encoding {msg.encoding!r} (supported: 16UC1 mm, 32FC1 m)")
+    array = _to_array(msg)
+    if msg.encoding == "16UC1":
+        metres = array.astype(np.float32) / 1000.0
+        metres[array == 0] = np.nan
+        return metres
+    metres = array.astype(np.float32, copy=True)
+    metres[~np.isfinite(metres) | (metres <= 0)] = np.nan
+    return metres
+
+
+def from_array(array: np.ndarray, encoding: str, header=None):
+    """A sensor_msgs/Image holding `array` (bgr8/rgb8 (H, W, 3) uint8, or 32FC1 (H, W) float32)."""
+    from sensor_msgs.msg import Image
+
+    if encoding not in ("bgr8", "rgb8", "mono8", "32FC1", "16UC1"):
+        raise ImageConversionError(f"cannot write encoding {encoding!r}")
+    channels, dtype = _FORMATS[encoding]
+    array = np.ascontiguousarray(array, dtype=dtype)
+    if array.ndim != (3 if channels > 1 else 2) or (channels > 1 and array.shape[2] != channels):
+        raise ImageConversionError(f"array of shape {array.shape} does not fit encoding {encoding}")
+    msg = Image()
+    if header is not None:
+        msg.header = header
+    msg.height, msg.width = int(array.shape[0]), int(array.shape[1])
+    msg.encoding = encoding
+    msg.is_bigendian = int(sys.byteorder == "big")
+    msg.step = int(array.shape[1] * channels * np.dtype(dtype).itemsize)
+    msg.data = array.tobytes()
+    return msg

@@ -1,0 +1,109 @@
+"""Talking to pop_node from Python: a client node spinning in a background thread, and pop_node as a
+child process started the way users start it. Used by `make demo`, `pop-bench` and the tests."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import rclpy
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+from pop_ros.paths import config_dir
+
+PARAMS_FILE = config_dir() / "pop_ros.yaml"
+LIBRARY = config_dir() / "supports" / "library.yaml"
+SENSOR_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE)
+
+
+class RosClient:
+    """A node of our own in a private context, spun by a background executor."""
+
+    def __init__(self, name: str, args: list[str] | None = None):
+        self.context = rclpy.Context()
+        rclpy.init(args=args, context=self.context)
+        self.node = rclpy.create_node(name, context=self.context)
+        self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
+        self.executor.add_node(self.node)
+        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._thread.start()
+        self._clients = {}
+        self._publishers = {}
+
+    def add_node(self, node) -> None:
+        self.executor.add_node(node)
+
+    def call(self, srv_type, name: str, request, timeout: float = 60.0):
+        if name not in self._clients:
+            self._clients[name] = self.node.create_client(srv_type, name)
+        client = self._clients[name]
+        if not client.wait_for_service(timeout_sec=timeout):
+            raise TimeoutError(f"service {name} did not appear within {timeout} s")
+        return self.wait(client.call_async(request), timeout)
+
+    def call_async(self, srv_type, name: str, request):
+        if name not in self._clients:
+            self._clients[name] = self.node.create_client(srv_type, name)
+            self._clients[name].wait_for_service(timeout_sec=60.0)
+        return self._clients[name].call_async(request)
+
+    @staticmethod
+    def wait(future, timeout: float = 60.0):
+        done = threading.Event()
+        future.add_done_callback(lambda _: done.set())
+        if not done.wait(timeout):
+            raise TimeoutError("no answer in time")
+        return future.result()
+
+    def publisher(self, msg_type, topic: str, qos=SENSOR_QOS, wait_for_subscriber: bool = True):
+        key = (msg_type, topic)
+        if key not in self._publishers:
+            self._publishers[key] = self.node.create_publisher(msg_type, topic, qos)
+        publisher = self._publishers[key]
+        deadline = time.monotonic() + 20
+        while wait_for_subscriber and publisher.get_subscription_count() == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return publisher
+
+    def collect(self, msg_type, topic: str, qos=10) -> list:
+        received: list = []
+        self.node.create_subscription(msg_type, topic, received.append, qos)
+        return received
+
+    def now_stamp(self):
+        return self.node.get_clock().now().to_msg()
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+
+
+class NodeProcess:
+    """`python -m pop_ros.node --ros-args ...` as a child process, stopped with SIGINT."""
+
+    def __init__(self, *ros_args: str, log_path: pathlib.Path):
+        command = [sys.executable, "-m", "pop_ros.node", "--ros-args", "--params-file", str(PARAMS_FILE), *ros_args]
+        self.log_path = log_path
+        self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=dict(os.environ))
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode

@@ -1,0 +1,138 @@
+"""Image conversion (cv_bridge semantics) and 3D geometry, on real sensor_msgs messages."""
+
+import math
+import sys
+
+import cv2
+import numpy as np
+import pytest
+from sensor_msgs.msg import CompressedImage, Image
+
+from pop_ros import geometry
+from pop_ros.image_conversion import (
+    ImageConversionError,
+    compressed_to_rgb8,
+    from_array,
+    to_depth_m,
+    to_rgb8,
+)
+
+
+def make_msg(array: np.ndarray, encoding: str, pad: int = 0, big_endian: bool = False) -> Image:
+    """An Image message laid out by hand: rows padded by `pad` bytes, chosen byte order."""
+    if array.dtype.itemsize > 1:
+        array = array.astype(array.dtype.newbyteorder(">" if big_endian else "<"))
+    rows = array.reshape(array.shape[0], -1).view(np.uint8)
+    padded = np.concatenate([rows, np.full((rows.shape[0], pad), 0xAB, np.uint8)], axis=1)
+    msg = Image()
+    msg.height, msg.width = array.shape[:2]
+    msg.encoding = encoding
+    msg.is_bigendian = int(big_endian)
+    msg.step = padded.shape[1]
+    msg.data = padded.tobytes()
+    return msg
+
+
+@pytest.fixture
+def rgb():
+    return np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("pad", [0, 3])
+def test_colour_encodings_with_row_padding(rgb, pad):
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    alpha = np.full((5, 7, 1), 200, np.uint8)
+    np.testing.assert_array_equal(to_rgb8(make_msg(rgb, "rgb8", pad)), rgb)
+    np.testing.assert_array_equal(to_rgb8(make_msg(bgr, "bgr8", pad)), rgb)
+    np.testing.assert_array_equal(to_rgb8(make_msg(np.concatenate([rgb, alpha], 2), "rgba8", pad)), rgb)
+    np.testing.assert_array_equal(to_rgb8(make_msg(np.concatenate([bgr, alpha], 2), "bgra8", pad)), rgb)
+    grey = rgb[:, :, 0]
+    np.testing.assert_array_equal(to_rgb8(make_msg(grey, "mono8", pad)), np.repeat(grey[:, :, None], 3, 2))
+
+
+@pytest.mark.parametrize("big_endian", [False, True])
+def test_mono16_scaled_like_cv_bridge_in_either_byte_order(big_endian):
+    values = np.array([[0, 257, 65535], [1000, 32768, 65280]], np.uint16)
+    out = to_rgb8(make_msg(values, "mono16", pad=2, big_endian=big_endian))
+    expected = np.round(values.astype(np.float64) * 255 / 65535).astype(np.uint8)
+    np.testing.assert_array_equal(out[:, :, 0], expected)
+    assert out.shape == (2, 3, 3)
+
+
+@pytest.mark.parametrize("big_endian", [False, True])
+def test_depth_encodings_in_metres_with_invalid_as_nan(big_endian):
+    millimetres = np.array([[0, 1500], [65535, 250]], np.uint16)
+    depth = to_depth_m(make_msg(millimetres, "16UC1", pad=4, big_endian=big_endian))
+    assert math.isnan(depth[0, 0]) and depth[0, 1] == pytest.approx(1.5) and depth[1, 1] == pytest.approx(0.25)
+    metres = np.array([[np.nan, 2.0], [np.inf, -1.0]], np.float32)
+    depth = to_depth_m(make_msg(metres, "32FC1", big_endian=big_endian))
+    assert depth[0, 1] == 2.0 and np.isnan(depth[[0, 1, 1], [0, 0, 1]]).all()
+
+
+def test_compressed_png_and_jpeg(rgb):
+    for extension in (".png", ".jpg"):
+        ok, encoded = cv2.imencode(extension, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        msg = CompressedImage(format=extension[1:], data=encoded.tobytes())
+        decoded = compressed_to_rgb8(msg)
+        assert decoded.shape == rgb.shape
+        if extension == ".png":
+            np.testing.assert_array_equal(decoded, rgb)
+    with pytest.raises(ImageConversionError, match="could not be decoded"):
+        compressed_to_rgb8(CompressedImage(format="jpeg", data=b"\x00\x01"))
+
+
+def test_inconsistent_messages_are_clear_errors(rgb):
+    msg = make_msg(rgb, "rgb8")
+    msg.encoding = "yuv422"
+    with pytest.raises(ImageConversionError, match="unsupported"):
+        to_rgb8(msg)
+    msg = make_msg(rgb, "rgb8")
+    msg.step = 5  # smaller than 7 px * 3 bytes
+    with pytest.raises(ImageConversionError, match="step 5 is smaller"):
+        to_rgb8(msg)
+    msg = make_msg(rgb, "rgb8")
+    msg.height = 6
+    with pytest.raises(ImageConversionError, match="data has 105 bytes but step x height = 126"):
+        to_rgb8(msg)
+    with pytest.raises(ImageConversionError, match="empty"):
+        to_rgb8(Image(height=0, width=4, encoding="rgb8", step=12))
+    with pytest.raises(ImageConversionError, match="depth encoding"):
+        to_depth_m(make_msg(rgb, "rgb8"))
+
+
+def test_round_trip_through_from_array(rgb):
+    msg = from_array(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), "bgr8")
+    assert msg.step == 21 and msg.is_bigendian == int(sys.byteorder == "big")
+    np.testing.assert_array_equal(to_rgb8(msg), rgb)
+    heat = np.linspace(0, 1, 35, dtype=np.float32).reshape(5, 7)
+    np.testing.assert_array_equal(to_depth_m(from_array(heat + 1, "32FC1")), heat + 1)
+    with pytest.raises(ImageConversionError):
+        from_array(rgb, "32FC1")
+
+
+# ---- geometry ------------------------------------------------------------------------------------
+def test_deproject_and_intrinsics_scaling():
+    k = [500.0, 0, 320.0, 0, 400.0, 240.0, 0, 0, 1]
+    assert geometry.deproject(420.0, 140.0, 2.0, k) == pytest.approx((0.4, -0.5, 2.0))
+    half = geometry.scale_intrinsics(k, (480, 640), (240, 320))
+    assert half[0, 0] == 250 and half[1, 1] == 200 and half[0, 2] == 160 and half[1, 2] == 120
+    with pytest.raises(ValueError, match="focal"):
+        geometry.deproject(1, 1, 1, [0, 0, 0, 0, 0, 0, 0, 0, 1])
+
+
+def test_robust_depth_median_ignores_invalid_and_scales_resolution():
+    depth = np.full((10, 10), np.nan, np.float32)
+    depth[4:7, 4:7] = [[1.0, 1.1, 1.2], [1.3, 5.0, 1.4], [1.5, 1.6, np.nan]]
+    assert geometry.robust_depth(depth, 5.5, 5.5, (10, 10), window=3) == pytest.approx(1.35)  # 8 valid values
+    assert geometry.robust_depth(depth, 11.0, 11.0, (20, 20), window=3) == pytest.approx(1.35)  # colour at 2x
+    assert math.isnan(geometry.robust_depth(depth, 0.5, 0.5, (10, 10), window=3))
+
+
+def test_stamp_buffer_pairs_by_nearest_stamp_within_tolerance():
+    buffer = geometry.StampBuffer(capacity=3)
+    for stamp in (1.0, 1.1, 1.2, 1.3):
+        buffer.add(stamp, f"depth@{stamp}")
+    assert buffer.nearest(1.24, 0.05) == ("depth@1.2", pytest.approx(0.04))
+    item, gap = buffer.nearest(1.0, 0.05)  # 1.0 fell out of the 3-slot buffer
+    assert item is None and gap == pytest.approx(0.1)
+    assert geometry.StampBuffer().nearest(1.0, 1.0) == (None, math.inf)

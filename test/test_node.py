@@ -1,0 +1,456 @@
+"""pop_node with real rclpy, real messages and real services, on the tiny preset.
+
+The main node runs as a subprocess started the way users start it, with the shipped
+config/pop_ros.yaml; fault-injection tests run a node in-process in its own namespace."""
+
+import time
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+from rcl_interfaces.srv import SetParameters
+from rclpy.parameter import Parameter as RclpyParameter
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+
+from pop_ros.image_conversion import from_array
+from pop_ros.node import PARAMETERS
+from pop_ros.paths import SAMPLE_DIR
+from pop_ros.ros_client import LIBRARY, PARAMS_FILE, NodeProcess, RosClient
+from pop_ros_interfaces.msg import PartPointResult
+from pop_ros_interfaces.srv import AddExemplar, ListSupportSets, PointToPart
+
+WIDTH, HEIGHT = 320, 240
+K = [300.0, 0.0, 160.0, 0.0, 300.0, 120.0, 0.0, 0.0, 1.0]
+SERVICE = "/pop_node/point_to_part"
+SCENE = cv2.cvtColor(cv2.imread(str(SAMPLE_DIR / "scene_0.png")), cv2.COLOR_BGR2RGB)
+
+
+@pytest.fixture(scope="module")
+def client():
+    ros = RosClient("pop_test_client")
+    yield ros
+    ros.close()
+
+
+@pytest.fixture(scope="module")
+def node_process(tmp_path_factory, client):
+    process = NodeProcess(
+        "-p", "preset:=tiny",
+        "-p", f"support_library:={LIBRARY}",
+        "-p", "max_frame_age:=2.0",
+        "-r", "image:=/cam/color/image_raw",
+        "-r", "image/compressed:=/cam/color/image_raw/compressed",
+        "-r", "depth:=/cam/aligned_depth/image_raw",
+        "-r", "camera_info:=/cam/color/camera_info",
+        log_path=tmp_path_factory.mktemp("node") / "node.log",
+    )  # fmt: skip
+    try:
+        client.call(ListSupportSets, "/pop_node/list_support_sets", ListSupportSets.Request(), timeout=120)
+    except TimeoutError:
+        process.stop()
+        pytest.fail(f"node did not come up:\n{process.log()}")
+    yield process
+    assert process.stop() == 0, process.log()  # a clean shutdown on SIGINT
+
+
+def colour_msg(stamp, frame_id="cam_color_optical_frame", image=SCENE):
+    msg = from_array(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), "bgr8")
+    msg.header.stamp, msg.header.frame_id = stamp, frame_id
+    return msg
+
+
+def camera_info(stamp):
+    info = CameraInfo(width=WIDTH, height=HEIGHT, k=K, distortion_model="plumb_bob")
+    info.header.stamp, info.header.frame_id = stamp, "cam_color_optical_frame"
+    return info
+
+
+def request(query="", support_set="", image=None):
+    req = PointToPart.Request(query=query, support_set=support_set)
+    if image is not None:
+        req.image = image
+    return req
+
+
+def publish_scene(client, stamp, depth_msg=None):
+    client.publisher(CameraInfo, "/cam/color/camera_info").publish(camera_info(stamp))
+    if depth_msg is not None:
+        depth_msg.header.stamp = stamp
+        client.publisher(Image, "/cam/aligned_depth/image_raw").publish(depth_msg)
+    time.sleep(0.1)  # camera_info and depth before colour, as drivers deliver them
+    client.publisher(Image, "/cam/color/image_raw").publish(colour_msg(stamp))
+
+
+def call_until(client, predicate, req, republish=None, attempts=40):
+    """Call until the node has heard the published frames. Delivery is asynchronous and a message
+    sent right after discovery can be lost, so `republish` re-sends them, as a camera keeps streaming."""
+    response = None
+    for _ in range(attempts):
+        if republish is not None:
+            republish()
+        response = client.call(PointToPart, SERVICE, req)
+        if predicate(response):
+            return response
+        time.sleep(0.1)
+    return response
+
+
+def same_stamp(a, b):
+    return a.sec == b.sec and a.nanosec == b.nanosec
+
+
+# ---- answers and 3D points ----------------------------------------------------------------------------
+def test_request_image_answer_carries_its_header(client, node_process):
+    image = colour_msg(client.now_stamp(), frame_id="some_optical_frame")
+    response = client.call(PointToPart, SERVICE, request("handle of the mug", "mug_handle", image))
+    assert response.success, response.message
+    assert response.header.frame_id == "some_optical_frame" and same_stamp(response.header.stamp, image.header.stamp)
+    assert response.point.header.frame_id == "some_optical_frame"
+    assert 0 <= response.u < WIDTH and 0 <= response.v < HEIGHT and 0 <= response.score <= 1
+
+
+def test_3d_point_on_a_depth_plane_is_exact(client, node_process):
+    rows = np.arange(HEIGHT, dtype=np.float32)[:, None]
+    plane = np.repeat(1.0 + 0.002 * rows, WIDTH, axis=1).astype(np.float32)  # z grows downwards
+    stamp = client.now_stamp()
+    heard = client.collect(PartPointResult, "/pop_node/result")
+    response = call_until(
+        client,
+        lambda r: r.has_3d and same_stamp(r.header.stamp, stamp),
+        request("", "mug_handle"),
+        republish=lambda: publish_scene(client, stamp, from_array(plane, "32FC1")),
+    )
+    assert response.success and response.has_3d, response.message
+    assert same_stamp(response.header.stamp, stamp) and response.header.frame_id == "cam_color_optical_frame"
+    z = np.float32(1.0) + np.float32(0.002) * np.float32(int(response.v))  # median of a linear column = centre
+    point = response.point.point
+    assert point.z == pytest.approx(float(z), abs=1e-6)
+    assert point.x == pytest.approx((response.u - 160.0) * point.z / 300.0, abs=1e-6)
+    assert point.y == pytest.approx((response.v - 120.0) * point.z / 300.0, abs=1e-6)
+    time.sleep(0.3)
+    assert any(same_stamp(m.header.stamp, stamp) and m.has_3d for m in heard)
+
+
+def test_16bit_millimetre_depth(client, node_process):
+    stamp = client.now_stamp()
+    depth = from_array(np.full((HEIGHT, WIDTH), 1500, np.uint16), "16UC1")
+    response = call_until(
+        client,
+        lambda r: r.has_3d and same_stamp(r.header.stamp, stamp),
+        request("", "mug_handle"),
+        republish=lambda: publish_scene(client, stamp, depth),
+    )
+    assert response.has_3d and response.point.point.z == pytest.approx(1.5)
+
+
+@pytest.mark.parametrize(
+    "depth,offset_s,message",
+    [
+        (np.full((HEIGHT, WIDTH), np.nan, np.float32), 0.0, "depth is missing"),
+        (np.zeros((HEIGHT, WIDTH), np.float32), 0.0, "depth is missing"),
+        (np.ones((HEIGHT, WIDTH), np.float32), 1.0, "s away (depth_max_dt 0.05 s)"),  # the nearest of the buffer
+    ],
+)
+def test_no_valid_depth_answers_2d_with_the_reason(client, node_process, depth, offset_s, message):
+    stamp = client.now_stamp()
+    depth_msg = from_array(depth, "32FC1")
+    depth_msg.header.stamp = type(stamp)(sec=stamp.sec + int(offset_s), nanosec=stamp.nanosec)
+
+    def republish():
+        client.publisher(CameraInfo, "/cam/color/camera_info").publish(camera_info(stamp))
+        client.publisher(Image, "/cam/aligned_depth/image_raw").publish(depth_msg)
+        time.sleep(0.1)
+        client.publisher(Image, "/cam/color/image_raw").publish(colour_msg(stamp))
+
+    response = call_until(client, lambda r: message in r.message, request("", "mug_handle"), republish=republish)
+    assert response.success and not response.has_3d and message in response.message
+    assert same_stamp(response.header.stamp, stamp)
+
+
+def test_compressed_camera_frames(client, node_process):
+    stamp = client.now_stamp()
+    ok, png = cv2.imencode(".png", cv2.cvtColor(SCENE, cv2.COLOR_RGB2BGR))
+    msg = CompressedImage(format="png", data=png.tobytes())
+    msg.header.stamp, msg.header.frame_id = stamp, "compressed_frame"
+    response = call_until(
+        client,
+        lambda r: r.header.frame_id == "compressed_frame",
+        request("", "mug_handle"),
+        republish=lambda: client.publisher(CompressedImage, "/cam/color/image_raw/compressed").publish(msg),
+    )
+    assert response.success and response.header.frame_id == "compressed_frame"
+
+
+def test_heatmap_published_with_the_source_header(client, node_process):
+    heatmaps = client.collect(Image, "/pop_node/heatmap")
+    raw = client.collect(Image, "/pop_node/heatmap_raw")
+    image = colour_msg(client.now_stamp(), frame_id="heat_frame")
+    assert client.call(PointToPart, SERVICE, request("neck of the bottle", "bottle_neck", image)).success
+    deadline = time.monotonic() + 5
+    while (not heatmaps or not raw) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    overlay = next(m for m in heatmaps if m.header.frame_id == "heat_frame")
+    assert overlay.encoding == "bgr8" and (overlay.height, overlay.width) == (HEIGHT, WIDTH)
+    assert next(m for m in raw if m.header.frame_id == "heat_frame").encoding == "32FC1"
+
+
+# ---- bad input: a clear error, the node keeps serving ---------------------------------------------------
+def bad_images():
+    unsupported = from_array(np.zeros((4, 4, 3), np.uint8), "rgb8")
+    unsupported.encoding = "yuv422"
+    short_step = from_array(np.zeros((4, 4, 3), np.uint8), "rgb8")
+    short_step.step = 3
+    wrong_size = from_array(np.zeros((4, 4, 3), np.uint8), "rgb8")
+    wrong_size.height = 5
+    zero_width = Image(height=4, width=0, encoding="rgb8", step=0)
+    return [
+        (unsupported, "unsupported colour encoding 'yuv422'"),
+        (short_step, "step 3 is smaller"),
+        (wrong_size, "data has 48 bytes but step x height = 60"),
+        (zero_width, "image is empty"),
+    ]
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_malformed_request_images(client, node_process, index):
+    image, message = bad_images()[index]
+    response = client.call(PointToPart, SERVICE, request("handle", "mug_handle", image))
+    assert not response.success and message in response.message
+
+
+@pytest.mark.parametrize(
+    "query,support_set,message",
+    [
+        ("   ", "", "query is empty"),
+        ("handle", "no_such_set", "unknown support set 'no_such_set' (known: bottle_neck, mug_handle)"),
+    ],
+)
+def test_bad_queries(client, node_process, query, support_set, message):
+    image = colour_msg(client.now_stamp())
+    response = client.call(PointToPart, SERVICE, request(query, support_set, image))
+    assert not response.success and message in response.message
+
+
+def test_stale_frame_is_refused(client, node_process):
+    now = client.now_stamp()
+    old = type(now)(sec=now.sec - 5, nanosec=now.nanosec)
+    old_frame = colour_msg(old, frame_id="old_frame")
+    response = call_until(
+        client,
+        lambda r: "stale" in r.message,
+        request("", "mug_handle"),
+        republish=lambda: client.publisher(Image, "/cam/color/image_raw").publish(old_frame),
+    )
+    assert not response.success and "stale" in response.message and "max_frame_age 2.0" in response.message
+    fresh = client.call(PointToPart, SERVICE, request("", "mug_handle", colour_msg(client.now_stamp())))
+    assert fresh.success  # still serving
+
+
+def test_concurrent_calls_all_answered(client, node_process):
+    futures = [
+        client.call_async(PointToPart, SERVICE, request("handle", "mug_handle", colour_msg(client.now_stamp())))
+        for _ in range(4)
+    ]
+    responses = [client.wait(f, timeout=60) for f in futures]
+    assert all(r.success for r in responses), [r.message for r in responses]
+
+
+# ---- support library at runtime ----------------------------------------------------------------------------
+def test_add_and_list_exemplars(client, node_process):
+    added = client.call(
+        AddExemplar,
+        "/pop_node/add_exemplar",
+        AddExemplar.Request(
+            support_set="red_mug", query="handle of the red mug", image=colour_msg(client.now_stamp()), u=95.0, v=180.0
+        ),
+    )
+    assert added.success and added.num_exemplars == 1, added.message
+    outside = client.call(
+        AddExemplar,
+        "/pop_node/add_exemplar",
+        AddExemplar.Request(support_set="red_mug", image=colour_msg(client.now_stamp()), u=320.0, v=10.0),
+    )
+    assert not outside.success and "outside" in outside.message
+    listing = client.call(ListSupportSets, "/pop_node/list_support_sets", ListSupportSets.Request())
+    sets = dict(zip(listing.names, zip(listing.default_queries, listing.num_exemplars, strict=True), strict=True))
+    assert sets["red_mug"] == ("handle of the red mug", 1) and sets["mug_handle"][1] == 3
+    response = client.call(PointToPart, SERVICE, request("", "red_mug", colour_msg(client.now_stamp())))
+    assert response.success
+
+
+# ---- parameters and continuous mode --------------------------------------------------------------------------
+def set_parameter(client, name, value):
+    parameter = RclpyParameter(name, value=value).to_parameter_msg()
+    result = client.call(SetParameters, "/pop_node/set_parameters", SetParameters.Request(parameters=[parameter]))
+    return result.results[0]
+
+
+def test_runtime_parameters_take_effect_or_are_refused_with_a_reason(client, node_process):
+    assert set_parameter(client, "similarity", "forward").successful
+    assert client.call(PointToPart, SERVICE, request("lid", "mug_handle", colour_msg(client.now_stamp()))).success
+    assert set_parameter(client, "similarity", "bidirectional").successful
+    refused = set_parameter(client, "similarity", "sideways")
+    assert not refused.successful and "similarity must be one of" in refused.reason
+    refused = set_parameter(client, "preset", "tiny-molmo2")
+    assert not refused.successful and "read at configure" in refused.reason
+    refused = set_parameter(client, "max_shots", 0)
+    assert not refused.successful and "max_shots must be >= 1" in refused.reason
+    wrong_type = Parameter(name="sigma", value=ParameterValue(type=ParameterType.PARAMETER_STRING, string_value="x"))
+    result = client.call(SetParameters, "/pop_node/set_parameters", SetParameters.Request(parameters=[wrong_type]))
+    assert not result.results[0].successful
+
+
+def test_continuous_mode_processes_the_latest_frame_without_backlog(client, node_process):
+    results = client.collect(PartPointResult, "/pop_node/result")
+    assert set_parameter(client, "continuous_support_set", "mug_handle").successful
+    assert set_parameter(client, "continuous_rate", 5.0).successful
+    publisher = client.publisher(Image, "/cam/color/image_raw")
+    published = []
+    started = time.monotonic()
+    while time.monotonic() - started < 2.0:  # 30 Hz for 2 s
+        stamp = client.now_stamp()
+        published.append((stamp.sec, stamp.nanosec))
+        publisher.publish(colour_msg(stamp))
+        time.sleep(1 / 30)
+    # Stale frames (5 s old) are refused, never processed.
+    now = client.now_stamp()
+    stale = [(now.sec - 5, now.nanosec + i) for i in range(10)]
+    for sec, nanosec in stale:
+        publisher.publish(colour_msg(type(now)(sec=sec, nanosec=nanosec)))
+        time.sleep(1 / 30)
+    time.sleep(0.5)
+    assert set_parameter(client, "continuous_rate", 0.0).successful
+    processed = [(m.header.stamp.sec, m.header.stamp.nanosec) for m in results]
+    from_stream = [s for s in processed if s in set(published)]
+    assert 2 <= len(from_stream) <= 5 * 2.6 + 1  # at most the rate, far fewer than the 60+ frames sent
+    assert len(from_stream) == len(set(from_stream))  # no frame twice
+    assert not set(processed) & set(stale)
+    count = len(results)
+    time.sleep(0.6)
+    assert len(results) == count  # stopped
+
+
+# ---- in-process nodes for faults -----------------------------------------------------------------------------
+@pytest.fixture
+def inprocess(tmp_path):
+    """Start a PopNode in-process under /<namespace>, with the shipped params file plus overrides."""
+    from pop_ros.node import PopNode
+
+    started = []
+
+    def start(namespace, *overrides, activate=True):
+        args = ["--ros-args", "--params-file", str(PARAMS_FILE), "-p", "preset:=tiny", "-p", "autostart:=false"]
+        for override in overrides:
+            args += ["-p", override]
+        ros = RosClient(f"{namespace}_client", args=args)
+        node = PopNode(context=ros.context, namespace=namespace)
+        ros.add_node(node)
+        configured = node.trigger_configure()
+        if activate and node.pointer is not None:
+            node.trigger_activate()
+        started.append((ros, node))
+        return ros, node, configured
+
+    yield start
+    for ros, node in started:
+        ros.executor.remove_node(node)
+        node.destroy_node()
+        ros.close()
+
+
+def test_no_frame_and_no_camera_info_yet(inprocess):
+    ros, node, _ = inprocess("fresh", f"support_library:={LIBRARY}")
+    response = ros.call(PointToPart, "/fresh/pop_node/point_to_part", request("handle", "mug_handle"))
+    assert not response.success and "no camera frame received yet on /fresh/image" in response.message
+    image = colour_msg(ros.now_stamp())
+    response = ros.call(PointToPart, "/fresh/pop_node/point_to_part", request("handle", "mug_handle", image))
+    assert response.success and not response.has_3d
+    assert "no camera_info received on /fresh/camera_info" in response.message
+
+
+def test_missing_support_library_fails_configure_with_the_reason(inprocess, tmp_path):
+    ros, node, configured = inprocess("nolib", f"support_library:={tmp_path / 'missing.yaml'}")
+    assert node.pointer is None and "does not exist" in node.configure_error
+    response = ros.call(
+        PointToPart, "/nolib/pop_node/point_to_part", request("handle", "", colour_msg(ros.now_stamp()))
+    )
+    assert not response.success and "node is not configured: configure failed: support library" in response.message
+
+
+def test_malformed_support_yaml_keeps_the_valid_sets(inprocess, tmp_path):
+    (tmp_path / "lib.yaml").write_text(
+        f"sets:\n  good:\n    query: lid\n    exemplars:\n      - image: {LIBRARY.parent}/images/mug_0.png\n"
+        "        click: [10, 10]\n  bad:\n    query: lid\n    exemplars:\n      - image: nowhere.png\n"
+        "        click: [1, 1]\n  worse:\n    exemplars: 3\n"
+    )
+    ros, node, _ = inprocess("badlib", f"support_library:={tmp_path / 'lib.yaml'}")
+    listing = ros.call(ListSupportSets, "/badlib/pop_node/list_support_sets", ListSupportSets.Request())
+    assert list(listing.names) == ["good"]
+
+
+def test_out_of_memory_during_a_query_is_answered_and_the_node_recovers(inprocess):
+    ros, node, _ = inprocess("oom", f"support_library:={LIBRARY}")
+    original = node.pointer.visual.encode_one
+
+    def out_of_memory(image):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    node.pointer.visual.encode_one = out_of_memory
+    response = ros.call(
+        PointToPart, "/oom/pop_node/point_to_part", request("handle", "mug_handle", colour_msg(ros.now_stamp()))
+    )
+    assert not response.success and "out of GPU memory" in response.message
+    node.pointer.visual.encode_one = original
+    response = ros.call(
+        PointToPart, "/oom/pop_node/point_to_part", request("handle", "mug_handle", colour_msg(ros.now_stamp()))
+    )
+    assert response.success
+
+
+def test_busy_policy_reject_answers_busy(inprocess):
+    ros, node, _ = inprocess("busy", f"support_library:={LIBRARY}", "busy_policy:=reject")
+    original = node.pointer.point
+
+    def slow_point(*args, **kwargs):
+        time.sleep(1.0)
+        return original(*args, **kwargs)
+
+    node.pointer.point = slow_point
+    futures = [
+        ros.call_async(
+            PointToPart, "/busy/pop_node/point_to_part", request("handle", "mug_handle", colour_msg(ros.now_stamp()))
+        )
+        for _ in range(2)
+    ]
+    responses = [ros.wait(f) for f in futures]
+    assert sorted(r.success for r in responses) == [False, True]
+    assert any("busy" in r.message for r in responses)
+
+
+def test_min_score_rejects_weak_matches(inprocess):
+    ros, node, _ = inprocess("minscore", f"support_library:={LIBRARY}", "min_score:=1.01")
+    response = ros.call(
+        PointToPart, "/minscore/pop_node/point_to_part", request("handle", "mug_handle", colour_msg(ros.now_stamp()))
+    )
+    assert not response.success and "part not visible" in response.message and response.score <= 1.0
+
+
+# ---- the shipped files ------------------------------------------------------------------------------------------
+def test_params_file_documents_exactly_the_declared_parameters():
+    import yaml
+
+    params = yaml.safe_load(PARAMS_FILE.read_text())["/**"]["ros__parameters"]
+    assert set(params) == set(PARAMETERS)
+    for name, value in params.items():
+        assert value == PARAMETERS[name][0], name
+        assert f"[{PARAMETERS[name][2]}]" in PARAMS_FILE.read_text()
+
+
+def test_launch_file_compiles():
+    import py_compile
+
+    from pop_ros.paths import SOURCE_ROOT
+
+    py_compile.compile(str(SOURCE_ROOT / "launch" / "pop_ros.launch.py"), doraise=True)
