@@ -29,6 +29,8 @@ setup(
             "pop_node = pop_ros.node:main",
             "pop-point = pop_ros.cli.point:main",
             "pop-find-heads = pop_ros.cli.find_heads:main",
+            "pop-eval = pop_ros.cli.evaluate:main",
+            "pop-bench = pop_ros.bench:main",
         ],
     },
 )
