@@ -174,10 +174,11 @@ def run_eval(*args):
 
 def test_pop_eval_end_to_end_writes_reports_and_resumes(datasets, tmp_path):
     out = tmp_path / "eval"
+    methods = "native,attention-0shot,visual-1shot,pop-1shot,pop-3shot-cls,abl-sim-forward"
     args = [
-        "--preset", "tiny", "--dataset", f"paco:{datasets / 'paco'}", "--dataset", f"instructpart:{datasets / 'instructpart'}",
-        "--dataset", f"partimagenetpp:{datasets / 'pinpp'}", "--seeds", "2", "--limit", "2", "--cls-pool", "3",
-        "--methods", "native,attention-0shot,visual-1shot,pop-1shot,pop-3shot-cls,abl-sim-forward", "--out", str(out), "--json",
+        "--preset", "tiny", "--dataset", f"paco:{datasets / 'paco'}",
+        "--dataset", f"instructpart:{datasets / 'instructpart'}", "--dataset", f"partimagenetpp:{datasets / 'pinpp'}",
+        "--seeds", "2", "--limit", "2", "--cls-pool", "3", "--methods", methods, "--out", str(out), "--json",
     ]  # fmt: skip
     first = run_eval(*args)
     assert first.returncode == 0, first.stderr

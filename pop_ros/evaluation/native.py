@@ -17,7 +17,10 @@ JSON_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
 
 NATIVE_PROMPTS = {
     "molmo2": "Point to the {query}.",
-    "qwen_vl": 'Locate the {query} in the image and output its point coordinates in JSON format: [{{"point_2d": [x, y], "label": "{query}"}}]',
+    "qwen_vl": (
+        "Locate the {query} in the image and output its point coordinates in JSON format: "
+        '[{{"point_2d": [x, y], "label": "{query}"}}]'
+    ),
 }
 
 
