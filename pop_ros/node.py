@@ -10,6 +10,7 @@ Run: `ros2 run pop_ros pop_node --ros-args --params-file config/pop_ros.yaml`
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import math
@@ -203,7 +204,10 @@ class PopNode(LifecycleNode):
         self._camera_info: CameraInfo | None = None
         self._subscriptions = []
         self._continuous_timer = None
-        self.callback_durations_ms: list[float] = []  # image-callback cost, read by pop-bench
+        self._frames_check = None
+        # Image-callback cost and delivery latency (stamp -> callback), read by pop-bench.
+        self.callback_durations_ms: collections.deque = collections.deque(maxlen=100_000)
+        self.callback_latency_ms: collections.deque = collections.deque(maxlen=100_000)
 
         self._sensor_group = MutuallyExclusiveCallbackGroup()
         self._query_group = ReentrantCallbackGroup()
@@ -340,6 +344,7 @@ class PopNode(LifecycleNode):
             self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos, callback_group=group),
         ]
         self._restart_continuous_timer(float(self.param("continuous_rate")))
+        self._frames_check = self.create_timer(5.0, self._check_frames_arrive, callback_group=self._sensor_group)
         self.get_logger().info(
             f"active: listening on {self.resolve_topic_name('image')} (+/compressed), "
             f"{self.resolve_topic_name('depth')}, {self.resolve_topic_name('camera_info')}"
@@ -351,6 +356,9 @@ class PopNode(LifecycleNode):
             self.destroy_subscription(subscription)
         self._subscriptions = []
         self._restart_continuous_timer(0.0)
+        if self._frames_check is not None:
+            self.destroy_timer(self._frames_check)
+            self._frames_check = None
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -366,10 +374,25 @@ class PopNode(LifecycleNode):
     # ---- sensor callbacks (short: store and return) --------------------------------------------------
     def _on_image(self, msg) -> None:
         started = time.perf_counter()
-        self._latest = Frame(msg, stamp_seconds(msg.header.stamp))
+        stamp_s = stamp_seconds(msg.header.stamp)
+        self._latest = Frame(msg, stamp_s)
         self._latest_seq += 1
-        if len(self.callback_durations_ms) < 100_000:
-            self.callback_durations_ms.append((time.perf_counter() - started) * 1000.0)
+        self.callback_latency_ms.append((self.get_clock().now().nanoseconds * 1e-9 - stamp_s) * 1000.0)
+        self.callback_durations_ms.append((time.perf_counter() - started) * 1000.0)
+
+    def _check_frames_arrive(self) -> None:
+        """Warn when a camera publishes but no frame arrives: the usual cause is large best-effort
+        frames from another process dropped by DDS over UDP (see README, DDS tuning)."""
+        if self._latest_seq > 0:
+            return
+        topic = self.resolve_topic_name("image")
+        if self.count_publishers(topic) > 0:
+            self.get_logger().warning(
+                f"{self.count_publishers(topic)} publisher(s) on {topic} but no frame received yet; large frames "
+                "over best_effort are often dropped by DDS between processes: raise the socket buffers "
+                "(README: DDS tuning) or set image_reliability: reliable",
+                throttle_duration_sec=30.0,
+            )
 
     def _on_depth(self, msg: Image) -> None:
         self._depth.add(stamp_seconds(msg.header.stamp), msg)
@@ -403,10 +426,10 @@ class PopNode(LifecycleNode):
                 if not self._work_lock.acquire(timeout=float(self.param("busy_timeout"))):
                     raise SupportError("busy: another query is running")
                 try:
-                    updated = self.pointer.library.add_exemplar(
+                    # Features are computed now, once; the exemplar is added only if that succeeds.
+                    updated = self.pointer.add_exemplar(
                         request.support_set, image, (request.u, request.v), request.query
                     )
-                    self.pointer.warm_support_set(updated.name)  # its features are computed now, once
                 finally:
                     self._work_lock.release()
                 response.num_exemplars = len(updated.exemplars)

@@ -7,6 +7,7 @@ per support set (per exemplar image, keyed by content) and reused by every query
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -22,8 +23,9 @@ import torch.nn.functional as F
 from pop_ros import core
 from pop_ros.models.heads import fallback_heads, load_head_file
 from pop_ros.models.loading import load_mllm, load_visual
+from pop_ros.models.mllm import MLLMAdapter
 from pop_ros.models.presets import ModelConfig, default_head_file, get_preset
-from pop_ros.models.visual import VisualFeatures
+from pop_ros.models.visual import VisualEncoder, VisualFeatures
 from pop_ros.supports import SupportError, SupportLibrary, validate_click, validate_image
 
 LOG = logging.getLogger(__name__)
@@ -95,6 +97,19 @@ class PointResult:
         }
 
 
+@contextlib.contextmanager
+def _out_of_memory_as_pointer_error(what: str):
+    """GPU out-of-memory becomes a PointerError (the caller answers, the process keeps serving)."""
+    try:
+        yield
+    except torch.OutOfMemoryError as error:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise PointerError(
+            f"out of GPU memory during {what}; lower `resolution`, use fewer shots or a smaller preset"
+        ) from error
+
+
 class _Timer:
     def __init__(self, synchronize: bool):
         self.timings: dict[str, float] = {}
@@ -112,40 +127,57 @@ class _Timer:
 class PartPointer:
     def __init__(
         self,
+        visual: VisualEncoder,
+        mllm: MLLMAdapter,
         model_config: ModelConfig,
         settings: PointerSettings | None = None,
         library: SupportLibrary | None = None,
         feature_cache_dir: str | pathlib.Path | None = None,
         name: str = "custom",
     ):
+        """Assemble a pointer from loaded models; `from_preset` / `from_config` load them."""
+        self.visual = visual
+        self.mllm = mllm
         self.model_config = model_config
         self.settings = (settings or PointerSettings()).validate()
         self.library = library or SupportLibrary()
         self.name = name
         self.load_timings_s: dict[str, float] = {}
+        self.calibrated_heads, self.heads_source = self._resolve_heads()
+        self._feature_cache: dict[str, VisualFeatures] = {}
+        self._feature_cache_dir = pathlib.Path(feature_cache_dir) if feature_cache_dir else None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_config(
+        cls,
+        model_config: ModelConfig,
+        settings: PointerSettings | None = None,
+        library: SupportLibrary | None = None,
+        feature_cache_dir: str | pathlib.Path | None = None,
+        name: str = "custom",
+    ) -> PartPointer:
         if model_config.random_weights:
             LOG.warning(RANDOM_WEIGHTS_BANNER.format(name=name))
         started = time.perf_counter()
-        self.visual = load_visual(
+        visual = load_visual(
             model_config.visual,
             device=model_config.device,
             dtype=model_config.dtype,
             resolution=model_config.resolution,
         )
-        self.load_timings_s["visual"] = time.perf_counter() - started
+        visual_s = time.perf_counter() - started
         started = time.perf_counter()
-        self.mllm = load_mllm(
+        mllm = load_mllm(
             model_config.mllm,
             device=model_config.device,
             dtype=model_config.dtype,
             prompt_template=model_config.prompt_template,
             trust_remote_code=model_config.trust_remote_code,
         )
-        self.load_timings_s["mllm"] = time.perf_counter() - started
-        self.calibrated_heads, self.heads_source = self._resolve_heads()
-        self._feature_cache: dict[str, VisualFeatures] = {}
-        self._feature_cache_dir = pathlib.Path(feature_cache_dir) if feature_cache_dir else None
-        self._lock = threading.Lock()
+        pointer = cls(visual, mllm, model_config, settings, library, feature_cache_dir, name)
+        pointer.load_timings_s = {"visual": visual_s, "mllm": time.perf_counter() - started}
+        return pointer
 
     @classmethod
     def from_preset(
@@ -157,7 +189,7 @@ class PartPointer:
         **overrides,
     ) -> PartPointer:
         config = get_preset(preset).replace(**{k: v for k, v in overrides.items() if v is not None})
-        return cls(config, settings, library, feature_cache_dir, name=preset)
+        return cls.from_config(config, settings, library, feature_cache_dir, name=preset)
 
     # ---- heads ---------------------------------------------------------------------------------
     def _resolve_heads(self) -> tuple[list[tuple[int, int]] | None, str]:
@@ -237,10 +269,18 @@ class PartPointer:
         )
         temporary.replace(self._feature_cache_dir / f"{key}.pt")  # atomic: no half-written entries
 
+    def add_exemplar(self, set_name: str, image_rgb: np.ndarray, click, query: str = ""):
+        """Validate an exemplar, compute its features, then add it to the library (all or nothing)."""
+        validate_click(click, validate_image(image_rgb))
+        with self._lock, _out_of_memory_as_pointer_error(f"the features of support set {set_name!r}"):
+            self.support_features([image_rgb])
+        return self.library.add_exemplar(set_name, image_rgb, click, query)
+
     def warm_support_set(self, name: str) -> int:
         """Compute (or load) the features of every exemplar of a set; returns how many."""
         support_set = self.library.get(name)
-        return len(self.support_features([exemplar.image for exemplar in support_set.exemplars]))
+        with self._lock, _out_of_memory_as_pointer_error(f"the features of support set {name!r}"):
+            return len(self.support_features([exemplar.image for exemplar in support_set.exemplars]))
 
     # ---- the query -----------------------------------------------------------------------------
     def point(
@@ -284,22 +324,17 @@ class PartPointer:
         max_shots = self.settings.max_shots if shots is None else int(shots)
         if max_shots < 1:
             raise PointerError(f"shots must be >= 1, got {shots}")
-        with self._lock:
-            try:
-                return self._point(image_rgb, query, set_name, examples, max_shots)
-            except torch.OutOfMemoryError as error:
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                raise PointerError(
-                    "out of GPU memory during the query; lower `resolution`, use fewer shots or a smaller preset"
-                ) from error
+        with self._lock, _out_of_memory_as_pointer_error("the query"):
+            return self._point(image_rgb, query, set_name, examples, max_shots)
 
     @torch.inference_mode()
     def _point(self, image_rgb, query, set_name, examples, max_shots) -> PointResult:
         timer = _Timer(synchronize=self.visual.device.type == "cuda")
         height, width = image_rgb.shape[:2]
-        target = self.visual.encode_one(image_rgb)
-        timer.lap("visual_target")
+        pixels = self.visual.preprocess(image_rgb)
+        timer.lap("visual_preprocess")
+        target = self.visual.encode_preprocessed([pixels], [(height, width)])[0]
+        timer.lap("visual_forward")
 
         visual_maps = None
         if examples:
@@ -322,11 +357,13 @@ class PartPointer:
         prior = None
         if self.settings.use_text:
             heads, aggregation = self.text_heads()
-            head_maps = self.mllm.head_maps(image_rgb, query, heads)
+            prepared = self.mllm.prepare(image_rgb, query)
+            timer.lap("mllm_preprocess")
+            head_maps = self.mllm.head_maps(image_rgb, query, heads, prepared=prepared)
+            timer.lap("mllm_prefill")  # up to the deepest localization head, nothing after
             prior = core.text_prior(
                 head_maps.to(target.grid.device), sigma=self.settings.sigma, aggregation=aggregation
             )
-            timer.lap("text_prior")
 
         maps = visual_maps if visual_maps is not None else []
         final = core.fuse(prior, maps, shots=self.settings.shots, upsample=int(self.settings.upsample))

@@ -392,17 +392,24 @@ def test_malformed_support_yaml_keeps_the_valid_sets(inprocess, tmp_path):
 
 def test_out_of_memory_during_a_query_is_answered_and_the_node_recovers(inprocess):
     ros, node, _ = inprocess("oom", f"support_library:={LIBRARY}")
-    original = node.pointer.visual.encode_one
+    original = node.pointer.visual.encode_preprocessed
 
-    def out_of_memory(image):
+    def out_of_memory(*args):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    node.pointer.visual.encode_one = out_of_memory
+    node.pointer.visual.encode_preprocessed = out_of_memory
     response = ros.call(
         PointToPart, "/oom/pop_node/point_to_part", request("handle", "mug_handle", colour_msg(ros.now_stamp()))
     )
-    assert not response.success and "out of GPU memory" in response.message
-    node.pointer.visual.encode_one = original
+    assert not response.success and "out of GPU memory during the query" in response.message
+    added = ros.call(
+        AddExemplar,
+        "/oom/pop_node/add_exemplar",
+        AddExemplar.Request(support_set="new_set", query="lid", image=colour_msg(ros.now_stamp()), u=10.0, v=10.0),
+    )
+    assert not added.success and "out of GPU memory during the features of support set 'new_set'" in added.message
+    assert "new_set" not in node.pointer.library.names()  # nothing half-added
+    node.pointer.visual.encode_preprocessed = original
     response = ros.call(
         PointToPart, "/oom/pop_node/point_to_part", request("handle", "mug_handle", colour_msg(ros.now_stamp()))
     )
@@ -454,3 +461,19 @@ def test_launch_file_compiles():
     from pop_ros.paths import SOURCE_ROOT
 
     py_compile.compile(str(SOURCE_ROOT / "launch" / "pop_ros.launch.py"), doraise=True)
+
+
+def test_warns_when_a_camera_publishes_but_no_frame_arrives(inprocess, capfd):
+    ros, node, _ = inprocess("quiet", f"support_library:={LIBRARY}")
+    ros.publisher(Image, "/quiet/image")  # a camera that is there but whose frames never arrive
+    deadline = time.monotonic() + 10
+    while node.count_publishers("/quiet/image") == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    node._check_frames_arrive()
+    assert "publisher(s) on /quiet/image but no frame received yet" in capfd.readouterr().err
+    ros.publisher(Image, "/quiet/image").publish(colour_msg(ros.now_stamp()))
+    deadline = time.monotonic() + 10
+    while node._latest is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    node._check_frames_arrive()
+    assert "no frame received" not in capfd.readouterr().err

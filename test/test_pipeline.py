@@ -28,9 +28,8 @@ def test_point_result_is_consistent_with_core(tiny_pointer, rng):
     assert float(result.heatmap.max()) == pytest.approx(1.0) and float(result.heatmap.min()) >= 0
     assert 0 <= result.u < 320 and 0 <= result.v < 240 and 0 <= result.score <= 1
     assert result.num_shots == 1 and result.used_text
-    assert {"visual_target", "supports", "similarity", "text_prior", "fusion", "heatmap", "total"} <= set(
-        result.timings_ms
-    )
+    stages = {"visual_preprocess", "visual_forward", "supports", "similarity", "mllm_preprocess", "mllm_prefill"}
+    assert stages | {"fusion", "heatmap", "total"} == set(result.timings_ms)
     # Recompute by hand from the same pieces: the same point.
     visual = tiny_pointer.visual
     target_features = visual.encode_one(target)
@@ -61,13 +60,13 @@ def test_head_file_is_used_when_given(tmp_path, rng):
 def test_support_features_are_cached_in_memory_and_on_disk(tmp_path, rng):
     pointer = PartPointer.from_preset("tiny", feature_cache_dir=tmp_path / "features")
     calls = []
-    original = pointer.visual.encode
+    original = pointer.visual.encode_preprocessed
 
-    def counting_encode(images):
-        calls.append(len(images))
-        return original(images)
+    def counting_encode(tensors, sizes):
+        calls.append(len(tensors))
+        return original(tensors, sizes)
 
-    pointer.visual.encode = counting_encode
+    pointer.visual.encode_preprocessed = counting_encode
     supports = [(random_image(rng, 120, 160), (10.0, 10.0)), (random_image(rng, 90, 90), (45.0, 45.0))]
     target = random_image(rng, 100, 100)
     first = pointer.point(target, "neck", supports=supports)
@@ -78,8 +77,10 @@ def test_support_features_are_cached_in_memory_and_on_disk(tmp_path, rng):
     assert len(list((tmp_path / "features").glob("*.pt"))) == 2
     fresh = PartPointer.from_preset("tiny", feature_cache_dir=tmp_path / "features")
     fresh_calls = []
-    fresh_original = fresh.visual.encode
-    fresh.visual.encode = lambda images: fresh_calls.append(len(images)) or fresh_original(images)
+    fresh_original = fresh.visual.encode_preprocessed
+    fresh.visual.encode_preprocessed = lambda tensors, sizes: (
+        fresh_calls.append(len(tensors)) or fresh_original(tensors, sizes)
+    )
     third = fresh.point(target, "neck", supports=supports)
     assert fresh_calls == [1]  # supports came from the disk cache
     assert (third.u, third.v) == (first.u, first.v)
@@ -127,17 +128,17 @@ def test_bad_queries_are_clear_errors(tiny_pointer, rng):
 
 
 def test_out_of_memory_becomes_a_clear_error(tiny_pointer, rng):
-    original = tiny_pointer.visual.encode_one
+    original = tiny_pointer.visual.encode_preprocessed
 
-    def out_of_memory(image):
+    def out_of_memory(*args):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    tiny_pointer.visual.encode_one = out_of_memory
+    tiny_pointer.visual.encode_preprocessed = out_of_memory
     try:
         with pytest.raises(PointerError, match="out of GPU memory"):
             tiny_pointer.point(random_image(rng, 32, 32), "lid")
     finally:
-        tiny_pointer.visual.encode_one = original
+        tiny_pointer.visual.encode_preprocessed = original
     assert tiny_pointer.point(random_image(rng, 32, 32), "lid").heatmap.shape == (32, 32)  # still serving
 
 

@@ -73,8 +73,12 @@ class VisualEncoder:
 
     @torch.inference_mode()
     def encode(self, images_rgb: Sequence[np.ndarray]) -> list[VisualFeatures]:
-        """Features of several images; images of the same resized shape share one forward."""
-        tensors = [self.preprocess(image) for image in images_rgb]
+        """Features of several RGB images (preprocessing included)."""
+        return self.encode_preprocessed([self.preprocess(i) for i in images_rgb], [i.shape[:2] for i in images_rgb])
+
+    @torch.inference_mode()
+    def encode_preprocessed(self, tensors: Sequence[torch.Tensor], image_sizes) -> list[VisualFeatures]:
+        """Features of preprocessed `(3, H', W')` tensors; those of the same shape share one forward."""
         results: list[VisualFeatures | None] = [None] * len(tensors)
         by_shape: dict[tuple[int, int], list[int]] = {}
         for index, tensor in enumerate(tensors):
@@ -93,7 +97,7 @@ class VisualEncoder:
                 results[index] = VisualFeatures(
                     grid=patches[row].reshape(grid_h, grid_w, -1).float(),
                     cls=hidden[row, 0].float(),
-                    image_size=tuple(images_rgb[index].shape[:2]),
+                    image_size=tuple(image_sizes[index]),
                 )
         return results  # type: ignore[return-value]
 
