@@ -66,7 +66,7 @@ def build_shape_pointer(shape: str, device: str, dtype: str):
     from pop_ros.models.mllm import adapter_for
     from pop_ros.models.presets import ModelConfig
     from pop_ros.models.processors import build_processor
-    from pop_ros.models.tiny import _CHAT_TEMPLATES, _tokenizer
+    from pop_ros.models.tiny import CHAT_TEMPLATES, build_tokenizer
     from pop_ros.models.visual import VisualEncoder
     from pop_ros.pipeline import PartPointer
 
@@ -74,7 +74,7 @@ def build_shape_pointer(shape: str, device: str, dtype: str):
         raise ValueError(f"unknown shape {shape!r}")
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    tokenizer = _tokenizer("qwen2_5_vl")
+    tokenizer = build_tokenizer("qwen2_5_vl")
     ids = {
         t: tokenizer.convert_tokens_to_ids(t)
         for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
@@ -98,7 +98,7 @@ def build_shape_pointer(shape: str, device: str, dtype: str):
     torch.manual_seed(0)
     model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch_dtype, attn_implementation="sdpa")
     processor = build_processor(
-        Qwen2_5_VLProcessor, Qwen2VLImageProcessorPil(), tokenizer, _CHAT_TEMPLATES["qwen2_5_vl"]
+        Qwen2_5_VLProcessor, Qwen2VLImageProcessorPil(), tokenizer, CHAT_TEMPLATES["qwen2_5_vl"]
     )
     mllm = adapter_for(model.to(torch_device), processor)
     visual_config = DINOv3ViTConfig(

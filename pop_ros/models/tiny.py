@@ -28,7 +28,7 @@ _WORDS = (
 ).split()
 
 # A chat template with the real models' layout: system/user turns, the image placeholder, the text.
-_CHAT_TEMPLATES = {
+CHAT_TEMPLATES = {
     "qwen2_5_vl": (
         "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
         "{% for item in message['content'] %}"
@@ -80,7 +80,7 @@ _SPECIAL_TOKENS = {
 }
 
 
-def _tokenizer(family: str):
+def build_tokenizer(family: str):
     """A word-level fast tokenizer holding the family's special tokens (ids are small)."""
     from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -132,7 +132,7 @@ def _build(family: str, num_layers: int):
     """(model, processor) of a tiny random `family` model."""
     from pop_ros.models.processors import build_processor, molmo2_image_processor
 
-    tokenizer = _tokenizer(family)
+    tokenizer = build_tokenizer(family)
     vocab_size = 128  # > the tiny vocabulary
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in _SPECIAL_TOKENS[family]}
     if family == "qwen2_5_vl":
@@ -168,7 +168,7 @@ def _build(family: str, num_layers: int):
         model = Qwen2_5_VLForConditionalGeneration(config)
         # Small images keep the tiny model fast: at most 448 x 448 px (256 LLM tokens).
         image_processor = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=448 * 448)
-        return model, build_processor(Qwen2_5_VLProcessor, image_processor, tokenizer, _CHAT_TEMPLATES[family])
+        return model, build_processor(Qwen2_5_VLProcessor, image_processor, tokenizer, CHAT_TEMPLATES[family])
     if family == "internvl":
         from transformers import (
             GotOcr2ImageProcessorPil,
@@ -192,7 +192,7 @@ def _build(family: str, num_layers: int):
         model = InternVLForConditionalGeneration(config)
         image_processor = GotOcr2ImageProcessorPil(size={"height": 224, "width": 224}, crop_to_patches=False)
         return model, build_processor(
-            InternVLProcessor, image_processor, tokenizer, _CHAT_TEMPLATES[family], image_seq_length=64
+            InternVLProcessor, image_processor, tokenizer, CHAT_TEMPLATES[family], image_seq_length=64
         )
     if family == "molmo2":
         from transformers import Molmo2Config, Molmo2ForConditionalGeneration, Molmo2Processor
@@ -232,7 +232,7 @@ def _build(family: str, num_layers: int):
         image_processor = molmo2_image_processor(
             size={"height": 112, "width": 112}, max_crops=4, overlap_margins=[1, 1]
         )
-        return model, build_processor(Molmo2Processor, image_processor, tokenizer, _CHAT_TEMPLATES[family])
+        return model, build_processor(Molmo2Processor, image_processor, tokenizer, CHAT_TEMPLATES[family])
     raise ValueError(f"unknown tiny family {family!r}; choose one of {FAMILIES}")
 
 
