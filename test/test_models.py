@@ -76,6 +76,9 @@ def test_fast_path_equals_eager(tiny_adapters, rng, family):
     eager = adapter.head_maps_eager(image, "neck of the bottle", HEADS, prepared=prepared)
     assert fast.shape == (len(HEADS), *prepared.grid)
     torch.testing.assert_close(fast, eager, atol=1e-6, rtol=0)
+    naive = adapter.head_maps_naive(image, "neck of the bottle", HEADS, prepared=prepared)  # eager everywhere
+    torch.testing.assert_close(fast, naive, atol=1e-5, rtol=0)
+    torch.testing.assert_close(adapter.head_maps(image, "neck of the bottle", HEADS, prepared=prepared), fast)
     # Attention over image tokens is a part of a softmax row: positive, at most 1 in total.
     assert float(fast.min()) >= 0 and bool((fast.sum(dim=(1, 2)) <= 1 + 1e-6).all())
 

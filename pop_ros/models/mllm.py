@@ -250,6 +250,23 @@ class MLLMAdapter:
         maps = [outputs.attentions[int(layer)][0, int(head), -1][prepared.image_positions] for layer, head in heads]
         return torch.stack(maps).reshape(len(maps), *prepared.grid).float()
 
+    @torch.inference_mode()
+    def head_maps_naive(self, image_rgb: np.ndarray, query: str, heads: Sequence[Sequence[int]], prepared=None):
+        """How attention maps are usually read: the whole model (vision tower included) switched to
+        eager attention, `output_attentions=True`, a full forward with all logits. The benchmark's
+        baseline; equal maps to the other paths."""
+        prepared = prepared or self.prepare(image_rgb, query)
+        self._heads_tensor(heads)
+        with self._lock:
+            self.model.set_attn_implementation("eager")
+            try:
+                outputs = self.model(**prepared.model_inputs, use_cache=False, output_attentions=True)
+            finally:
+                self.model.set_attn_implementation("sdpa")
+                self._set_text_attention(CAPTURE_IMPLEMENTATION)
+        maps = [outputs.attentions[int(layer)][0, int(head), -1][prepared.image_positions] for layer, head in heads]
+        return torch.stack(maps).reshape(len(maps), *prepared.grid).float()
+
     def _forward(self, model_inputs: dict, **kwargs):
         # logits_to_keep=1: never the full-vocabulary logits of every position.
         return self.model(**model_inputs, use_cache=False, logits_to_keep=1, **kwargs)
