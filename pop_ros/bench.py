@@ -245,7 +245,7 @@ def serve_camera(topic: str, seconds: float, rate_hz: float = 30.0) -> int:
     return 0
 
 
-def run_streaming(preset: str, seconds: float, rate_hz: float, progress) -> dict:
+def run_streaming(preset: str, seconds: float, rate_hz: float, progress, reliability: str = "reliable") -> dict:
     """pop_node in this process (to read its callback statistics), a 30 Hz camera in another process,
     a standing query at `rate_hz`. Measured after a warm-up of min(5 s, seconds / 5)."""
     import subprocess
@@ -261,7 +261,7 @@ def run_streaming(preset: str, seconds: float, rate_hz: float, progress) -> dict
             "-p", f"support_library:={LIBRARY}", "-p", "continuous_support_set:=mug_handle",
             "-p", f"continuous_rate:={rate_hz}", "-p", "publish_heatmap:=true",
             # 640x480 frames from another process: best-effort UDP drops them without DDS tuning (README).
-            "-p", "image_reliability:=reliable"]  # fmt: skip
+            "-p", f"image_reliability:={reliability}"]  # fmt: skip
     ros = RosClient("pop_bench_listener", args=args)
     node = PopNode(context=ros.context, namespace="bench")
     ros.add_node(node)
@@ -295,6 +295,7 @@ def run_streaming(preset: str, seconds: float, rate_hz: float, progress) -> dict
         stamps = {(r.header.stamp.sec, r.header.stamp.nanosec) for r in results}
         return {
             "preset": preset,
+            "reliability": reliability,
             "seconds_measured": measured,
             "frames_published": published,
             "frames_received": len(latency),
@@ -362,7 +363,7 @@ def table(report: dict) -> str:
         lines += [
             "",
             f"Streaming ({stream['preset']}, {stream['seconds_measured']:.0f} s measured, 30 Hz 640x480 camera in "
-            "another process, reliable QoS): "
+            f"another process, {stream['reliability']} QoS): "
             f"{stream['frames_published']} frames published, {stream['frames_received']} received, "
             f"{stream['queries_processed']} queries ({stream['processed_rate_hz']:.2f} Hz), "
             f"{stream['frames_not_processed']} frames skipped by design (only the latest is processed)",
@@ -391,6 +392,12 @@ def main(argv: list[str] | None = None) -> int:
         "--stream-preset", default="tiny", choices=sorted(PRESETS), help="the node's preset (default tiny)"
     )
     parser.add_argument("--stream-rate", type=float, default=5.0, help="standing-query rate, Hz")
+    parser.add_argument(
+        "--stream-reliability",
+        default="reliable",
+        choices=["reliable", "best_effort"],
+        help="the node's image_reliability in the streaming run (default reliable; see README, DDS tuning)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--serve-camera", metavar="TOPIC", help=argparse.SUPPRESS)  # the streaming run's camera
     args = parser.parse_args(argv)
@@ -414,7 +421,9 @@ def main(argv: list[str] | None = None) -> int:
     report["models"] = run_model_benchmarks(pointer, args.repeats, args.warmup, progress)
     del pointer
     if args.stream_seconds > 0:
-        report["streaming"] = run_streaming(args.stream_preset, args.stream_seconds, args.stream_rate, progress)
+        report["streaming"] = run_streaming(
+            args.stream_preset, args.stream_seconds, args.stream_rate, progress, args.stream_reliability
+        )
     print(json.dumps(report, indent=2) if args.json else table(report))
     return 0
 
