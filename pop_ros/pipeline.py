@@ -144,7 +144,9 @@ class PartPointer:
         self.name = name
         self.load_timings_s: dict[str, float] = {}
         self.calibrated_heads, self.heads_source = self._resolve_heads()
-        self._feature_cache: dict[str, VisualFeatures] = {}
+        self._feature_cache: dict[str, VisualFeatures] = {}  # by image content (+ visual model)
+        # A library set's features by (name, version): queries on a set never re-hash its images.
+        self._set_features: dict[tuple[str, int], list[VisualFeatures]] = {}
         self._feature_cache_dir = pathlib.Path(feature_cache_dir) if feature_cache_dir else None
         self._lock = threading.Lock()
 
@@ -301,13 +303,13 @@ class PartPointer:
             raise PointerError("give a support set name or explicit supports, not both")
         query = (query or "").strip()
         examples: list[tuple[np.ndarray, tuple[float, float]]] = []
-        set_name = ""
+        set_name, set_key = "", None
         if support_set:
             try:
                 chosen = self.library.get(support_set)
             except SupportError as error:
                 raise PointerError(str(error)) from error
-            set_name = chosen.name
+            set_name, set_key = chosen.name, (chosen.name, chosen.version)
             query = query or chosen.query
             examples = [(exemplar.image, exemplar.click) for exemplar in chosen.exemplars]
         elif supports:
@@ -325,10 +327,10 @@ class PartPointer:
         if max_shots < 1:
             raise PointerError(f"shots must be >= 1, got {shots}")
         with self._lock, _out_of_memory_as_pointer_error("the query"):
-            return self._point(image_rgb, query, set_name, examples, max_shots)
+            return self._point(image_rgb, query, set_name, examples, max_shots, set_key)
 
     @torch.inference_mode()
-    def _point(self, image_rgb, query, set_name, examples, max_shots) -> PointResult:
+    def _point(self, image_rgb, query, set_name, examples, max_shots, set_key=None) -> PointResult:
         timer = _Timer(synchronize=self.visual.device.type == "cuda")
         height, width = image_rgb.shape[:2]
         pixels = self.visual.preprocess(image_rgb)
@@ -338,7 +340,12 @@ class PartPointer:
 
         visual_maps = None
         if examples:
-            features = self.support_features([image for image, _ in examples])
+            features = self._set_features.get(set_key) if set_key else None
+            if features is None:
+                features = self.support_features([image for image, _ in examples])
+                if set_key:  # keep only the newest version of each set
+                    self._set_features = {k: v for k, v in self._set_features.items() if k[0] != set_key[0]}
+                    self._set_features[set_key] = features
             order = list(range(len(examples)))
             if self.settings.retrieval == "cls" and len(examples) > max_shots:
                 support_cls = torch.stack([f.cls for f in features])

@@ -86,6 +86,24 @@ def test_support_features_are_cached_in_memory_and_on_disk(tmp_path, rng):
     assert (third.u, third.v) == (first.u, first.v)
 
 
+def test_named_set_features_are_looked_up_without_rehashing(rng):
+    library = SupportLibrary()
+    library.add_exemplar("lid", random_image(rng, 60, 80), (10, 10), query="lid of the cup")
+    library.add_exemplar("lid", random_image(rng, 60, 80), (20, 20))
+    pointer = PartPointer.from_preset("tiny", library=library)
+    hashed = []
+    original = pointer._cache_key
+    pointer._cache_key = lambda image: hashed.append(image.shape) or original(image)
+    target = random_image(rng, 64, 64)
+    first = pointer.point(target, support_set="lid")
+    assert len(hashed) == 2  # each exemplar once
+    second = pointer.point(target, support_set="lid")
+    assert len(hashed) == 2 and (first.u, first.v, first.score) == (second.u, second.v, second.score)
+    pointer.add_exemplar("lid", random_image(rng, 60, 80), (5, 5))  # a new version of the set
+    assert pointer.point(target, support_set="lid", shots=3).num_shots == 3
+    assert len(pointer._set_features) == 1  # only the newest version is kept
+
+
 def test_cls_retrieval_picks_the_most_similar_support(tiny_pointer, rng):
     target = random_image(rng, 128, 128)
     others = [random_image(rng, 128, 128) for _ in range(3)]

@@ -14,7 +14,7 @@ import logging
 import pathlib
 import sys
 
-from pop_ros.cli.common import CliError, add_model_arguments, run_cli
+from pop_ros.cli.common import CliError, add_model_arguments, model_overrides, run_cli
 from pop_ros.supports import SupportError, read_rgb
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
@@ -67,16 +67,14 @@ def _run(args) -> dict:
 
     if args.k < 1 or args.votes_per_sample < 1:
         raise CliError("-k and --votes-per-sample must be >= 1")
-    config = get_preset(args.preset).replace(
-        **{k: v for k, v in {"mllm": args.mllm, "device": args.device, "dtype": args.dtype}.items() if v}
-    )
+    config = get_preset(args.preset).replace(**model_overrides(args))
     pairs = read_pairs(args.data)[: args.limit] if args.limit else read_pairs(args.data)
     adapter = load_mllm(
         config.mllm,
         device=config.device,
         dtype=config.dtype,
-        prompt_template=args.prompt or config.prompt_template,
-        trust_remote_code=args.trust_remote_code,
+        prompt_template=config.prompt_template,
+        trust_remote_code=config.trust_remote_code,
     )
     votes, skipped = [], []
     for image_path, expression in tqdm(pairs, desc="finding heads", unit="sample"):

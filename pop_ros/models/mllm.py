@@ -247,8 +247,7 @@ class MLLMAdapter:
                 outputs = self._forward(prepared.model_inputs, output_attentions=True)
             finally:
                 self._set_text_attention(CAPTURE_IMPLEMENTATION)
-        maps = [outputs.attentions[int(layer)][0, int(head), -1][prepared.image_positions] for layer, head in heads]
-        return torch.stack(maps).reshape(len(maps), *prepared.grid).float()
+        return self._maps_from_attentions(outputs.attentions, heads, prepared)
 
     @torch.inference_mode()
     def head_maps_naive(self, image_rgb: np.ndarray, query: str, heads: Sequence[Sequence[int]], prepared=None):
@@ -264,7 +263,12 @@ class MLLMAdapter:
             finally:
                 self.model.set_attn_implementation("sdpa")
                 self._set_text_attention(CAPTURE_IMPLEMENTATION)
-        maps = [outputs.attentions[int(layer)][0, int(head), -1][prepared.image_positions] for layer, head in heads]
+        return self._maps_from_attentions(outputs.attentions, heads, prepared)
+
+    @staticmethod
+    def _maps_from_attentions(attentions, heads, prepared: PromptInputs) -> torch.Tensor:
+        """`(N, H_l, W_l)` from `output_attentions` (per layer `(B, H, S, S)`): last row, image tokens."""
+        maps = [attentions[int(layer)][0, int(head), -1][prepared.image_positions] for layer, head in heads]
         return torch.stack(maps).reshape(len(maps), *prepared.grid).float()
 
     def _forward(self, model_inputs: dict, **kwargs):
