@@ -74,27 +74,31 @@ def request(query="", support_set="", image=None):
     return req
 
 
-def publish_scene(client, stamp, depth_msg=None):
+def publish_scene(client, depth_msg=None, depth_offset_s=0):
+    """One camera cycle stamped now: camera_info and depth (stamp + offset), then colour."""
+    stamp = client.now_stamp()
     client.publisher(CameraInfo, "/cam/color/camera_info").publish(camera_info(stamp))
     if depth_msg is not None:
-        depth_msg.header.stamp = stamp
+        depth_msg.header.stamp = type(stamp)(sec=stamp.sec + depth_offset_s, nanosec=stamp.nanosec)
         client.publisher(Image, "/cam/aligned_depth/image_raw").publish(depth_msg)
     time.sleep(0.1)  # camera_info and depth before colour, as drivers deliver them
     client.publisher(Image, "/cam/color/image_raw").publish(colour_msg(stamp))
+    return stamp
 
 
-def call_until(client, predicate, req, republish=None, attempts=40):
-    """Call until the node has heard the published frames. Delivery is asynchronous and a message
-    sent right after discovery can be lost, so `republish` re-sends them, as a camera keeps streaming."""
-    response = None
+def call_until(client, predicate, req, republish, attempts=40):
+    """Publish a fresh camera cycle and call, until `predicate(response, stamp)` holds for the stamp
+    just published. Delivery is asynchronous and a message sent right after discovery can be lost,
+    so each attempt streams again with a new stamp (as a camera does): a slow start never turns the
+    frames stale. Returns (response, stamp) of the last attempt."""
+    response = stamp = None
     for _ in range(attempts):
-        if republish is not None:
-            republish()
+        stamp = republish()
         response = client.call(PointToPart, SERVICE, req)
-        if predicate(response):
-            return response
+        if predicate(response, stamp):
+            break
         time.sleep(0.1)
-    return response
+    return response, stamp
 
 
 def same_stamp(a, b):
@@ -114,13 +118,12 @@ def test_request_image_answer_carries_its_header(client, node_process):
 def test_3d_point_on_a_depth_plane_is_exact(client, node_process):
     rows = np.arange(HEIGHT, dtype=np.float32)[:, None]
     plane = np.repeat(1.0 + 0.002 * rows, WIDTH, axis=1).astype(np.float32)  # z grows downwards
-    stamp = client.now_stamp()
     heard = client.collect(PartPointResult, "/pop_node/result")
-    response = call_until(
+    response, stamp = call_until(
         client,
-        lambda r: r.has_3d and same_stamp(r.header.stamp, stamp),
+        lambda r, stamp: r.has_3d and same_stamp(r.header.stamp, stamp),
         request("", "mug_handle"),
-        republish=lambda: publish_scene(client, stamp, from_array(plane, "32FC1")),
+        republish=lambda: publish_scene(client, from_array(plane, "32FC1")),
     )
     assert response.success and response.has_3d, response.message
     assert same_stamp(response.header.stamp, stamp) and response.header.frame_id == "cam_color_optical_frame"
@@ -134,13 +137,12 @@ def test_3d_point_on_a_depth_plane_is_exact(client, node_process):
 
 
 def test_16bit_millimetre_depth(client, node_process):
-    stamp = client.now_stamp()
     depth = from_array(np.full((HEIGHT, WIDTH), 1500, np.uint16), "16UC1")
-    response = call_until(
+    response, _ = call_until(
         client,
-        lambda r: r.has_3d and same_stamp(r.header.stamp, stamp),
+        lambda r, stamp: r.has_3d and same_stamp(r.header.stamp, stamp),
         request("", "mug_handle"),
-        republish=lambda: publish_scene(client, stamp, depth),
+        republish=lambda: publish_scene(client, depth),
     )
     assert response.has_3d and response.point.point.z == pytest.approx(1.5)
 
@@ -154,31 +156,29 @@ def test_16bit_millimetre_depth(client, node_process):
     ],
 )
 def test_no_valid_depth_answers_2d_with_the_reason(client, node_process, depth, offset_s, message):
-    stamp = client.now_stamp()
     depth_msg = from_array(depth, "32FC1")
-    depth_msg.header.stamp = type(stamp)(sec=stamp.sec + int(offset_s), nanosec=stamp.nanosec)
-
-    def republish():
-        client.publisher(CameraInfo, "/cam/color/camera_info").publish(camera_info(stamp))
-        client.publisher(Image, "/cam/aligned_depth/image_raw").publish(depth_msg)
-        time.sleep(0.1)
-        client.publisher(Image, "/cam/color/image_raw").publish(colour_msg(stamp))
-
-    response = call_until(client, lambda r: message in r.message, request("", "mug_handle"), republish=republish)
+    response, stamp = call_until(
+        client,
+        lambda r, stamp: message in r.message and same_stamp(r.header.stamp, stamp),
+        request("", "mug_handle"),
+        republish=lambda: publish_scene(client, depth_msg, depth_offset_s=int(offset_s)),
+    )
     assert response.success and not response.has_3d and message in response.message
     assert same_stamp(response.header.stamp, stamp)
 
 
 def test_compressed_camera_frames(client, node_process):
-    stamp = client.now_stamp()
     ok, png = cv2.imencode(".png", cv2.cvtColor(SCENE, cv2.COLOR_RGB2BGR))
     msg = CompressedImage(format="png", data=png.tobytes())
-    msg.header.stamp, msg.header.frame_id = stamp, "compressed_frame"
-    response = call_until(
-        client,
-        lambda r: r.header.frame_id == "compressed_frame",
-        request("", "mug_handle"),
-        republish=lambda: client.publisher(CompressedImage, "/cam/color/image_raw/compressed").publish(msg),
+    msg.header.frame_id = "compressed_frame"
+
+    def republish():
+        msg.header.stamp = client.now_stamp()
+        client.publisher(CompressedImage, "/cam/color/image_raw/compressed").publish(msg)
+        return msg.header.stamp
+
+    response, _ = call_until(
+        client, lambda r, stamp: same_stamp(r.header.stamp, stamp), request("", "mug_handle"), republish=republish
     )
     assert response.success and response.header.frame_id == "compressed_frame"
 
@@ -234,15 +234,13 @@ def test_bad_queries(client, node_process, query, support_set, message):
 
 
 def test_stale_frame_is_refused(client, node_process):
-    now = client.now_stamp()
-    old = type(now)(sec=now.sec - 5, nanosec=now.nanosec)
-    old_frame = colour_msg(old, frame_id="old_frame")
-    response = call_until(
-        client,
-        lambda r: "stale" in r.message,
-        request("", "mug_handle"),
-        republish=lambda: client.publisher(Image, "/cam/color/image_raw").publish(old_frame),
-    )
+    def republish():  # a frame stamped 5 s ago, every attempt
+        now = client.now_stamp()
+        old = type(now)(sec=now.sec - 5, nanosec=now.nanosec)
+        client.publisher(Image, "/cam/color/image_raw").publish(colour_msg(old, frame_id="old_frame"))
+        return old
+
+    response, _ = call_until(client, lambda r, stamp: "stale" in r.message, request("", "mug_handle"), republish)
     assert not response.success and "stale" in response.message and "max_frame_age 2.0" in response.message
     fresh = client.call(PointToPart, SERVICE, request("", "mug_handle", colour_msg(client.now_stamp())))
     assert fresh.success  # still serving
