@@ -13,6 +13,7 @@ local folders); otherwise the tiny random preset, and then every point is meanin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pathlib
@@ -74,18 +75,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_demo(preset: str, out: pathlib.Path, seconds: float) -> list[dict]:
-    from sensor_msgs.msg import CameraInfo, Image
-
-    from pop_ros.image_conversion import from_array, to_rgb8
     from pop_ros.paths import SAMPLE_DIR
     from pop_ros.ros_client import LIBRARY, NodeProcess, RosClient
-    from pop_ros_interfaces.msg import PartPointResult
-    from pop_ros_interfaces.srv import ListSupportSets, PointToPart
+    from pop_ros_interfaces.srv import ListSupportSets
 
     scenes = sorted(SAMPLE_DIR.glob("scene_*.png"))
     if not scenes:
         raise RuntimeError(f"no sample scenes in {SAMPLE_DIR}")
-    node = NodeProcess("-p", f"preset:={preset}", "-p", f"support_library:={LIBRARY}", log_path=out / "node.log")
+    # Raw frames above the host's UDP receive buffer are lost best-effort between processes on an
+    # untuned machine (README: DDS tuning); this camera publishes reliably, so the node listens so.
+    node = NodeProcess(
+        "-p", f"preset:={preset}", "-p", f"support_library:={LIBRARY}", "-p", "image_reliability:=reliable",
+        log_path=out / "node.log",
+    )  # fmt: skip
     client = RosClient("pop_demo_camera")
     try:
         try:
@@ -94,80 +96,115 @@ def run_demo(preset: str, out: pathlib.Path, seconds: float) -> list[dict]:
             )
         except TimeoutError as error:
             raise RuntimeError(f"pop_node did not come up; its log: {out / 'node.log'}") from error
-        heatmaps, summaries = (
-            client.collect(Image, "/pop_node/heatmap"),
-            client.collect(PartPointResult, "/pop_node/result"),
-        )
-        image_pub = client.publisher(Image, "image")
-        depth_pub = client.publisher(Image, "depth")
-        info_pub = client.publisher(CameraInfo, "camera_info")
+        camera = DemoCamera(client)
         results = []
         for scene_path in scenes:
-            bgr = cv2.imread(str(scene_path))
-            height, width = bgr.shape[:2]
-            depth = np.full((height, width), 800, np.uint16)  # 16UC1 millimetres: a wall 0.8 m away
-            info = CameraInfo(width=width, height=height, distortion_model="plumb_bob")
-            info.k = [300.0, 0.0, width / 2, 0.0, 300.0, height / 2, 0.0, 0.0, 1.0]
-            stop = threading.Event()
-
-            def stream(bgr=bgr, depth=depth, info=info, stop=stop):
-                while not stop.is_set():  # a 10 Hz camera with aligned depth
-                    stamp = client.now_stamp()
-                    for msg, publisher in ((info, info_pub), (from_array(depth, "16UC1"), depth_pub)):
-                        msg.header.stamp, msg.header.frame_id = stamp, "demo_camera_color_optical_frame"
-                        publisher.publish(msg)
-                    frame = from_array(bgr, "bgr8")
-                    frame.header.stamp, frame.header.frame_id = stamp, "demo_camera_color_optical_frame"
-                    image_pub.publish(frame)
-                    stop.wait(0.1)
-
-            streamer = threading.Thread(target=stream, daemon=True)
-            streamer.start()
-            time.sleep(seconds)
-            for support_set in listing.names:
-                response = client.call(
-                    PointToPart, "/pop_node/point_to_part", PointToPart.Request(support_set=support_set)
-                )
-                if not response.success:
-                    raise RuntimeError(f"{scene_path.name}, {support_set}: {response.message}")
-                time.sleep(0.3)  # the heatmap and result topics follow the answer
-                stamp = (response.header.stamp.sec, response.header.stamp.nanosec)
-                heatmap = next((m for m in heatmaps if (m.header.stamp.sec, m.header.stamp.nanosec) == stamp), None)
-                summary = next((m for m in summaries if (m.header.stamp.sec, m.header.stamp.nanosec) == stamp), None)
-                if heatmap is not None:
-                    png = out / f"heatmap_{scene_path.stem}_{support_set}.png"
-                    cv2.imwrite(str(png), cv2.cvtColor(to_rgb8(heatmap), cv2.COLOR_RGB2BGR))
-                results.append(
-                    {
-                        "scene": scene_path.name,
-                        "support_set": support_set,
-                        "query": summary.query if summary else "",
-                        "u": round(response.u, 1),
-                        "v": round(response.v, 1),
-                        "score": round(response.score, 4),
-                        "has_3d": response.has_3d,
-                        "point_m": [
-                            round(c, 4)
-                            for c in (response.point.point.x, response.point.point.y, response.point.point.z)
-                        ],
-                        "frame_id": response.header.frame_id,
-                        "total_ms": round(summary.total_ms, 1) if summary else None,
-                        "message": response.message,
-                    }
-                )
-            stop.set()
-            streamer.join()
+            with camera.streaming(cv2.imread(str(scene_path))):
+                time.sleep(seconds)
+                for support_set in listing.names:
+                    results.append(ask(client, camera, scene_path, support_set, out))
         first = out / f"heatmap_{scenes[0].stem}_{listing.names[0]}.png"
-        if first.exists():
-            (out / "heatmap.png").write_bytes(first.read_bytes())
-        else:
+        if not first.exists():
             raise RuntimeError("no heatmap was received on /pop_node/heatmap")
+        (out / "heatmap.png").write_bytes(first.read_bytes())
         report = {"preset": preset, "random_weights": preset.startswith("tiny"), "results": results}
         (out / "result.json").write_text(json.dumps(report, indent=2))
         return results
     finally:
         client.close()
         node.stop()
+
+
+class DemoCamera:
+    """A 10 Hz camera with aligned 16UC1 depth (a wall 0.8 m away) and camera_info, in a thread."""
+
+    FRAME_ID = "demo_camera_color_optical_frame"
+
+    def __init__(self, client):
+        from sensor_msgs.msg import CameraInfo, Image
+
+        from pop_ros_interfaces.msg import PartPointResult
+
+        self.client = client
+        self.image_pub = client.publisher(Image, "image")
+        self.depth_pub = client.publisher(Image, "depth")
+        self.info_pub = client.publisher(CameraInfo, "camera_info")
+        self.heatmaps = client.collect(Image, "/pop_node/heatmap")
+        self.summaries = client.collect(PartPointResult, "/pop_node/result")
+
+    @contextlib.contextmanager
+    def streaming(self, bgr: np.ndarray):
+        from sensor_msgs.msg import CameraInfo
+
+        from pop_ros.image_conversion import from_array
+
+        height, width = bgr.shape[:2]
+        depth = np.full((height, width), 800, np.uint16)
+        info = CameraInfo(width=width, height=height, distortion_model="plumb_bob")
+        info.k = [300.0, 0.0, width / 2, 0.0, 300.0, height / 2, 0.0, 0.0, 1.0]
+        stop = threading.Event()
+
+        def stream():
+            while not stop.is_set():
+                stamp = self.client.now_stamp()
+                frame = from_array(bgr, "bgr8")
+                for msg, publisher in (
+                    (info, self.info_pub),
+                    (from_array(depth, "16UC1"), self.depth_pub),
+                    (frame, self.image_pub),
+                ):
+                    msg.header.stamp, msg.header.frame_id = stamp, self.FRAME_ID
+                    publisher.publish(msg)
+                stop.wait(0.1)
+
+        streamer = threading.Thread(target=stream, daemon=True)
+        streamer.start()
+        try:
+            yield
+        finally:  # stop publishing before anything is torn down
+            stop.set()
+            streamer.join()
+
+    def published_for(self, stamp):
+        """The node's heatmap and result messages for the answer with this stamp."""
+        key = (stamp.sec, stamp.nanosec)
+        heatmap = next((m for m in self.heatmaps if (m.header.stamp.sec, m.header.stamp.nanosec) == key), None)
+        summary = next((m for m in self.summaries if (m.header.stamp.sec, m.header.stamp.nanosec) == key), None)
+        return heatmap, summary
+
+
+def ask(client, camera: DemoCamera, scene_path: pathlib.Path, support_set: str, out: pathlib.Path) -> dict:
+    """Ask for `support_set`'s part in the latest frame; one retry if that frame was late or missing."""
+    from pop_ros.image_conversion import to_rgb8
+    from pop_ros_interfaces.srv import PointToPart
+
+    for attempt in range(2):
+        response = client.call(PointToPart, "/pop_node/point_to_part", PointToPart.Request(support_set=support_set))
+        transient = "stale" in response.message or "no camera frame" in response.message
+        if response.success or not transient or attempt:
+            break
+        time.sleep(0.5)
+    if not response.success:
+        raise RuntimeError(f"{scene_path.name}, {support_set}: {response.message}")
+    time.sleep(0.3)  # the heatmap and result topics follow the answer
+    heatmap, summary = camera.published_for(response.header.stamp)
+    if heatmap is not None:
+        png = out / f"heatmap_{scene_path.stem}_{support_set}.png"
+        cv2.imwrite(str(png), cv2.cvtColor(to_rgb8(heatmap), cv2.COLOR_RGB2BGR))
+    point = response.point.point
+    return {
+        "scene": scene_path.name,
+        "support_set": support_set,
+        "query": summary.query if summary else "",
+        "u": round(response.u, 1),
+        "v": round(response.v, 1),
+        "score": round(response.score, 4),
+        "has_3d": response.has_3d,
+        "point_m": [round(c, 4) for c in (point.x, point.y, point.z)],
+        "frame_id": response.header.frame_id,
+        "total_ms": round(summary.total_ms, 1) if summary else None,
+        "message": response.message,
+    }
 
 
 if __name__ == "__main__":
