@@ -71,9 +71,14 @@ class RosClient:
             time.sleep(0.05)
         return publisher
 
-    def collect(self, msg_type, topic: str, qos=10) -> list:
+    def collect(self, msg_type, topic: str, qos=10, wait_for_publisher: bool = True) -> list:
+        """A list that fills with the topic's messages. Waits (up to 20 s) until the subscription has
+        matched a publisher: messages sent before discovery completes are never delivered."""
         received: list = []
-        self.node.create_subscription(msg_type, topic, received.append, qos)
+        subscription = self.node.create_subscription(msg_type, topic, received.append, qos)
+        deadline = time.monotonic() + 20
+        while wait_for_publisher and subscription.get_publisher_count() == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
         return received
 
     def now_stamp(self):
