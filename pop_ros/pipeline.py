@@ -22,7 +22,6 @@ import torch.nn.functional as F
 
 from pop_ros import core
 from pop_ros.models.heads import fallback_heads, load_head_file
-from pop_ros.models.loading import load_mllm, load_visual
 from pop_ros.models.mllm import MLLMAdapter
 from pop_ros.models.presets import ModelConfig, default_head_file, get_preset
 from pop_ros.models.visual import VisualEncoder, VisualFeatures
@@ -162,21 +161,10 @@ class PartPointer:
         if model_config.random_weights:
             LOG.warning(RANDOM_WEIGHTS_BANNER.format(name=name))
         started = time.perf_counter()
-        visual = load_visual(
-            model_config.visual,
-            device=model_config.device,
-            dtype=model_config.dtype,
-            resolution=model_config.resolution,
-        )
+        visual = model_config.load_visual()
         visual_s = time.perf_counter() - started
         started = time.perf_counter()
-        mllm = load_mllm(
-            model_config.mllm,
-            device=model_config.device,
-            dtype=model_config.dtype,
-            prompt_template=model_config.prompt_template,
-            trust_remote_code=model_config.trust_remote_code,
-        )
+        mllm = model_config.load_mllm()
         pointer = cls(visual, mllm, model_config, settings, library, feature_cache_dir, name)
         pointer.load_timings_s = {"visual": visual_s, "mllm": time.perf_counter() - started}
         return pointer

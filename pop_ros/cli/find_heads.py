@@ -62,20 +62,13 @@ def _run(args) -> dict:
     from tqdm import tqdm
 
     from pop_ros.models.heads import sample_votes, save_head_file, select_heads
-    from pop_ros.models.loading import load_mllm
     from pop_ros.models.presets import default_head_file, get_preset
 
     if args.k < 1 or args.votes_per_sample < 1:
         raise CliError("-k and --votes-per-sample must be >= 1")
     config = get_preset(args.preset).replace(**model_overrides(args))
     pairs = read_pairs(args.data)[: args.limit] if args.limit else read_pairs(args.data)
-    adapter = load_mllm(
-        config.mllm,
-        device=config.device,
-        dtype=config.dtype,
-        prompt_template=config.prompt_template,
-        trust_remote_code=config.trust_remote_code,
-    )
+    adapter = config.load_mllm()
     votes, skipped = [], []
     for image_path, expression in tqdm(pairs, desc="finding heads", unit="sample"):
         try:

@@ -26,6 +26,24 @@ class ModelConfig:
     trust_remote_code: bool = False
     random_weights: bool = False  # tiny presets: say loudly that points are meaningless
 
+    def load_mllm(self):
+        """The text-prior adapter this configuration names (see `loading.load_mllm`)."""
+        from pop_ros.models.loading import load_mllm
+
+        return load_mllm(
+            self.mllm,
+            device=self.device,
+            dtype=self.dtype,
+            prompt_template=self.prompt_template,
+            trust_remote_code=self.trust_remote_code,
+        )
+
+    def load_visual(self):
+        """The patch-feature encoder this configuration names (see `loading.load_visual`)."""
+        from pop_ros.models.loading import load_visual
+
+        return load_visual(self.visual, device=self.device, dtype=self.dtype, resolution=self.resolution)
+
     def replace(self, **changes) -> ModelConfig:
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
