@@ -126,9 +126,7 @@ def test_point_many_equals_separate_single_queries(pointers, rng, family):
     assert {"visual_forward", "mllm_prefix"} <= set(shared) and all(r.shared_timings_ms is shared for r in many)
     for result in many:
         assert "visual_forward" not in result.timings_ms and "mllm_prefix" not in result.timings_ms
-        assert result.timings_ms["total"] == pytest.approx(
-            sum(v for k, v in result.timings_ms.items() if k != "total")
-        )
+        assert result.timings_ms["total"] == pytest.approx(sum(v for k, v in result.timings_ms.items() if k != "total"))
 
 
 def test_sequential_points_on_one_frame_hit_the_cache(rng):

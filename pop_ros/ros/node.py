@@ -33,10 +33,10 @@ from sensor_msgs.msg import Image
 
 from pop_ros import geometry
 from pop_ros.image_conversion import ImageConversionError, to_depth_m
-from pop_ros.ros.camera import CameraInput
+from pop_ros.ros.camera import CameraInput, is_empty_image
 from pop_ros.ros.outputs import Outputs
 from pop_ros.ros.parameters import PARAMETERS, check_parameter, check_type
-from pop_ros_interfaces.srv import AddExemplar, ListSupportSets, PointToPart
+from pop_ros_interfaces.srv import AddExemplar, ListSupportSets, PointToPart, PointToParts
 
 
 class RosLogHandler(logging.Handler):
@@ -104,6 +104,7 @@ class PopNode(LifecycleNode):
         self._continuous_group = MutuallyExclusiveCallbackGroup()
         services = {
             "~/point_to_part": (PointToPart, self._on_point_to_part),
+            "~/point_to_parts": (PointToParts, self._on_point_to_parts),
             "~/add_exemplar": (AddExemplar, self._on_add_exemplar),
             "~/list_support_sets": (ListSupportSets, self._on_list_support_sets),
         }
@@ -184,6 +185,7 @@ class PopNode(LifecycleNode):
             max_shots=int(value("max_shots")),
             retrieval=value("retrieval"),
             use_text=bool(value("use_text")),
+            frame_cache_size=int(value("frame_cache_size")),
         ).validate()
 
     # ---- lifecycle ------------------------------------------------------------------------------------
@@ -332,7 +334,8 @@ class PopNode(LifecycleNode):
         if not self._work_lock.acquire(timeout=timeout):
             return Answer(False, "busy: another query is running; try again", header)
         try:
-            result = self.pointer.point(image, query, support_set=support_set or None)
+            frame_key = self._frame_key(request_image, header)
+            result = self.pointer.point(image, query, support_set=support_set or None, frame_key=frame_key)
         except PointerError as error:
             return Answer(False, str(error), header)
         finally:
@@ -357,6 +360,94 @@ class PopNode(LifecycleNode):
         answer.total_ms = (time.perf_counter() - started) * 1000.0
         if publish:
             self.outputs.publish(answer, image, result.heatmap, bool(self.param("publish_heatmap")))
+        return answer
+
+    @staticmethod
+    def _frame_key(request_image, header) -> str | None:
+        """A camera frame is named by its stamp + frame_id (no hashing of the pixels); an image sent
+        with the request, or an unstamped frame, by its content (the pipeline hashes it)."""
+        if not is_empty_image(request_image) or (header.stamp.sec == 0 and header.stamp.nanosec == 0):
+            return None
+        return f"{header.frame_id}@{header.stamp.sec}.{header.stamp.nanosec:09d}"
+
+    # ---- several parts on one frame ----------------------------------------------------------------
+    def _on_point_to_parts(self, request, response):
+        """Every query of the request on one frame: its features and MLLM prefix are computed once.
+        `success` is false only when nothing could run; each query's own outcome is in its result."""
+        from pop_ros.pipeline import PointerError
+
+        started = time.perf_counter()
+        response.header = request.image.header
+        queries, sets = list(request.queries), list(request.support_sets)
+        problem = self._not_ready()
+        if not problem and not queries:
+            problem = "queries is empty: give at least one query"
+        if not problem and sets and len(sets) != len(queries):
+            problem = f"support_sets has {len(sets)} entries for {len(queries)} queries: give none or one per query"
+        image = None
+        if not problem:
+            try:
+                image, response.header = self.camera.target_image(request.image, float(self.param("max_frame_age")))
+            except ImageConversionError as error:
+                problem = str(error)
+        if problem:
+            response.success, response.message = False, problem
+            return response
+        header = response.header
+        sets = sets or [""] * len(queries)
+        timeout = float(self.param("busy_timeout")) if self.param("busy_policy") == "wait" else 0.0
+        if not self._work_lock.acquire(timeout=timeout):
+            response.success, response.message = False, "busy: another query is running; try again"
+            return response
+        try:
+            frame_key = self._frame_key(request.image, header)
+            results = self.pointer.point_many(
+                image, [(query, name or None) for query, name in zip(queries, sets, strict=True)], frame_key=frame_key
+            )
+        except PointerError as error:
+            response.success, response.message = False, str(error)
+            return response
+        finally:
+            self._work_lock.release()
+        shared_ms = next(
+            (r.shared_timings_ms.get("total", 0.0) for r in results if not isinstance(r, PointerError)), 0.0
+        )
+        for query, name, result in zip(queries, sets, results, strict=True):
+            if isinstance(result, PointerError):
+                answer = Answer(False, str(result), header, query=query, support_set=name)
+            else:
+                answer = self._result_answer(result, image, header)
+                answer.total_ms = result.timings_ms.get("total", 0.0)
+                self.outputs.publish(answer, image, result.heatmap, bool(self.param("publish_heatmap")))
+            response.results.append(self.outputs.result_message(answer))
+        failed = sum(not r.success for r in response.results)
+        response.success = True
+        response.shared_ms = float(shared_ms)
+        response.message = (
+            f"{len(queries) - failed}/{len(queries)} queries answered in "
+            f"{(time.perf_counter() - started) * 1000.0:.0f} ms (shared {shared_ms:.0f} ms)"
+        )
+        return response
+
+    def _result_answer(self, result, image, header) -> Answer:
+        """A pipeline result as an Answer: the 3D point and the min_score check, as `_answer` does."""
+        answer = Answer(
+            True,
+            "",
+            header,
+            u=result.u,
+            v=result.v,
+            score=result.score,
+            query=result.query,
+            support_set=result.support_set,
+        )
+        answer.has_3d, answer.xyz, why_not_3d = self._point_3d(result.u, result.v, image.shape[:2], header)
+        notes = [] if answer.has_3d else [f"no 3D point: {why_not_3d}"]
+        min_score = float(self.param("min_score"))
+        if result.score < min_score:
+            answer.success = False
+            notes.insert(0, f"part not visible: score {result.score:.3f} < min_score {min_score}")
+        answer.message = "; ".join(notes) or "ok"
         return answer
 
     def _point_3d(self, u: float, v: float, image_size, header) -> tuple[bool, tuple[float, float, float], str]:

@@ -48,6 +48,12 @@ PARAMETERS = {
     "max_shots": (3, "K: at most this many exemplars per query (>= 1)", "runtime"),
     "retrieval": ("cls", "which K exemplars: cls (closest by DINO [CLS]) | first", "runtime"),
     "use_text": (True, "false = visual-only ablation (needs a support set)", "runtime"),
+    "frame_cache_size": (
+        2,
+        "latest N frames (by stamp + frame_id) whose image features and MLLM image prefix further queries "
+        "reuse; 0 = none, at most 64",
+        "runtime",
+    ),
     "min_score": (0.0, "answers with a lower score fail with 'part not visible' (0 = never)", "runtime"),
     "max_frame_age": (1.0, "refuse camera frames older than this, seconds (0 = no limit)", "runtime"),
     "depth_max_dt": (0.05, "pair depth with colour when stamps differ by at most this, seconds", "runtime"),
@@ -80,6 +86,7 @@ _MINIMUM = {
     "busy_timeout": 0.0,
     "continuous_rate": 0.0,
     "resolution": 0,
+    "frame_cache_size": 0,
 }
 
 
@@ -89,6 +96,8 @@ def check_parameter(name: str, value) -> str | None:
         return f"{name} must be one of {[c for c in _CHOICES[name] if c]}, got {value!r}"
     if name in _MINIMUM and value < _MINIMUM[name]:
         return f"{name} must be >= {_MINIMUM[name]}, got {value}"
+    if name == "frame_cache_size" and value > 64:
+        return f"frame_cache_size must be <= 64, got {value}"
     if name == "prompt_template" and value and "{query}" not in value:
         return "prompt_template must contain {query}"
     if name == "preset":
