@@ -202,3 +202,36 @@ def test_frame_cache_size_is_validated():
         PointerSettings(frame_cache_size=-1).validate()
     with pytest.raises(ValueError, match="frame_cache_size"):
         PointerSettings(frame_cache_size=1.5).validate()
+
+
+# ---- pop-point with several --query ---------------------------------------------------------------
+def test_pop_point_several_queries_share_one_frame(tmp_path, rng):
+    import json
+    import subprocess
+    import sys
+
+    import cv2
+
+    target_rgb, support_rgb = random_image(rng, 120, 160), random_image(rng, 100, 100)
+    cv2.imwrite(str(tmp_path / "target.png"), cv2.cvtColor(target_rgb, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(tmp_path / "support.png"), cv2.cvtColor(support_rgb, cv2.COLOR_RGB2BGR))
+    command = [sys.executable, "-m", "pop_ros.cli.point", "--preset", "tiny", "--target", str(tmp_path / "target.png")]
+    command += ["--support", f"{tmp_path / 'support.png'}:50,40", "--json"]
+    queries = ["handle of the mug", "rim of the mug", "lid"]
+    args = [item for query in queries for item in ("--query", query)]
+    completed = subprocess.run(
+        [*command, *args, "--save-heatmap", str(tmp_path / "heat.png")], capture_output=True, text=True, timeout=300
+    )
+    assert completed.returncode == 0, completed.stderr
+    output = json.loads(completed.stdout)
+    assert [r["query"] for r in output["results"]] == queries and output["random_weights"] is True
+    assert {"visual_forward", "mllm_prefix"} <= set(output["shared_timings_ms"])
+    pointer = PartPointer.from_preset("tiny", settings=PointerSettings(frame_cache_size=0))
+    for index, (query, result) in enumerate(zip(queries, output["results"], strict=True)):
+        alone = pointer.point(target_rgb, query, supports=[(support_rgb, (50.0, 40.0))])
+        assert (result["u"], result["v"]) == (alone.u, alone.v)
+        assert cv2.imread(result["heatmap_png"]).shape == (120, 160, 3)
+        assert result["heatmap_png"].endswith(f"heat_{index}.png")
+    bad = subprocess.run([*command, "--query", "lid", "--query", "  "], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines()[-1].startswith("error: --query '  ': request 1: the query is empty")
