@@ -45,6 +45,59 @@ def test_prefix_maps_equal_single_queries(tiny_adapters, rng, family):
     torch.testing.assert_close(deep, adapter.head_maps(image, "lid", [(5, 3), (0, 1)]), atol=1e-5, rtol=0)
 
 
+def _qwen_sibling(model_type):
+    """A tiny random Qwen2-VL or Qwen3-VL (the siblings the Qwen adapter serves; Qwen3-VL also adds
+    deepstack visual features inside early decoder layers) with the tiny Qwen tokenizer."""
+    import transformers
+
+    from pop_ros.models.mllm import adapter_for
+    from pop_ros.models.processors import build_processor
+    from pop_ros.models.tiny import CHAT_TEMPLATES, build_tokenizer
+
+    tokenizer = build_tokenizer("qwen2_5_vl")
+    names = {"image": "<|image_pad|>", "video": "<|video_pad|>", "vision_start": "<|vision_start|>"}
+    names["vision_end"] = "<|vision_end|>"
+    ids = {f"{key}_token_id": tokenizer.convert_tokens_to_ids(token) for key, token in names.items()}
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
+    text = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 6, "num_attention_heads": 4}
+    text |= {"num_key_value_heads": 2, "vocab_size": 128, "bos_token_id": None, "eos_token_id": None}
+    torch.manual_seed(0)
+    if model_type == "qwen2_vl":
+        config = transformers.Qwen2VLConfig(
+            text_config={**text, "rope_parameters": rope},
+            vision_config={"depth": 2, "embed_dim": 32, "hidden_size": 64, "num_heads": 2, "mlp_ratio": 2},
+            **ids,
+        )
+        model = transformers.Qwen2VLForConditionalGeneration(config)
+        images = transformers.Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=448 * 448)
+        processor_class = transformers.Qwen2VLProcessor
+    else:
+        vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64}
+        vision |= {"patch_size": 16, "num_position_embeddings": 64, "deepstack_visual_indexes": [0, 1]}
+        config = transformers.Qwen3VLConfig(
+            text_config={**text, "head_dim": 16, "rope_parameters": {**rope, "mrope_interleaved": True}},
+            vision_config=vision,
+            **ids,
+        )
+        model = transformers.Qwen3VLForConditionalGeneration(config)
+        images = transformers.Qwen2VLImageProcessorPil(patch_size=16, min_pixels=64 * 64, max_pixels=512 * 512)
+        processor_class = transformers.Qwen3VLProcessor
+    processor = build_processor(processor_class, images, tokenizer, CHAT_TEMPLATES["qwen2_5_vl"])
+    return adapter_for(model, processor)
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_vl", "qwen3_vl"])
+def test_prefix_maps_equal_single_queries_on_qwen_siblings(rng, model_type):
+    adapter = _qwen_sibling(model_type)
+    image = random_image(rng, 300, 500)
+    prefix = adapter.image_prefix(image, "lid", depth=4)
+    assert prefix.reusable, prefix.reason
+    for query in QUERIES[:2]:
+        single = adapter.head_maps(image, query, HEADS)
+        torch.testing.assert_close(adapter.head_maps_from_prefix(prefix, query, HEADS), single, atol=1e-5, rtol=0)
+        torch.testing.assert_close(single, adapter.head_maps_eager(image, query, HEADS), atol=1e-6, rtol=0)
+
+
 def test_qwen_query_tokens_get_the_full_prompts_mrope_positions(tiny_adapters, rng):
     # The query's tokens continue the 3-D mRoPE positions of the whole prompt: compare against the
     # model's own get_rope_index over the full prompt (not against our offset arithmetic).

@@ -432,6 +432,7 @@ class MLLMAdapter:
                 inner.__dict__.pop("get_image_features", None)
         if "image" in recorded:
             prefix.image_features = BaseModelOutputWithPooling(pooler_output=recorded["image"].pooler_output)
+            prefix.model_inputs.pop("pixel_values", None)  # the features replace them: memory stays flat
         kept = []
         for layer in cache.layers[: depth + 1]:
             if not layer.is_initialized or layer.keys.shape[-2] != prefix.length:
