@@ -117,13 +117,14 @@ def build_shape_pointer(shape: str, device: str, dtype: str):
         Qwen2_5_VLConfig,
         Qwen2_5_VLForConditionalGeneration,
         Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
         Qwen2VLImageProcessorPil,
     )
 
     from pop_ros.models.loading import resolve_device, resolve_dtype
     from pop_ros.models.mllm import adapter_for
     from pop_ros.models.presets import ModelConfig
-    from pop_ros.models.processors import build_processor
+    from pop_ros.models.processors import build_processor, torchvision_works
     from pop_ros.models.tiny import CHAT_TEMPLATES, build_tokenizer
     from pop_ros.models.visual import VisualEncoder
     from pop_ros.pipeline import PartPointer
@@ -153,9 +154,9 @@ def build_shape_pointer(shape: str, device: str, dtype: str):
     with torch.device(torch_device):
         model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch_dtype, attn_implementation="sdpa")
         dino = DINOv3ViTModel._from_config(visual_config, dtype=torch_dtype)
-    processor = build_processor(
-        Qwen2_5_VLProcessor, Qwen2VLImageProcessorPil(), tokenizer, CHAT_TEMPLATES["qwen2_5_vl"]
-    )
+    # The image processor users get: AutoProcessor picks the torchvision one where torchvision imports.
+    image_processor = Qwen2VLImageProcessor() if torchvision_works() else Qwen2VLImageProcessorPil()
+    processor = build_processor(Qwen2_5_VLProcessor, image_processor, tokenizer, CHAT_TEMPLATES["qwen2_5_vl"])
     mllm = adapter_for(model.to(torch_device), processor)
     visual = VisualEncoder(dino.to(torch_device), resolution=448)
     model_config = ModelConfig(mllm=f"shape:{shape}", visual=f"shape:{visual_name}", random_weights=True)
