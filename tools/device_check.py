@@ -124,7 +124,9 @@ class Check:
         self.out = pathlib.Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.log_path = self.out / "device_check.log"
-        self.log = self.log_path.open("w", encoding="utf-8")
+        self.log_path.write_text("")
+        # Append mode: the children write into the same file, and every write lands at its end.
+        self.log = self.log_path.open("a", encoding="utf-8")
         self.report: dict = {
             "mode": "dry-run" if args.dry_run else "gpu",
             "command": " ".join(["tools/device_check.py", *sys.argv[1:]]),
@@ -166,6 +168,14 @@ class Check:
                 os.killpg(process.pid, 9)  # the whole group: pytest's and the bench's children too
                 stdout, _ = process.communicate()
                 return None, stdout or ""
+
+    def last_log_line(self, since: int) -> str:
+        """The last non-empty line a child wrote into the log after offset `since` (its error, usually)."""
+        self.log.flush()
+        with self.log_path.open(encoding="utf-8", errors="replace") as handle:
+            handle.seek(since)
+            lines = [line.strip() for line in handle.read().splitlines() if line.strip()]
+        return lines[-1][:300] if lines else "(nothing written)"
 
     # -- steps --
     def environment(self) -> None:
@@ -279,6 +289,7 @@ class Check:
                        self.args.dtype, "--repeats", str(self.args.repeats), "--warmup", str(self.args.warmup),
                        "--stream-seconds", "0", "--json"]  # fmt: skip
             started = time.monotonic()
+            log_start = self.log.tell()
             code, stdout = self.run(command, timeout=left, capture_stdout=True)
             seconds = round(time.monotonic() - started, 1)
             if code is None:
@@ -288,7 +299,9 @@ class Check:
             try:
                 bench = json.loads(stdout)
             except json.JSONDecodeError:
-                results[shape] = {"error": f"pop-bench exited {code} without a JSON report; see the log"}
+                results[shape] = {
+                    "error": f"pop-bench exited {code} without a JSON report: {self.last_log_line(log_start)}"
+                }
                 self.log.write(stdout[-5000:])
                 self.problem(f"bench {shape}: " + results[shape]["error"])
                 continue
