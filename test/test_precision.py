@@ -9,7 +9,8 @@ tolerance would mean nothing across models):
   layer; the fast path reads the same layer's q and k in float32. Measured on CPU: at most 2.0 %
   (bfloat16, Molmo2) and 0.23 % (float16).
 - final POP map (text prior x visual correspondence) vs float32 on CPU: bfloat16 1 %, float16 0.5 %,
-  float32 0.1 %. Measured on CPU: at most 0.36 % (bfloat16) and 0.03 % (float16).
+  float32 0.5 % (CUDA convolutions, the patch embeddings, run in TF32 by torch's default). Measured
+  on CPU: at most 0.36 % (bfloat16) and 0.03 % (float16).
 The point (argmax) is compared where the float32 map separates its peak from the runner-up by more
 than twice that tolerance: there, any precision and device must give the same pixel.
 """
@@ -33,7 +34,7 @@ DEVICES = [
     ),
 ]
 MAP_TOLERANCE = {"bfloat16": 0.05, "float16": 0.01}  # fast vs eager, fraction of the peak
-FINAL_TOLERANCE = {"bfloat16": 0.01, "float16": 0.005, "float32": 0.001}  # final map vs float32 CPU
+FINAL_TOLERANCE = {"bfloat16": 0.01, "float16": 0.005, "float32": 0.005}  # final map vs float32 CPU
 
 
 def relative_to_peak(candidate: torch.Tensor, reference: torch.Tensor) -> float:
