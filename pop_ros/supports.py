@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import errno
 import hashlib
 import itertools
 import math
@@ -410,6 +411,16 @@ class SupportLibrary:
                         break
                     except FileExistsError:
                         number += 1
+                    except OSError as error:
+                        if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                            raise
+                        # No hard links here (FAT, some network file systems): create the final name
+                        # exclusively instead. A crash mid-write leaves a partial file no YAML names.
+                        try:
+                            _write_synced(final, encoded.tobytes(), steps, "image (no hard links)")
+                            break
+                        except FileExistsError:
+                            number += 1
                 steps.done("image linked to its name")
             finally:
                 temporary.unlink(missing_ok=True)

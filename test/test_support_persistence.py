@@ -1,6 +1,7 @@
 """A writable support library: persistence, safe file names, editing, concurrency, and a writer
 killed between every two of its steps (pure Python: no node, no models except the cache test)."""
 
+import errno
 import os
 import pathlib
 import shutil
@@ -121,6 +122,25 @@ def test_additions_persist_with_a_backup_and_never_overwrite_images(tmp_path, rn
     reloaded = SupportLibrary.load(path)
     np.testing.assert_array_equal(reloaded.get("mug").exemplars[-1].image, new_image)
     assert len(reloaded.errors) == 2  # the missing image and the empty set, as before
+
+
+def test_images_are_stored_where_hard_links_are_not_supported(tmp_path, rng, monkeypatch):
+    path = tmp_path / "library.yaml"
+    library = SupportLibrary.load(path, writable=True)
+    first = random_image(rng, 20, 30)
+    library.add_exemplar("lid", first, (1, 1))
+
+    def no_links(source, target):
+        raise PermissionError(errno.EPERM, "hard links not supported", str(target))
+
+    monkeypatch.setattr(os, "link", no_links)
+    second = random_image(rng, 21, 31)
+    library.add_exemplar("lid", second, (2, 2))
+    folder = library.images_dir / set_folder_name("lid")
+    assert sorted(p.name for p in folder.iterdir()) == ["0000.png", "0001.png"]  # no temporary left
+    stored = SupportLibrary.load(path).get("lid").exemplars
+    np.testing.assert_array_equal(stored[0].image, first)
+    np.testing.assert_array_equal(stored[1].image, second)
 
 
 def test_editing_persists_and_keeps_entries_that_did_not_load(tmp_path, rng):
