@@ -197,6 +197,9 @@ def test_writable_library_refuses_an_unwritable_folder(tmp_path):
             SupportLibrary.load(locked / "library.yaml", writable=True)
     finally:
         locked.chmod(0o700)
+
+
+def test_writable_library_refuses_a_missing_folder(tmp_path):
     with pytest.raises(SupportError, match="folder .* does not exist"):
         SupportLibrary.load(tmp_path / "nope" / "library.yaml", writable=True)
 
