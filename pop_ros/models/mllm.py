@@ -276,8 +276,13 @@ class MLLMAdapter:
         return self.model(**model_inputs, use_cache=False, logits_to_keep=1, **kwargs)
 
     @torch.inference_mode()
-    def generate_text(self, image_rgb: np.ndarray, prompt_text: str, max_new_tokens: int = 32) -> str:
-        """The model's own answer to a free prompt (native pointing baseline)."""
+    def generate_text(
+        self, image_rgb: np.ndarray, prompt_text: str, max_new_tokens: int = 32, fixed_length: bool = True
+    ) -> str:
+        """The model's own answer to a free prompt (native pointing baseline).
+
+        `fixed_length` generates exactly `max_new_tokens` (comparable timings); otherwise generation
+        stops at the model's end of turn, as the evaluation needs."""
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt_text}]}]
         from PIL import Image
 
@@ -291,7 +296,10 @@ class MLLMAdapter:
         inputs = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
         with self._lock:
             output = self.model.generate(
-                **inputs, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                min_new_tokens=max_new_tokens if fixed_length else None,
+                do_sample=False,
             )
         return self.processor.tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
