@@ -218,11 +218,15 @@ def test_molmo2_points_in_every_released_shape():
     multi = '<points coords="2 1 500 500\t1 2 250 750">x</points>'
     assert parse_molmo_point(multi, size) == pytest.approx((100.0, 150.0))
     assert np.allclose(parse_molmo2_points(multi, size, image_index=2), [(200.0, 100.0)])
+    # Cut short by the token limit: the complete triples count.
+    cut = 'Here: <points alt="mug handle" coords="1 1 073 160 2 17'
+    assert parse_molmo_point(cut, size) == pytest.approx((29.2, 32.0))
     # The far edge 1000 stays on the image.
     u, v = parse_molmo_point('<points coords="1 1 1000 000">x</points>', size)
     assert 399 < u < 400 and v == 0.0
     bad = [
         ('<points coords="2 1 500 500">x</points>', "no point on image 1"),
+        ('<points coords="1 1 50', "no point on image 1"),  # cut before the first point closed
         ('<points coords="1 1 500">x</points>', "object-index x y triples"),
         ('<points coords="1 1 1500 20">x</points>', "off the 0-1000 scale"),
         ('<points coords="1 1 5a0 20">x</points>', "unreadable coords"),

@@ -20,16 +20,19 @@ import re
 
 # Molmo v1: x/y (or x1/y1) attributes in percent.
 MOLMO_V1_POINT = re.compile(r"<points?\b[^>]*?\bx1?\s*=\s*\"([-\d.]+)\"[^>]*?\by1?\s*=\s*\"([-\d.]+)\"", re.IGNORECASE)
-# Molmo2: a coords attribute anywhere in a <points>/<point> tag (alt before or after it).
-MOLMO2_COORDS = re.compile(r"<points?\b[^>]*?\bcoords\s*=\s*\"([^\"]*)\"", re.IGNORECASE)
+# Molmo2: a coords attribute anywhere in a <points>/<point> tag (alt before or after it); an
+# answer cut short inside the attribute still holds its complete triples.
+MOLMO2_COORDS = re.compile(r"<points?\b[^>]*?\bcoords\s*=\s*\"([^\"]*)(\"|$)", re.IGNORECASE)
 MOLMO2_IMAGE_GROUP_SEPARATOR = re.compile(r"[\t;,:]")
 JSON_FENCE = re.compile(r"```(?:json)?\s*(.*?)(?:```|$)", re.DOTALL)
 QWEN_POINT_2D = re.compile(r"\"point_2d\"\s*:\s*\[\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*\]")
 
-# New tokens the native answer may need: Molmo2's one-point tag with a label of a few words is
-# about 25 tokens; Qwen's fenced JSON with a label of a few words about 35. 128 lets every format
-# close (a sentence around the tag included) and costs nothing when the model stops earlier.
-NATIVE_MAX_NEW_TOKENS = 128
+# New tokens the native answer may need (both tokenizers spell numbers digit by digit): Molmo2's
+# one-point tag with an alt and a label of a few words is about 40 tokens, Qwen's fenced JSON
+# with a label of a few words about 45. 64 lets a one-point answer close; a longer one (several
+# points, a sentence) is cut, and its first complete point still counts. Generation stops at the
+# end of turn, so short answers cost no more.
+NATIVE_MAX_NEW_TOKENS = 64
 
 NATIVE_PROMPTS = {
     "molmo2": "Point to the {query}.",
@@ -55,8 +58,13 @@ def parse_molmo2_points(text: str, image_size: tuple[int, int], image_index: int
     height, width = image_size
     points = []
     for match in MOLMO2_COORDS.finditer(text or ""):
+        cut_short = match.group(2) != '"'
         for group in MOLMO2_IMAGE_GROUP_SEPARATOR.split(match.group(1)):
             numbers = group.split()
+            if cut_short and len(numbers) % 3 != 1:
+                numbers = numbers[: 1 + 3 * ((len(numbers) - 1) // 3)]  # drop the unfinished triple
+            if len(numbers) < 4 and cut_short:
+                continue
             if not numbers:
                 continue
             if len(numbers) % 3 != 1:
