@@ -185,3 +185,25 @@ def test_molmo2_odd_counts_occur_on_common_frames():
         shifts[(height, width)] = (round(real_u - old_u, 1), round(real_v - old_v, 1))
     assert any(v != (0.0, 0.0) for v in shifts.values()), shifts
     print("molmo2 far-edge shift of the old mapping (du, dv) px:", shifts)
+
+
+def test_sigma_stays_in_token_units_on_molmo2s_patch_grid(monkeypatch, rng):
+    import pop_ros.core as core
+    from pop_ros.pipeline import PartPointer
+
+    seen = []
+    original = core.text_prior
+
+    def recording(head_maps, sigma=1.0, aggregation="sum"):
+        seen.append((tuple(head_maps.shape[-2:]), sigma))
+        return original(head_maps, sigma=sigma, aggregation=aggregation)
+
+    monkeypatch.setattr(core, "text_prior", recording)
+    image = random_image(rng, 300, 500)
+    for preset, cells in (("tiny", 1), ("tiny-molmo2", 2)):
+        pointer = PartPointer.from_preset(preset)
+        pointer.settings.sigma = 1.5
+        pointer.point(image, "handle of the mug")
+        grid, sigma = seen[-1]
+        assert sigma == 1.5 * cells
+        assert grid == pointer.mllm.prepare(image, "handle of the mug").grid

@@ -119,6 +119,8 @@ class MLLMAdapter:
     """Base class: everything but the family's image-token layout."""
 
     family = "base"
+    # Grid cells per image token along each axis: sigma and other token-unit sizes scale by it.
+    cells_per_token = 1
 
     def __init__(
         self,
@@ -380,6 +382,7 @@ class Molmo2Adapter(MLLMAdapter):
     it, found from the processor's own `image_token_pooling` (padding entries are -1)."""
 
     family = "molmo2"
+    cells_per_token = 2  # the patch grid under 2x2 pooling
 
     def _locate_image_tokens(self, inputs):
         input_ids = inputs["input_ids"][0]
