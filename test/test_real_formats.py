@@ -11,7 +11,7 @@ import torch
 
 from pop_ros.models.loading import load_mllm
 from pop_ros.models.mllm import INTERNVL_ORIGINAL_SYSTEM_PROMPT, cap_pixels, molmo2_patch_positions
-from pop_ros.models.processors import load_processor, molmo2_image_processor
+from pop_ros.models.processors import assemble_processor, molmo2_image_processor
 from pop_ros.models.tiny import FAMILIES, HUB_LAYOUTS, ensure_tiny_checkpoint
 from test.conftest import random_image
 
@@ -49,7 +49,7 @@ def test_tiny_checkpoints_have_the_hub_layout_and_load(family):
         )
     class_file = HUB_LAYOUTS[family]["processor_class_file"]
     assert json.loads((folder / class_file).read_text())["processor_class"].endswith("Processor")
-    processor = load_processor(str(folder))
+    processor = assemble_processor(str(folder))
     assert type(processor).__name__ == json.loads((folder / class_file).read_text())["processor_class"]
 
 
@@ -60,14 +60,14 @@ def test_chat_template_from_json_or_jinja_and_class_from_any_file(tmp_path):
     shutil.copytree(source, jinja)
     (jinja / "chat_template.json").unlink()
     (jinja / "chat_template.jinja").write_text(template)
-    assert load_processor(str(jinja)).chat_template == load_processor(str(source)).chat_template == template
+    assert assemble_processor(str(jinja)).chat_template == assemble_processor(str(source)).chat_template == template
     nameless = tmp_path / "nameless"
     shutil.copytree(source, nameless)
     settings = json.loads((nameless / "preprocessor_config.json").read_text())
     del settings["processor_class"]
     (nameless / "preprocessor_config.json").write_text(json.dumps(settings))
     with pytest.raises(OSError, match="processor_config.json, preprocessor_config.json, tokenizer_config.json"):
-        load_processor(str(nameless))
+        assemble_processor(str(nameless))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
