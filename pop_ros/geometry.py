@@ -31,6 +31,8 @@ def deproject(u: float, v: float, depth: float, k: np.ndarray) -> tuple[float, f
     fx, fy, cx, cy = k[0, 0], k[1, 1], k[0, 2], k[1, 2]
     if not (fx > 0 and fy > 0):  # also catches NaN
         raise ValueError(f"camera intrinsics have non-positive focal lengths (fx={fx}, fy={fy})")
+    if not np.isfinite([fx, fy, cx, cy]).all():
+        raise ValueError(f"camera intrinsics are not finite (fx={fx}, fy={fy}, cx={cx}, cy={cy})")
     xyz = ((u - cx) * depth / fx, (v - cy) * depth / fy, depth)
     if not all(math.isfinite(c) for c in xyz):
         raise ValueError(f"camera intrinsics give no finite point (fx={fx}, fy={fy}, cx={cx}, cy={cy})")

@@ -135,8 +135,8 @@ def compressed_images(draw):
         data = valid
     msg = CompressedImage()
     _set_header(msg, draw(stamps()), "camera_optical")
-    msg.format = draw(st.one_of(st.sampled_from(["jpeg", "png", "rgb8; jpeg compressed bgr8", "16UC1; compressedDepth"]),
-                                st.text(max_size=30)))  # fmt: skip
+    formats = ["jpeg", "png", "rgb8; jpeg compressed bgr8", "16UC1; compressedDepth"]
+    msg.format = draw(st.one_of(st.sampled_from(formats), st.text(max_size=30)))
     msg.data = data
     return msg
 

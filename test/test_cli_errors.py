@@ -46,7 +46,7 @@ def files(tmp_path_factory):
         (["--save-heatmap", "{d}/out.txt"], "needs an image file name"),
         (["--save-heatmap", "{d}/nowhere/out.png"], "--save-heatmap folder {d}/nowhere does not exist"),
         (["--library", "{d}/library.yaml"], "--library needs --support-set NAME"),
-        (["--library", "{d}/library.yaml", "--support-set", "nope"], "support set 'nope' is not in {d}/library.yaml (known: mug_handle)"),
+        (["--library", "{d}/library.yaml", "--support-set", "nope"], "{d}/library.yaml (known: mug_handle)"),
         (["--library", "{d}/library.yaml", "--support-set", "lid"], "support set 'lid' is not in {d}/library.yaml: "),
         (["--library", "{d}/broken.yaml", "--support-set", "mug"], "is not valid YAML"),
         (["--library", "{d}/absent.yaml", "--support-set", "mug"], "support library {d}/absent.yaml does not exist"),
@@ -83,15 +83,12 @@ def test_unreachable_hub_fails_at_once_without_retry_warnings(files):
     loading error after one refused connection instead of huggingface_hub's retry backoff."""
     env = dict(os.environ, HF_HUB_OFFLINE="0", HF_ENDPOINT="http://127.0.0.1:9", HF_HUB_DISABLE_TELEMETRY="1")
     started = time.monotonic()
-    completed = run(
-        "pop_ros.cli.point", *UNLOADABLE, "--target", str(files / "target.png"), "--query", "lid", env=env
-    )
+    completed = run("pop_ros.cli.point", *UNLOADABLE, "--target", str(files / "target.png"), "--query", "lid", env=env)
     elapsed = time.monotonic() - started
     lines = completed.stderr.strip().splitlines()
     assert completed.returncode == 2 and len(lines) == 1, completed.stderr
-    assert "could not load visual model 'pop-ros-test/none': it is not in the local cache and the hub is unreachable" in (
-        lines[0]
-    )
+    expected = "visual model 'pop-ros-test/none': it is not in the local cache and the hub is unreachable"
+    assert expected in lines[0]
     assert "Retrying" not in completed.stderr
     # Imports and startup take a few seconds on a loaded machine; the backoff alone took 23 s per file.
     assert elapsed < 20, elapsed

@@ -62,7 +62,8 @@ def test_mixed_size_batch_never_matches_a_padding_row(mode):
     expected_backward = [cos(other, anchor), 1.0, cos(other, anchor)]  # 0.6, 1, 0.6
     np.testing.assert_allclose(alone[0].numpy(), expected_backward, atol=1e-6)
     forward = [max(cos(t, anchor), 0.0) for t in (target_patch, anchor, other)]  # 0, 1, 0.6
-    expected = expected_backward if mode == "backward" else [f * b for f, b in zip(forward, expected_backward)]
+    product = [f * b for f, b in zip(forward, expected_backward, strict=True)]
+    expected = expected_backward if mode == "backward" else product
     np.testing.assert_allclose(batched[1, 0].numpy(), expected, atol=1e-6)
 
 
