@@ -149,9 +149,17 @@ class DiagnosticsPublisher:
         self.hardware_id = hardware_id
         self.stale_frame_s = stale_frame_s
         self.publisher = node.create_publisher(DiagnosticArray, self.TOPIC, 1)
+        self.callback_group = callback_group
         self.timer = None
+        self.set_period(period_s, wrap)
+
+    def set_period(self, period_s: float, wrap: Callable = lambda callback: callback) -> None:
+        """Publish every `period_s` seconds from now on (0 = stop)."""
+        if self.timer is not None:
+            self.node.destroy_timer(self.timer)
+            self.timer = None
         if period_s > 0:
-            self.timer = node.create_timer(period_s, wrap(self.publish), callback_group=callback_group)
+            self.timer = self.node.create_timer(period_s, wrap(self.publish), callback_group=self.callback_group)
 
     def statuses(self) -> list[DiagnosticStatus]:
         prefix = f"{self.node.get_name()}: "
@@ -197,13 +205,8 @@ class DiagnosticsPublisher:
         total_errors = sum(errors.values())
         error_values = {"errors total": total_errors, **{name: count for name, count in sorted(errors.items())}}
         internal = errors.get("internal error", 0)
-        errors_status = _status(
-            prefix + "errors",
-            hw,
-            WARN if internal else OK,
-            f"{internal} internal error(s) caught" if internal else f"{total_errors} refused input(s), no internal error",
-            error_values,
-        )
+        summary = f"{internal} internal error(s) caught" if internal else f"{total_errors} refused, none internal"
+        errors_status = _status(prefix + "errors", hw, WARN if internal else OK, summary, error_values)
 
         level, message, extra = self.model_state()
         model = _status(prefix + "model", hw, level, message, extra)
