@@ -166,7 +166,7 @@ class PopNode(LifecycleNode):
                 if len(args) == 2 and hasattr(args[1], "success"):  # a service: (request, response)
                     response = args[1]
                     response.success = False
-                    response.message = f"internal error: {type(error).__name__}: {error}"
+                    response.message = f"internal error: {type(error).__name__}: {' '.join(str(error).split())}"
                     return response
                 return args[1] if len(args) == 2 else None
 
