@@ -86,6 +86,9 @@ def underlay_environment() -> dict[str, str]:
         CMAKE_PREFIX_PATH=str(VENV),
         COLCON_HOME=str(WORKSPACE / "colcon_home"),  # no developer colcon defaults or mixins
     )
+    # colcon passes make `-l<cores>` unless MAKEFLAGS is set: on a shared machine whose load average
+    # is above the core count, that serialises the interface package's compile.
+    env.setdefault("MAKEFLAGS", f"-j{os.cpu_count() or 1}")
     return env
 
 
@@ -206,8 +209,9 @@ def test_sourced_workspace_resolves_its_own_packages(workspace):
         "print(pop_ros.__file__); print(pop_ros_interfaces.srv.__file__); print(share_dir())"
     )
     completed = subprocess.run(
-        sourced(f"python -c '{probe}'"), env=underlay_environment(), capture_output=True, text=True, timeout=120
-    )
+        sourced(f"python -c '{probe}'"),
+        cwd=WORKSPACE, env=underlay_environment(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
     assert completed.returncode == 0, completed.stderr
     package_file, interfaces_file, share = completed.stdout.split()
     assert pathlib.Path(package_file).is_relative_to(WORKSPACE / "build" / "pop_ros")
@@ -229,7 +233,9 @@ def test_installed_node_serves_the_shipped_support_library(workspace, tmp_path):
     )
     log_path = tmp_path / "pop_node.log"
     with open(log_path, "w") as log:
-        process = subprocess.Popen(sourced(command), env=underlay_environment(), stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            sourced(command), cwd=WORKSPACE, env=underlay_environment(), stdout=log, stderr=subprocess.STDOUT
+        )
     client = RosClient("colcon_test_client")
     try:
         # The service exists from the start; it lists the sets once autostart has configured the node.
