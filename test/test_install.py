@@ -188,3 +188,4 @@ def test_pop_find_heads_writes_to_the_user_folder_by_default(monkeypatch, tmp_pa
     assert written == tmp_path / "data" / "pop_ros" / "heads" / head_file_name(str(model))
     assert written.is_file()
     assert default_head_file(str(model)) == written  # what the node and tools then load
+    assert f"wrote {written}: pop_node, pop-point and pop-eval of this user load it" in completed.stderr

@@ -68,7 +68,7 @@ def _run(args) -> dict:
     from tqdm import tqdm
 
     from pop_ros.models.heads import sample_votes, save_head_file, select_heads
-    from pop_ros.models.presets import get_preset, user_head_file
+    from pop_ros.models.presets import default_head_file, get_preset, user_head_file
 
     if args.k < 1 or args.votes_per_sample < 1:
         raise CliError("-k and --votes-per-sample must be >= 1")
@@ -93,6 +93,11 @@ def _run(args) -> dict:
         )
     out = args.out or user_head_file(config.mllm)
     save_head_file(out, config.mllm, selection, source=str(args.data))
+    if pathlib.Path(out).resolve() == default_head_file(config.mllm).resolve():
+        use = "pop_node, pop-point and pop-eval of this user load it while heads_file is empty"
+    else:
+        use = f"load it with the node parameter heads_file:={pathlib.Path(out).resolve()} (tools: --heads-file)"
+    logging.getLogger("pop-find-heads").info("wrote %s: %s", out, use)
     for problem in skipped:
         logging.getLogger("pop-find-heads").warning("skipped: %s", problem)
     return {
