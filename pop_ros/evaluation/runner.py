@@ -108,9 +108,9 @@ def folder_identity(root: pathlib.Path, skip: pathlib.Path | None = None) -> str
 
 
 def _model_identity(spec: str) -> str:
-    """A local model folder is identified by its content; a hub id or tiny spec by its name."""
+    """A local model folder is identified by its content; a hub id or tiny spec by its name alone."""
     path = pathlib.Path(spec)
-    return folder_identity(path) if path.exists() else spec
+    return folder_identity(path) if path.exists() else "by name"
 
 
 def model_configuration(preset: str, overrides: dict, cuda_available: bool) -> dict:
