@@ -30,6 +30,8 @@ from pop_ros.supports import SupportError, SupportLibrary, validate_click, valid
 LOG = logging.getLogger(__name__)
 
 RETRIEVALS = ("cls", "first")
+# A part is named in a few words; a longer query only costs prefill time (and GPU memory).
+MAX_QUERY_CHARS = 2000
 HEAD_SETS = ("selected", "all")
 RANDOM_WEIGHTS_BANNER = (
     "RANDOM WEIGHTS: the '{name}' models are tiny and randomly initialised; every point they give is "
@@ -276,15 +278,60 @@ class PartPointer:
     def add_exemplar(self, set_name: str, image_rgb: np.ndarray, click, query: str = ""):
         """Validate an exemplar, compute its features, then add it to the library (all or nothing)."""
         validate_click(click, validate_image(image_rgb))
+        problem = self.image_limits(with_text=False).problem(*image_rgb.shape[:2])
+        if problem:
+            raise SupportError(f"exemplar image {problem}")
         with self._lock, _out_of_memory_as_pointer_error(f"the features of support set {set_name!r}"):
             self.support_features([image_rgb])
-        return self.library.add_exemplar(set_name, image_rgb, click, query)
+        updated = self.library.add_exemplar(set_name, image_rgb, click, query)
+        self._forget_set_features(set_name)
+        return updated
+
+    # Editing goes through the pointer so the set-feature cache follows: (name, version) keys are
+    # never reused (see supports._VERSIONS), and the entries of a changed set are dropped at once.
+    def remove_exemplar(self, set_name: str, index: int):
+        """Remove exemplar `index` of a set (persisted when the library is writable); returns the set."""
+        updated = self.library.remove_exemplar(set_name, index)
+        self._forget_set_features(set_name)
+        return updated
+
+    def remove_support_set(self, set_name: str) -> None:
+        self.library.remove_support_set(set_name)
+        self._forget_set_features(set_name)
+
+    def set_default_query(self, set_name: str, query: str):
+        updated = self.library.set_default_query(set_name, query)
+        self._forget_set_features(set_name)
+        return updated
+
+    def _forget_set_features(self, set_name: str) -> None:
+        with self._lock:
+            self._set_features = {key: value for key, value in self._set_features.items() if key[0] != set_name}
 
     def warm_support_set(self, name: str) -> int:
         """Compute (or load) the features of every exemplar of a set; returns how many."""
         support_set = self.library.get(name)
         with self._lock, _out_of_memory_as_pointer_error(f"the features of support set {name!r}"):
             return len(self.support_features([exemplar.image for exemplar in support_set.exemplars]))
+
+    # ---- input limits --------------------------------------------------------------------------
+    def image_limits(self, with_text: bool | None = None):
+        """The image shapes this pointer takes. The visual encoder needs at least one patch of the
+        image per side (smaller images would get a feature grid invented by upsampling); the MLLM
+        adds its processor's aspect-ratio limit when the text prior is used."""
+        from pop_ros.models.mllm import ImageLimits
+
+        with_text = self.settings.use_text if with_text is None else with_text
+        mllm = self.mllm.image_limits if with_text else ImageLimits()
+        sources = [f"{self.visual.patch}-px patches of the visual encoder"] + ([mllm.source] if mllm.source else [])
+        return ImageLimits(
+            max_aspect=mllm.max_aspect, min_side=max(self.visual.patch, mllm.min_side), source="; ".join(sources)
+        )
+
+    def _check_size(self, image: np.ndarray, what: str, with_text: bool | None = None) -> None:
+        problem = self.image_limits(with_text).problem(*image.shape[:2])
+        if problem:
+            raise PointerError(f"{what} image {problem}")
 
     # ---- the query -----------------------------------------------------------------------------
     def point(
@@ -301,6 +348,7 @@ class PartPointer:
             validate_image(image_rgb)
         except SupportError as error:
             raise PointerError(f"target {error}") from error
+        self._check_size(image_rgb, "target")  # before any model runs
         if support_set and supports:
             raise PointerError("give a support set name or explicit supports, not both")
         query = (query or "").strip()
@@ -321,8 +369,11 @@ class PartPointer:
                     examples.append((image, validate_click(list(click), image)))
                 except SupportError as error:
                     raise PointerError(f"support {len(examples)}: {error}") from error
+                self._check_size(image, f"support {len(examples) - 1}", with_text=False)
         if self.settings.use_text and not query:
             raise PointerError("the query is empty and the support set has no default query")
+        if len(query) > MAX_QUERY_CHARS:
+            raise PointerError(f"the query has {len(query)} characters; at most {MAX_QUERY_CHARS} are supported")
         if not self.settings.use_text and not examples:
             raise PointerError("visual-only pointing (use_text false) needs at least one support")
         max_shots = self.settings.max_shots if shots is None else int(shots)

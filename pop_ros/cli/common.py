@@ -47,6 +47,11 @@ def model_overrides(args) -> dict:
     return overrides
 
 
+def one_line(error: BaseException) -> str:
+    """An error's text on one line (YAML and OpenCV errors span several)."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
 def run_cli(work: Callable[[], dict], json_output: bool) -> int:
     """Run `work`; print its result (JSON or key: value lines); bad input -> one line on stderr, exit 2."""
     from pop_ros.models.loading import ModelLoadError
@@ -56,8 +61,8 @@ def run_cli(work: Callable[[], dict], json_output: bool) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         result = work()
-    except (CliError, ModelLoadError, PointerError, SupportError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (CliError, ModelLoadError, PointerError, SupportError, OSError, ValueError) as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     if json_output:
         print(json.dumps(result, indent=2))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import threading
 from collections.abc import Sequence
 
@@ -96,10 +97,32 @@ class PromptInputs:
     grid: tuple[int, int]  # (H_l, W_l)
 
 
+@dataclasses.dataclass(frozen=True)
+class ImageLimits:
+    """The image shapes a family's processor accepts: a longer/shorter side ratio of at most
+    `max_aspect` (inf: any), and `min_side` pixels per side. Checked before the model runs."""
+
+    max_aspect: float = math.inf
+    min_side: int = 1
+    source: str = ""  # where the limit comes from
+
+    def describe(self) -> str:
+        aspect = "any aspect ratio" if math.isinf(self.max_aspect) else f"aspect ratio at most {self.max_aspect:g}:1"
+        return f"sides of at least {self.min_side} px and {aspect}" + (f" ({self.source})" if self.source else "")
+
+    def problem(self, height: int, width: int) -> str | None:
+        """None if an image of `height` x `width` pixels is accepted, else why not (with the range)."""
+        if min(height, width) < self.min_side or max(height, width) / min(height, width) > self.max_aspect:
+            return f"{width}x{height} px is outside the supported range: {self.describe()}"
+        return None
+
+
 class MLLMAdapter:
     """Base class: everything but the family's image-token layout."""
 
     family = "base"
+    # Molmo2 and InternVL (one tile) resize any image to their crop size: any shape is accepted.
+    image_limits = ImageLimits()
 
     def __init__(self, model, processor, prompt_template: str = DEFAULT_PROMPT):
         if "{query}" not in prompt_template:
@@ -301,6 +324,9 @@ class QwenVLAdapter(MLLMAdapter):
     per 2x2 merged patch: grid = (grid_h / merge, grid_w / merge) of `image_grid_thw`."""
 
     family = "qwen_vl"
+    # transformers' Qwen2-VL `smart_resize` raises for an aspect ratio above 200 (every Qwen-VL
+    # generation uses it); below `min_pixels` it upsamples, so small images are accepted.
+    image_limits = ImageLimits(max_aspect=200.0, source="Qwen-VL image processor")
 
     def _locate_image_tokens(self, inputs):
         input_ids = inputs["input_ids"][0]
