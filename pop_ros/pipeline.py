@@ -421,9 +421,9 @@ class PartPointer:
             timer.lap("mllm_preprocess")
             head_maps = self.mllm.head_maps(image_rgb, query, heads, prepared=prepared)
             timer.lap("mllm_prefill")  # up to the deepest localization head, nothing after
-            prior = core.text_prior(
-                head_maps.to(target.grid.device), sigma=self.settings.sigma, aggregation=aggregation
-            )
+            # sigma is in LLM tokens; Molmo2's map is on its patch grid (2 cells per token).
+            sigma = self.settings.sigma * self.mllm.cells_per_token
+            prior = core.text_prior(head_maps.to(target.grid.device), sigma=sigma, aggregation=aggregation)
 
         maps = visual_maps if visual_maps is not None else []
         final = core.fuse(prior, maps, shots=self.settings.shots, upsample=int(self.settings.upsample))

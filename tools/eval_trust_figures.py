@@ -69,7 +69,7 @@ def main() -> int:
     write_paco(data / "paco", n_images=6)
     write_partimagenetpp(data / "pinpp", n_images=6)
     paco_annotations = data / "paco" / "annotations"
-    shutil.copy(paco_annotations / "paco_lvis_v1_val.json", paco_annotations / "paco_lvis_v1_test.json")
+    shutil.copy(paco_annotations / "paco_lvis_v1_test.json", paco_annotations / "paco_lvis_v1_val.json")
 
     def args(out, *extra):
         return [
@@ -99,7 +99,7 @@ def main() -> int:
     heads.write_text("heads: [[0, 0], [1, 1]]\n")
     changed_data = work / "data-changed"
     shutil.copytree(data, changed_data)
-    annotations = changed_data / "paco" / "annotations" / "paco_lvis_v1_val.json"
+    annotations = changed_data / "paco" / "annotations" / "paco_lvis_v1_test.json"
     content = json.loads(annotations.read_text())
     content["annotations"][1]["segmentation"] = polygon((71, 46, 84, 64))  # one handle a pixel smaller
     annotations.write_text(json.dumps(content))
@@ -113,7 +113,7 @@ def main() -> int:
         "--cls-pool 5": ["--cls-pool", "5"],
         "--methods pop-1shot,pop-3shot": ["--methods", "pop-1shot,pop-3shot"],
         "--seeds 3": ["--seeds", "3"],
-        "--split test": ["--split", "test"],
+        "--split val": ["--split", "val"],
         "paco mask changed": ["--dataset", f"paco:{changed_data / 'paco'}"],
     }
     for name, extra in changes.items():

@@ -42,7 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dataset", action="append", required=True, help="NAME:ROOT, NAME in paco, instructpart, partimagenetpp"
     )
-    parser.add_argument("--split", default="val", help="paco: val or test; instructpart: test (default val)")
+    parser.add_argument(
+        "--split",
+        help="paco: train, val or test; instructpart: test, train200..train1800 or all; "
+        "default test for both (PartImageNet++ reads all its class files)",
+    )
     parser.add_argument("--methods", default=",".join(m.name for m in MAIN_METHODS), help="comma list; see README")
     parser.add_argument(
         "--ablations", action="store_true", help="also run " + ", ".join(m.name for m in ABLATION_METHODS)
@@ -110,7 +114,7 @@ def _evaluate(args, methods, progress, rank, world, local_rank, lock) -> dict:
     from tqdm import tqdm
 
     from pop_ros.evaluation import store
-    from pop_ros.evaluation.datasets import DATASETS, DatasetError, load_dataset
+    from pop_ros.evaluation.datasets import DATASETS, DEFAULT_SPLITS, DatasetError, load_dataset
     from pop_ros.evaluation.runner import (
         PROTOCOL_VERSION,
         ImageCache,
@@ -144,11 +148,12 @@ def _evaluate(args, methods, progress, rank, world, local_rank, lock) -> dict:
             name, sep, root = spec.partition(":")
             if not sep or name not in DATASETS:
                 raise CliError(f"--dataset {spec!r}: expected NAME:ROOT with NAME in {DATASETS}")
-            samples = load_dataset(name, pathlib.Path(root), split=args.split)
+            split = DEFAULT_SPLITS[name] if args.split is None else args.split
+            samples = load_dataset(name, pathlib.Path(root), split=split)
             dataset = {
                 "name": name,
                 "root": str(pathlib.Path(root).resolve()),
-                "split": args.split,
+                "split": split,
                 "identity": folder_identity(pathlib.Path(root), skip=args.out),
             }
             datasets.append(dataset)

@@ -17,7 +17,13 @@ import time
 import numpy as np
 
 from pop_ros.evaluation.datasets import Episode, PartSample
-from pop_ros.evaluation.native import NATIVE_PROMPTS, NativePointError, parse_molmo_point, parse_qwen_point
+from pop_ros.evaluation.native import (
+    NATIVE_MAX_NEW_TOKENS,
+    NATIVE_PROMPTS,
+    NativePointError,
+    parse_molmo_point,
+    parse_qwen_point,
+)
 from pop_ros.evaluation.store import replace_files
 from pop_ros.pipeline import PartPointer, PointerError, PointerSettings, heads_file_for, resolve_model_config
 from pop_ros.supports import SupportError, read_rgb
@@ -67,6 +73,7 @@ def method_spec(method: Method) -> dict:
     spec = {"name": method.name, "shots": method.shots, "cls_retrieval": method.cls_retrieval}
     if method.native:
         spec["native_prompts"] = dict(NATIVE_PROMPTS)
+        spec["native_max_new_tokens"] = NATIVE_MAX_NEW_TOKENS
     else:
         spec["settings"] = dataclasses.asdict(dataclasses.replace(PointerSettings(), **dict(method.settings)))
     return spec
@@ -276,7 +283,8 @@ def native_point(pointer: PartPointer, image: np.ndarray, query: str) -> tuple[f
     adapter = pointer.mllm
     if adapter.family not in NATIVE_PROMPTS:
         raise NativePointError(f"{adapter.family} has no native pointing format")
-    answer = adapter.generate_text(image, NATIVE_PROMPTS[adapter.family].format(query=query), max_new_tokens=32)
+    prompt = NATIVE_PROMPTS[adapter.family].format(query=query)
+    answer = adapter.generate_text(image, prompt, max_new_tokens=NATIVE_MAX_NEW_TOKENS, fixed_length=False)
     if adapter.family == "molmo2":
         return parse_molmo_point(answer, image.shape[:2])
     grid = adapter.prepare(image, query).model_inputs["image_grid_thw"][0].tolist()

@@ -121,6 +121,8 @@ def load_mllm(
     dtype: str = "auto",
     prompt_template: str = DEFAULT_PROMPT,
     trust_remote_code: bool = False,
+    system_prompt: str = "",
+    max_pixels: int = 0,
 ) -> MLLMAdapter:
     """The text-prior adapter for the MLLM at `spec` (hub id, folder, or `tiny:<family>`)."""
     from transformers import AutoModelForImageTextToText
@@ -141,7 +143,9 @@ def load_mllm(
     except Exception as error:  # noqa: BLE001 - every loading failure becomes one clear message
         raise _explain(spec, error, "MLLM") from error
     model.to(torch_device)
-    adapter = adapter_for(model, processor, prompt_template=prompt_template)
+    adapter = adapter_for(
+        model, processor, prompt_template=prompt_template, system_prompt=system_prompt, max_pixels=max_pixels
+    )
     LOG.info(
         "loaded MLLM %s (%s, %d layers x %d heads) on %s/%s in %.1f s",
         spec,

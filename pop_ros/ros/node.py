@@ -271,6 +271,8 @@ class PopNode(LifecycleNode):
             "dtype": self.param("dtype") or None,
             "resolution": self.param("resolution") or None,
             "prompt_template": self.param("prompt_template") or None,
+            "mllm_max_pixels": None if self.param("mllm_max_pixels") < 0 else self.param("mllm_max_pixels"),
+            "system_prompt": self.param("system_prompt") or None,
             "trust_remote_code": True if self.param("trust_remote_code") else None,
         }
         try:

@@ -44,6 +44,18 @@ PARAMETERS = {
     "resolution": (0, "longer image side for the visual encoder, pixels; 0 = preset's", "configure"),
     "prompt_template": ("", "MLLM prompt containing {query}; empty = preset's ('Point to the {query}.')", "configure"),
     "trust_remote_code": (False, "let hub model code run; only for repositories you trust", "configure"),
+    "mllm_max_pixels": (
+        -1,
+        "cap on the MLLM's input pixels (aspect kept), independent of resolution; "
+        "-1 = preset's (Qwen presets: 1003520), 0 = the checkpoint's own",
+        "configure",
+    ),
+    "system_prompt": (
+        "",
+        "MLLM system turn: empty = preset's (the chat template's default); internvl-original = InternVL3's own; "
+        "or a text",
+        "configure",
+    ),
     "support_library": ("", "support library YAML (see README); empty = none", "configure"),
     "library_writable": (
         False,
@@ -112,6 +124,7 @@ _MINIMUM = {
     "busy_timeout": 0.0,
     "continuous_rate": 0.0,
     "resolution": 0,
+    "mllm_max_pixels": -1,
     "max_waiting_queries": 0,
     "diagnostics_period": 0.0,
 }
