@@ -182,6 +182,20 @@ class _Timer:
         return {**self.timings, **self.notes, "total": sum(self.timings.values())}
 
 
+def resolve_model_config(preset: str, **overrides) -> ModelConfig:
+    """The configuration `PartPointer.from_preset(preset, **overrides)` loads, without loading it
+    (the evaluation records it before any model is read)."""
+    return get_preset(preset).replace(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def heads_file_for(model_config: ModelConfig) -> pathlib.Path | None:
+    """The head file a pointer on `model_config` reads, or None when it falls back to all heads."""
+    if model_config.heads_file:
+        return pathlib.Path(model_config.heads_file)
+    path = default_head_file(model_config.mllm)
+    return path if path.is_file() else None
+
+
 class PartPointer:
     def __init__(
         self,
