@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from pop_ros.evaluation import store
-from pop_ros.evaluation.datasets import DatasetError, interior_click, load_dataset, make_episodes, readable_name
+from pop_ros.evaluation.datasets import DatasetError, interior_click, load_dataset, readable_name
 from pop_ros.evaluation.native import NativePointError, parse_molmo2_points, parse_molmo_point, parse_qwen_point
 from pop_ros.evaluation.runner import (
     ALL_METHODS,
@@ -147,22 +147,6 @@ def test_loaders_read_parts_and_masks(datasets, name, folder, count, query):
     x0, y0, x1, y1 = shifted(HANDLE, 5 * index)
     inside = mask[y0 + 1 : y1 - 1, x0 + 1 : x1 - 1]
     assert inside.all() and mask.sum() <= (x1 - x0 + 1) * (y1 - y0 + 1)
-
-
-def test_episodes_are_seeded_and_draw_supports_from_other_images(datasets):
-    samples = load_dataset("paco", datasets / "paco", split="test")
-    first = make_episodes(samples, shots=2, seed=0)
-    again = make_episodes(samples, shots=2, seed=0)
-    other = make_episodes(samples, shots=2, seed=1)
-    key = [(e.episode_id.split("|")[0], [s.key for s in e.supports]) for e in first]
-    assert key == [(e.episode_id.split("|")[0], [s.key for s in e.supports]) for e in again]
-    assert key != [(e.episode_id.split("|")[0], [s.key for s in e.supports]) for e in other]
-    for episode in first:
-        assert len(episode.supports) == 2
-        assert all(s.category == episode.target.category for s in episode.supports)
-        assert all(s.image_path != episode.target.image_path for s in episode.supports)
-    assert make_episodes(samples, shots=4, seed=0) == []  # only 3 other images per category
-    assert len(make_episodes(samples, shots=1, seed=0, limit=3)) == 3
 
 
 def test_interior_click_is_the_centre_of_a_rectangle():
@@ -367,6 +351,7 @@ def test_support_draws_depend_on_neither_the_pool_nor_other_targets(paco6):
         assert [s.key for s in episode.supports] == [s.key for s in large[episode_id].supports[:3]]
         assert len({s.image_path for s in large[episode_id].supports}) == 5  # 5 distinct other images
         assert all(s.image_path != episode.target.image_path for s in large[episode_id].supports)
+        assert all(s.category == episode.target.category for s in large[episode_id].supports)
     # Without the body parts (another category), the handles' draws are unchanged.
     handles = {e.episode_id: e for e in draw_episodes([s for s in samples if s.part_name == "handle"], 0, pool=3)}
     assert all([s.key for s in e.supports] == [s.key for s in small[i].supports] for i, e in handles.items())
