@@ -401,6 +401,9 @@ def test_prediction_keys_change_exactly_with_what_determines_them(paco6, tmp_pat
         ({"mllm": "tiny:molmo2"}, "mllm"),
         ({"visual": "some/other-dino"}, "visual"),
         ({"dtype": "bfloat16"}, "dtype"),
+        ({"mllm_max_pixels": 4096}, "mllm_max_pixels"),
+        ({"system_prompt": "You are a pirate."}, "system_prompt"),
+        ({"trust_remote_code": True}, "trust_remote_code"),
     ],
 )
 def test_model_configuration_records_every_override(override, field):

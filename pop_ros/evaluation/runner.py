@@ -132,19 +132,17 @@ def model_configuration(preset: str, overrides: dict, cuda_available: bool) -> d
     heads_path = heads_file_for(config)
     if heads_path is not None and not heads_path.is_file():
         raise FileNotFoundError(f"head file {heads_path} does not exist")
+    # Every ModelConfig field is recorded, so a field added to the config is keyed without a change here;
+    # only the device is left out, and the file-valued fields are replaced by their identity.
+    fields = {name: value for name, value in dataclasses.asdict(config).items() if name not in ("device", "heads_file")}
     return {
         "protocol": PROTOCOL_VERSION,
         "preset": preset,
-        "mllm": config.mllm,
+        **fields,
         "mllm_identity": _model_identity(config.mllm),
-        "visual": config.visual,
         "visual_identity": _model_identity(config.visual),
         "heads": {"file": str(heads_path), "sha256": _file_digest(heads_path)} if heads_path else "fallback",
-        "resolution": config.resolution,
         "dtype": dtype,
-        "prompt_template": config.prompt_template,
-        "trust_remote_code": config.trust_remote_code,
-        "random_weights": config.random_weights,
     }
 
 
