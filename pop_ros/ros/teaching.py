@@ -98,7 +98,12 @@ class Teaching:
         problem = self.node._not_ready()
         if not problem:
             try:
-                outcome = action()
+                # Edits wait for a running query (the pointer's lock), so they take a bounded work slot
+                # like queries do: waiting edits must not occupy the camera's executor threads.
+                with self.node.work_slot() as busy:
+                    if busy:
+                        raise SupportError(busy)
+                    outcome = action()
                 response.success = True
                 response.message = f"{describe(outcome)}; {self._kept_where()}"
                 self.node.get_logger().info(response.message)
