@@ -23,6 +23,7 @@ from pop_ros.evaluation.native import NativePointError, parse_molmo2_points, par
 from pop_ros.evaluation.runner import (
     ALL_METHODS,
     build_work,
+    dataset_record,
     describe_changes,
     digest,
     draw_episodes,
@@ -731,3 +732,12 @@ def test_two_ranks_under_torchrun_give_the_one_rank_reports(datasets, reference,
     rows = store.read_log(out / store.MAIN_LOG)[1]
     assert len(rows) == len({r["key"] for r in rows}) == TOTAL
     assert without_timing(out) == without_timing(reference)
+
+
+def test_a_dataset_without_splits_records_no_split(datasets):
+    """PartImageNet++ has no splits: `--split test` must not invalidate its predictions."""
+    pinpp = datasets / "pinpp"
+    assert dataset_record("partimagenetpp", pinpp, "test") == dataset_record("partimagenetpp", pinpp, "")
+    paco = datasets / "paco"
+    assert dataset_record("paco", paco, "test")["split"] == "test"
+    assert dataset_record("paco", paco, "test") != dataset_record("paco", paco, "val")

@@ -119,10 +119,10 @@ def _evaluate(args, methods, progress, rank, world, local_rank, lock) -> dict:
         PROTOCOL_VERSION,
         ImageCache,
         build_work,
+        dataset_record,
         describe_changes,
         digest,
         draw_episodes,
-        folder_identity,
         group_by_image,
         model_configuration,
         run_episode,
@@ -150,12 +150,7 @@ def _evaluate(args, methods, progress, rank, world, local_rank, lock) -> dict:
                 raise CliError(f"--dataset {spec!r}: expected NAME:ROOT with NAME in {DATASETS}")
             split = DEFAULT_SPLITS[name] if args.split is None else args.split
             samples = load_dataset(name, pathlib.Path(root), split=split)
-            dataset = {
-                "name": name,
-                "root": str(pathlib.Path(root).resolve()),
-                "split": split,
-                "identity": folder_identity(pathlib.Path(root), skip=args.out),
-            }
+            dataset = dataset_record(name, pathlib.Path(root), split, skip=args.out)
             datasets.append(dataset)
             for seed in range(args.seeds):
                 episodes = draw_episodes(samples, seed, pool=max(3, args.cls_pool), limit=args.limit)

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from pop_ros.evaluation.datasets import Episode, PartSample
+from pop_ros.evaluation.datasets import DEFAULT_SPLITS, Episode, PartSample
 from pop_ros.evaluation.native import (
     NATIVE_MAX_NEW_TOKENS,
     NATIVE_PROMPTS,
@@ -95,6 +95,17 @@ def _file_digest(path: pathlib.Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             hasher.update(block)
     return hasher.hexdigest()
+
+
+def dataset_record(name: str, root: pathlib.Path, split: str, skip: pathlib.Path | None = None) -> dict:
+    """What identifies a dataset in prediction keys. A dataset without splits (PartImageNet++, whose
+    loader ignores `split`) records none, so `--split` does not invalidate its predictions."""
+    return {
+        "name": name,
+        "root": str(root.resolve()),
+        "split": split if DEFAULT_SPLITS[name] else "",
+        "identity": folder_identity(root, skip=skip),
+    }
 
 
 def folder_identity(root: pathlib.Path, skip: pathlib.Path | None = None) -> str:
