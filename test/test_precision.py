@@ -137,3 +137,25 @@ def test_point_is_the_same_in_every_precision_and_path(device, dtype):
         # The pipeline's own query gives the point of its pieces, on this device and dtype.
         result = candidate.point(image, "handle of the mug", supports=[(image, click)])
         assert (result.u, result.v) == point
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here (torch.cuda.is_available())")
+@pytest.mark.parametrize("family_preset", ["tiny", "tiny-molmo2", "tiny-internvl"])
+def test_cuda_stream_overlap_gives_the_sequential_answer(rng, family_preset):
+    """The DINO forward on a side stream beside the MLLM prefix must change nothing but the time."""
+    import dataclasses
+
+    from pop_ros.pipeline import PartPointer, PointerSettings
+
+    image = random_image(rng, 240, 320)
+    answers = {}
+    for overlap in (False, True):
+        pointer = PartPointer.from_preset(
+            family_preset, settings=PointerSettings(overlap=overlap), device="cuda", dtype="float32"
+        )
+        pointer.settings = dataclasses.replace(pointer.settings, frame_cache_size=0)  # every query computes
+        result = pointer.point(image, QUERY)
+        assert ("frame_overlapped" in result.timings_ms) == overlap
+        answers[overlap] = result
+    assert (answers[True].u, answers[True].v) == (answers[False].u, answers[False].v)
+    np.testing.assert_allclose(answers[True].heatmap, answers[False].heatmap, atol=1e-5)

@@ -54,6 +54,7 @@ GPU_TESTS = [
     "test/test_core.py",
     "test/test_models.py",
     "test/test_pipeline.py",
+    "test/test_many_parts.py",
     "test/test_precision.py",
     "test/test_processors_equivalence.py",
 ]
