@@ -196,3 +196,27 @@ class StampBuffer:
         best_stamp, best_item = min(items, key=lambda entry: abs(entry[0] - stamp_s))
         gap = abs(best_stamp - stamp_s)
         return (best_item, gap) if gap <= tolerance_s else (None, gap)
+
+
+def surface_fit(
+    depth_m: np.ndarray,
+    model,
+    u: float,
+    v: float,
+    image_size: tuple[int, int],
+    window: int,
+    inlier_distance_m: float,
+    min_inlier_ratio: float,
+) -> PlaneFit:
+    """The local surface around colour pixel (u, v): the valid depth of the `window` x `window` box
+    around it (in the aligned `depth_m (H_d, W_d)`), deprojected with `model` (a CameraModel, which
+    treats the depth image as an image of the same camera), robustly fitted by a plane."""
+    row, col = depth_pixel(u, v, image_size, depth_m.shape)
+    pixels, depths = depth_window(depth_m, row, col, window)
+    minimum = min_valid_points(window)
+    if len(depths) < minimum:
+        return PlaneFit(
+            None, math.nan, 0.0, len(depths), f"only {len(depths)} valid depth pixels around the point (need {minimum})"
+        )
+    points = model.pixels_to_points(pixels, depths, depth_m.shape)
+    return fit_plane(points, inlier_distance_m, min_inlier_ratio, minimum)
