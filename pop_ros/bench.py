@@ -252,7 +252,7 @@ def run_streaming(preset: str, seconds: float, rate_hz: float, progress, reliabi
 
     import psutil
 
-    from pop_ros.node import PopNode
+    from pop_ros.ros.node import PopNode
     from pop_ros.ros_client import LIBRARY, PARAMS_FILE, RosClient
     from pop_ros_interfaces.msg import PartPointResult
 
@@ -280,8 +280,8 @@ def run_streaming(preset: str, seconds: float, rate_hz: float, progress, reliabi
         )
         time.sleep(warmup)
         rss_start = process.memory_info().rss  # after the first queries allocated what they need
-        node.callback_durations_ms.clear()
-        node.callback_latency_ms.clear()
+        node.camera.callback_durations_ms.clear()
+        node.camera.callback_latency_ms.clear()
         results.clear()
         output, _ = camera.communicate(timeout=seconds + 120)
         rss_end = process.memory_info().rss
@@ -290,8 +290,8 @@ def run_streaming(preset: str, seconds: float, rate_hz: float, progress, reliabi
         measured = camera_report["seconds"] - warmup
         published = int(round(camera_report["published"] * measured / camera_report["seconds"]))
         query_ms = [result.total_ms for result in results]
-        latency = list(node.callback_latency_ms)
-        duration = list(node.callback_durations_ms)
+        latency = list(node.camera.callback_latency_ms)
+        duration = list(node.camera.callback_durations_ms)
         stamps = {(r.header.stamp.sec, r.header.stamp.nanosec) for r in results}
         return {
             "preset": preset,

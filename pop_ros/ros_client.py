@@ -91,10 +91,10 @@ class RosClient:
 
 
 class NodeProcess:
-    """`python -m pop_ros.node --ros-args ...` as a child process, stopped with SIGINT."""
+    """`python -m pop_ros.ros.node --ros-args ...` as a child process, stopped with SIGINT."""
 
     def __init__(self, *ros_args: str, log_path: pathlib.Path):
-        command = [sys.executable, "-m", "pop_ros.node", "--ros-args", "--params-file", str(PARAMS_FILE), *ros_args]
+        command = [sys.executable, "-m", "pop_ros.ros.node", "--ros-args", "--params-file", str(PARAMS_FILE), *ros_args]
         self.log_path = log_path
         self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=dict(os.environ))

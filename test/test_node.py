@@ -15,8 +15,8 @@ from rclpy.parameter import Parameter as RclpyParameter
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from pop_ros.image_conversion import from_array
-from pop_ros.node import PARAMETERS
 from pop_ros.paths import SAMPLE_DIR
+from pop_ros.ros.parameters import PARAMETERS
 from pop_ros.ros_client import LIBRARY, PARAMS_FILE, NodeProcess, RosClient
 from pop_ros_interfaces.msg import PartPointResult
 from pop_ros_interfaces.srv import AddExemplar, ListSupportSets, PointToPart
@@ -340,7 +340,7 @@ def test_continuous_mode_processes_the_latest_frame_without_backlog(client, node
 @pytest.fixture
 def inprocess(tmp_path):
     """Start a PopNode in-process under /<namespace>, with the shipped params file plus overrides."""
-    from pop_ros.node import PopNode
+    from pop_ros.ros.node import PopNode
 
     started = []
 
@@ -420,6 +420,29 @@ def test_out_of_memory_during_a_query_is_answered_and_the_node_recovers(inproces
     assert response.success
 
 
+def test_unexpected_exception_in_a_callback_is_answered_and_the_node_keeps_serving(inprocess):
+    ros, node, _ = inprocess("guard", f"support_library:={LIBRARY}")
+    original = node.pointer.point
+
+    def broken_point(*args, **kwargs):
+        raise RuntimeError("something nobody planned for")
+
+    node.pointer.point = broken_point
+    response = ros.call(
+        PointToPart, "/guard/pop_node/point_to_part", request("handle", "mug_handle", colour_msg(ros.now_stamp()))
+    )
+    assert not response.success
+    assert response.message == "internal error: RuntimeError: something nobody planned for"
+    assert node.internal_errors["_on_point_to_part"] == 1
+    assert node.guarded(node.camera.on_image)(None) is None  # a subscription callback given a non-message
+    assert node.internal_errors["on_image"] == 1
+    node.pointer.point = original
+    response = ros.call(
+        PointToPart, "/guard/pop_node/point_to_part", request("handle", "mug_handle", colour_msg(ros.now_stamp()))
+    )
+    assert response.success
+
+
 def test_busy_policy_reject_answers_busy(inprocess):
     ros, node, _ = inprocess("busy", f"support_library:={LIBRARY}", "busy_policy:=reject")
     original = node.pointer.point
@@ -473,11 +496,11 @@ def test_warns_when_a_camera_publishes_but_no_frame_arrives(inprocess, capfd):
     deadline = time.monotonic() + 10
     while node.count_publishers("/quiet/image") == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
-    node._check_frames_arrive()
+    node.camera.check_frames_arrive()
     assert "publisher(s) on /quiet/image but no frame received yet" in capfd.readouterr().err
     ros.publisher(Image, "/quiet/image").publish(colour_msg(ros.now_stamp()))
     deadline = time.monotonic() + 10
-    while node._latest is None and time.monotonic() < deadline:
+    while node.camera.latest is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    node._check_frames_arrive()
+    node.camera.check_frames_arrive()
     assert "no frame received" not in capfd.readouterr().err

@@ -4,130 +4,39 @@ A lifecycle node: `configure` loads the models and the support library (timed, i
 `activate` subscribes to the camera. `autostart: true` does both for `ros2 run`. All work happens in
 a PartPointer; callbacks only store frames, answer services and publish.
 
+Wiring only: parameters live in `parameters.py`, camera input in `camera.py`, publishers in
+`outputs.py`. Every callback goes through `PopNode.guarded`, so no exception ends the process.
+
 Run: `ros2 run pop_ros pop_node --ros-args --params-file config/pop_ros.yaml`
- or: `python -m pop_ros.node --ros-args --params-file config/pop_ros.yaml`
+ or: `python -m pop_ros.ros.node --ros-args --params-file config/pop_ros.yaml`
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import logging
 import math
 import pathlib
 import threading
 import time
+import traceback
 
 import numpy as np
 import rclpy
-from geometry_msgs.msg import PointStamped
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from sensor_msgs.msg import Image
 
 from pop_ros import geometry
-from pop_ros.image_conversion import ImageConversionError, compressed_to_rgb8, from_array, to_depth_m, to_rgb8
-from pop_ros.visualize import overlay
-from pop_ros_interfaces.msg import PartPointResult
+from pop_ros.image_conversion import ImageConversionError, to_depth_m
+from pop_ros.ros.camera import CameraInput
+from pop_ros.ros.outputs import Outputs
+from pop_ros.ros.parameters import PARAMETERS, check_parameter, check_type
 from pop_ros_interfaces.srv import AddExemplar, ListSupportSets, PointToPart
-
-# name: (default, description, when it takes effect). "runtime": at once (ros2 param set);
-# "configure": read at configure; refused while configured, with that reason.
-PARAMETERS = {
-    "autostart": (
-        True,
-        "configure and activate at start (for ros2 run); false = drive the lifecycle yourself",
-        "configure",
-    ),
-    "preset": (
-        "qwen2.5-vl-7b",
-        "model preset: qwen2.5-vl-3b, qwen2.5-vl-7b, qwen2.5-vl-7b-dinov2, molmo2-8b, internvl3-8b; "
-        "tiny, tiny-molmo2, tiny-internvl (random weights)",
-        "configure",
-    ),
-    "mllm": ("", "override the preset's MLLM (hub id or local folder); empty = preset's", "configure"),
-    "visual_model": (
-        "",
-        "override the preset's visual encoder (hub id or local folder); empty = preset's",
-        "configure",
-    ),
-    "heads_file": (
-        "",
-        "localization-head YAML from pop-find-heads; empty = config/heads/<model>.yaml if present, else the fallback",
-        "configure",
-    ),
-    "device": ("", "auto | cpu | cuda | cuda:N; empty = preset's", "configure"),
-    "dtype": ("", "auto | float32 | bfloat16 | float16; empty = preset's", "configure"),
-    "resolution": (0, "longer image side for the visual encoder, pixels; 0 = preset's", "configure"),
-    "prompt_template": ("", "MLLM prompt containing {query}; empty = preset's ('Point to the {query}.')", "configure"),
-    "trust_remote_code": (False, "let hub model code run; only for repositories you trust", "configure"),
-    "support_library": ("", "support library YAML (see README); empty = none", "configure"),
-    "feature_cache_dir": ("", "folder for the support-feature disk cache; empty = memory only", "configure"),
-    "image_reliability": ("best_effort", "camera subscriptions' QoS reliability: best_effort | reliable", "configure"),
-    "similarity": ("bidirectional", "visual correspondence: bidirectional | forward | backward", "runtime"),
-    "aggregation": ("sum", "how head maps combine: sum | mean | max", "runtime"),
-    "head_set": ("selected", "selected (calibrated heads or fallback) | all (every head; ablation)", "runtime"),
-    "sigma": (1.0, "Gaussian smoothing of each head map, LLM-token units (>= 0)", "runtime"),
-    "shots_combination": ("mean", "how K visual maps combine: mean | product", "runtime"),
-    "upsample": (2, "upsampling of the fused map before the argmax (integer >= 1)", "runtime"),
-    "max_shots": (3, "K: at most this many exemplars per query (>= 1)", "runtime"),
-    "retrieval": ("cls", "which K exemplars: cls (closest by DINO [CLS]) | first", "runtime"),
-    "use_text": (True, "false = visual-only ablation (needs a support set)", "runtime"),
-    "min_score": (0.0, "answers with a lower score fail with 'part not visible' (0 = never)", "runtime"),
-    "max_frame_age": (1.0, "refuse camera frames older than this, seconds (0 = no limit)", "runtime"),
-    "depth_max_dt": (0.05, "pair depth with colour when stamps differ by at most this, seconds", "runtime"),
-    "depth_window": (5, "median of valid depths in this box around the point, pixels (odd, >= 1)", "runtime"),
-    "busy_policy": ("wait", "a query arriving during another: wait (up to busy_timeout) | reject", "runtime"),
-    "busy_timeout": (10.0, "seconds a query waits for a running one before answering busy", "runtime"),
-    "publish_heatmap": (True, "publish ~/heatmap (bgr8 overlay) and ~/heatmap_raw (32FC1)", "runtime"),
-    "continuous_query": ("", "standing query for continuous mode (empty = the set's default query)", "runtime"),
-    "continuous_support_set": ("", "standing support set for continuous mode", "runtime"),
-    "continuous_rate": (0.0, "continuous mode: process the latest frame at most this often, Hz (0 = off)", "runtime"),
-}
-_CHOICES = {
-    "image_reliability": ("best_effort", "reliable"),
-    "similarity": ("bidirectional", "forward", "backward"),
-    "aggregation": ("sum", "mean", "max"),
-    "head_set": ("selected", "all"),
-    "shots_combination": ("mean", "product"),
-    "retrieval": ("cls", "first"),
-    "busy_policy": ("wait", "reject"),
-    "dtype": ("", "auto", "float32", "bfloat16", "float16"),
-}
-_MINIMUM = {
-    "sigma": 0.0,
-    "upsample": 1,
-    "max_shots": 1,
-    "min_score": 0.0,
-    "max_frame_age": 0.0,
-    "depth_max_dt": 0.0,
-    "depth_window": 1,
-    "busy_timeout": 0.0,
-    "continuous_rate": 0.0,
-    "resolution": 0,
-}
-
-
-def check_parameter(name: str, value) -> str | None:
-    """None if `value` is acceptable for `name`, else the reason."""
-    if name in _CHOICES and value not in _CHOICES[name]:
-        return f"{name} must be one of {[c for c in _CHOICES[name] if c]}, got {value!r}"
-    if name in _MINIMUM and value < _MINIMUM[name]:
-        return f"{name} must be >= {_MINIMUM[name]}, got {value}"
-    if name == "prompt_template" and value and "{query}" not in value:
-        return "prompt_template must contain {query}"
-    if name == "preset":
-        from pop_ros.models.presets import PRESETS
-
-        if value not in PRESETS:
-            return f"preset must be one of {sorted(PRESETS)}, got {value!r}"
-    for path_name in ("support_library", "heads_file"):
-        if name == path_name and value and not pathlib.Path(value).expanduser().is_file():
-            return f"{name} {value!r} is not a file"
-    return None
 
 
 class RosLogHandler(logging.Handler):
@@ -158,12 +67,6 @@ def route_python_logging(ros_logger) -> None:
 
 
 @dataclasses.dataclass
-class Frame:
-    msg: object  # sensor_msgs/Image or CompressedImage
-    stamp_s: float
-
-
-@dataclasses.dataclass
 class Answer:
     success: bool
     message: str
@@ -178,14 +81,6 @@ class Answer:
     total_ms: float = 0.0
 
 
-def stamp_seconds(stamp) -> float:
-    return stamp.sec + stamp.nanosec * 1e-9
-
-
-def is_empty_image(msg) -> bool:
-    return msg.height == 0 and msg.width == 0 and len(msg.data) == 0
-
-
 class PopNode(LifecycleNode):
     def __init__(self, **kwargs):
         super().__init__("pop_node", **kwargs)
@@ -197,30 +92,50 @@ class PopNode(LifecycleNode):
         self.pointer = None
         self.configure_error = ""
         self._work_lock = threading.Lock()
-        self._latest: Frame | None = None
-        self._latest_seq = 0
         self._continuous_done_seq = 0
-        self._depth = geometry.StampBuffer()
-        self._camera_info: CameraInfo | None = None
-        self._subscriptions = []
         self._continuous_timer = None
         self._frames_check = None
-        # Image-callback cost and delivery latency (stamp -> callback), read by pop-bench.
-        self.callback_durations_ms: collections.deque = collections.deque(maxlen=100_000)
-        self.callback_latency_ms: collections.deque = collections.deque(maxlen=100_000)
+        # Exceptions caught by the guard, by callback name (for the log and diagnostics).
+        self.internal_errors: collections.Counter = collections.Counter()
+        self.camera = CameraInput(self)
 
         self._sensor_group = MutuallyExclusiveCallbackGroup()
         self._query_group = ReentrantCallbackGroup()
         self._continuous_group = MutuallyExclusiveCallbackGroup()
-        self.create_service(PointToPart, "~/point_to_part", self._on_point_to_part, callback_group=self._query_group)
-        self.create_service(AddExemplar, "~/add_exemplar", self._on_add_exemplar, callback_group=self._query_group)
-        self.create_service(
-            ListSupportSets, "~/list_support_sets", self._on_list_support_sets, callback_group=self._query_group
-        )
-        self._point_pub = self.create_publisher(PointStamped, "~/point", 10)
-        self._heatmap_pub = self.create_publisher(Image, "~/heatmap", 1)
-        self._heatmap_raw_pub = self.create_publisher(Image, "~/heatmap_raw", 1)
-        self._result_pub = self.create_publisher(PartPointResult, "~/result", 10)
+        services = {
+            "~/point_to_part": (PointToPart, self._on_point_to_part),
+            "~/add_exemplar": (AddExemplar, self._on_add_exemplar),
+            "~/list_support_sets": (ListSupportSets, self._on_list_support_sets),
+        }
+        for name, (srv_type, callback) in services.items():
+            self.create_service(srv_type, name, self.guarded(callback), callback_group=self._query_group)
+        self.outputs = Outputs(self)
+
+    # ---- the guard ------------------------------------------------------------------------------------
+    def guarded(self, callback):
+        """`callback` that never raises: an exception that escaped a callback would end
+        `executor.spin()` and the process. The traceback is logged (throttled), counted, and a
+        service answers `success: false` with the reason."""
+
+        @functools.wraps(callback)
+        def guarded_callback(*args):
+            try:
+                return callback(*args)
+            except Exception as error:  # noqa: BLE001 - the whole point: nothing leaves a callback
+                name = getattr(callback, "__name__", "callback")
+                self.internal_errors[name] += 1
+                self.get_logger().error(
+                    f"internal error in {name}: {type(error).__name__}: {error}\n{traceback.format_exc()}",
+                    throttle_duration_sec=5.0,
+                )
+                if len(args) == 2 and hasattr(args[1], "success"):  # a service: (request, response)
+                    response = args[1]
+                    response.success = False
+                    response.message = f"internal error: {type(error).__name__}: {error}"
+                    return response
+                return args[1] if len(args) == 2 else None
+
+        return guarded_callback
 
     def param(self, name: str):
         return self.get_parameter(name).value
@@ -231,13 +146,8 @@ class PopNode(LifecycleNode):
         for parameter in parameters:
             if parameter.name not in PARAMETERS:
                 continue
-            default = PARAMETERS[parameter.name][0]
             value = parameter.value
-            if type(value) is not type(default) and not (isinstance(default, float) and isinstance(value, int)):
-                return SetParametersResult(
-                    successful=False, reason=f"{parameter.name} must be a {type(default).__name__}, got {value!r}"
-                )
-            reason = check_parameter(parameter.name, value)
+            reason = check_type(parameter.name, value) or check_parameter(parameter.name, value)
             if reason:
                 return SetParametersResult(successful=False, reason=reason)
             if configured and PARAMETERS[parameter.name][2] == "configure":
@@ -252,7 +162,7 @@ class PopNode(LifecycleNode):
                 self.pointer.settings = self._settings(proposed)
             except ValueError as error:
                 return SetParametersResult(successful=False, reason=str(error))
-            if "continuous_rate" in proposed and self._subscriptions:
+            if "continuous_rate" in proposed and self.camera.subscriptions:
                 self._restart_continuous_timer(float(proposed["continuous_rate"]))
         return SetParametersResult(successful=True)
 
@@ -330,31 +240,16 @@ class PopNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        reliability = (
-            ReliabilityPolicy.RELIABLE
-            if self.param("image_reliability") == "reliable"
-            else ReliabilityPolicy.BEST_EFFORT
-        )
-        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=reliability)
-        group = self._sensor_group
-        self._subscriptions = [
-            self.create_subscription(Image, "image", self._on_image, qos, callback_group=group),
-            self.create_subscription(CompressedImage, "image/compressed", self._on_image, qos, callback_group=group),
-            self.create_subscription(Image, "depth", self._on_depth, qos, callback_group=group),
-            self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos, callback_group=group),
-        ]
+        topics = self.camera.subscribe(self.param("image_reliability"), self._sensor_group, self.guarded)
         self._restart_continuous_timer(float(self.param("continuous_rate")))
-        self._frames_check = self.create_timer(5.0, self._check_frames_arrive, callback_group=self._sensor_group)
-        self.get_logger().info(
-            f"active: listening on {self.resolve_topic_name('image')} (+/compressed), "
-            f"{self.resolve_topic_name('depth')}, {self.resolve_topic_name('camera_info')}"
+        self._frames_check = self.create_timer(
+            5.0, self.guarded(self.camera.check_frames_arrive), callback_group=self._sensor_group
         )
+        self.get_logger().info(f"active: listening on {', '.join(topics)}")
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        for subscription in self._subscriptions:
-            self.destroy_subscription(subscription)
-        self._subscriptions = []
+        self.camera.unsubscribe()
         self._restart_continuous_timer(0.0)
         if self._frames_check is not None:
             self.destroy_timer(self._frames_check)
@@ -363,42 +258,13 @@ class PopNode(LifecycleNode):
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.pointer = None
-        self._latest = None
+        self.camera.clear()
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._restart_continuous_timer(0.0)
         self.pointer = None
         return TransitionCallbackReturn.SUCCESS
-
-    # ---- sensor callbacks (short: store and return) --------------------------------------------------
-    def _on_image(self, msg) -> None:
-        started = time.perf_counter()
-        stamp_s = stamp_seconds(msg.header.stamp)
-        self._latest = Frame(msg, stamp_s)
-        self._latest_seq += 1
-        self.callback_latency_ms.append((self.get_clock().now().nanoseconds * 1e-9 - stamp_s) * 1000.0)
-        self.callback_durations_ms.append((time.perf_counter() - started) * 1000.0)
-
-    def _check_frames_arrive(self) -> None:
-        """Warn when a camera publishes but no frame arrives: the usual cause is large best-effort
-        frames from another process dropped by DDS over UDP (see README, DDS tuning)."""
-        if self._latest_seq > 0:
-            return
-        topic = self.resolve_topic_name("image")
-        if self.count_publishers(topic) > 0:
-            self.get_logger().warning(
-                f"{self.count_publishers(topic)} publisher(s) on {topic} but no frame received yet; large frames "
-                "over best_effort are often dropped by DDS between processes: raise the socket buffers "
-                "(README: DDS tuning) or set image_reliability: reliable",
-                throttle_duration_sec=30.0,
-            )
-
-    def _on_depth(self, msg: Image) -> None:
-        self._depth.add(stamp_seconds(msg.header.stamp), msg)
-
-    def _on_camera_info(self, msg: CameraInfo) -> None:
-        self._camera_info = msg
 
     # ---- services -------------------------------------------------------------------------------------
     def _not_ready(self) -> str:
@@ -422,7 +288,7 @@ class PopNode(LifecycleNode):
         problem = self._not_ready()
         if not problem:
             try:
-                image, _ = self._target_image(request.image)
+                image, _ = self.camera.target_image(request.image, float(self.param("max_frame_age")))
                 if not self._work_lock.acquire(timeout=float(self.param("busy_timeout"))):
                     raise SupportError("busy: another query is running")
                 try:
@@ -450,22 +316,6 @@ class PopNode(LifecycleNode):
         return response
 
     # ---- the work ---------------------------------------------------------------------------------------
-    def _target_image(self, request_image):
-        """(RGB image, header) from the request, or the latest camera frame (checked for age)."""
-        if not is_empty_image(request_image):
-            return to_rgb8(request_image), request_image.header
-        frame = self._latest
-        if frame is None:
-            raise ImageConversionError(
-                f"no camera frame received yet on {self.resolve_topic_name('image')} (is the node active?)"
-            )
-        max_age = float(self.param("max_frame_age"))
-        age = self.get_clock().now().nanoseconds * 1e-9 - frame.stamp_s
-        if max_age > 0 and age > max_age:
-            raise ImageConversionError(f"latest camera frame is stale: {age:.2f} s old > max_frame_age {max_age} s")
-        image = compressed_to_rgb8(frame.msg) if isinstance(frame.msg, CompressedImage) else to_rgb8(frame.msg)
-        return image, frame.msg.header
-
     def _answer(self, query: str, support_set: str, request_image, publish: bool) -> Answer:
         from pop_ros.pipeline import PointerError
 
@@ -475,7 +325,7 @@ class PopNode(LifecycleNode):
         if problem:
             return Answer(False, problem, header)
         try:
-            image, header = self._target_image(request_image)
+            image, header = self.camera.target_image(request_image, float(self.param("max_frame_age")))
         except ImageConversionError as error:
             return Answer(False, str(error), header)
         timeout = float(self.param("busy_timeout")) if self.param("busy_policy") == "wait" else 0.0
@@ -506,14 +356,14 @@ class PopNode(LifecycleNode):
         answer.message = "; ".join(notes) or "ok"
         answer.total_ms = (time.perf_counter() - started) * 1000.0
         if publish:
-            self._publish(answer, image, result.heatmap)
+            self.outputs.publish(answer, image, result.heatmap, bool(self.param("publish_heatmap")))
         return answer
 
     def _point_3d(self, u: float, v: float, image_size, header) -> tuple[bool, tuple[float, float, float], str]:
-        info = self._camera_info
+        info = self.camera.camera_info
         if info is None:
             return False, (0.0, 0.0, 0.0), f"no camera_info received on {self.resolve_topic_name('camera_info')}"
-        depth_msg, gap = self._depth.nearest(stamp_seconds(header.stamp), float(self.param("depth_max_dt")))
+        depth_msg, gap = self.camera.depth_near(header.stamp, float(self.param("depth_max_dt")))
         if depth_msg is None:
             detail = "no depth received" if math.isinf(gap) else f"nearest depth is {gap:.3f} s away"
             return False, (0.0, 0.0, 0.0), f"{detail} (depth_max_dt {self.param('depth_max_dt')} s)"
@@ -532,22 +382,6 @@ class PopNode(LifecycleNode):
         except ValueError as error:
             return False, (0.0, 0.0, 0.0), f"camera_info: {error}"
 
-    def _publish(self, answer: Answer, image: np.ndarray, heatmap: np.ndarray) -> None:
-        result = PartPointResult()
-        result.header, result.query, result.support_set = answer.header, answer.query, answer.support_set
-        result.u, result.v, result.score, result.has_3d = answer.u, answer.v, answer.score, answer.has_3d
-        result.point.x, result.point.y, result.point.z = answer.xyz
-        result.message, result.total_ms = answer.message, answer.total_ms
-        self._result_pub.publish(result)
-        if answer.has_3d:
-            point = PointStamped()
-            point.header = answer.header
-            point.point.x, point.point.y, point.point.z = answer.xyz
-            self._point_pub.publish(point)
-        if self.param("publish_heatmap"):
-            self._heatmap_pub.publish(from_array(overlay(image, heatmap, (answer.u, answer.v)), "bgr8", answer.header))
-            self._heatmap_raw_pub.publish(from_array(heatmap, "32FC1", answer.header))
-
     # ---- continuous mode --------------------------------------------------------------------------------
     def _restart_continuous_timer(self, rate_hz: float) -> None:
         if self._continuous_timer is not None:
@@ -555,17 +389,17 @@ class PopNode(LifecycleNode):
             self._continuous_timer = None
         if rate_hz > 0:
             self._continuous_timer = self.create_timer(
-                1.0 / rate_hz, self._on_continuous_tick, callback_group=self._continuous_group
+                1.0 / rate_hz, self.guarded(self._on_continuous_tick), callback_group=self._continuous_group
             )
 
     def _on_continuous_tick(self) -> None:
         # Only the newest frame, only once, and never queued behind a running query: no backlog.
-        if self.pointer is None or self._latest_seq == self._continuous_done_seq:
+        if self.pointer is None or self.camera.latest_seq == self._continuous_done_seq:
             return
         support_set = self.param("continuous_support_set")
         if self._work_lock.locked():
             return
-        self._continuous_done_seq = self._latest_seq
+        self._continuous_done_seq = self.camera.latest_seq
         empty = Image()
         answer = self._answer(self.param("continuous_query"), support_set, empty, publish=True)
         if not answer.success:

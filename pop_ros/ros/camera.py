@@ -1,0 +1,129 @@
+"""Camera input: the latest colour frame, depth paired by stamp, camera_info.
+
+Subscription callbacks only store what arrived (short, never blocked by queries); the work happens
+when a query asks for `target_image()` or `depth_near()`.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import time
+
+import numpy as np
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+
+from pop_ros import geometry
+from pop_ros.image_conversion import ImageConversionError, compressed_to_rgb8, to_rgb8
+
+
+@dataclasses.dataclass
+class Frame:
+    msg: object  # sensor_msgs/Image or CompressedImage
+    stamp_s: float
+
+
+def stamp_seconds(stamp) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+def is_empty_image(msg) -> bool:
+    return msg.height == 0 and msg.width == 0 and len(msg.data) == 0
+
+
+def sensor_qos(reliability: str) -> QoSProfile:
+    """KEEP_LAST 1: a perception node wants the newest frame, never a replay of stale ones."""
+    policy = ReliabilityPolicy.RELIABLE if reliability == "reliable" else ReliabilityPolicy.BEST_EFFORT
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=policy)
+
+
+class CameraInput:
+    """Colour frames (raw and compressed), depth and camera_info of one camera."""
+
+    def __init__(self, node):
+        self.node = node
+        self.latest: Frame | None = None
+        self.latest_seq = 0
+        self.depth = geometry.StampBuffer()
+        self.camera_info: CameraInfo | None = None
+        self.subscriptions: list = []
+        # Image-callback cost and delivery latency (stamp -> callback), read by pop-bench.
+        self.callback_durations_ms: collections.deque = collections.deque(maxlen=100_000)
+        self.callback_latency_ms: collections.deque = collections.deque(maxlen=100_000)
+
+    # ---- subscriptions -------------------------------------------------------------------------------
+    def subscribe(self, reliability: str, callback_group, wrap) -> list[str]:
+        """Create the subscriptions (each callback passed through `wrap`, the node's guard); returns
+        the resolved topic names for the log."""
+        qos = sensor_qos(reliability)
+        node = self.node
+        self.subscriptions = [
+            node.create_subscription(Image, "image", wrap(self.on_image), qos, callback_group=callback_group),
+            node.create_subscription(
+                CompressedImage, "image/compressed", wrap(self.on_image), qos, callback_group=callback_group
+            ),
+            node.create_subscription(Image, "depth", wrap(self.on_depth), qos, callback_group=callback_group),
+            node.create_subscription(
+                CameraInfo, "camera_info", wrap(self.on_camera_info), qos, callback_group=callback_group
+            ),
+        ]
+        return [subscription.topic_name for subscription in self.subscriptions]
+
+    def unsubscribe(self) -> None:
+        for subscription in self.subscriptions:
+            self.node.destroy_subscription(subscription)
+        self.subscriptions = []
+
+    def clear(self) -> None:
+        self.latest = None
+
+    # ---- callbacks (short: store and return) ---------------------------------------------------------
+    def on_image(self, msg) -> None:
+        started = time.perf_counter()
+        stamp_s = stamp_seconds(msg.header.stamp)
+        self.latest = Frame(msg, stamp_s)
+        self.latest_seq += 1
+        self.callback_latency_ms.append((self.node.get_clock().now().nanoseconds * 1e-9 - stamp_s) * 1000.0)
+        self.callback_durations_ms.append((time.perf_counter() - started) * 1000.0)
+
+    def on_depth(self, msg: Image) -> None:
+        self.depth.add(stamp_seconds(msg.header.stamp), msg)
+
+    def on_camera_info(self, msg: CameraInfo) -> None:
+        self.camera_info = msg
+
+    def check_frames_arrive(self) -> None:
+        """Warn when a camera publishes but no frame arrives: the usual cause is large best-effort
+        frames from another process dropped by DDS over UDP (see README, DDS tuning)."""
+        if self.latest_seq > 0:
+            return
+        topic = self.node.resolve_topic_name("image")
+        publishers = self.node.count_publishers(topic)
+        if publishers > 0:
+            self.node.get_logger().warning(
+                f"{publishers} publisher(s) on {topic} but no frame received yet; large frames "
+                "over best_effort are often dropped by DDS between processes: raise the socket buffers "
+                "(README: DDS tuning) or set image_reliability: reliable",
+                throttle_duration_sec=30.0,
+            )
+
+    # ---- what queries read -----------------------------------------------------------------------------
+    def target_image(self, request_image, max_age_s: float) -> tuple[np.ndarray, object]:
+        """(RGB image, header) from the request, or the latest camera frame (checked for age)."""
+        if not is_empty_image(request_image):
+            return to_rgb8(request_image), request_image.header
+        frame = self.latest
+        if frame is None:
+            raise ImageConversionError(
+                f"no camera frame received yet on {self.node.resolve_topic_name('image')} (is the node active?)"
+            )
+        age = self.node.get_clock().now().nanoseconds * 1e-9 - frame.stamp_s
+        if max_age_s > 0 and age > max_age_s:
+            raise ImageConversionError(f"latest camera frame is stale: {age:.2f} s old > max_frame_age {max_age_s} s")
+        image = compressed_to_rgb8(frame.msg) if isinstance(frame.msg, CompressedImage) else to_rgb8(frame.msg)
+        return image, frame.msg.header
+
+    def depth_near(self, stamp, tolerance_s: float):
+        """(depth message or None, stamp gap in seconds) for the colour stamp."""
+        return self.depth.nearest(stamp_seconds(stamp), tolerance_s)

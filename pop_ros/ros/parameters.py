@@ -1,0 +1,110 @@
+"""The node's parameters: the one declared table and its validation.
+
+Each row is name: (default, description, when it takes effect). "runtime": at once (ros2 param set);
+"configure": read at configure; refused while configured, with that reason.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+PARAMETERS = {
+    "autostart": (
+        True,
+        "configure and activate at start (for ros2 run); false = drive the lifecycle yourself",
+        "configure",
+    ),
+    "preset": (
+        "qwen2.5-vl-7b",
+        "model preset: qwen2.5-vl-3b, qwen2.5-vl-7b, qwen2.5-vl-7b-dinov2, molmo2-8b, internvl3-8b; "
+        "tiny, tiny-molmo2, tiny-internvl (random weights)",
+        "configure",
+    ),
+    "mllm": ("", "override the preset's MLLM (hub id or local folder); empty = preset's", "configure"),
+    "visual_model": (
+        "",
+        "override the preset's visual encoder (hub id or local folder); empty = preset's",
+        "configure",
+    ),
+    "heads_file": (
+        "",
+        "localization-head YAML from pop-find-heads; empty = config/heads/<model>.yaml if present, else the fallback",
+        "configure",
+    ),
+    "device": ("", "auto | cpu | cuda | cuda:N; empty = preset's", "configure"),
+    "dtype": ("", "auto | float32 | bfloat16 | float16; empty = preset's", "configure"),
+    "resolution": (0, "longer image side for the visual encoder, pixels; 0 = preset's", "configure"),
+    "prompt_template": ("", "MLLM prompt containing {query}; empty = preset's ('Point to the {query}.')", "configure"),
+    "trust_remote_code": (False, "let hub model code run; only for repositories you trust", "configure"),
+    "support_library": ("", "support library YAML (see README); empty = none", "configure"),
+    "feature_cache_dir": ("", "folder for the support-feature disk cache; empty = memory only", "configure"),
+    "image_reliability": ("best_effort", "camera subscriptions' QoS reliability: best_effort | reliable", "configure"),
+    "similarity": ("bidirectional", "visual correspondence: bidirectional | forward | backward", "runtime"),
+    "aggregation": ("sum", "how head maps combine: sum | mean | max", "runtime"),
+    "head_set": ("selected", "selected (calibrated heads or fallback) | all (every head; ablation)", "runtime"),
+    "sigma": (1.0, "Gaussian smoothing of each head map, LLM-token units (>= 0)", "runtime"),
+    "shots_combination": ("mean", "how K visual maps combine: mean | product", "runtime"),
+    "upsample": (2, "upsampling of the fused map before the argmax (integer >= 1)", "runtime"),
+    "max_shots": (3, "K: at most this many exemplars per query (>= 1)", "runtime"),
+    "retrieval": ("cls", "which K exemplars: cls (closest by DINO [CLS]) | first", "runtime"),
+    "use_text": (True, "false = visual-only ablation (needs a support set)", "runtime"),
+    "min_score": (0.0, "answers with a lower score fail with 'part not visible' (0 = never)", "runtime"),
+    "max_frame_age": (1.0, "refuse camera frames older than this, seconds (0 = no limit)", "runtime"),
+    "depth_max_dt": (0.05, "pair depth with colour when stamps differ by at most this, seconds", "runtime"),
+    "depth_window": (5, "median of valid depths in this box around the point, pixels (odd, >= 1)", "runtime"),
+    "busy_policy": ("wait", "a query arriving during another: wait (up to busy_timeout) | reject", "runtime"),
+    "busy_timeout": (10.0, "seconds a query waits for a running one before answering busy", "runtime"),
+    "publish_heatmap": (True, "publish ~/heatmap (bgr8 overlay) and ~/heatmap_raw (32FC1)", "runtime"),
+    "continuous_query": ("", "standing query for continuous mode (empty = the set's default query)", "runtime"),
+    "continuous_support_set": ("", "standing support set for continuous mode", "runtime"),
+    "continuous_rate": (0.0, "continuous mode: process the latest frame at most this often, Hz (0 = off)", "runtime"),
+}
+_CHOICES = {
+    "image_reliability": ("best_effort", "reliable"),
+    "similarity": ("bidirectional", "forward", "backward"),
+    "aggregation": ("sum", "mean", "max"),
+    "head_set": ("selected", "all"),
+    "shots_combination": ("mean", "product"),
+    "retrieval": ("cls", "first"),
+    "busy_policy": ("wait", "reject"),
+    "dtype": ("", "auto", "float32", "bfloat16", "float16"),
+}
+_MINIMUM = {
+    "sigma": 0.0,
+    "upsample": 1,
+    "max_shots": 1,
+    "min_score": 0.0,
+    "max_frame_age": 0.0,
+    "depth_max_dt": 0.0,
+    "depth_window": 1,
+    "busy_timeout": 0.0,
+    "continuous_rate": 0.0,
+    "resolution": 0,
+}
+
+
+def check_parameter(name: str, value) -> str | None:
+    """None if `value` is acceptable for `name`, else the reason."""
+    if name in _CHOICES and value not in _CHOICES[name]:
+        return f"{name} must be one of {[c for c in _CHOICES[name] if c]}, got {value!r}"
+    if name in _MINIMUM and value < _MINIMUM[name]:
+        return f"{name} must be >= {_MINIMUM[name]}, got {value}"
+    if name == "prompt_template" and value and "{query}" not in value:
+        return "prompt_template must contain {query}"
+    if name == "preset":
+        from pop_ros.models.presets import PRESETS
+
+        if value not in PRESETS:
+            return f"preset must be one of {sorted(PRESETS)}, got {value!r}"
+    for path_name in ("support_library", "heads_file"):
+        if name == path_name and value and not pathlib.Path(value).expanduser().is_file():
+            return f"{name} {value!r} is not a file"
+    return None
+
+
+def check_type(name: str, value) -> str | None:
+    """None if `value` has the declared type of `name` (an integer is a valid float), else the reason."""
+    default = PARAMETERS[name][0]
+    if type(value) is type(default) or (isinstance(default, float) and type(value) is int):
+        return None
+    return f"{name} must be a {type(default).__name__}, got {value!r}"
