@@ -45,27 +45,6 @@ def robust_depth(depth_m: np.ndarray, u: float, v: float, image_size: tuple[int,
     return float(np.median(depths)) if depths.size else math.nan
 
 
-def deproject(u: float, v: float, depth: float, k: np.ndarray) -> tuple[float, float, float]:
-    """Pixel (u, v) at `depth` metres -> (x, y, z) in the optical frame (REP-103: x right, y down,
-    z forward), with the 3x3 intrinsics `k` (CameraInfo.k, row-major)."""
-    k = np.asarray(k, dtype=np.float64).reshape(3, 3)
-    fx, fy, cx, cy = k[0, 0], k[1, 1], k[0, 2], k[1, 2]
-    if fx <= 0 or fy <= 0:
-        raise ValueError(f"camera intrinsics have non-positive focal lengths (fx={fx}, fy={fy})")
-    return (u - cx) * depth / fx, (v - cy) * depth / fy, depth
-
-
-def scale_intrinsics(k: np.ndarray, from_size: tuple[int, int], to_size: tuple[int, int]) -> np.ndarray:
-    """Intrinsics of a camera_info for `from_size (H, W)` rescaled to an image of `to_size (H, W)`."""
-    k = np.asarray(k, dtype=np.float64).reshape(3, 3).copy()
-    sy, sx = to_size[0] / from_size[0], to_size[1] / from_size[1]
-    k[0, 0] *= sx
-    k[0, 2] *= sx
-    k[1, 1] *= sy
-    k[1, 2] *= sy
-    return k
-
-
 @dataclasses.dataclass
 class PlaneFit:
     """A robust plane fit of the depth points around a point."""
@@ -220,3 +199,64 @@ def surface_fit(
         )
     points = model.pixels_to_points(pixels, depths, depth_m.shape)
     return fit_plane(points, inlier_distance_m, min_inlier_ratio, minimum)
+
+
+@dataclasses.dataclass
+class Location:
+    """Where a pixel is in 3D, and the approach pose there (what the node publishes)."""
+
+    has_3d: bool = False
+    xyz: tuple[float, float, float] = (0.0, 0.0, 0.0)  # metres, optical frame
+    why_not_3d: str = ""
+    has_pose: bool = False
+    normal: tuple[float, float, float] = (0.0, 0.0, 0.0)  # unit, towards the camera
+    orientation: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 1.0)  # (x, y, z, w): z axis = normal
+    fit_rms_m: float = 0.0  # filled whenever a plane was fitted, also when it was too poor for a pose
+    fit_inlier_ratio: float = 0.0
+    why_no_pose: str = ""
+
+
+def locate(
+    model,
+    depth_m: np.ndarray,
+    u: float,
+    v: float,
+    image_size: tuple[int, int],
+    depth_window_px: int,
+    pose_window_px: int,
+    inlier_distance_m: float,
+    min_inlier_ratio: float,
+) -> Location:
+    """Colour pixel (u, v) of an image of `image_size (H, W)` -> its 3D point (median depth of the
+    `depth_window_px` box, deprojected by `model`, a CameraModel) and the approach pose (plane fit of
+    the `pose_window_px` box; 0 = none). Every failure is a reason, never an exception."""
+    from pop_ros.camera_model import CameraModelError
+
+    try:
+        model.image_scale(image_size)  # a size the camera_info cannot describe: no 3D point at all
+    except CameraModelError as error:
+        return Location(why_not_3d=f"camera_info: {error}")
+    depth = robust_depth(depth_m, u, v, image_size, depth_window_px)
+    if not math.isfinite(depth):
+        return Location(why_not_3d="depth is missing (0 or NaN) around the point")
+    try:
+        xyz = model.pixel_to_point(u, v, depth, image_size)
+    except CameraModelError as error:
+        return Location(why_not_3d=f"camera_info: {error}")
+    location = Location(has_3d=True, xyz=xyz)
+    if pose_window_px <= 0:
+        location.why_no_pose = "pose_window is 0"
+        return location
+    try:
+        fit = surface_fit(depth_m, model, u, v, image_size, pose_window_px, inlier_distance_m, min_inlier_ratio)
+    except CameraModelError as error:  # the depth image's own size does not fit camera_info
+        location.why_no_pose = f"depth image: {error}"
+        return location
+    location.fit_rms_m = fit.rms_m if math.isfinite(fit.rms_m) else 0.0
+    location.fit_inlier_ratio = fit.inlier_ratio
+    if fit.normal is None:
+        location.why_no_pose = fit.reason
+        return location
+    location.has_pose, location.normal = True, fit.normal
+    location.orientation = approach_orientation(fit.normal)
+    return location

@@ -34,12 +34,12 @@ def test_point_result_is_consistent_with_core(tiny_pointer, rng):
     visual = tiny_pointer.visual
     target_features = visual.encode_one(target)
     support_features = visual.encode_one(support)
-    rc = core.click_to_patch((150.0, 60.0), (200, 300), support_features.grid.shape[:2])
+    rc = core.click_to_patch((150.5, 60.5), (200, 300), support_features.grid.shape[:2])  # ROS -> edge origin
     vmap = core.visual_similarity(support_features.grid, target_features.grid, rc)
     heads, aggregation = tiny_pointer.text_heads()
     prior = core.text_prior(tiny_pointer.mllm.head_maps(target, "handle of the mug", heads), aggregation=aggregation)
     final = core.fuse(prior, [vmap])
-    assert core.peak_to_pixel(final, (240, 320)) == (result.u, result.v)
+    assert core.peak_to_pixel(final, (240, 320)) == (result.u + 0.5, result.v + 0.5)  # edge origin -> ROS
 
 
 def test_uncalibrated_model_uses_the_documented_fallback(tiny_pointer):

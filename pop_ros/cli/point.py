@@ -29,7 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pop-point", description=__doc__.split("\n")[0])
     parser.add_argument("--target", required=True, type=pathlib.Path, help="image to point in")
     parser.add_argument("--query", default="", help="the part, in words (default: the support set's query)")
-    parser.add_argument("--support", action="append", default=[], help="IMAGE:U,V exemplar click (repeatable)")
+    parser.add_argument(
+        "--support",
+        action="append",
+        default=[],
+        help="IMAGE:U,V exemplar click, ROS pixel coordinates (top-left pixel centre = 0,0) (repeatable)",
+    )
     parser.add_argument("--support-set", help="a set name from --library")
     parser.add_argument("--library", type=pathlib.Path, help="support library YAML")
     parser.add_argument("--shots", type=int, help="use at most this many supports (K)")

@@ -14,7 +14,7 @@ import numpy as np
 
 from pop_ros.evaluation.datasets import Episode
 from pop_ros.evaluation.native import NATIVE_PROMPTS, NativePointError, parse_molmo_point, parse_qwen_point
-from pop_ros.pipeline import PartPointer, PointerError, PointerSettings
+from pop_ros.pipeline import PartPointer, PointerError, PointerSettings, from_core_pixel
 from pop_ros.supports import SupportError, read_rgb
 
 
@@ -52,9 +52,10 @@ ALL_METHODS = {method.name: method for method in MAIN_METHODS + ABLATION_METHODS
 def hit(mask: np.ndarray, u: float, v: float) -> bool:
     """The paper's metric: 1 if the predicted pixel lies inside the ground-truth part mask."""
     height, width = mask.shape
-    if not (math.isfinite(u) and math.isfinite(v) and 0 <= u < width and 0 <= v < height):
+    # ROS pixel coordinates (the pipeline's): pixel i covers [i - 0.5, i + 0.5).
+    if not (math.isfinite(u) and math.isfinite(v) and -0.5 <= u < width - 0.5 and -0.5 <= v < height - 0.5):
         return False
-    return bool(mask[int(v), int(u)])
+    return bool(mask[math.floor(v + 0.5), math.floor(u + 0.5)])
 
 
 def native_point(pointer: PartPointer, image: np.ndarray, query: str) -> tuple[float, float]:
@@ -63,11 +64,13 @@ def native_point(pointer: PartPointer, image: np.ndarray, query: str) -> tuple[f
     if adapter.family not in NATIVE_PROMPTS:
         raise NativePointError(f"{adapter.family} has no native pointing format")
     answer = adapter.generate_text(image, NATIVE_PROMPTS[adapter.family].format(query=query), max_new_tokens=32)
+    # The parsers give continuous image coordinates (fraction of the image size x the size, edge
+    # origin); the pipeline's and the metric's are ROS pixel coordinates.
     if adapter.family == "molmo2":
-        return parse_molmo_point(answer, image.shape[:2])
+        return from_core_pixel(parse_molmo_point(answer, image.shape[:2]))
     grid = adapter.prepare(image, query).model_inputs["image_grid_thw"][0].tolist()
     patch = int(adapter.model.config.vision_config.patch_size)
-    return parse_qwen_point(answer, (grid[1] * patch, grid[2] * patch), image.shape[:2])
+    return from_core_pixel(parse_qwen_point(answer, (grid[1] * patch, grid[2] * patch), image.shape[:2]))
 
 
 class ResultCache:

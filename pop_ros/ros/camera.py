@@ -38,6 +38,13 @@ def sensor_qos(reliability: str) -> QoSProfile:
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=policy)
 
 
+def compressed_topic(node) -> str:
+    """The compressed topic the way image_transport derives it: the RESOLVED image topic (namespace
+    and `-r image:=...` remaps applied) + "/compressed", so `-r image:=/cam/image_raw` subscribes
+    /cam/image_raw/compressed."""
+    return node.resolve_topic_name("image").rstrip("/") + "/compressed"
+
+
 class CameraInput:
     """Colour frames (raw and compressed), depth and camera_info of one camera."""
 
@@ -53,16 +60,21 @@ class CameraInput:
         self.callback_latency_ms: collections.deque = collections.deque(maxlen=100_000)
 
     # ---- subscriptions -------------------------------------------------------------------------------
-    def subscribe(self, reliability: str, callback_group, wrap) -> list[str]:
-        """Create the subscriptions (each callback passed through `wrap`, the node's guard); returns
-        the resolved topic names for the log."""
+    def subscribe(self, reliability: str, callback_group, wrap, transport: str = "raw") -> list[str]:
+        """Create the subscriptions (each callback passed through `wrap`, the node's guard): ONE colour
+        subscription for `transport` (raw | compressed), depth and camera_info; returns the resolved
+        topic names for the log."""
         qos = sensor_qos(reliability)
         node = self.node
-        self.subscriptions = [
-            node.create_subscription(Image, "image", wrap(self.on_image), qos, callback_group=callback_group),
+        colour = (
             node.create_subscription(
-                CompressedImage, "image/compressed", wrap(self.on_image), qos, callback_group=callback_group
-            ),
+                CompressedImage, compressed_topic(node), wrap(self.on_image), qos, callback_group=callback_group
+            )
+            if transport == "compressed"
+            else node.create_subscription(Image, "image", wrap(self.on_image), qos, callback_group=callback_group)
+        )
+        self.subscriptions = [
+            colour,
             node.create_subscription(Image, "depth", wrap(self.on_depth), qos, callback_group=callback_group),
             node.create_subscription(
                 CameraInfo, "camera_info", wrap(self.on_camera_info), qos, callback_group=callback_group
@@ -98,7 +110,8 @@ class CameraInput:
         frames from another process dropped by DDS over UDP (see README, DDS tuning)."""
         if self.latest_seq > 0:
             return
-        topic = self.node.resolve_topic_name("image")
+        # The colour topic actually subscribed (raw or compressed).
+        topic = self.subscriptions[0].topic_name if self.subscriptions else self.node.resolve_topic_name("image")
         publishers = self.node.count_publishers(topic)
         if publishers > 0:
             self.node.get_logger().warning(
