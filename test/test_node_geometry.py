@@ -285,3 +285,53 @@ def test_geometry_parameters_are_validated(start_node):
     assert node.set_parameters([Parameter("pose_window", value=0)])[0].successful
     result = node.set_parameters([Parameter("image_transport", value="compressed")])[0]
     assert not result.successful and "read at configure" in result.reason
+
+
+# ---- the launch file and the RViz config ----------------------------------------------------------------------
+def launch_module():
+    import importlib.util
+
+    from pop_ros.paths import SOURCE_ROOT
+
+    spec = importlib.util.spec_from_file_location("pop_ros_launch", SOURCE_ROOT / "launch" / "pop_ros.launch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # launch's own imports are inside its functions
+    return module
+
+
+def test_launch_arguments_override_the_params_file_only_when_given():
+    from pop_ros.ros.parameters import PARAMETERS
+
+    launch = launch_module()
+    nothing = {name: "" for name in launch.PARAMETER_ARGUMENTS}
+    assert launch.node_parameters("/mine.yaml", nothing) == ["/mine.yaml"]  # the user's file rules
+    given = {**nothing, "support_library": "/lib.yaml", "image_is_rectified": "false", "image_transport": "compressed"}
+    assert launch.node_parameters("/mine.yaml", given) == [
+        "/mine.yaml",
+        {"support_library": "/lib.yaml", "image_is_rectified": False, "image_transport": "compressed"},
+    ]
+    with pytest.raises(ValueError, match="true or false"):
+        launch.node_parameters("/mine.yaml", {**nothing, "image_is_rectified": "maybe"})
+    for name in launch.PARAMETER_ARGUMENTS:  # each sets a real node parameter, with its type
+        assert name in PARAMETERS
+        assert type(launch.parameter_value(name, "true")) is type(PARAMETERS[name][0])
+    assert launch.node_remappings("/camera/camera/color/", "/d") == [
+        ("image", "/camera/camera/color/image_raw"),
+        ("camera_info", "/camera/camera/color/camera_info"),
+        ("depth", "/d"),
+    ]
+
+
+def test_rviz_config_shows_the_launch_file_s_default_topics():
+    import yaml
+
+    from pop_ros.paths import config_dir
+
+    launch = launch_module()
+    rviz = yaml.safe_load((config_dir() / "pop_ros.rviz").read_text())["Visualization Manager"]
+    topics = {d["Class"].split("/")[-1]: d["Topic"]["Value"] for d in rviz["Displays"] if "Topic" in d}
+    assert topics["MarkerArray"] == "/pop_node/markers" and topics["Pose"] == "/pop_node/pose"
+    assert topics["PointStamped"] == "/pop_node/point"
+    images = {d["Topic"]["Value"] for d in rviz["Displays"] if d["Class"].endswith("/Image")}
+    assert images == {f"{launch.DEFAULT_CAMERA}/image_raw", "/pop_node/heatmap"}
+    assert rviz["Global Options"]["Fixed Frame"] == "camera_color_optical_frame"
