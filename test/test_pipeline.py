@@ -315,3 +315,23 @@ def test_pop_find_heads_refuses_to_write_an_empty_head_file(tmp_path, rng):
     assert flat.returncode == 2 and "no head passed" in flat.stderr and not out.exists()
     bad = run_cli("pop_ros.cli.find_heads", "--preset", "tiny", "--data", str(tmp_path / "none.jsonl"))
     assert bad.returncode == 2 and "neither a JSONL file nor a folder" in bad.stderr
+
+
+def test_clicks_and_answers_are_ros_pixel_coordinates(tiny_pointer, rng):
+    """Pixel i covers [i - 0.5, i + 0.5): a click at u = 15.6 is pixel 16, in the second patch of a
+    16-pixel grid (an edge-origin reading would put it in the first), and the answer for that patch
+    is its centre pixel, 16 + 7.5 = 23.5 (an edge-origin answer would say 24.0)."""
+    target = random_image(rng, 128, 128)
+    grid_h, grid_w = tiny_pointer.visual.encode_one(target).grid.shape[:2]
+    patch_w, patch_h = 128 / grid_w, 128 / grid_h
+    click = (patch_w - 0.4, 2 * patch_h - 0.4)  # just past the first / second patch boundary
+    tiny_pointer.settings = PointerSettings(use_text=False, max_shots=1, upsample=1).validate()
+    try:
+        result = tiny_pointer.point(target, "", supports=[(target, click)])  # the target itself: peak at the click
+    finally:
+        tiny_pointer.settings = PointerSettings()
+    assert result.score == pytest.approx(1.0, abs=1e-5)
+    assert (result.u, result.v) == (patch_w + patch_w / 2 - 0.5, 2 * patch_h + patch_h / 2 - 0.5)
+    with pytest.raises(PointerError, match="outside"):
+        tiny_pointer.point(target, "", supports=[(target, (127.5, 3.0))])  # pixel 128 does not exist
+    assert tiny_pointer.point(target, "the part", supports=[(target, (-0.5, 127.4))]).num_shots == 1  # pixel (0, 127)
