@@ -256,6 +256,8 @@ def test_compressed_transport_subscribes_the_topic_derived_from_the_remapped_ima
         in capfd.readouterr().err
     )
     assert node.count_subscribers("/cam9/image_raw") == 0  # one transport: no raw subscription
+    first = ros.call(PointToPart, "/geocomp/pop_node/point_to_part", PointToPart.Request(support_set="mug_handle"))
+    assert not first.success and "no camera frame received yet on /cam9/image_raw/compressed" in first.message
     ok, png = cv2.imencode(".png", cv2.cvtColor(SCENE, cv2.COLOR_RGB2BGR))
     msg = CompressedImage(format="png", data=png.tobytes())
     msg.header.frame_id = "compressed_frame"

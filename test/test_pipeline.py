@@ -331,7 +331,7 @@ def test_clicks_and_answers_are_ros_pixel_coordinates(tiny_pointer, rng):
     finally:
         tiny_pointer.settings = PointerSettings()
     assert result.score == pytest.approx(1.0, abs=1e-5)
-    assert (result.u, result.v) == (patch_w + patch_w / 2 - 0.5, 2 * patch_h + patch_h / 2 - 0.5)
+    assert (result.u, result.v) == pytest.approx((patch_w + patch_w / 2 - 0.5, 2 * patch_h + patch_h / 2 - 0.5))
     with pytest.raises(PointerError, match="outside"):
         tiny_pointer.point(target, "", supports=[(target, (127.5, 3.0))])  # pixel 128 does not exist
     assert tiny_pointer.point(target, "the part", supports=[(target, (-0.5, 127.4))]).num_shots == 1  # pixel (0, 127)

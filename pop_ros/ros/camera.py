@@ -82,6 +82,10 @@ class CameraInput:
         ]
         return [subscription.topic_name for subscription in self.subscriptions]
 
+    def colour_topic(self) -> str:
+        """The colour topic subscribed (raw or compressed), or the raw one while not subscribed."""
+        return self.subscriptions[0].topic_name if self.subscriptions else self.node.resolve_topic_name("image")
+
     def unsubscribe(self) -> None:
         for subscription in self.subscriptions:
             self.node.destroy_subscription(subscription)
@@ -110,8 +114,7 @@ class CameraInput:
         frames from another process dropped by DDS over UDP (see README, DDS tuning)."""
         if self.latest_seq > 0:
             return
-        # The colour topic actually subscribed (raw or compressed).
-        topic = self.subscriptions[0].topic_name if self.subscriptions else self.node.resolve_topic_name("image")
+        topic = self.colour_topic()
         publishers = self.node.count_publishers(topic)
         if publishers > 0:
             self.node.get_logger().warning(
@@ -128,9 +131,7 @@ class CameraInput:
             return to_rgb8(request_image), request_image.header
         frame = self.latest
         if frame is None:
-            raise ImageConversionError(
-                f"no camera frame received yet on {self.node.resolve_topic_name('image')} (is the node active?)"
-            )
+            raise ImageConversionError(f"no camera frame received yet on {self.colour_topic()} (is the node active?)")
         age = self.node.get_clock().now().nanoseconds * 1e-9 - frame.stamp_s
         if max_age_s > 0 and age > max_age_s:
             raise ImageConversionError(f"latest camera frame is stale: {age:.2f} s old > max_frame_age {max_age_s} s")
