@@ -149,6 +149,8 @@ class CameraModel:
                 f"camera_info distortion_model {model!r} is not supported for raw images "
                 "(plumb_bob, rational_polynomial, equidistant); rectify the image or set image_is_rectified"
             )
+        if not np.all(np.isfinite(coefficients)):
+            raise CameraModelError(f"camera_info D has non-finite coefficients: {coefficients.tolist()}")
         k, r, p = self.camera_matrix(), self._rectification(), self.projection_matrix()
         points = uv.reshape(-1, 1, 2)
         if model == EQUIDISTANT and coefficients.size:

@@ -45,6 +45,9 @@ def robust_depth(depth_m: np.ndarray, u: float, v: float, image_size: tuple[int,
     return float(np.median(depths)) if depths.size else math.nan
 
 
+_MAX_SCORED = 4096
+
+
 @dataclasses.dataclass
 class PlaneFit:
     """A robust plane fit of the depth points around a point."""
@@ -87,11 +90,13 @@ def fit_plane(
         return PlaneFit(None, math.nan, 0.0, count, "the valid depth points around the point are collinear")
     normals = normals[usable] / lengths[usable, None]
     offsets = np.einsum("ij,ij->i", normals, triples[usable, 0])  # plane: n . x = offset
-    distances = np.abs(points @ normals.T - offsets)  # (N, I)
-    cost = np.minimum(distances, inlier_distance_m) ** 2
+    # Hypotheses are scored on at most _MAX_SCORED points (memory: N x I distances); the refit uses all.
+    scored = points if count <= _MAX_SCORED else points[rng.choice(count, _MAX_SCORED, replace=False)]
+    cost = np.minimum(np.abs(scored @ normals.T - offsets), inlier_distance_m) ** 2  # (N', I)
     best = int(np.argmin(cost.sum(axis=0)))
-    inliers = distances[:, best] <= inlier_distance_m
-    normal, centroid = normals[best], points[inliers].mean(axis=0)
+    normal = normals[best]
+    inliers = np.abs(points @ normal - offsets[best]) <= inlier_distance_m
+    centroid = points[inliers].mean(axis=0) if inliers.any() else points.mean(axis=0)
     for _ in range(2):
         if inliers.sum() < 3:
             break

@@ -263,6 +263,9 @@ def test_unusable_camera_info_is_refused_with_the_reason():
     CameraModel.from_camera_info(unknown, rectified=True).pixel_to_point(10, 10, 1, (480, 640))
     no_distortion = camera_info(640, 480, np.reshape(WIDE.k, (3, 3)), d=[0, 0, 0, 0, 0], model="kannala_brandt")
     CameraModel.from_camera_info(no_distortion, rectified=False).pixel_to_point(10, 10, 1, (480, 640))
+    nan_d = camera_info(640, 480, np.reshape(WIDE.k, (3, 3)), d=[0.1, math.nan, 0, 0, 0])
+    with pytest.raises(CameraModelError, match="non-finite"):
+        CameraModel.from_camera_info(nan_d, rectified=False).pixel_to_point(10, 10, 1, (480, 640))
     bad_fisheye = camera_info(640, 480, np.reshape(WIDE.k, (3, 3)), d=[0.1, 0.2, 0.0, 0.0, 0.1], model="equidistant")
     with pytest.raises(CameraModelError, match="4 coefficients"):
         CameraModel.from_camera_info(bad_fisheye, rectified=False).pixel_to_point(10, 10, 1, (480, 640))
