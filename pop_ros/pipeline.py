@@ -278,7 +278,30 @@ class PartPointer:
         validate_click(click, validate_image(image_rgb))
         with self._lock, _out_of_memory_as_pointer_error(f"the features of support set {set_name!r}"):
             self.support_features([image_rgb])
-        return self.library.add_exemplar(set_name, image_rgb, click, query)
+        updated = self.library.add_exemplar(set_name, image_rgb, click, query)
+        self._forget_set_features(set_name)
+        return updated
+
+    # Editing goes through the pointer so the set-feature cache follows: (name, version) keys are
+    # never reused (see supports._VERSIONS), and the entries of a changed set are dropped at once.
+    def remove_exemplar(self, set_name: str, index: int):
+        """Remove exemplar `index` of a set (persisted when the library is writable); returns the set."""
+        updated = self.library.remove_exemplar(set_name, index)
+        self._forget_set_features(set_name)
+        return updated
+
+    def remove_support_set(self, set_name: str) -> None:
+        self.library.remove_support_set(set_name)
+        self._forget_set_features(set_name)
+
+    def set_default_query(self, set_name: str, query: str):
+        updated = self.library.set_default_query(set_name, query)
+        self._forget_set_features(set_name)
+        return updated
+
+    def _forget_set_features(self, set_name: str) -> None:
+        with self._lock:
+            self._set_features = {key: value for key, value in self._set_features.items() if key[0] != set_name}
 
     def warm_support_set(self, name: str) -> int:
         """Compute (or load) the features of every exemplar of a set; returns how many."""

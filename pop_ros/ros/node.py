@@ -36,6 +36,7 @@ from pop_ros.image_conversion import ImageConversionError, to_depth_m
 from pop_ros.ros.camera import CameraInput
 from pop_ros.ros.outputs import Outputs
 from pop_ros.ros.parameters import PARAMETERS, check_parameter, check_type
+from pop_ros.ros.teaching import Teaching
 from pop_ros_interfaces.srv import AddExemplar, ListSupportSets, PointToPart
 
 
@@ -116,6 +117,7 @@ class PopNode(LifecycleNode):
         for name, (srv_type, callback) in services.items():
             self.create_service(srv_type, name, self.guarded(callback), callback_group=self._query_group)
         self.outputs = Outputs(self)
+        self.teaching = Teaching(self, self._query_group)
 
     # ---- the guard ------------------------------------------------------------------------------------
     def guarded(self, callback):
@@ -212,8 +214,12 @@ class PopNode(LifecycleNode):
         try:
             library = SupportLibrary()
             library_path = self.param("support_library")
+            if self.param("library_writable") and not library_path:
+                raise SupportError("library_writable needs support_library: the YAML to keep taught sets in")
             if library_path:
-                library = SupportLibrary.load(pathlib.Path(library_path).expanduser())
+                library = SupportLibrary.load(
+                    pathlib.Path(library_path).expanduser(), writable=self.param("library_writable")
+                )
                 for problem in library.errors:
                     self.get_logger().error(f"support library: {problem}")
             pointer = PartPointer.from_preset(
@@ -243,6 +249,10 @@ class PopNode(LifecycleNode):
             f"(visual {pointer.load_timings_s['visual']:.1f} s, MLLM {pointer.load_timings_s['mllm']:.1f} s), "
             f"support features {warm_s:.2f} s for sets {library.names()}; heads: {pointer.heads_source}"
         )
+        if library.writable:
+            self.get_logger().info(
+                f"support library {library.path} is writable: taught images go to {library.images_dir}"
+            )
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -317,11 +327,19 @@ class PopNode(LifecycleNode):
     def _on_list_support_sets(self, request, response):
         if self.pointer is None:
             return response
-        for name in self.pointer.library.names():
-            support_set = self.pointer.library.get(name)
+        from pop_ros.supports import SupportError
+
+        library = self.pointer.library
+        for name in library.names():
+            try:
+                support_set, storage = library.get(name), library.storage(name)
+            except SupportError:  # removed since names() was read
+                continue
             response.names.append(name)
             response.default_queries.append(support_set.query)
             response.num_exemplars.append(len(support_set.exemplars))
+            response.storage.append(storage)
+            response.writable.append(library.writable)
         return response
 
     # ---- the work ---------------------------------------------------------------------------------------

@@ -37,6 +37,18 @@ PARAMETERS = {
     "prompt_template": ("", "MLLM prompt containing {query}; empty = preset's ('Point to the {query}.')", "configure"),
     "trust_remote_code": (False, "let hub model code run; only for repositories you trust", "configure"),
     "support_library": ("", "support library YAML (see README); empty = none", "configure"),
+    "library_writable": (
+        False,
+        "persist add_exemplar, ~/teach_click and the edit services into support_library (images beside it, "
+        "atomic rewrite, previous version in .bak); false = changes stay in memory and edits are refused",
+        "configure",
+    ),
+    "teach_set": (
+        "",
+        "support set that a click on ~/teach_click adds to (created if new); empty = clicks refused",
+        "runtime",
+    ),
+    "teach_query": ("", "default query of a set that a teaching click creates; empty = none", "runtime"),
     "feature_cache_dir": ("", "folder for the support-feature disk cache; empty = memory only", "configure"),
     "image_reliability": ("best_effort", "camera subscriptions' QoS reliability: best_effort | reliable", "configure"),
     "image_transport": (
@@ -132,6 +144,13 @@ def check_parameter(name: str, value) -> str | None:
 
         if value not in PRESETS:
             return f"preset must be one of {sorted(PRESETS)}, got {value!r}"
+    if name == "teach_set" and value:
+        from pop_ros.supports import SupportError, validate_set_name
+
+        try:
+            validate_set_name(value)
+        except SupportError as error:
+            return f"teach_set: {error}"
     for path_name in ("support_library", "heads_file"):
         if name == path_name and value and not pathlib.Path(value).expanduser().is_file():
             return f"{name} {value!r} is not a file"

@@ -1,0 +1,136 @@
+"""Teaching and editing the support library from ROS.
+
+- `~/teach_click` (geometry_msgs/PointStamped, pixels of the latest frame in x, y) and
+  `~/teach_click_point` (geometry_msgs/Point, what rqt_image_view's "publish click location"
+  emits) add the clicked frame as an exemplar of the set named by `teach_set`;
+- each click is answered on `~/teach_result` (pop_ros_interfaces/TeachResult) and in the log, and a
+  crop around the click goes to `~/teach_preview` (sensor_msgs/Image rgb8) so the operator sees
+  what was taken;
+- `~/remove_exemplar`, `~/remove_support_set`, `~/set_default_query` edit the library.
+
+Changes are persisted by the support library when `library_writable` is true; edits of a
+read-only library are refused with the reason, and clicks then teach in memory only (as
+`add_exemplar` does), which the feedback says.
+"""
+
+from __future__ import annotations
+
+from geometry_msgs.msg import Point, PointStamped
+from sensor_msgs.msg import Image
+
+from pop_ros.image_conversion import ImageConversionError, from_array
+from pop_ros.visualize import click_thumbnail
+from pop_ros_interfaces.msg import TeachResult
+from pop_ros_interfaces.srv import RemoveExemplar, RemoveSupportSet, SetDefaultQuery
+
+
+class Teaching:
+    def __init__(self, node, callback_group):
+        self.node = node
+        self.result_pub = node.create_publisher(TeachResult, "~/teach_result", 10)
+        self.preview_pub = node.create_publisher(Image, "~/teach_preview", 1)
+        # Clicks do the work of add_exemplar (features, files): the query group, not the camera's.
+        node.create_subscription(
+            PointStamped, "~/teach_click", node.guarded(self.on_click), 10, callback_group=callback_group
+        )
+        node.create_subscription(
+            Point, "~/teach_click_point", node.guarded(self.on_click_point), 10, callback_group=callback_group
+        )
+        services = {
+            "~/remove_exemplar": (RemoveExemplar, self.on_remove_exemplar),
+            "~/remove_support_set": (RemoveSupportSet, self.on_remove_support_set),
+            "~/set_default_query": (SetDefaultQuery, self.on_set_default_query),
+        }
+        for name, (srv_type, callback) in services.items():
+            node.create_service(srv_type, name, node.guarded(callback), callback_group=callback_group)
+
+    # ---- clicks -----------------------------------------------------------------------------------------
+    def on_click(self, msg: PointStamped) -> None:
+        self.teach(msg.point.x, msg.point.y)
+
+    def on_click_point(self, msg: Point) -> None:
+        self.teach(msg.x, msg.y)
+
+    def teach(self, u: float, v: float) -> TeachResult:
+        """Add the latest frame with the click (u, v) to `teach_set`; answers on ~/teach_result and the log."""
+        from pop_ros.supports import SupportError
+
+        node = self.node
+        set_name = node.param("teach_set")
+        result = TeachResult(support_set=set_name, u=float(u), v=float(v))
+        image = None
+        try:
+            problem = node._not_ready()
+            if problem:
+                raise SupportError(problem)
+            if not set_name:
+                raise SupportError("teach_set is empty: set it to the support set that clicks should teach")
+            image, result.header = node.camera.target_image(Image(), float(node.param("max_frame_age")))
+            if not node._work_lock.acquire(timeout=float(node.param("busy_timeout"))):
+                raise SupportError("busy: another query is running; click again")
+            try:
+                updated = node.pointer.add_exemplar(set_name, image, (u, v), node.param("teach_query"))
+            finally:
+                node._work_lock.release()
+            result.success, result.num_exemplars = True, len(updated.exemplars)
+            result.message = (
+                f"added exemplar {len(updated.exemplars) - 1} of {set_name!r} at ({u:.1f}, {v:.1f}) "
+                f"in a {image.shape[1]}x{image.shape[0]} frame; {self._kept_where()}"
+            )
+            node.get_logger().info(f"teach_click: {result.message}")
+        except (SupportError, ImageConversionError, ValueError) as error:
+            result.success, result.message = False, f"click not taught: {error}"
+            node.get_logger().warning(f"teach_click: {result.message}")
+        self.result_pub.publish(result)
+        if result.success:
+            self.preview_pub.publish(from_array(click_thumbnail(image, (u, v)), "rgb8", result.header))
+        return result
+
+    def _kept_where(self) -> str:
+        library = self.node.pointer.library
+        if library.writable:
+            return f"saved to {library.path}"
+        return "kept in memory only (library_writable is false)"
+
+    # ---- editing services -------------------------------------------------------------------------------
+    def _edit(self, response, action, describe) -> object:
+        """Run `action()` on the pointer; answer success with `describe(outcome)` or the reason."""
+        from pop_ros.supports import SupportError
+
+        problem = self.node._not_ready()
+        if not problem:
+            try:
+                outcome = action()
+                response.success = True
+                response.message = f"{describe(outcome)}; {self._kept_where()}"
+                self.node.get_logger().info(response.message)
+                return outcome
+            except SupportError as error:
+                problem = str(error)
+        response.success, response.message = False, problem
+        return None
+
+    def on_remove_exemplar(self, request, response):
+        updated = self._edit(
+            response,
+            lambda: self.node.pointer.remove_exemplar(request.support_set, int(request.index)),
+            lambda kept: f"removed exemplar {request.index} of {request.support_set!r}; {len(kept.exemplars)} left",
+        )
+        response.num_exemplars = len(updated.exemplars) if updated is not None else 0
+        return response
+
+    def on_remove_support_set(self, request, response):
+        self._edit(
+            response,
+            lambda: self.node.pointer.remove_support_set(request.support_set),
+            lambda _: f"removed support set {request.support_set!r}",
+        )
+        return response
+
+    def on_set_default_query(self, request, response):
+        self._edit(
+            response,
+            lambda: self.node.pointer.set_default_query(request.support_set, request.query),
+            lambda updated: f"default query of {request.support_set!r} is now {updated.query!r}",
+        )
+        return response

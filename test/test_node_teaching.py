@@ -1,0 +1,275 @@
+"""Teaching that lasts, with real rclpy: a click on ~/teach_click becomes an exemplar that survives a
+restart of pop_node; edits persist; a read-only library refuses edits with the reason; a click on a
+missing or stale frame is refused; a node killed while writing leaves a library that loads."""
+
+import pathlib
+import shutil
+import signal
+import time
+
+import numpy as np
+import pytest
+from geometry_msgs.msg import Point, PointStamped
+from sensor_msgs.msg import Image
+
+from pop_ros.image_conversion import to_rgb8
+from pop_ros.ros_client import LIBRARY, NodeProcess, RosClient
+from pop_ros.supports import KILL_AFTER_STEP_ENV, SupportLibrary
+from pop_ros_interfaces.msg import TeachResult
+from pop_ros_interfaces.srv import (
+    AddExemplar,
+    ListSupportSets,
+    PointToPart,
+    RemoveExemplar,
+    RemoveSupportSet,
+    SetDefaultQuery,
+)
+from test import test_node
+from test.test_node import HEIGHT, SCENE, WIDTH, colour_msg, same_stamp
+
+inprocess = test_node.inprocess  # the in-process node fixture, shared
+
+TEACH_SET = "../über part ✓"  # path traversal, a space and unicode in one name
+OTHER_SET = "a/../../b c"
+FLIPPED = np.ascontiguousarray(SCENE[:, ::-1])
+
+
+@pytest.fixture(scope="module")
+def client():
+    ros = RosClient("pop_teach_client")
+    yield ros
+    ros.close()
+
+
+def start_node(client, library, log_path):
+    process = NodeProcess(
+        "-p", "preset:=tiny",
+        "-p", f"support_library:={library}",
+        "-p", "library_writable:=true",
+        "-p", f"teach_set:={TEACH_SET}",
+        "-p", "teach_query:=rim of the cup",
+        "-p", "max_frame_age:=5.0",
+        "-p", "image_reliability:=reliable",  # see test_node.py: raw frames exceed this host's UDP buffer
+        "-r", "image:=/teachcam/image_raw",
+        log_path=log_path,
+    )  # fmt: skip
+    try:
+        client.call(ListSupportSets, "/pop_node/list_support_sets", ListSupportSets.Request(), timeout=120)
+    except TimeoutError:
+        process.stop()
+        pytest.fail(f"node did not come up:\n{process.log()}")
+    return process
+
+
+def listing(client, prefix="/pop_node"):
+    response = client.call(ListSupportSets, f"{prefix}/list_support_sets", ListSupportSets.Request())
+    columns = (response.default_queries, response.num_exemplars, response.storage, response.writable)
+    return {name: row for name, *row in zip(response.names, *columns, strict=True)}
+
+
+def teach_until_answered(client, frame_topic, click_topic, click, image, results, msg_type=PointStamped):
+    """Stream a frame, click, and wait for the answer; again (as a camera streams) until one succeeds,
+    since the first frames can be lost to discovery. Returns (result, stamp of the frame clicked)."""
+    frames = client.publisher(Image, frame_topic)
+    clicks = client.publisher(msg_type, click_topic, qos=10)
+    for _ in range(30):
+        stamp = client.now_stamp()
+        frames.publish(colour_msg(stamp, image=image))
+        time.sleep(0.3)
+        count = len(results)
+        if msg_type is PointStamped:
+            message = PointStamped(point=Point(x=float(click[0]), y=float(click[1])))
+            message.header.stamp, message.header.frame_id = stamp, "cam_color_optical_frame"
+        else:
+            message = Point(x=float(click[0]), y=float(click[1]))
+        clicks.publish(message)
+        deadline = time.monotonic() + 15
+        while len(results) == count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if len(results) > count and results[-1].success:
+            return results[-1], stamp
+    pytest.fail(f"no click was taught: {[r.message for r in results]}")
+
+
+def away_from_ring(crop, centre, radius=9):
+    rows, cols = np.mgrid[: crop.shape[0], : crop.shape[1]]
+    return (rows - centre[1]) ** 2 + (cols - centre[0]) ** 2 > radius**2
+
+
+def test_taught_sets_survive_a_restart_edits_persist_and_a_killed_writer_leaves_a_library(
+    client, tmp_path, monkeypatch
+):
+    library = tmp_path / "robot" / "library.yaml"
+    shutil.copytree(LIBRARY.parent, library.parent)  # the shipped sets, in a folder we may write
+    results = client.collect(TeachResult, "/pop_node/teach_result", wait_for_publisher=False)
+    previews = client.collect(Image, "/pop_node/teach_preview", wait_for_publisher=False)
+    node = start_node(client, library, tmp_path / "first.log")
+    try:
+        # One click on the camera stream (PointStamped), one as rqt_image_view sends it (Point).
+        result, stamp = teach_until_answered(
+            client, "/teachcam/image_raw", "/pop_node/teach_click", (200, 100), SCENE, results
+        )
+        assert result.support_set == TEACH_SET and result.num_exemplars == 1 and "saved to" in result.message
+        assert (result.u, result.v) == (200.0, 100.0) and same_stamp(result.header.stamp, stamp)
+        deadline = time.monotonic() + 10
+        while not previews and time.monotonic() < deadline:
+            time.sleep(0.05)
+        preview = to_rgb8(previews[-1])
+        assert preview.shape == (128, 128, 3) and same_stamp(previews[-1].header.stamp, stamp)
+        expected = SCENE[100 - 64 : 100 + 64, 200 - 64 : 200 + 64]  # the crop centred on the click
+        mask = away_from_ring(preview, (64, 64))
+        np.testing.assert_array_equal(preview[mask], expected[mask])
+        result, _ = teach_until_answered(
+            client, "/teachcam/image_raw", "/pop_node/teach_click_point", (30, 200), FLIPPED, results, Point
+        )
+        assert result.num_exemplars == 2
+
+        sets = listing(client)
+        assert sets[TEACH_SET] == ["rim of the cup", 2, str(library), True]
+        assert all(row[2] == str(library) and row[3] for row in sets.values())
+        answer = client.call(
+            PointToPart,
+            "/pop_node/point_to_part",
+            PointToPart.Request(support_set=TEACH_SET, image=colour_msg(client.now_stamp())),
+        )
+        assert answer.success, answer.message
+
+        added = client.call(
+            AddExemplar,
+            "/pop_node/add_exemplar",
+            AddExemplar.Request(support_set=OTHER_SET, query="lid", image=colour_msg(client.now_stamp()), u=5.0, v=6.0),
+        )
+        assert added.success, added.message
+        removed = client.call(
+            RemoveExemplar, "/pop_node/remove_exemplar", RemoveExemplar.Request(support_set=TEACH_SET, index=0)
+        )
+        assert removed.success and removed.num_exemplars == 1, removed.message
+        missing = client.call(
+            RemoveExemplar, "/pop_node/remove_exemplar", RemoveExemplar.Request(support_set="mug_handle", index=99)
+        )
+        assert not missing.success and "no exemplar 99" in missing.message
+        edited = client.call(
+            SetDefaultQuery, "/pop_node/set_default_query", SetDefaultQuery.Request(support_set=TEACH_SET, query="lid")
+        )
+        assert edited.success and "'lid'" in edited.message, edited.message
+        dropped = client.call(
+            RemoveSupportSet, "/pop_node/remove_support_set", RemoveSupportSet.Request(support_set="bottle_neck")
+        )
+        assert dropped.success, dropped.message
+    finally:
+        assert node.stop() == 0, node.log()
+
+    # On disk: every image inside the library's images folder, the taught one bit-exact.
+    stored = SupportLibrary.load(library)
+    assert stored.errors == [] and sorted(stored.names()) == sorted(["mug_handle", TEACH_SET, OTHER_SET])
+    taught = stored.get(TEACH_SET).exemplars
+    assert len(taught) == 1 and taught[0].click == (30.0, 200.0)
+    np.testing.assert_array_equal(taught[0].image, FLIPPED)  # the second click's frame, lossless
+    images = (library.parent / "library_images").resolve()
+    for name in (TEACH_SET, OTHER_SET):
+        assert images in pathlib.Path(stored.get(name).exemplars[0].source).parents
+    assert (library.parent / "library.yaml.bak").is_file()
+    before = {name: (s.query, [e.click for e in s.exemplars]) for name, s in stored.sets.items()}
+
+    # Restart: the sets are there and answer. This node kills itself half-way through its first write.
+    monkeypatch.setenv(KILL_AFTER_STEP_ENV, "5")  # 5: the new YAML's temporary file half written
+    node = start_node(client, library, tmp_path / "second.log")
+    try:
+        sets = listing(client)
+        assert sets[TEACH_SET] == ["lid", 1, str(library), True] and "bottle_neck" not in sets
+        assert sets[OTHER_SET][:2] == ["lid", 1]
+        answer = client.call(
+            PointToPart,
+            "/pop_node/point_to_part",
+            PointToPart.Request(support_set=TEACH_SET, image=colour_msg(client.now_stamp())),
+        )
+        assert answer.success, answer.message  # with the set's default query, edited before the restart
+        with pytest.raises(TimeoutError):
+            client.call(
+                AddExemplar,
+                "/pop_node/add_exemplar",
+                AddExemplar.Request(support_set="never", image=colour_msg(client.now_stamp()), u=1.0, v=1.0),
+                timeout=30,
+            )
+        assert node.process.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        node.stop()
+    after = SupportLibrary.load(library)
+    assert after.errors == []
+    assert {name: (s.query, [e.click for e in s.exemplars]) for name, s in after.sets.items()} == before
+
+
+# ---- refusals, in-process ----------------------------------------------------------------------------------
+def click_once(ros, topic, results, u, v):
+    count = len(results)
+    ros.publisher(PointStamped, topic, qos=10).publish(PointStamped(point=Point(x=float(u), y=float(v))))
+    deadline = time.monotonic() + 30
+    while len(results) == count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(results) > count, "no answer on ~/teach_result"
+    return results[-1]
+
+
+def test_read_only_library_refuses_edits_and_clicks_need_a_fresh_frame(inprocess):
+    ros, node, _ = inprocess(
+        "ro", f"support_library:={LIBRARY}", "teach_set:=lid", "max_frame_age:=1.0", "image_reliability:=reliable"
+    )
+    results = ros.collect(TeachResult, "/ro/pop_node/teach_result")
+    result = click_once(ros, "/ro/pop_node/teach_click", results, 10, 10)
+    assert not result.success and "no camera frame received yet on /ro/image" in result.message
+
+    frames = ros.publisher(Image, "/ro/image")
+    old = ros.now_stamp()
+    old.sec -= 10
+    frames.publish(colour_msg(old))
+    deadline = time.monotonic() + 20
+    while node.camera.latest is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    result = click_once(ros, "/ro/pop_node/teach_click", results, 10, 10)
+    assert not result.success and "stale" in result.message, result.message
+
+    def fresh_click(u, v):
+        frames.publish(colour_msg(ros.now_stamp()))
+        time.sleep(0.3)
+        return click_once(ros, "/ro/pop_node/teach_click", results, u, v)
+
+    result = fresh_click(WIDTH + 3, 10)
+    assert not result.success and "outside" in result.message, result.message
+    result = fresh_click(WIDTH - 1, HEIGHT - 1)
+    assert result.success and "kept in memory only" in result.message, result.message
+    assert node.pointer.library.get("lid").exemplars[0].click == (WIDTH - 1.0, HEIGHT - 1.0)
+
+    sets = listing(ros, "/ro/pop_node")
+    assert sets["mug_handle"][2:] == [str(LIBRARY), False] and sets["lid"][2:] == ["", False]
+    before = LIBRARY.read_bytes()
+    for srv_type, name, req in (
+        (RemoveExemplar, "remove_exemplar", RemoveExemplar.Request(support_set="mug_handle", index=0)),
+        (RemoveSupportSet, "remove_support_set", RemoveSupportSet.Request(support_set="mug_handle")),
+        (SetDefaultQuery, "set_default_query", SetDefaultQuery.Request(support_set="mug_handle", query="x")),
+    ):
+        response = ros.call(srv_type, f"/ro/pop_node/{name}", req)
+        assert not response.success and "read-only" in response.message and "library_writable" in response.message
+    assert LIBRARY.read_bytes() == before and listing(ros, "/ro/pop_node")["mug_handle"][1] == 3
+
+    from rclpy.parameter import Parameter
+
+    assert not node.set_parameters([Parameter("teach_set", value="bad\nname")])[0].successful
+    assert node.set_parameters([Parameter("teach_set", value="")])[0].successful
+    result = fresh_click(5, 5)
+    assert not result.success and "teach_set is empty" in result.message
+
+
+def test_writable_needs_a_library_and_a_new_library_file_is_created(inprocess, tmp_path):
+    ros, node, _ = inprocess("nolib", "library_writable:=true")
+    assert node.pointer is None and "library_writable needs support_library" in node.configure_error
+    library = tmp_path / "new.yaml"
+    ros, node, _ = inprocess("newlib", f"support_library:={library}", "library_writable:=true")
+    assert node.pointer is not None and listing(ros, "/newlib/pop_node") == {}
+    added = ros.call(
+        AddExemplar,
+        "/newlib/pop_node/add_exemplar",
+        AddExemplar.Request(support_set="lid", query="lid", image=colour_msg(ros.now_stamp()), u=3.0, v=4.0),
+    )
+    assert added.success, added.message
+    assert SupportLibrary.load(library).get("lid").exemplars[0].click == (3.0, 4.0)
+    assert listing(ros, "/newlib/pop_node")["lid"] == ["lid", 1, str(library), True]
