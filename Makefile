@@ -19,12 +19,14 @@ export ROS_DOMAIN_ID ?= $(shell $(PYTHON_BOOTSTRAP) -c "import os; print(os.getp
 export RMW_IMPLEMENTATION := rmw_fastrtps_cpp
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup test lint pytest demo bench clean help
+.PHONY: setup test lint pytest demo bench device-wheels device-check clean help
 
 help:
 	@echo "make demo   - set up .venv, start the node on sample images, write demo_out/"
 	@echo "make test   - set up .venv, run the style check and the whole test suite"
 	@echo "make bench  - per-stage timings and side-by-side ratios (pop-bench)"
+	@echo "make device-wheels - the pinned wheels the GPU test machine's stock image lacks, in build/device-wheels"
+	@echo "make device-check  - on that GPU machine: tests on CUDA + pop-bench 3B/7B, one JSON + one log in \$$OUT"
 	@echo "make clean  - remove build outputs and demo_out (keeps .venv)"
 
 setup: $(STAMPS)/package
@@ -70,6 +72,15 @@ demo: setup
 
 bench: setup
 	$(PY) -m pop_ros.bench
+
+# The GPU test machine: a stock image (its python3 holds CUDA torch and torchvision), no .venv, no ROS,
+# no network. `device-wheels` runs here (PyPI); `device-check` runs there with build/device-wheels
+# carried beside the working tree (README, "Performance on a GPU").
+device-wheels: setup
+	$(PY) tools/device_check.py --download-wheels
+
+device-check:
+	python3 tools/device_check.py
 
 clean:
 	rm -rf build demo_out .pytest_cache

@@ -44,6 +44,24 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def memory_in_use_mb(device: torch.device) -> float:
+    """GPU memory held by tensors now (the models, once loaded); on a CPU the process's resident set."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device) / 2**20
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def peak_memory_detail_mb(device: torch.device) -> dict:
+    """Peaks of the run: tensors (`peak_allocated`) and, on CUDA, what the caching allocator reserved
+    from the driver (`peak_reserved`, what other processes on the GPU cannot use)."""
+    detail = {"peak_allocated": peak_memory_mb(device)}
+    if device.type == "cuda":
+        detail["peak_reserved"] = torch.cuda.max_memory_reserved(device) / 2**20
+    return detail
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -51,6 +69,46 @@ def device_name(device: torch.device) -> str:
 
 
 # ---- models -------------------------------------------------------------------------------------------
+# Real checkpoints' config.json figures (text and vision tower of the MLLM, the DINOv3 ViT); the
+# token ids are mapped to the small tokenizer, which changes no FLOP but the embedding lookups.
+QWEN25_VL_3B_TEXT = {
+    "hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36, "num_attention_heads": 16,
+    "num_key_value_heads": 2, "vocab_size": 151936, "max_position_embeddings": 128000, "rms_norm_eps": 1e-6,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+    "tie_word_embeddings": True,
+}  # fmt: skip
+QWEN25_VL_7B_TEXT = {
+    "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
+    "num_key_value_heads": 4, "vocab_size": 152064, "max_position_embeddings": 128000, "rms_norm_eps": 1e-6,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+    "tie_word_embeddings": False,
+}  # fmt: skip
+QWEN25_VL_VISION = {  # the same tower in 3B and 7B; only its output width differs
+    "depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16, "patch_size": 14,
+    "spatial_merge_size": 2, "window_size": 112, "fullatt_block_indexes": [7, 15, 23, 31],
+}  # fmt: skip
+DINOV3_VITB16 = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12}
+DINOV3_VITL16 = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16}
+
+# name -> (MLLM text config, MLLM vision config, DINOv3 config, visual model named in the report)
+SHAPES = {
+    "qwen2.5-vl-3b": (QWEN25_VL_3B_TEXT, {**QWEN25_VL_VISION, "out_hidden_size": 2048}, DINOV3_VITB16,
+                      "dinov3-vitb16"),
+    "qwen2.5-vl-7b": (QWEN25_VL_7B_TEXT, {**QWEN25_VL_VISION, "out_hidden_size": 3584}, DINOV3_VITL16,
+                      "dinov3-vitl16"),
+    # The same code on models small enough for a CPU test of the benchmark itself (tools/device_check.py --dry-run).
+    "tiny": (
+        {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 6, "num_attention_heads": 4,
+         "num_key_value_heads": 2, "vocab_size": 128,
+         "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}},
+        {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64,
+         "fullatt_block_indexes": [1], "window_size": 112},
+        {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2},
+        "dinov3-tiny",
+    ),
+}  # fmt: skip
+
+
 def build_shape_pointer(shape: str, device: str, dtype: str):
     """A PartPointer on random-weight models with a real model's shape (nothing downloaded)."""
     from transformers import (
@@ -59,19 +117,21 @@ def build_shape_pointer(shape: str, device: str, dtype: str):
         Qwen2_5_VLConfig,
         Qwen2_5_VLForConditionalGeneration,
         Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
         Qwen2VLImageProcessorPil,
     )
 
     from pop_ros.models.loading import resolve_device, resolve_dtype
     from pop_ros.models.mllm import adapter_for
     from pop_ros.models.presets import ModelConfig
-    from pop_ros.models.processors import build_processor
+    from pop_ros.models.processors import build_processor, torchvision_works
     from pop_ros.models.tiny import CHAT_TEMPLATES, build_tokenizer
     from pop_ros.models.visual import VisualEncoder
     from pop_ros.pipeline import PartPointer
 
-    if shape != "qwen2.5-vl-3b":
-        raise ValueError(f"unknown shape {shape!r}")
+    if shape not in SHAPES:
+        raise ValueError(f"unknown shape {shape!r}; choose one of {sorted(SHAPES)}")
+    text_config, vision_config, dino_config, visual_name = SHAPES[shape]
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     tokenizer = build_tokenizer("qwen2_5_vl")
@@ -79,36 +139,27 @@ def build_shape_pointer(shape: str, device: str, dtype: str):
         t: tokenizer.convert_tokens_to_ids(t)
         for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
     }
-    # Qwen2.5-VL-3B-Instruct's config.json (text and vision), token ids mapped to the small tokenizer.
     config = Qwen2_5_VLConfig(
-        text_config={
-            "hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36, "num_attention_heads": 16,
-            "num_key_value_heads": 2, "vocab_size": 151936, "max_position_embeddings": 128000, "rms_norm_eps": 1e-6,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
-            "tie_word_embeddings": True,
-        },
-        vision_config={
-            "depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16, "out_hidden_size": 2048,
-            "patch_size": 14, "spatial_merge_size": 2, "window_size": 112, "fullatt_block_indexes": [7, 15, 23, 31],
-        },
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-    )  # fmt: skip
+        text_config=dict(text_config),
+        vision_config=dict(vision_config),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    visual_config = DINOv3ViTConfig(**dino_config, patch_size=16, num_register_tokens=4)
     started = time.perf_counter()
     torch.manual_seed(0)
-    model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch_dtype, attn_implementation="sdpa")
-    processor = build_processor(
-        Qwen2_5_VLProcessor, Qwen2VLImageProcessorPil(), tokenizer, CHAT_TEMPLATES["qwen2_5_vl"]
-    )
+    # Built where they run: random initialisation of 8B parameters on a CPU alone takes minutes.
+    with torch.device(torch_device):
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch_dtype, attn_implementation="sdpa")
+        dino = DINOv3ViTModel._from_config(visual_config, dtype=torch_dtype)
+    # The image processor users get: AutoProcessor picks the torchvision one where torchvision imports.
+    image_processor = Qwen2VLImageProcessor() if torchvision_works() else Qwen2VLImageProcessorPil()
+    processor = build_processor(Qwen2_5_VLProcessor, image_processor, tokenizer, CHAT_TEMPLATES["qwen2_5_vl"])
     mllm = adapter_for(model.to(torch_device), processor)
-    visual_config = DINOv3ViTConfig(
-        hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, patch_size=16,
-        num_register_tokens=4,
-    )  # fmt: skip
-    visual = VisualEncoder(
-        DINOv3ViTModel._from_config(visual_config, dtype=torch_dtype).to(torch_device), resolution=448
-    )
-    model_config = ModelConfig(mllm=f"shape:{shape}", visual="shape:dinov3-vitb16", random_weights=True)
+    visual = VisualEncoder(dino.to(torch_device), resolution=448)
+    model_config = ModelConfig(mllm=f"shape:{shape}", visual=f"shape:{visual_name}", random_weights=True)
     pointer = PartPointer(visual, mllm, model_config, name=f"shape:{shape}")
     pointer.load_timings_s = {"build": time.perf_counter() - started}
     return pointer
@@ -116,12 +167,12 @@ def build_shape_pointer(shape: str, device: str, dtype: str):
 
 def bench_images(count: int) -> tuple[np.ndarray, list[tuple[np.ndarray, tuple[float, float]]]]:
     """A 640x480 target and `count` distinct 640x480 supports (sample images, flipped and shifted)."""
-    from pop_ros.paths import SAMPLE_DIR
-    from pop_ros.ros_client import LIBRARY
+    from pop_ros.paths import SAMPLE_DIR, config_dir
     from pop_ros.supports import SupportLibrary, read_rgb
 
+    # The shipped library, found without rclpy: the model benchmarks also run where ROS is absent.
     target = cv2.resize(read_rgb(SAMPLE_DIR / "scene_0.png"), (640, 480))
-    exemplars = SupportLibrary.load(LIBRARY).get("mug_handle").exemplars
+    exemplars = SupportLibrary.load(config_dir() / "supports" / "library.yaml").get("mug_handle").exemplars
     supports = []
     for index in range(count):
         exemplar = exemplars[index % len(exemplars)]
@@ -382,7 +433,13 @@ def main(argv: list[str] | None = None) -> int:
     from pop_ros.models.presets import PRESETS
 
     parser = argparse.ArgumentParser(prog="pop-bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--shape", default="qwen2.5-vl-3b", help="random-weight models of a real shape (default)")
+    parser.add_argument(
+        "--shape",
+        default="qwen2.5-vl-3b",
+        choices=sorted(SHAPES),
+        help="random-weight models of a real shape: qwen2.5-vl-3b (+ DINOv3 ViT-B/16, default), "
+        "qwen2.5-vl-7b (+ DINOv3 ViT-L/16), tiny (a CPU test of the benchmark itself)",
+    )
     parser.add_argument("--preset", choices=sorted(PRESETS), help="benchmark a preset's models instead of --shape")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="bfloat16", help="default bfloat16 (also on CPUs with bf16 units)")
@@ -419,7 +476,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         progress(f"building random-weight models of shape {args.shape} ({args.dtype})")
         pointer = build_shape_pointer(args.shape, args.device, args.dtype)
+    loaded_memory_mb = memory_in_use_mb(pointer.visual.device)
     report["models"] = run_model_benchmarks(pointer, args.repeats, args.warmup, progress)
+    report["memory_mb"] = {"models_loaded": loaded_memory_mb, **peak_memory_detail_mb(pointer.visual.device)}
     del pointer
     if args.stream_seconds > 0:
         report["streaming"] = run_streaming(

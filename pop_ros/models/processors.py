@@ -138,6 +138,14 @@ def load_processor(name_or_path: str, trust_remote_code: bool = False, **hub_kwa
             name_or_path, trust_remote_code=trust_remote_code, **hub_kwargs
         )
     LOG.info("torchvision is not importable: assembling the image-only processor of %s from its parts", name_or_path)
+    return assemble_processor(name_or_path, trust_remote_code=trust_remote_code, **hub_kwargs)
+
+
+def assemble_processor(name_or_path: str, trust_remote_code: bool = False, **hub_kwargs):
+    """The processor built from the checkpoint's parts (what `load_processor` uses without torchvision;
+    `test_processors_equivalence.py` compares it with AutoProcessor where torchvision imports)."""
+    import transformers
+
     settings_text = _read_text(name_or_path, "processor_config.json", **hub_kwargs)
     settings = json.loads(settings_text) if settings_text else {}
     class_name = settings.pop("processor_class", None)
