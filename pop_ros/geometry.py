@@ -45,6 +45,35 @@ def robust_depth(depth_m: np.ndarray, u: float, v: float, image_size: tuple[int,
     return float(np.median(depths)) if depths.size else math.nan
 
 
+def deproject(u: float, v: float, depth: float, k: np.ndarray) -> tuple[float, float, float]:
+    """Pixel (u, v) at `depth` metres -> (x, y, z) in the optical frame (REP-103: x right, y down,
+    z forward), with the 3x3 intrinsics `k` (row-major). A plain pinhole helper: the node uses
+    pop_ros.camera_model (P, distortion, ROI, binning), not this."""
+    k = np.asarray(k, dtype=np.float64).reshape(3, 3)
+    fx, fy, cx, cy = k[0, 0], k[1, 1], k[0, 2], k[1, 2]
+    if not (fx > 0 and fy > 0):  # also catches NaN
+        raise ValueError(f"camera intrinsics have non-positive focal lengths (fx={fx}, fy={fy})")
+    if not np.isfinite([fx, fy, cx, cy]).all():
+        raise ValueError(f"camera intrinsics are not finite (fx={fx}, fy={fy}, cx={cx}, cy={cy})")
+    xyz = ((u - cx) * depth / fx, (v - cy) * depth / fy, depth)
+    if not all(math.isfinite(c) for c in xyz):
+        raise ValueError(f"camera intrinsics give no finite point (fx={fx}, fy={fy}, cx={cx}, cy={cy})")
+    return xyz
+
+
+def scale_intrinsics(k: np.ndarray, from_size: tuple[int, int], to_size: tuple[int, int]) -> np.ndarray:
+    """Intrinsics of a camera_info for `from_size (H, W)` rescaled to an image of `to_size (H, W)`."""
+    if min(from_size) <= 0 or min(to_size) <= 0:
+        raise ValueError(f"image sizes must be positive to scale intrinsics, got {from_size} -> {to_size}")
+    k = np.asarray(k, dtype=np.float64).reshape(3, 3).copy()
+    sy, sx = to_size[0] / from_size[0], to_size[1] / from_size[1]
+    k[0, 0] *= sx
+    k[0, 2] *= sx
+    k[1, 1] *= sy
+    k[1, 2] *= sy
+    return k
+
+
 _MAX_SCORED = 4096
 
 

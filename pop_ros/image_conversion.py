@@ -83,10 +83,28 @@ def to_rgb8(msg) -> np.ndarray:
 
 
 def compressed_to_rgb8(msg) -> np.ndarray:
-    """A sensor_msgs/CompressedImage (jpeg, png) as (H, W, 3) uint8 RGB."""
-    image = cv2.imdecode(np.frombuffer(bytes(msg.data), np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ImageConversionError(f"compressed image (format {msg.format!r}) could not be decoded")
+    """A sensor_msgs/CompressedImage (jpeg, png) as (H, W, 3) uint8 RGB.
+
+    EXIF orientation is ignored: the pixels stay in the sensor's layout, the one the depth image and
+    camera_info describe (a rotated image would put the point on the wrong depth pixel)."""
+    data = bytes(msg.data)
+    if not data:
+        raise ImageConversionError(f"compressed image (format {msg.format!r}) is empty (0 bytes)")
+    if "compresseddepth" in str(msg.format).lower():
+        raise ImageConversionError(
+            f"compressed image has format {msg.format!r}: a compressed depth image, not a colour frame"
+        )
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    except cv2.error as error:  # OpenCV raises on some malformed streams instead of returning None
+        reason = str(error).strip().splitlines()[-1][:200]
+        raise ImageConversionError(
+            f"compressed image (format {msg.format!r}, {len(data)} bytes) could not be decoded: {reason}"
+        ) from error
+    if image is None or image.size == 0:
+        raise ImageConversionError(
+            f"compressed image (format {msg.format!r}, {len(data)} bytes) could not be decoded as jpeg or png"
+        )
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 

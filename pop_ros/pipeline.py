@@ -30,6 +30,8 @@ from pop_ros.supports import SupportError, SupportLibrary, validate_click, valid
 LOG = logging.getLogger(__name__)
 
 RETRIEVALS = ("cls", "first")
+# A part is named in a few words; a longer query only costs prefill time (and GPU memory).
+MAX_QUERY_CHARS = 2000
 HEAD_SETS = ("selected", "all")
 RANDOM_WEIGHTS_BANNER = (
     "RANDOM WEIGHTS: the '{name}' models are tiny and randomly initialised; every point they give is "
@@ -276,6 +278,9 @@ class PartPointer:
     def add_exemplar(self, set_name: str, image_rgb: np.ndarray, click, query: str = ""):
         """Validate an exemplar, compute its features, then add it to the library (all or nothing)."""
         validate_click(click, validate_image(image_rgb))
+        problem = self.image_limits(with_text=False).problem(*image_rgb.shape[:2])
+        if problem:
+            raise SupportError(f"exemplar image {problem}")
         with self._lock, _out_of_memory_as_pointer_error(f"the features of support set {set_name!r}"):
             self.support_features([image_rgb])
         updated = self.library.add_exemplar(set_name, image_rgb, click, query)
@@ -309,6 +314,25 @@ class PartPointer:
         with self._lock, _out_of_memory_as_pointer_error(f"the features of support set {name!r}"):
             return len(self.support_features([exemplar.image for exemplar in support_set.exemplars]))
 
+    # ---- input limits --------------------------------------------------------------------------
+    def image_limits(self, with_text: bool | None = None):
+        """The image shapes this pointer takes. The visual encoder needs at least one patch of the
+        image per side (smaller images would get a feature grid invented by upsampling); the MLLM
+        adds its processor's aspect-ratio limit when the text prior is used."""
+        from pop_ros.models.mllm import ImageLimits
+
+        with_text = self.settings.use_text if with_text is None else with_text
+        mllm = self.mllm.image_limits if with_text else ImageLimits()
+        sources = [f"{self.visual.patch}-px patches of the visual encoder"] + ([mllm.source] if mllm.source else [])
+        return ImageLimits(
+            max_aspect=mllm.max_aspect, min_side=max(self.visual.patch, mllm.min_side), source="; ".join(sources)
+        )
+
+    def _check_size(self, image: np.ndarray, what: str, with_text: bool | None = None) -> None:
+        problem = self.image_limits(with_text).problem(*image.shape[:2])
+        if problem:
+            raise PointerError(f"{what} image {problem}")
+
     # ---- the query -----------------------------------------------------------------------------
     def point(
         self,
@@ -324,6 +348,7 @@ class PartPointer:
             validate_image(image_rgb)
         except SupportError as error:
             raise PointerError(f"target {error}") from error
+        self._check_size(image_rgb, "target")  # before any model runs
         if support_set and supports:
             raise PointerError("give a support set name or explicit supports, not both")
         query = (query or "").strip()
@@ -344,8 +369,11 @@ class PartPointer:
                     examples.append((image, validate_click(list(click), image)))
                 except SupportError as error:
                     raise PointerError(f"support {len(examples)}: {error}") from error
+                self._check_size(image, f"support {len(examples) - 1}", with_text=False)
         if self.settings.use_text and not query:
             raise PointerError("the query is empty and the support set has no default query")
+        if len(query) > MAX_QUERY_CHARS:
+            raise PointerError(f"the query has {len(query)} characters; at most {MAX_QUERY_CHARS} are supported")
         if not self.settings.use_text and not examples:
             raise PointerError("visual-only pointing (use_text false) needs at least one support")
         max_shots = self.settings.max_shots if shots is None else int(shots)
@@ -393,9 +421,9 @@ class PartPointer:
             timer.lap("mllm_preprocess")
             head_maps = self.mllm.head_maps(image_rgb, query, heads, prepared=prepared)
             timer.lap("mllm_prefill")  # up to the deepest localization head, nothing after
-            prior = core.text_prior(
-                head_maps.to(target.grid.device), sigma=self.settings.sigma, aggregation=aggregation
-            )
+            # sigma is in LLM tokens; Molmo2's map is on its patch grid (2 cells per token).
+            sigma = self.settings.sigma * self.mllm.cells_per_token
+            prior = core.text_prior(head_maps.to(target.grid.device), sigma=sigma, aggregation=aggregation)
 
         maps = visual_maps if visual_maps is not None else []
         final = core.fuse(prior, maps, shots=self.settings.shots, upsample=int(self.settings.upsample))

@@ -1,6 +1,7 @@
 """Evaluation harness on tiny datasets written in each dataset's real format."""
 
 import json
+import logging
 import math
 import re
 import subprocess
@@ -10,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from pop_ros.evaluation.datasets import interior_click, load_dataset, make_episodes
-from pop_ros.evaluation.native import NativePointError, parse_molmo_point, parse_qwen_point
+from pop_ros.evaluation.datasets import DatasetError, interior_click, load_dataset, make_episodes, readable_name
+from pop_ros.evaluation.native import NativePointError, parse_molmo2_points, parse_molmo_point, parse_qwen_point
 from pop_ros.evaluation.runner import hit
 
 H, W = 96, 128
@@ -39,12 +40,15 @@ def draw(path, dx, seed):
     cv2.imwrite(str(path), image)
 
 
-def write_paco(root, n_images=4):
+def write_paco(root, n_images=4, split="test"):
+    """PACO-LVIS as released: image file names carry the COCO folder (`val2017/...`), LVIS object
+    names carry a sense suffix, and some part annotations have an empty segmentation."""
     images, annotations = [], []
-    categories = [{"id": 1, "name": "mug"}, {"id": 2, "name": "mug:handle"}, {"id": 3, "name": "mug:body"}]
+    categories = [{"id": 1, "name": "mug"}, {"id": 2, "name": "mug:handle"}, {"id": 3, "name": "mug:body"},
+                  {"id": 4, "name": "car_(automobile)"}, {"id": 5, "name": "car_(automobile):antenna"}]  # fmt: skip
     for i in range(n_images):
-        draw(root / "images" / f"{i:012d}.jpg", dx=5 * i, seed=i)
-        images.append({"id": i + 1, "file_name": f"{i:012d}.jpg", "height": H, "width": W})
+        draw(root / "images" / "val2017" / f"{i:012d}.jpg", dx=5 * i, seed=i)
+        images.append({"id": i + 1, "file_name": f"val2017/{i:012d}.jpg", "height": H, "width": W})
         object_id = 100 + i
         annotations.append({"id": object_id, "obj_ann_id": object_id, "image_id": i + 1, "category_id": 1,
                             "segmentation": polygon((30 + 5 * i, 30, 85 + 5 * i, 80))})  # fmt: skip
@@ -52,25 +56,34 @@ def write_paco(root, n_images=4):
                             "segmentation": polygon(shifted(HANDLE, 5 * i))})  # fmt: skip
         annotations.append({"id": 300 + i, "obj_ann_id": object_id, "image_id": i + 1, "category_id": 3,
                             "segmentation": polygon(shifted(BODY, 5 * i))})  # fmt: skip
+    # One car whose antenna is annotated, one whose antenna annotation is empty (skipped).
+    annotations.append({"id": 400, "obj_ann_id": 400, "image_id": 1, "category_id": 4,
+                        "segmentation": polygon((0, 0, 20, 20))})  # fmt: skip
+    annotations.append({"id": 401, "obj_ann_id": 400, "image_id": 1, "category_id": 5,
+                        "segmentation": polygon((2, 2, 6, 12))})  # fmt: skip
+    annotations.append({"id": 402, "obj_ann_id": 400, "image_id": 2, "category_id": 5, "segmentation": []})
+    annotations.append({"id": 403, "obj_ann_id": 400, "image_id": 3, "category_id": 5, "segmentation": [[]]})
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     data = {"images": images, "annotations": annotations, "categories": categories}
-    (root / "annotations" / "paco_lvis_v1_val.json").write_text(json.dumps(data))
+    (root / "annotations" / f"paco_lvis_v1_{split}.json").write_text(json.dumps(data))
 
 
-def write_instructpart(root, n_images=4):
-    split = root / "val"
+def write_instructpart(root, n_images=4, split_folder="test", annotation="data_test.json", mask_high=255):
+    """InstructPart as released: one image per part, `images/{stem}-{object}-{part}.jpg`, named like
+    its mask; no image under the entry's own `image_path`."""
+    split = root / split_folder
     entries = []
     for i in range(n_images):
-        draw(split / "images" / f"img{i}.jpg", dx=5 * i, seed=10 + i)
+        draw(split / "images" / f"img{i}-coffee_mug-handle.jpg", dx=5 * i, seed=10 + i)
         entries.append({"image_path": f"img{i}.jpg", "part_list": [
             {"object": "coffee mug", "part": "handle", "affordance": "hold", "action": "pick up",
              "instruction": ["a", "b", "c", "d", "handle of coffee mug", "f"]}]})  # fmt: skip
         mask = np.zeros((H, W), np.uint8)
         x0, y0, x1, y1 = shifted(HANDLE, 5 * i)
-        mask[y0:y1, x0:x1] = 255
+        mask[y0:y1, x0:x1] = mask_high
         (split / "masks").mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(split / "masks" / f"img{i}-coffee_mug-handle.png"), mask)
-    (split / "data_val.json").write_text(json.dumps(entries))
+    (split / annotation).write_text(json.dumps(entries))
 
 
 def write_partimagenetpp(root, n_images=4):
@@ -105,7 +118,8 @@ def datasets(tmp_path_factory):
     ],
 )
 def test_loaders_read_parts_and_masks(datasets, name, folder, count, query):
-    samples = load_dataset(name, datasets / folder, split="val")
+    samples = load_dataset(name, datasets / folder)  # each dataset's default split
+    samples = [s for s in samples if not s.object_name.startswith("car")]
     assert len(samples) == count  # PACO: handle and body parts, not the objects
     handle = next(s for s in samples if s.part_name == "handle")
     assert handle.query == query and handle.image_path.is_file()
@@ -117,7 +131,7 @@ def test_loaders_read_parts_and_masks(datasets, name, folder, count, query):
 
 
 def test_episodes_are_seeded_and_draw_supports_from_other_images(datasets):
-    samples = load_dataset("paco", datasets / "paco")
+    samples = load_dataset("paco", datasets / "paco", split="test")
     first = make_episodes(samples, shots=2, seed=0)
     again = make_episodes(samples, shots=2, seed=0)
     other = make_episodes(samples, shots=2, seed=1)
@@ -151,6 +165,94 @@ def test_metric_on_hand_placed_points():
     assert hit(edge, -0.5, -0.5) and hit(edge, 9.49, 9.49) and not hit(edge, 9.5, 0) and not hit(edge, -0.51, 0)
 
 
+def test_paco_skips_empty_segmentations_and_drops_lvis_senses(datasets, caplog):
+    with caplog.at_level(logging.INFO, logger="pop_ros.evaluation.datasets"):
+        samples = load_dataset("paco", datasets / "paco", split="test")
+    antennas = [s for s in samples if s.part_name == "antenna"]
+    assert [s.key for s in antennas] == ["paco:401"]  # 402 ([]) and 403 ([[]]) are skipped
+    assert "skipped 2 part annotations with an empty segmentation" in caplog.text
+    assert antennas[0].query == "antenna of the car"
+    assert antennas[0].category == "car_(automobile):antenna"  # the category keeps LVIS's full name
+    assert antennas[0].image_path == datasets / "paco" / "images" / "val2017" / "000000000000.jpg"
+    assert antennas[0].mask()[2:12, 2:6].all()
+    assert readable_name("glass_(drink_container)") == "glass" and readable_name("handle") == "handle"
+    assert readable_name("hair_dryer") == "hair dryer"
+
+
+def test_instructpart_splits_and_binary_masks(tmp_path):
+    root = tmp_path / "InstructPart"
+    write_instructpart(root, split_folder="train/train200", annotation="data_train.json", mask_high=1)
+    samples = load_dataset("instructpart", root, split="train200")
+    assert len(samples) == 4
+    first = min(samples, key=lambda s: s.key)
+    assert first.image_path == root / "train" / "train200" / "images" / "img0-coffee_mug-handle.jpg"
+    x0, y0, x1, y1 = HANDLE
+    mask = first.mask()  # stored as 0/1: still the part
+    assert mask[y0:y1, x0:x1].all() and mask.sum() == (x1 - x0) * (y1 - y0)
+    with pytest.raises(DatasetError, match=r"split 'test'.*does not exist.*present under .*: train200"):
+        load_dataset("instructpart", root)  # default test: not there; the error lists what is
+    with pytest.raises(DatasetError, match="no split 'val'; its release has test, all, train200"):
+        load_dataset("instructpart", root, split="val")
+
+
+def test_partimagenetpp_schema_errors_are_dataset_errors(tmp_path):
+    root = tmp_path / "pinpp"
+    write_partimagenetpp(root)
+    for bad in ('["n03063599", "coffee mug"]', '{"n03063599": 7}', '"mug"'):
+        (root / "category_name.json").write_text(bad)
+        with pytest.raises(DatasetError, match="category_name.json"):
+            load_dataset("partimagenetpp", root)
+    (root / "category_name.json").write_text('{"n03063599": "coffee mug"}')
+    assert load_dataset("partimagenetpp", root)[0].query == "handle of the coffee mug"
+    (root / "json" / "n03063599.json").write_text('["not", "coco"]')
+    with pytest.raises(DatasetError, match="not a COCO-format file"):
+        load_dataset("partimagenetpp", root)
+
+
+def test_molmo2_points_in_every_released_shape():
+    size = (200, 400)  # H, W
+    # One point, zero-padded, 0-1000 scale: x 555/1000 * 400, y 169/1000 * 200.
+    assert parse_molmo_point('<points coords="1 1 555 169">handle</points>', size) == pytest.approx((222.0, 33.8))
+    # alt after and before coords, inside a sentence, several triples (the first is taken).
+    after = 'The handle is <points coords="1 1 073 160 2 173 600" alt="mug handle">handle</points> here.'
+    before = 'Sure: <points alt="mug handle" coords="1 1 073 160 2 173 600">handle</points>'
+    assert parse_molmo_point(after, size) == parse_molmo_point(before, size) == pytest.approx((29.2, 32.0))
+    assert np.allclose(parse_molmo2_points(after, size), [(29.2, 32.0), (69.2, 120.0)])
+    # Several images (tab-separated groups): only image 1's points belong to our single image.
+    multi = '<points coords="2 1 500 500\t1 2 250 750">x</points>'
+    assert parse_molmo_point(multi, size) == pytest.approx((100.0, 150.0))
+    assert np.allclose(parse_molmo2_points(multi, size, image_index=2), [(200.0, 100.0)])
+    # Cut short by the token limit: the complete triples count.
+    cut = 'Here: <points alt="mug handle" coords="1 1 073 160 2 17'
+    assert parse_molmo_point(cut, size) == pytest.approx((29.2, 32.0))
+    # The far edge 1000 stays on the image.
+    u, v = parse_molmo_point('<points coords="1 1 1000 000">x</points>', size)
+    assert 399 < u < 400 and v == 0.0
+    bad = [
+        ('<points coords="2 1 500 500">x</points>', "no point on image 1"),
+        ('<points coords="1 1 50', "no point on image 1"),  # cut before the first point closed
+        ('<points coords="1 1 500">x</points>', "object-index x y triples"),
+        ('<points coords="1 1 1500 20">x</points>', "off the 0-1000 scale"),
+        ('<points coords="1 1 5a0 20">x</points>', "unreadable coords"),
+    ]
+    for answer, message in bad:
+        with pytest.raises(NativePointError, match=message):
+            parse_molmo_point(answer, size)
+
+
+def test_qwen_points_fenced_bare_and_cut_short():
+    resized, size = (280, 560), (480, 960)
+    expected = (240.0, 96.0)  # (140, 56) in the 560x280 resized image, scaled by 960/560 and 480/280
+    fenced = '```json\n[\n\t{"point_2d": [140, 56], "label": "handle of the coffee mug"}\n]\n```'
+    bare = '[{"point_2d": [140, 56], "label": "handle of the coffee mug"}]'
+    cut_label = '```json\n[\n\t{"point_2d": [140, 56], "label": "handle of the co'
+    cut_second = '```json\n[{"point_2d": [140, 56], "label": "a"}, {"point_2d": [3'
+    for answer in (fenced, bare, cut_label, cut_second, "Here: " + bare + " done."):
+        assert parse_qwen_point(answer, resized, size) == pytest.approx(expected), answer
+    with pytest.raises(NativePointError, match="no point_2d"):
+        parse_qwen_point('```json\n[{"point_2d": [140, ', resized, size)  # cut before the point closed
+
+
 def test_native_point_parsers():
     assert parse_molmo_point('<point x="50.0" y="25.0" alt="handle">handle</point>', (200, 400)) == (200.0, 50.0)
     assert parse_molmo_point('<points x1="10" y1="10" x2="20" y2="20">x</points>', (100, 100)) == (10.0, 10.0)
@@ -160,7 +262,7 @@ def test_native_point_parsers():
     bad = [
         (lambda: parse_molmo_point("I cannot see a mug.", (10, 10)), "no <point"),
         (lambda: parse_molmo_point('<point x="150" y="10">', (10, 10)), "outside"),
-        (lambda: parse_qwen_point('[{"point_2d": [1, ', (10, 10), (10, 10)), "malformed JSON"),
+        (lambda: parse_qwen_point('[{"point_2d": [1, ', (10, 10), (10, 10)), "no point_2d"),
         (lambda: parse_qwen_point('[{"bbox_2d": [1, 2, 3, 4]}]', (10, 10), (10, 10)), "no point_2d"),
         (lambda: parse_qwen_point("no json here", (10, 10), (10, 10)), "no JSON"),
         (lambda: parse_qwen_point('[{"point_2d": ["a", 2]}]', (10, 10), (10, 10)), "no point_2d"),

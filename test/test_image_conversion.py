@@ -129,3 +129,33 @@ def test_stamp_buffer_pairs_by_nearest_stamp_within_tolerance():
     item, gap = buffer.nearest(1.0, 0.05)  # 1.0 fell out of the 3-slot buffer
     assert item is None and gap == pytest.approx(0.1)
     assert geometry.StampBuffer().nearest(1.0, 1.0) == (None, math.inf)
+
+
+# ---- known bad compressed input ------------------------------------------------------------------
+def test_empty_and_undecodable_compressed_data_are_refused_with_the_reason():
+    with pytest.raises(ImageConversionError, match=r"compressed image \(format 'jpeg'\) is empty \(0 bytes\)"):
+        compressed_to_rgb8(CompressedImage(format="jpeg", data=b""))  # cv2.imdecode itself raises on this
+    with pytest.raises(ImageConversionError, match="could not be decoded as jpeg or png"):
+        compressed_to_rgb8(CompressedImage(format="png", data=b"\x89PNG\r\n\x1a\n" + b"\x00" * 20))
+    with pytest.raises(ImageConversionError, match="compressed depth image, not a colour frame"):
+        compressed_to_rgb8(CompressedImage(format="16UC1; compressedDepth", data=b"\x00" * 16))
+
+
+def test_exif_orientation_is_ignored_so_pixels_stay_aligned_with_depth():
+    """A JPEG whose EXIF says 'rotate 90' keeps its stored 20x40 layout, the one camera_info and
+    the depth image describe (OpenCV's default would rotate it to 40x20)."""
+    import io
+
+    from PIL import Image as PILImage
+
+    stored = np.zeros((20, 40, 3), np.uint8)
+    stored[:, :20] = (255, 0, 0)  # left half red, right half black
+    exif = PILImage.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 CW to display
+    buffer = io.BytesIO()
+    PILImage.fromarray(stored).save(buffer, "JPEG", exif=exif, quality=95)
+    decoded = compressed_to_rgb8(CompressedImage(format="jpeg", data=buffer.getvalue()))
+    assert decoded.shape == (20, 40, 3)
+    assert decoded[10, 5, 0] > 200 and decoded[10, 35, 0] < 50
+    rotated = cv2.imdecode(np.frombuffer(buffer.getvalue(), np.uint8), cv2.IMREAD_COLOR)
+    assert rotated.shape == (40, 20, 3)  # what the default flags would have given

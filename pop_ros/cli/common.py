@@ -27,8 +27,27 @@ def add_model_arguments(parser: argparse.ArgumentParser, visual: bool = True) ->
     group.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
     group.add_argument("--prompt", help="prompt template containing {query}")
     group.add_argument(
+        "--mllm-max-pixels",
+        type=_non_negative_int,
+        help="cap on the MLLM's input pixels (aspect kept), independent of --resolution; 0 = the checkpoint's own",
+    )
+    group.add_argument(
+        "--system-prompt",
+        help="system turn: empty = the chat template's default, internvl-original = InternVL3's own, or a text",
+    )
+    group.add_argument(
         "--trust-remote-code", action="store_true", help="allow model code from the hub to run (off by default)"
     )
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
 
 
 def model_overrides(args) -> dict:
@@ -40,11 +59,18 @@ def model_overrides(args) -> dict:
         "device": "device",
         "dtype": "dtype",
         "prompt": "prompt_template",
+        "mllm_max_pixels": "mllm_max_pixels",
+        "system_prompt": "system_prompt",
     }
     overrides = {field: getattr(args, arg) for arg, field in names.items() if getattr(args, arg, None) is not None}
     if getattr(args, "trust_remote_code", False):
         overrides["trust_remote_code"] = True
     return overrides
+
+
+def one_line(error: BaseException) -> str:
+    """An error's text on one line (YAML and OpenCV errors span several)."""
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def run_cli(work: Callable[[], dict], json_output: bool) -> int:
@@ -56,8 +82,8 @@ def run_cli(work: Callable[[], dict], json_output: bool) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         result = work()
-    except (CliError, ModelLoadError, PointerError, SupportError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (CliError, ModelLoadError, PointerError, SupportError, OSError, ValueError) as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     if json_output:
         print(json.dumps(result, indent=2))

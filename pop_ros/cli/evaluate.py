@@ -23,7 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dataset", action="append", required=True, help="NAME:ROOT, NAME in paco, instructpart, partimagenetpp"
     )
-    parser.add_argument("--split", default="val", help="paco: val or test; instructpart: test (default val)")
+    parser.add_argument(
+        "--split",
+        help="paco: train, val or test; instructpart: test, train200..train1800 or all; "
+        "default test for both (PartImageNet++ reads all its class files)",
+    )
     parser.add_argument("--methods", default=",".join(m.name for m in MAIN_METHODS), help="comma list; see README")
     parser.add_argument(
         "--ablations", action="store_true", help="also run " + ", ".join(m.name for m in ABLATION_METHODS)

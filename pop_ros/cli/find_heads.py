@@ -66,6 +66,8 @@ def _run(args) -> dict:
 
     if args.k < 1 or args.votes_per_sample < 1:
         raise CliError("-k and --votes-per-sample must be >= 1")
+    if args.out is not None and args.out.suffix.lower() not in (".yaml", ".yml"):
+        raise CliError(f"--out {args.out}: a head file name ends in .yaml or .yml")
     config = get_preset(args.preset).replace(**model_overrides(args))
     pairs = read_pairs(args.data)[: args.limit] if args.limit else read_pairs(args.data)
     adapter = config.load_mllm()

@@ -12,6 +12,8 @@ import sys
 
 from pop_ros.cli.common import CliError, add_model_arguments, model_overrides, run_cli
 
+IMAGE_OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
 
 def parse_support(text: str) -> tuple[pathlib.Path, tuple[float, float]]:
     """`IMG:U,V` -> (path, (u, v)); the last ':' separates, so paths may contain ':'."""
@@ -23,6 +25,18 @@ def parse_support(text: str) -> tuple[pathlib.Path, tuple[float, float]]:
         return pathlib.Path(path), (float(u_text), float(v_text))
     except ValueError as error:
         raise CliError(f"--support {text!r}: expected IMAGE:U,V (pixels), e.g. mug.png:120,88") from error
+
+
+def check_image_output(path: pathlib.Path, flag: str) -> None:
+    """An image file OpenCV can write: an image extension and an existing folder."""
+    import cv2
+
+    if path.suffix.lower() not in IMAGE_OUTPUT_SUFFIXES or not cv2.haveImageWriter(str(path)):
+        raise CliError(f"{flag} {path}: needs an image file name ending in {', '.join(IMAGE_OUTPUT_SUFFIXES)}")
+    if not path.parent.is_dir():
+        raise CliError(f"{flag} folder {path.parent} does not exist")
+    if path.is_dir():
+        raise CliError(f"{flag} {path} is a folder")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,22 +66,32 @@ def _run(args) -> dict:
     from pop_ros.supports import SupportLibrary, read_rgb, validate_click
     from pop_ros.visualize import overlay
 
+    # Every argument is checked here, before the slow model load.
     if args.support and args.support_set:
         raise CliError("use --support or --support-set, not both")
     if args.support_set and not args.library:
         raise CliError("--support-set needs --library")
+    if args.library and not args.support_set:
+        raise CliError("--library needs --support-set NAME (without a set the query would run 0-shot)")
+    if args.shots is not None and args.shots < 1:
+        raise CliError(f"--shots must be >= 1, got {args.shots}")
+    if args.save_heatmap is not None:
+        check_image_output(args.save_heatmap, "--save-heatmap")
     target = read_rgb(args.target)
     supports = []
     for text in args.support:
         path, click = parse_support(text)
         image = read_rgb(path)
-        supports.append((image, validate_click(list(click), image)))  # before the slow model load
+        supports.append((image, validate_click(list(click), image)))
     library = SupportLibrary.load(args.library) if args.library else None
     if library is not None:
+        chosen_set_problems = [p for p in library.errors if f"set {args.support_set!r}" in p]
+        if args.support_set not in library.names():
+            known = ", ".join(library.names()) or "none"
+            why = f": {'; '.join(chosen_set_problems)}" if chosen_set_problems else f" (known: {known})"
+            raise CliError(f"support set {args.support_set!r} is not in {args.library}{why}")
         for problem in library.errors:
             print(f"warning: {problem}", file=sys.stderr)
-    if args.save_heatmap is not None and not args.save_heatmap.parent.is_dir():
-        raise CliError(f"--save-heatmap folder {args.save_heatmap.parent} does not exist")
     pointer = PartPointer.from_preset(args.preset, library=library, **model_overrides(args))
     result = pointer.point(
         target, args.query, support_set=args.support_set, supports=supports or None, shots=args.shots

@@ -13,7 +13,13 @@ import time
 import numpy as np
 
 from pop_ros.evaluation.datasets import Episode
-from pop_ros.evaluation.native import NATIVE_PROMPTS, NativePointError, parse_molmo_point, parse_qwen_point
+from pop_ros.evaluation.native import (
+    NATIVE_MAX_NEW_TOKENS,
+    NATIVE_PROMPTS,
+    NativePointError,
+    parse_molmo_point,
+    parse_qwen_point,
+)
 from pop_ros.pipeline import PartPointer, PointerError, PointerSettings, from_core_pixel
 from pop_ros.supports import SupportError, read_rgb
 
@@ -63,7 +69,8 @@ def native_point(pointer: PartPointer, image: np.ndarray, query: str) -> tuple[f
     adapter = pointer.mllm
     if adapter.family not in NATIVE_PROMPTS:
         raise NativePointError(f"{adapter.family} has no native pointing format")
-    answer = adapter.generate_text(image, NATIVE_PROMPTS[adapter.family].format(query=query), max_new_tokens=32)
+    prompt = NATIVE_PROMPTS[adapter.family].format(query=query)
+    answer = adapter.generate_text(image, prompt, max_new_tokens=NATIVE_MAX_NEW_TOKENS, fixed_length=False)
     # The parsers give continuous image coordinates (fraction of the image size x the size, edge
     # origin); the pipeline's and the metric's are ROS pixel coordinates.
     if adapter.family == "molmo2":

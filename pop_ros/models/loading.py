@@ -45,7 +45,35 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def _local_or_hub(spec: str) -> str:
+# One quick look at the hub before loading an uncached model: without it, an unreachable hub costs
+# huggingface_hub's backoff (1 + 2 + 4 + 8 + 8 s of retries, a warning each) per file.
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+
+
+def _check_hub_reachable(spec: str, role: str) -> None:
+    """Raise the clear not-cached-and-unreachable error at once when `spec` is not in the local
+    cache and one request to the hub (no retries) fails to connect."""
+    if _hub_offline():
+        return  # transformers refuses the download itself, without retrying
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.utils import get_session
+
+    try:
+        if isinstance(try_to_load_from_cache(spec, "config.json"), str):
+            return  # cached: loading needs no download
+    except Exception:  # noqa: BLE001 - a malformed id is reported by the loader itself
+        return
+    try:
+        get_session().head(constants.ENDPOINT, timeout=HUB_PROBE_TIMEOUT_S)
+    except Exception as error:  # noqa: BLE001 - DNS, refused, timeout, proxy: all mean unreachable
+        raise _explain(spec, ConnectionError(f"cannot connect to {constants.ENDPOINT}: {error}"), role) from error
+
+
+def _local_or_hub(spec: str, role: str) -> str:
     """A `tiny:<kind>` spec becomes its saved folder; a path must exist; anything else is a hub id."""
     if spec.startswith("tiny:"):
         from pop_ros.models.tiny import ensure_tiny_checkpoint
@@ -57,12 +85,13 @@ def _local_or_hub(spec: str) -> str:
         if not os.path.isdir(path):
             raise ModelLoadError(f"model folder {spec!r} does not exist or is not a folder")
         return path
+    _check_hub_reachable(spec, role)
     return spec
 
 
 def _explain(spec: str, error: Exception, role: str) -> ModelLoadError:
     text = f"{type(error).__name__}: {error}"
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+    offline = _hub_offline()
     gated = "gated" in text.lower() or "GatedRepo" in text or "401" in text or "403" in text
     if gated:
         way_out = (
@@ -92,6 +121,8 @@ def load_mllm(
     dtype: str = "auto",
     prompt_template: str = DEFAULT_PROMPT,
     trust_remote_code: bool = False,
+    system_prompt: str = "",
+    max_pixels: int = 0,
 ) -> MLLMAdapter:
     """The text-prior adapter for the MLLM at `spec` (hub id, folder, or `tiny:<family>`)."""
     from transformers import AutoModelForImageTextToText
@@ -100,7 +131,7 @@ def load_mllm(
 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    source = _local_or_hub(spec)
+    source = _local_or_hub(spec, "MLLM")
     started = time.perf_counter()
     try:
         processor = load_processor(source, trust_remote_code=trust_remote_code)
@@ -112,7 +143,9 @@ def load_mllm(
     except Exception as error:  # noqa: BLE001 - every loading failure becomes one clear message
         raise _explain(spec, error, "MLLM") from error
     model.to(torch_device)
-    adapter = adapter_for(model, processor, prompt_template=prompt_template)
+    adapter = adapter_for(
+        model, processor, prompt_template=prompt_template, system_prompt=system_prompt, max_pixels=max_pixels
+    )
     LOG.info(
         "loaded MLLM %s (%s, %d layers x %d heads) on %s/%s in %.1f s",
         spec,
@@ -132,7 +165,7 @@ def load_visual(spec: str, device: str = "auto", dtype: str = "auto", resolution
 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    source = _local_or_hub(spec)
+    source = _local_or_hub(spec, "visual")
     started = time.perf_counter()
     try:
         model = AutoModel.from_pretrained(source, dtype=torch_dtype)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import threading
 from collections.abc import Sequence
 
@@ -29,6 +30,25 @@ LOG = logging.getLogger(__name__)
 
 CAPTURE_IMPLEMENTATION = "pop_capture"
 DEFAULT_PROMPT = "Point to the {query}."
+# InternVL3's own `chat()` (its "internvl2_5" conversation template) always opens with this system
+# turn; the `-hf` chat template sends none. `system_prompt: internvl-original` restores it.
+INTERNVL_ORIGINAL_SYSTEM_PROMPT = (
+    "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
+)
+SYSTEM_PROMPT_ALIASES = {"internvl-original": INTERNVL_ORIGINAL_SYSTEM_PROMPT}
+
+
+def cap_pixels(image_rgb: np.ndarray, max_pixels: int) -> np.ndarray:
+    """`image_rgb (H, W, 3)` shrunk (aspect kept, area interpolation) to at most `max_pixels`
+    pixels; unchanged when it already fits or `max_pixels` is 0 (no cap)."""
+    height, width = image_rgb.shape[:2]
+    if max_pixels <= 0 or height * width <= max_pixels:
+        return image_rgb
+    import cv2
+
+    scale = (max_pixels / float(height * width)) ** 0.5
+    size = (max(1, int(width * scale)), max(1, int(height * scale)))  # floor: never above the cap
+    return cv2.resize(image_rgb, size, interpolation=cv2.INTER_AREA)
 
 
 class _StopForward(Exception):
@@ -96,14 +116,51 @@ class PromptInputs:
     grid: tuple[int, int]  # (H_l, W_l)
 
 
+@dataclasses.dataclass(frozen=True)
+class ImageLimits:
+    """The image shapes a family's processor accepts: a longer/shorter side ratio of at most
+    `max_aspect` (inf: any), and `min_side` pixels per side. Checked before the model runs."""
+
+    max_aspect: float = math.inf
+    min_side: int = 1
+    source: str = ""  # where the limit comes from
+
+    def describe(self) -> str:
+        aspect = "any aspect ratio" if math.isinf(self.max_aspect) else f"aspect ratio at most {self.max_aspect:g}:1"
+        return f"sides of at least {self.min_side} px and {aspect}" + (f" ({self.source})" if self.source else "")
+
+    def problem(self, height: int, width: int) -> str | None:
+        """None if an image of `height` x `width` pixels is accepted, else why not (with the range)."""
+        if min(height, width) < self.min_side or max(height, width) / min(height, width) > self.max_aspect:
+            return f"{width}x{height} px is outside the supported range: {self.describe()}"
+        return None
+
+
 class MLLMAdapter:
     """Base class: everything but the family's image-token layout."""
 
     family = "base"
+    # Grid cells per image token along each axis: sigma and other token-unit sizes scale by it.
+    cells_per_token = 1
+    # Molmo2 and InternVL (one tile) resize any image to their crop size: any shape is accepted.
+    image_limits = ImageLimits()
 
-    def __init__(self, model, processor, prompt_template: str = DEFAULT_PROMPT):
+    def __init__(
+        self,
+        model,
+        processor,
+        prompt_template: str = DEFAULT_PROMPT,
+        system_prompt: str = "",
+        max_pixels: int = 0,
+    ):
         if "{query}" not in prompt_template:
             raise ValueError(f"prompt_template must contain '{{query}}', got {prompt_template!r}")
+        if int(max_pixels) < 0:
+            raise ValueError(f"mllm_max_pixels must be >= 0 (0 = the checkpoint's own cap), got {max_pixels}")
+        # "" = whatever the checkpoint's chat template does (Qwen's adds its default system turn,
+        # InternVL's -hf template none); any other text is sent as the system turn.
+        self.system_prompt = SYSTEM_PROMPT_ALIASES.get(system_prompt, system_prompt)
+        self.max_pixels = int(max_pixels)  # cap on the MLLM's input image, independent of DINO's
         _register_capture()
         self.model = model.eval()
         self.processor = processor
@@ -138,12 +195,13 @@ class MLLMAdapter:
             self.model.set_attn_implementation(implementation)
 
     def prompt(self, query: str) -> str:
-        messages = [
-            {
-                "role": "user",
-                "content": [{"type": "image"}, {"type": "text", "text": self.prompt_template.format(query=query)}],
-            }
-        ]
+        return self._chat_text(self.prompt_template.format(query=query))
+
+    def _chat_text(self, text: str) -> str:
+        """The chat template applied to one user turn (image, text), after the system turn if set."""
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+        if self.system_prompt:
+            messages.insert(0, {"role": "system", "content": [{"type": "text", "text": self.system_prompt}]})
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     def prepare(self, image_rgb: np.ndarray, query: str) -> PromptInputs:
@@ -152,7 +210,7 @@ class MLLMAdapter:
 
         if not isinstance(query, str) or not query.strip():
             raise ValueError("query must be a non-empty string")
-        image = Image.fromarray(np.ascontiguousarray(image_rgb))
+        image = Image.fromarray(np.ascontiguousarray(cap_pixels(image_rgb, self.max_pixels)))
         inputs = self.processor(
             images=[image], text=[self.prompt(query)], return_tensors="pt", **self._processor_kwargs()
         )
@@ -276,14 +334,18 @@ class MLLMAdapter:
         return self.model(**model_inputs, use_cache=False, logits_to_keep=1, **kwargs)
 
     @torch.inference_mode()
-    def generate_text(self, image_rgb: np.ndarray, prompt_text: str, max_new_tokens: int = 32) -> str:
-        """The model's own answer to a free prompt (native pointing baseline)."""
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt_text}]}]
+    def generate_text(
+        self, image_rgb: np.ndarray, prompt_text: str, max_new_tokens: int = 32, fixed_length: bool = True
+    ) -> str:
+        """The model's own answer to a free prompt (native pointing baseline).
+
+        `fixed_length` generates exactly `max_new_tokens` (comparable timings); otherwise generation
+        stops at the model's end of turn, as the evaluation needs."""
         from PIL import Image
 
-        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        text = self._chat_text(prompt_text)
         inputs = self.processor(
-            images=[Image.fromarray(np.ascontiguousarray(image_rgb))],
+            images=[Image.fromarray(np.ascontiguousarray(cap_pixels(image_rgb, self.max_pixels)))],
             text=[text],
             return_tensors="pt",
             **self._processor_kwargs(),
@@ -291,7 +353,10 @@ class MLLMAdapter:
         inputs = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
         with self._lock:
             output = self.model.generate(
-                **inputs, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                min_new_tokens=max_new_tokens if fixed_length else None,
+                do_sample=False,
             )
         return self.processor.tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
@@ -301,6 +366,9 @@ class QwenVLAdapter(MLLMAdapter):
     per 2x2 merged patch: grid = (grid_h / merge, grid_w / merge) of `image_grid_thw`."""
 
     family = "qwen_vl"
+    # transformers' Qwen2-VL `smart_resize` raises for an aspect ratio above 200 (every Qwen-VL
+    # generation uses it); below `min_pixels` it upsamples, so small images are accepted.
+    image_limits = ImageLimits(max_aspect=200.0, source="Qwen-VL image processor")
 
     def _locate_image_tokens(self, inputs):
         input_ids = inputs["input_ids"][0]
@@ -330,15 +398,55 @@ class InternVLAdapter(MLLMAdapter):
 class Molmo2Adapter(MLLMAdapter):
     """Molmo2: a low-res view (whole image squashed to the crop size) then a high-res view (the
     tiled canvas over the whole image), each as rows of `<im_patch>` tokens, 2x2 pooled. We read the
-    high-res view ([ours]: the finer grid), `image_grids = [low_h, low_w, high_h, high_w]`."""
+    high-res view ([ours]: the finer grid), `image_grids = [low_h, low_w, high_h, high_w]`.
+
+    The canvas (the whole image resized to it) is `tiling * window + margins` patches a side; with
+    the real settings (crop 378, patch 14, margins 4+4) an odd tiling gives an odd patch count, the
+    processor pads the pooling grid (`arange_for_pooling`: the extra half cell on the bottom/right),
+    and the last token row/column pools one patch row/column, not two. So the map is laid on the
+    canvas's patch grid, which tiles the image evenly: each patch cell reads the token that pooled
+    it, found from the processor's own `image_token_pooling` (padding entries are -1)."""
 
     family = "molmo2"
+    cells_per_token = 2  # the patch grid under 2x2 pooling
 
     def _locate_image_tokens(self, inputs):
         input_ids = inputs["input_ids"][0]
-        positions = torch.nonzero(input_ids == self.model.config.image_patch_id).flatten()
+        tokens = torch.nonzero(input_ids == self.model.config.image_patch_id).flatten()
         low_h, low_w, high_h, high_w = (int(x) for x in inputs["image_grids"][0])
-        return positions[low_h * low_w :], (high_h, high_w)
+        high_res_tokens = tokens[low_h * low_w :]  # (high_h * high_w,) row-major
+        pooling = inputs["image_token_pooling"]
+        pooling = pooling.reshape(-1, pooling.shape[-1])[low_h * low_w : low_h * low_w + high_h * high_w]
+        pool_h, pool_w = (int(x) for x in getattr(self.processor.image_processor, "pooling_size", (2, 2)))
+        return molmo2_patch_positions(high_res_tokens, pooling, (high_h, high_w), (pool_h, pool_w))
+
+
+def molmo2_patch_positions(
+    token_positions: torch.Tensor, pooling: torch.Tensor, token_grid: tuple[int, int], pool: tuple[int, int]
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Sequence position of the token that pooled each canvas patch, and the patch grid.
+
+    `token_positions (T_h * T_w,)`: the high-res tokens, row-major; `pooling (T_h * T_w, p_h * p_w)`:
+    the canvas patches each token pools, -1 for padding. Returns `(P_h * P_w,)` positions (a token
+    repeats over the patches it pooled) and `(P_h, P_w)`, the patch rows and columns that hold real
+    patches (padding rows/columns dropped)."""
+    token_h, token_w = token_grid
+    pool_h, pool_w = pool
+    if pooling.shape != (token_h * token_w, pool_h * pool_w):
+        raise RuntimeError(
+            f"molmo2: image_token_pooling {tuple(pooling.shape)} does not match a {token_h}x{token_w} token grid "
+            f"pooled {pool_h}x{pool_w}"
+        )
+    # (T_h, p_h, T_w, p_w) -> the padded patch grid (T_h * p_h, T_w * p_w): real patch or padding.
+    real = (pooling >= 0).reshape(token_h, token_w, pool_h, pool_w).permute(0, 2, 1, 3)
+    real = real.reshape(token_h * pool_h, token_w * pool_w)
+    rows = torch.nonzero(real.any(dim=1)).flatten()
+    cols = torch.nonzero(real.any(dim=0)).flatten()
+    if not bool(real[rows][:, cols].all()):
+        raise RuntimeError("molmo2: the pooled patches do not form one rectangle; unknown processor layout")
+    token_index = (rows[:, None] // pool_h) * token_w + (cols[None, :] // pool_w)  # (P_h, P_w)
+    positions = token_positions.to(token_index.device)[token_index.flatten()]
+    return positions, (int(rows.numel()), int(cols.numel()))
 
 
 ADAPTERS = {
@@ -350,8 +458,12 @@ ADAPTERS = {
 }
 
 
-def adapter_for(model, processor, prompt_template: str = DEFAULT_PROMPT) -> MLLMAdapter:
+def adapter_for(
+    model, processor, prompt_template: str = DEFAULT_PROMPT, system_prompt: str = "", max_pixels: int = 0
+) -> MLLMAdapter:
     model_type = model.config.model_type
     if model_type not in ADAPTERS:
         raise ValueError(f"no pop_ros adapter for model type {model_type!r}; supported: {sorted(ADAPTERS)}")
-    return ADAPTERS[model_type](model, processor, prompt_template=prompt_template)
+    return ADAPTERS[model_type](
+        model, processor, prompt_template=prompt_template, system_prompt=system_prompt, max_pixels=max_pixels
+    )

@@ -25,6 +25,12 @@ class ModelConfig:
     prompt_template: str = DEFAULT_PROMPT
     trust_remote_code: bool = False
     random_weights: bool = False  # tiny presets: say loudly that points are meaningless
+    # Cap on the pixels of the image the MLLM sees (aspect kept), independent of `resolution`;
+    # 0 = the checkpoint's own cap (Qwen2.5-VL's is 12845056, ~16k image tokens).
+    mllm_max_pixels: int = 0
+    # System turn: "" = what the checkpoint's chat template does; "internvl-original" = the one
+    # InternVL3's own chat() sends (the -hf template sends none); any other text is sent as is.
+    system_prompt: str = ""
 
     def load_mllm(self):
         """The text-prior adapter this configuration names (see `loading.load_mllm`)."""
@@ -36,6 +42,8 @@ class ModelConfig:
             dtype=self.dtype,
             prompt_template=self.prompt_template,
             trust_remote_code=self.trust_remote_code,
+            system_prompt=self.system_prompt,
+            max_pixels=self.mllm_max_pixels,
         )
 
     def load_visual(self):
@@ -51,19 +59,33 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
+# 1280 * 28 * 28 px: at most 1280 Qwen image tokens (~1000x1000 px), the cap Qwen's own examples
+# use; a 4K frame would otherwise become ~10,500 tokens.
+ROBOT_MLLM_MAX_PIXELS = 1280 * 28 * 28
+
 _TINY = {"visual": "tiny:dinov3", "device": "cpu", "dtype": "float32", "resolution": 224, "random_weights": True}
 
 PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(mllm="tiny:qwen2_5_vl", **_TINY),
     "tiny-molmo2": ModelConfig(mllm="tiny:molmo2", **_TINY),
     "tiny-internvl": ModelConfig(mllm="tiny:internvl", **_TINY),
-    "qwen2.5-vl-3b": ModelConfig(mllm="Qwen/Qwen2.5-VL-3B-Instruct", visual="facebook/dinov3-vitb16-pretrain-lvd1689m"),
-    "qwen2.5-vl-7b": ModelConfig(mllm="Qwen/Qwen2.5-VL-7B-Instruct", visual="facebook/dinov3-vitl16-pretrain-lvd1689m"),
+    "qwen2.5-vl-3b": ModelConfig(
+        mllm="Qwen/Qwen2.5-VL-3B-Instruct",
+        visual="facebook/dinov3-vitb16-pretrain-lvd1689m",
+        mllm_max_pixels=ROBOT_MLLM_MAX_PIXELS,
+    ),
+    "qwen2.5-vl-7b": ModelConfig(
+        mllm="Qwen/Qwen2.5-VL-7B-Instruct",
+        visual="facebook/dinov3-vitl16-pretrain-lvd1689m",
+        mllm_max_pixels=ROBOT_MLLM_MAX_PIXELS,
+    ),
     "molmo2-8b": ModelConfig(mllm="allenai/Molmo2-8B", visual="facebook/dinov3-vitl16-pretrain-lvd1689m"),
     "internvl3-8b": ModelConfig(mllm="OpenGVLab/InternVL3-8B-hf", visual="facebook/dinov3-vitl16-pretrain-lvd1689m"),
     # DINOv3 is gated on the hub; DINOv2 with registers is not.
     "qwen2.5-vl-7b-dinov2": ModelConfig(
-        mllm="Qwen/Qwen2.5-VL-7B-Instruct", visual="facebook/dinov2-with-registers-large"
+        mllm="Qwen/Qwen2.5-VL-7B-Instruct",
+        visual="facebook/dinov2-with-registers-large",
+        mllm_max_pixels=ROBOT_MLLM_MAX_PIXELS,
     ),
 }
 DEFAULT_PRESET = "qwen2.5-vl-7b"

@@ -98,19 +98,42 @@ def build_processor(processor_class, image_processor, tokenizer, chat_template: 
     )
 
 
-def save_processor_parts(processor, folder) -> None:
-    """Save a processor so both loaders below can read it (the parts, its settings, its template)."""
+def save_processor_parts(
+    processor,
+    folder,
+    processor_class_file: str = "processor_config.json",
+    chat_template_file: str = "chat_template.jinja",
+) -> None:
+    """Save a processor as a hub repository lays it out: tokenizer files, `preprocessor_config.json`,
+    the processor class in `processor_class_file` (processor_config.json or, as Qwen2.5-VL's repos,
+    preprocessor_config.json) and the chat template as `chat_template.jinja` or `.json`."""
     import pathlib
 
     folder = pathlib.Path(folder)
     processor.tokenizer.save_pretrained(folder)
     processor.image_processor.save_pretrained(folder)
-    (folder / "chat_template.jinja").write_text(processor.chat_template)
-    settings = {"processor_class": type(processor).__name__}
-    for name in ("image_seq_length",):
-        if hasattr(processor, name):
-            settings[name] = getattr(processor, name)
-    (folder / "processor_config.json").write_text(json.dumps(settings, indent=2))
+    for stale in ("chat_template.jinja", "chat_template.json", "processor_config.json"):
+        (folder / stale).unlink(missing_ok=True)  # tokenizer.save_pretrained may write its own
+    if chat_template_file == "chat_template.json":
+        (folder / chat_template_file).write_text(json.dumps({"chat_template": processor.chat_template}, indent=2))
+    elif chat_template_file == "chat_template.jinja":
+        (folder / chat_template_file).write_text(processor.chat_template)
+    else:
+        raise ValueError(
+            f"chat_template_file must be chat_template.jinja or chat_template.json, got {chat_template_file!r}"
+        )
+    settings = {name: getattr(processor, name) for name in ("image_seq_length",) if hasattr(processor, name)}
+    class_name = type(processor).__name__
+    if processor_class_file == "processor_config.json":
+        settings["processor_class"] = class_name
+    elif processor_class_file == "preprocessor_config.json":
+        image_settings = json.loads((folder / "preprocessor_config.json").read_text())
+        image_settings["processor_class"] = class_name
+        (folder / "preprocessor_config.json").write_text(json.dumps(image_settings, indent=2))
+    else:
+        raise ValueError(f"processor_class_file must be (pre)processor_config.json, got {processor_class_file!r}")
+    if processor_class_file == "processor_config.json" or settings:
+        (folder / "processor_config.json").write_text(json.dumps(settings, indent=2))
 
 
 def _read_text(name_or_path: str, filename: str, **hub_kwargs) -> str | None:
@@ -127,6 +150,34 @@ def _read_text(name_or_path: str, filename: str, **hub_kwargs) -> str | None:
         return None
     with open(resolved, encoding="utf-8") as handle:
         return handle.read()
+
+
+# Where hub repos keep the processor class: processor_config.json (InternVL -hf, Molmo2), else
+# preprocessor_config.json (Qwen2-VL / Qwen2.5-VL, which have no processor_config.json), else
+# tokenizer_config.json (older repos).
+PROCESSOR_CLASS_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
+# The chat template: chat_template.jinja (newer saves), else chat_template.json (Qwen2.5-VL's hub
+# repos, older saves), else the tokenizer's own.
+CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
+
+
+def _read_json_file(name_or_path: str, filename: str, **hub_kwargs) -> dict:
+    text = _read_text(name_or_path, filename, **hub_kwargs)
+    if not text:
+        return {}
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise OSError(f"{name_or_path}/{filename} is not a JSON object")
+    return data
+
+
+def read_chat_template(name_or_path: str, **hub_kwargs) -> str | None:
+    """The checkpoint's chat template file, if it has one (see CHAT_TEMPLATE_FILES)."""
+    template = _read_text(name_or_path, "chat_template.jinja", **hub_kwargs)
+    if template is not None:
+        return template
+    data = _read_json_file(name_or_path, "chat_template.json", **hub_kwargs)
+    return data.get("chat_template")
 
 
 def load_processor(name_or_path: str, trust_remote_code: bool = False, **hub_kwargs):
@@ -146,30 +197,37 @@ def assemble_processor(name_or_path: str, trust_remote_code: bool = False, **hub
     `test_processors_equivalence.py` compares it with AutoProcessor where torchvision imports)."""
     import transformers
 
-    settings_text = _read_text(name_or_path, "processor_config.json", **hub_kwargs)
-    settings = json.loads(settings_text) if settings_text else {}
-    class_name = settings.pop("processor_class", None)
+    settings = _read_json_file(name_or_path, "processor_config.json", **hub_kwargs)
+    image_settings = _read_json_file(name_or_path, "preprocessor_config.json", **hub_kwargs)
+    class_name, source = None, None
+    for filename in PROCESSOR_CLASS_FILES:
+        found = {"processor_config.json": settings, "preprocessor_config.json": image_settings}.get(filename)
+        if found is None:
+            found = _read_json_file(name_or_path, filename, **hub_kwargs)
+        if found.get("processor_class"):
+            class_name, source = found["processor_class"], filename
+            break
     if class_name is None or not hasattr(transformers, class_name):
         raise OSError(
-            f"{name_or_path} names no processor class transformers knows ({class_name!r}); "
-            "install torchvision to load it through AutoProcessor"
+            f"{name_or_path} names no processor class transformers knows ({class_name!r}, looked in "
+            f"{', '.join(PROCESSOR_CLASS_FILES)}); install torchvision to load it through AutoProcessor"
         )
-    settings = {k: v for k, v in settings.items() if k not in ("video_processor", "image_processor", "tokenizer")}
+    LOG.debug("%s: processor class %s from %s", name_or_path, class_name, source)
+    # Only the processor's own settings (image_seq_length, ...): not its parts, not hub bookkeeping.
+    ignored = ("processor_class", "auto_map", "video_processor", "image_processor", "tokenizer", "chat_template")
+    settings = {k: v for k, v in settings.items() if k not in ignored}
     tokenizer = transformers.AutoTokenizer.from_pretrained(
         name_or_path, trust_remote_code=trust_remote_code, **hub_kwargs
     )
-    image_settings_text = _read_text(name_or_path, "preprocessor_config.json", **hub_kwargs)
-    image_settings = json.loads(image_settings_text) if image_settings_text else {}
     if image_settings.get("image_processor_type") == "Molmo2ImageProcessor":
-        image_settings.pop("image_processor_type")
-        image_processor = _torch_resize_molmo2_class()(**image_settings)
+        molmo2_settings = {
+            k: v for k, v in image_settings.items() if k not in ("image_processor_type", "processor_class", "auto_map")
+        }
+        image_processor = _torch_resize_molmo2_class()(**molmo2_settings)
     else:
         image_processor = transformers.AutoImageProcessor.from_pretrained(
             name_or_path, trust_remote_code=trust_remote_code, **hub_kwargs
         )
-    chat_template = _read_text(name_or_path, "chat_template.jinja", **hub_kwargs)
-    if chat_template is None:
-        template_json = _read_text(name_or_path, "chat_template.json", **hub_kwargs)
-        chat_template = json.loads(template_json)["chat_template"] if template_json else tokenizer.chat_template
+    chat_template = read_chat_template(name_or_path, **hub_kwargs) or tokenizer.chat_template
     processor_class = getattr(transformers, class_name)
     return build_processor(processor_class, image_processor, tokenizer, chat_template, **settings)

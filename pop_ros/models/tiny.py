@@ -19,18 +19,25 @@ import torch
 LOG = logging.getLogger(__name__)
 
 # Bump when the tiny configs change so stale cached folders are rebuilt.
-TINY_VERSION = 2
+TINY_VERSION = 3
 FAMILIES = ("qwen2_5_vl", "molmo2", "internvl")
 
 _WORDS = (
     "point to the handle of mug neck bottle lid cup a an in image where is part . , : ? ! "
-    "user assistant system you are helpful answer with json point_2d label x y"
-).split()
+    "user assistant system you You are helpful answer with json point_2d label x y"
+).split() + ["\n"]
 
-# A chat template with the real models' layout: system/user turns, the image placeholder, the text.
+# Chat templates with the real models' layout and system-turn behaviour: Qwen2.5-VL's inserts
+# "You are a helpful assistant." when the conversation does not open with a system turn;
+# InternVL3's -hf template and Molmo2's insert none. Then the user turn (image placeholder, text)
+# and the generation prompt, whose last token is the newline after "assistant".
+_QWEN_DEFAULT_SYSTEM = (
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+)
 CHAT_TEMPLATES = {
     "qwen2_5_vl": (
-        "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+        "{% for message in messages %}" + _QWEN_DEFAULT_SYSTEM + "<|im_start|>{{ message['role'] }}\n"
         "{% for item in message['content'] %}"
         "{% if item['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
         "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
@@ -81,15 +88,23 @@ _SPECIAL_TOKENS = {
 
 
 def build_tokenizer(family: str):
-    """A word-level fast tokenizer holding the family's special tokens (ids are small)."""
-    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+    """A word-level fast tokenizer holding the family's special tokens (ids are small).
+
+    Like the real byte-level BPE tokenizers, a newline is a token of its own (spaces are not), so
+    the prompt ends on the "\n" after "assistant" as on the real models."""
+    from tokenizers import AddedToken, Regex, Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {"[UNK]": 0, "[PAD]": 1}
     for token in _SPECIAL_TOKENS[family] + list(_WORDS):
         vocab.setdefault(token, len(vocab))
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(r"[^\S\n]+"), behavior="removed"),  # spaces and tabs separate words
+            pre_tokenizers.Split(Regex(r"\n|\w+|[^\w\s]+"), behavior="isolated"),  # "\n" is a token
+        ]
+    )
     # Special tokens are matched whole before pre-tokenisation, as in the real tokenizers.
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in _SPECIAL_TOKENS[family]])
     extra = {}
@@ -113,6 +128,20 @@ def build_tokenizer(family: str):
         extra_special_tokens=extra,
     )
     return tokenizer
+
+
+# Molmo2's real image processor: crop 378 px = 27 patches of 14, margins 4 + 4, window 19 patches,
+# 2x2 pooling, so an odd tiling gives an odd canvas patch count and a padded last token row/column.
+# The tiny one keeps that layout at 126 px = 9 patches, margins 1 + 1, window 7 (odd, like 19).
+MOLMO2_TINY_CROP = 126
+
+# Which file of each preset's hub repository holds the processor class and the chat template
+# (Qwen2.5-VL: preprocessor_config.json + chat_template.json, no processor_config.json).
+HUB_LAYOUTS = {
+    "qwen2_5_vl": {"processor_class_file": "preprocessor_config.json", "chat_template_file": "chat_template.json"},
+    "internvl": {"processor_class_file": "processor_config.json", "chat_template_file": "chat_template.json"},
+    "molmo2": {"processor_class_file": "processor_config.json", "chat_template_file": "chat_template.jinja"},
+}
 
 
 def _text_dims(num_layers: int) -> dict:
@@ -205,7 +234,7 @@ def _build(family: str, num_layers: int):
             "num_attention_heads": 2,
             "num_key_value_heads": 2,
             "head_dim": 16,
-            "image_size": [112, 112],
+            "image_size": [MOLMO2_TINY_CROP, MOLMO2_TINY_CROP],
             "patch_size": 14,
         }
         adapter = {
@@ -230,7 +259,7 @@ def _build(family: str, num_layers: int):
         )
         model = Molmo2ForConditionalGeneration(config)
         image_processor = molmo2_image_processor(
-            size={"height": 112, "width": 112}, max_crops=4, overlap_margins=[1, 1]
+            size={"height": MOLMO2_TINY_CROP, "width": MOLMO2_TINY_CROP}, max_crops=4, overlap_margins=[1, 1]
         )
         return model, build_processor(Molmo2Processor, image_processor, tokenizer, CHAT_TEMPLATES[family])
     raise ValueError(f"unknown tiny family {family!r}; choose one of {FAMILIES}")
@@ -275,7 +304,7 @@ def ensure_tiny_checkpoint(
     else:
         model, processor = _build(kind, num_layers)
         model.save_pretrained(folder)
-        save_processor_parts(processor, folder)
+        save_processor_parts(processor, folder, **HUB_LAYOUTS[kind])
     marker.write_text(json.dumps({"kind": kind, "num_layers": num_layers, "seed": seed, "random_weights": True}))
     LOG.info("built tiny random %s checkpoint in %s", kind, folder)
     return folder

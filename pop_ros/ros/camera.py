@@ -55,6 +55,7 @@ class CameraInput:
         self.depth = geometry.StampBuffer()
         self.camera_info: CameraInfo | None = None
         self.subscriptions: list = []
+        self.on_frame = None  # called for every colour frame (the node's diagnostics count them)
         # Image-callback cost and delivery latency (stamp -> callback), read by pop-bench.
         self.callback_durations_ms: collections.deque = collections.deque(maxlen=100_000)
         self.callback_latency_ms: collections.deque = collections.deque(maxlen=100_000)
@@ -102,6 +103,8 @@ class CameraInput:
         self.latest_seq += 1
         self.callback_latency_ms.append((self.node.get_clock().now().nanoseconds * 1e-9 - stamp_s) * 1000.0)
         self.callback_durations_ms.append((time.perf_counter() - started) * 1000.0)
+        if self.on_frame is not None:
+            self.on_frame()
 
     def on_depth(self, msg: Image) -> None:
         self.depth.add(stamp_seconds(msg.header.stamp), msg)
@@ -137,6 +140,13 @@ class CameraInput:
             raise ImageConversionError(f"latest camera frame is stale: {age:.2f} s old > max_frame_age {max_age_s} s")
         image = compressed_to_rgb8(frame.msg) if isinstance(frame.msg, CompressedImage) else to_rgb8(frame.msg)
         return image, frame.msg.header
+
+    def source_header(self, request_image):
+        """The header of the image a query is about: the request's, else the latest frame's (the
+        one `target_image` would use), else the (empty) request's."""
+        if not is_empty_image(request_image) or self.latest is None:
+            return request_image.header
+        return self.latest.msg.header
 
     def depth_near(self, stamp, tolerance_s: float):
         """(depth message or None, stamp gap in seconds) for the colour stamp."""

@@ -14,6 +14,7 @@ Run: `ros2 run pop_ros pop_node --ros-args --params-file config/pop_ros.yaml`
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -33,9 +34,17 @@ from sensor_msgs.msg import Image
 from pop_ros import geometry
 from pop_ros.camera_model import CameraModel
 from pop_ros.image_conversion import ImageConversionError, to_depth_m
-from pop_ros.ros.camera import CameraInput
+from pop_ros.ros.camera import CameraInput, stamp_seconds
+from pop_ros.ros.diagnostics import ERROR, OK, WARN, DiagnosticsPublisher, NodeHealth
 from pop_ros.ros.outputs import Outputs
-from pop_ros.ros.parameters import PARAMETERS, check_parameter, check_type
+from pop_ros.ros.parameters import (
+    MAX_WAITING_QUERIES_LIMIT,
+    PARAMETERS,
+    RESERVED_THREADS,
+    check_all,
+    check_parameter,
+    check_type,
+)
 from pop_ros.ros.teaching import Teaching
 from pop_ros_interfaces.srv import AddExemplar, ListSupportSets, PointToPart
 
@@ -67,6 +76,12 @@ def route_python_logging(ros_logger) -> None:
     package_logger.propagate = False
 
 
+# Threads of the node's executor: every query that may run or wait, plus the reserved ones.
+EXECUTOR_THREADS = MAX_WAITING_QUERIES_LIMIT + 1 + RESERVED_THREADS
+# A colour/depth stamp gap larger than this is not a late frame but two different clocks.
+IMPOSSIBLE_STAMP_GAP_S = 60.0
+
+
 @dataclasses.dataclass
 class Answer:
     success: bool
@@ -93,22 +108,31 @@ class PopNode(LifecycleNode):
         super().__init__("pop_node", **kwargs)
         route_python_logging(self.get_logger())
         for name, (default, description, when) in PARAMETERS.items():
-            self.declare_parameter(name, default, ParameterDescriptor(description=f"{description} [{when}]"))
+            # dynamic_typing: rclpy would refuse `ros2 param set ... min_score 0` (an integer for a
+            # float) before our callback runs; check_type accepts it and refuses real mismatches.
+            descriptor = ParameterDescriptor(description=f"{description} [{when}]", dynamic_typing=True)
+            self.declare_parameter(name, default, descriptor)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self.pointer = None
         self.configure_error = ""
         self._work_lock = threading.Lock()
+        self._slots_lock = threading.Lock()
+        self._queries_in_flight = 0  # running or waiting for the work lock
+        self.active = False
+        self.health = NodeHealth()
         self._continuous_done_seq = 0
         self._continuous_timer = None
         self._frames_check = None
         # Exceptions caught by the guard, by callback name (for the log and diagnostics).
         self.internal_errors: collections.Counter = collections.Counter()
         self.camera = CameraInput(self)
+        self.camera.on_frame = self.health.frame
 
         self._sensor_group = MutuallyExclusiveCallbackGroup()
         self._query_group = ReentrantCallbackGroup()
         self._continuous_group = MutuallyExclusiveCallbackGroup()
+        self._diagnostics_group = MutuallyExclusiveCallbackGroup()
         services = {
             "~/point_to_part": (PointToPart, self._on_point_to_part),
             "~/add_exemplar": (AddExemplar, self._on_add_exemplar),
@@ -118,6 +142,16 @@ class PopNode(LifecycleNode):
             self.create_service(srv_type, name, self.guarded(callback), callback_group=self._query_group)
         self.outputs = Outputs(self)
         self.teaching = Teaching(self, self._query_group)
+        self.diagnostics = DiagnosticsPublisher(
+            self,
+            self.health,
+            self._model_state,
+            camera_expected=lambda: self.active,
+            period_s=self._float_param("diagnostics_period", 1.0),
+            hardware_id=self.get_fully_qualified_name(),
+            callback_group=self._diagnostics_group,
+            wrap=self.guarded,
+        )
 
     # ---- the guard ------------------------------------------------------------------------------------
     def guarded(self, callback):
@@ -132,6 +166,7 @@ class PopNode(LifecycleNode):
             except Exception as error:  # noqa: BLE001 - the whole point: nothing leaves a callback
                 name = getattr(callback, "__name__", "callback")
                 self.internal_errors[name] += 1
+                self.health.error("internal error")
                 self.get_logger().error(
                     f"internal error in {name}: {type(error).__name__}: {error}\n{traceback.format_exc()}",
                     throttle_duration_sec=5.0,
@@ -139,7 +174,7 @@ class PopNode(LifecycleNode):
                 if len(args) == 2 and hasattr(args[1], "success"):  # a service: (request, response)
                     response = args[1]
                     response.success = False
-                    response.message = f"internal error: {type(error).__name__}: {error}"
+                    response.message = f"internal error: {type(error).__name__}: {' '.join(str(error).split())}"
                     return response
                 return args[1] if len(args) == 2 else None
 
@@ -148,8 +183,22 @@ class PopNode(LifecycleNode):
     def param(self, name: str):
         return self.get_parameter(name).value
 
+    def _float_param(self, name: str, fallback: float) -> float:
+        """A number parameter as float, or `fallback` when its value is unusable (refused at configure)."""
+        value = self.param(name)
+        return float(value) if check_type(name, value) is None and check_parameter(name, value) is None else fallback
+
     # ---- parameters -------------------------------------------------------------------------------
     def _on_set_parameters(self, parameters) -> SetParametersResult:
+        try:
+            return self._check_and_apply_parameters(parameters)
+        except Exception as error:  # noqa: BLE001 - an exception here would end the process
+            self.internal_errors["_on_set_parameters"] += 1
+            self.health.error("internal error")
+            self.get_logger().error(f"internal error setting parameters: {traceback.format_exc()}")
+            return SetParametersResult(successful=False, reason=f"internal error: {type(error).__name__}: {error}")
+
+    def _check_and_apply_parameters(self, parameters) -> SetParametersResult:
         configured = self.pointer is not None
         for parameter in parameters:
             if parameter.name not in PARAMETERS:
@@ -158,6 +207,10 @@ class PopNode(LifecycleNode):
             reason = check_type(parameter.name, value) or check_parameter(parameter.name, value)
             if reason:
                 return SetParametersResult(successful=False, reason=reason)
+            if parameter.name == "continuous_support_set" and configured:
+                reason = self._unknown_set(value)
+                if reason:
+                    return SetParametersResult(successful=False, reason=f"continuous_support_set: {reason}")
             if configured and PARAMETERS[parameter.name][2] == "configure":
                 return SetParametersResult(
                     successful=False,
@@ -172,7 +225,16 @@ class PopNode(LifecycleNode):
                 return SetParametersResult(successful=False, reason=str(error))
             if "continuous_rate" in proposed and self.camera.subscriptions:
                 self._restart_continuous_timer(float(proposed["continuous_rate"]))
+        if "diagnostics_period" in {p.name for p in parameters}:
+            period = next(p.value for p in parameters if p.name == "diagnostics_period")
+            self.diagnostics.set_period(float(period), self.guarded)
         return SetParametersResult(successful=True)
+
+    def _unknown_set(self, name: str) -> str | None:
+        """None if `name` is empty or a set of the loaded library, else why not (with the known names)."""
+        if not name or self.pointer is None or name in self.pointer.library.names():
+            return None
+        return f"unknown support set {name!r} (known: {', '.join(self.pointer.library.names()) or 'none'})"
 
     def _settings(self, proposed: dict | None = None):
         from pop_ros.pipeline import PointerSettings
@@ -201,6 +263,12 @@ class PopNode(LifecycleNode):
         from pop_ros.supports import SupportError, SupportLibrary
 
         started = time.perf_counter()
+        # Values from a params file or the command line never went through the on-set callback.
+        invalid = check_all({name: self.param(name) for name in PARAMETERS})
+        if invalid:
+            self.configure_error = f"invalid parameter: {invalid}"
+            self.get_logger().error(f"configure failed: {self.configure_error}")
+            return TransitionCallbackReturn.FAILURE
         overrides = {
             "mllm": self.param("mllm") or None,
             "visual": self.param("visual_model") or None,
@@ -209,6 +277,8 @@ class PopNode(LifecycleNode):
             "dtype": self.param("dtype") or None,
             "resolution": self.param("resolution") or None,
             "prompt_template": self.param("prompt_template") or None,
+            "mllm_max_pixels": None if self.param("mllm_max_pixels") < 0 else self.param("mllm_max_pixels"),
+            "system_prompt": self.param("system_prompt") or None,
             "trust_remote_code": True if self.param("trust_remote_code") else None,
         }
         try:
@@ -238,6 +308,16 @@ class PopNode(LifecycleNode):
             self.configure_error = str(error)
             self.get_logger().error(f"configure failed: {error}")
             return TransitionCallbackReturn.FAILURE
+        except Exception as error:  # noqa: BLE001 - rclpy would turn it into a silent ERROR transition
+            self.configure_error = f"internal error: {type(error).__name__}: {error}"
+            self.get_logger().error(f"configure failed: {self.configure_error}\n{traceback.format_exc()}")
+            return TransitionCallbackReturn.FAILURE
+        continuous_set = self.param("continuous_support_set")
+        if continuous_set and continuous_set not in library.names():
+            known = ", ".join(library.names()) or "none"
+            self.configure_error = f"continuous_support_set: unknown support set {continuous_set!r} (known: {known})"
+            self.get_logger().error(f"configure failed: {self.configure_error}")
+            return TransitionCallbackReturn.FAILURE
         self.pointer = pointer
         self.configure_error = ""
         if pointer.model_config.random_weights:
@@ -264,9 +344,11 @@ class PopNode(LifecycleNode):
             5.0, self.guarded(self.camera.check_frames_arrive), callback_group=self._sensor_group
         )
         self.get_logger().info(f"active: listening on {', '.join(topics)}")
+        self.active = True
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.active = False
         self.camera.unsubscribe()
         self._restart_continuous_timer(0.0)
         if self._frames_check is not None:
@@ -280,16 +362,74 @@ class PopNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.active = False
         self._restart_continuous_timer(0.0)
         self.pointer = None
         return TransitionCallbackReturn.SUCCESS
 
     # ---- services -------------------------------------------------------------------------------------
     def _not_ready(self) -> str:
+        """'' when the node is active, else its state and how to leave it."""
+        name = self.get_fully_qualified_name()
         if self.pointer is None:
-            reason = f": configure failed: {self.configure_error}" if self.configure_error else ""
-            return f"node is not configured{reason}"
+            if self.configure_error:
+                return f"node is not configured: configure failed: {self.configure_error}"
+            return (
+                f"node is not configured (unconfigured): `ros2 lifecycle set {name} configure`, "
+                f"then `ros2 lifecycle set {name} activate`"
+            )
+        if not self.active:
+            return f"inactive: activate the node (`ros2 lifecycle set {name} activate`)"
         return ""
+
+    @contextlib.contextmanager
+    def work_slot(self):
+        """Hold the models for one query: yields '' once this caller holds the work lock, else the
+        busy reason. At most max_waiting_queries callers wait (each holds an executor thread);
+        more are answered busy at once, so waiting queries never take the camera's threads."""
+        limit = int(self.param("max_waiting_queries")) + 1
+        with self._slots_lock:
+            if self._queries_in_flight >= limit:
+                yield (
+                    f"busy: {self._queries_in_flight} queries running or waiting "
+                    f"(max_waiting_queries {limit - 1}); try again"
+                )
+                return
+            self._queries_in_flight += 1
+        try:
+            timeout = float(self.param("busy_timeout")) if self.param("busy_policy") == "wait" else 0.0
+            if not self._work_lock.acquire(timeout=timeout):
+                yield "busy: another query is running; try again"
+                return
+            try:
+                yield ""
+            finally:
+                self._work_lock.release()
+        finally:
+            with self._slots_lock:
+                self._queries_in_flight -= 1
+
+    def _model_state(self) -> tuple[bytes, str, dict]:
+        """(diagnostic level, message, key/values) of the model for /diagnostics."""
+        pointer = self.pointer
+        if pointer is None:
+            if self.configure_error:
+                return ERROR, f"configure failed: {self.configure_error}", {}
+            return WARN, "unconfigured: waiting for configure", {}
+        config = pointer.model_config
+        values = {
+            "preset": self.param("preset"),
+            "mllm": config.mllm,
+            "visual": config.visual,
+            "device": str(pointer.visual.device),
+            "heads": pointer.heads_source,
+            "random weights": config.random_weights,
+            "support sets": len(pointer.library.names()),
+        }
+        state = "active" if self.active else "inactive"
+        if config.random_weights:
+            return WARN, f"{state}; RANDOM WEIGHTS: points are meaningless", values
+        return OK, state, values
 
     def _on_point_to_part(self, request, response):
         answer = self._answer(request.query, request.support_set, request.image, publish=True)
@@ -308,15 +448,13 @@ class PopNode(LifecycleNode):
         if not problem:
             try:
                 image, _ = self.camera.target_image(request.image, float(self.param("max_frame_age")))
-                if not self._work_lock.acquire(timeout=float(self.param("busy_timeout"))):
-                    raise SupportError("busy: another query is running")
-                try:
+                with self.work_slot() as busy:
+                    if busy:
+                        raise SupportError(busy)
                     # Features are computed now, once; the exemplar is added only if that succeeds.
                     updated = self.pointer.add_exemplar(
                         request.support_set, image, (request.u, request.v), request.query
                     )
-                finally:
-                    self._work_lock.release()
                 response.num_exemplars = len(updated.exemplars)
             except (SupportError, ImageConversionError, ValueError) as error:
                 problem = str(error)
@@ -344,10 +482,27 @@ class PopNode(LifecycleNode):
 
     # ---- the work ---------------------------------------------------------------------------------------
     def _answer(self, query: str, support_set: str, request_image, publish: bool) -> Answer:
+        answer = self._compute_answer(query, support_set, request_image, publish)
+        if answer.success:
+            outcome = "ok"
+        elif answer.message.startswith("busy"):
+            outcome = "busy"
+        elif answer.message.startswith("part not visible"):
+            outcome = "rejected"
+        elif answer.message.startswith(("node is not configured", "inactive")):
+            outcome = "not active"
+        else:
+            outcome = "refused"
+            self.health.error("refused input")
+        self.health.query(outcome, answer.total_ms if answer.total_ms > 0 else None)
+        return answer
+
+    def _compute_answer(self, query: str, support_set: str, request_image, publish: bool) -> Answer:
         from pop_ros.pipeline import PointerError
 
         started = time.perf_counter()
-        header = request_image.header
+        # The source image's header whenever it is known, failures included.
+        header = self.camera.source_header(request_image)
         problem = self._not_ready()
         if problem:
             return Answer(False, problem, header)
@@ -355,15 +510,13 @@ class PopNode(LifecycleNode):
             image, header = self.camera.target_image(request_image, float(self.param("max_frame_age")))
         except ImageConversionError as error:
             return Answer(False, str(error), header)
-        timeout = float(self.param("busy_timeout")) if self.param("busy_policy") == "wait" else 0.0
-        if not self._work_lock.acquire(timeout=timeout):
-            return Answer(False, "busy: another query is running; try again", header)
-        try:
-            result = self.pointer.point(image, query, support_set=support_set or None)
-        except PointerError as error:
-            return Answer(False, str(error), header)
-        finally:
-            self._work_lock.release()
+        with self.work_slot() as busy:
+            if busy:
+                return Answer(False, busy, header)
+            try:
+                result = self.pointer.point(image, query, support_set=support_set or None)
+            except PointerError as error:
+                return Answer(False, str(error), header)
         answer = Answer(
             True,
             "",
@@ -382,7 +535,13 @@ class PopNode(LifecycleNode):
         answer.message = "; ".join(notes) or "ok"
         answer.total_ms = (time.perf_counter() - started) * 1000.0
         if publish:
-            self.outputs.publish(answer, image, result.heatmap, bool(self.param("publish_heatmap")))
+            self.outputs.publish(
+                answer,
+                image,
+                result.heatmap,
+                bool(self.param("publish_heatmap")),
+                publish_rejected_heatmap=bool(self.param("publish_rejected_heatmap")),
+            )
         return answer
 
     def _locate(self, answer: Answer, image_size, header) -> list[str]:
@@ -390,9 +549,21 @@ class PopNode(LifecycleNode):
         info = self.camera.camera_info
         if info is None:
             return [f"no 3D point: no camera_info received on {self.resolve_topic_name('camera_info')}"]
+        if stamp_seconds(header.stamp) == 0:
+            self.health.depth_lookup(False)
+            return ["no 3D point: the image has stamp 0, so no depth can be paired by time (set header.stamp)"]
         depth_msg, gap = self.camera.depth_near(header.stamp, float(self.param("depth_max_dt")))
+        self.health.depth_lookup(depth_msg is not None)
         if depth_msg is None:
-            detail = "no depth received" if math.isinf(gap) else f"nearest depth is {gap:.3f} s away"
+            if math.isinf(gap):
+                detail = "no depth received"
+            elif gap > IMPOSSIBLE_STAMP_GAP_S:
+                detail = (
+                    f"impossible stamp difference: the nearest depth is {gap:.0f} s away, so colour and depth "
+                    "stamps come from different clocks (check the drivers and use_sim_time)"
+                )
+            else:
+                detail = f"nearest depth is {gap:.3f} s away"
             return [f"no 3D point: {detail} (depth_max_dt {self.param('depth_max_dt')} s)"]
         try:
             depth_m = to_depth_m(depth_msg)
@@ -431,7 +602,7 @@ class PopNode(LifecycleNode):
         if self.pointer is None or self.camera.latest_seq == self._continuous_done_seq:
             return
         support_set = self.param("continuous_support_set")
-        if self._work_lock.locked():
+        if self._work_lock.locked() or not self.active:
             return
         self._continuous_done_seq = self.camera.latest_seq
         empty = Image()
@@ -443,14 +614,20 @@ class PopNode(LifecycleNode):
 def main(args=None) -> None:
     rclpy.init(args=args)
     node = PopNode()
-    executor = MultiThreadedExecutor(num_threads=4)
+    executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS)
     executor.add_node(node)
     try:
-        if node.param("autostart"):
+        if node.param("autostart") is True:
             if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
                 node.trigger_activate()
             else:
                 node.get_logger().error("autostart: configure failed; services answer with the reason")
+        else:
+            name = node.get_fully_qualified_name()
+            node.get_logger().info(
+                f"autostart is false: {name} waits unconfigured; drive it with `ros2 lifecycle set {name} configure` "
+                f"then `ros2 lifecycle set {name} activate` (services answer with the state until then)"
+            )
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

@@ -14,12 +14,13 @@ from pop_ros_interfaces.msg import PartPointResult
 
 class Outputs:
     def __init__(self, node):
-        self.point_pub = node.create_publisher(PointStamped, "~/point", 10)
-        self.heatmap_pub = node.create_publisher(Image, "~/heatmap", 1)
-        self.heatmap_raw_pub = node.create_publisher(Image, "~/heatmap_raw", 1)
-        self.result_pub = node.create_publisher(PartPointResult, "~/result", 10)
-        self.pose_pub = node.create_publisher(PoseStamped, "~/pose", 10)
-        self.markers_pub = node.create_publisher(MarkerArray, "~/markers", 10)
+        # Lifecycle publishers: they publish only while the node is active.
+        self.point_pub = node.create_lifecycle_publisher(PointStamped, "~/point", 10)
+        self.heatmap_pub = node.create_lifecycle_publisher(Image, "~/heatmap", 1)
+        self.heatmap_raw_pub = node.create_lifecycle_publisher(Image, "~/heatmap_raw", 1)
+        self.result_pub = node.create_lifecycle_publisher(PartPointResult, "~/result", 10)
+        self.pose_pub = node.create_lifecycle_publisher(PoseStamped, "~/pose", 10)
+        self.markers_pub = node.create_lifecycle_publisher(MarkerArray, "~/markers", 10)
 
     @staticmethod
     def result_message(answer) -> PartPointResult:
@@ -89,9 +90,13 @@ class Outputs:
         markers.markers.append(label)
         return markers
 
-    def publish(self, answer, image: np.ndarray, heatmap: np.ndarray, publish_heatmap: bool) -> None:
+    def publish(
+        self, answer, image: np.ndarray, heatmap: np.ndarray, publish_heatmap: bool, publish_rejected_heatmap=False
+    ) -> None:
+        """~/result always (with its success flag); ~/point only for an accepted answer, so no
+        consumer acts on a point the node rejected; the heatmap of a rejected answer on request."""
         self.result_pub.publish(self.result_message(answer))
-        if answer.has_3d:
+        if answer.success and answer.has_3d:
             point = PointStamped()
             point.header = answer.header
             point.point.x, point.point.y, point.point.z = answer.xyz
@@ -99,6 +104,6 @@ class Outputs:
         if answer.success and answer.has_pose:
             self.pose_pub.publish(self.pose_message(answer))
         self.markers_pub.publish(self.markers_message(answer))
-        if publish_heatmap:
+        if publish_heatmap and (answer.success or publish_rejected_heatmap):
             self.heatmap_pub.publish(from_array(overlay(image, heatmap, (answer.u, answer.v)), "bgr8", answer.header))
             self.heatmap_raw_pub.publish(from_array(heatmap, "32FC1", answer.header))

@@ -6,7 +6,15 @@ Each row is name: (default, description, when it takes effect). "runtime": at on
 
 from __future__ import annotations
 
+import math
 import pathlib
+import re
+
+# Queries waiting for the running one each hold an executor thread: at most this many may wait,
+# and the executor has that many threads for queries plus RESERVED_THREADS that camera input,
+# timers and quick services always find free.
+MAX_WAITING_QUERIES_LIMIT = 8
+RESERVED_THREADS = 3
 
 PARAMETERS = {
     "autostart": (
@@ -36,6 +44,18 @@ PARAMETERS = {
     "resolution": (0, "longer image side for the visual encoder, pixels; 0 = preset's", "configure"),
     "prompt_template": ("", "MLLM prompt containing {query}; empty = preset's ('Point to the {query}.')", "configure"),
     "trust_remote_code": (False, "let hub model code run; only for repositories you trust", "configure"),
+    "mllm_max_pixels": (
+        -1,
+        "cap on the MLLM's input pixels (aspect kept), independent of resolution; "
+        "-1 = preset's (Qwen presets: 1003520), 0 = the checkpoint's own",
+        "configure",
+    ),
+    "system_prompt": (
+        "",
+        "MLLM system turn: empty = preset's (the chat template's default); internvl-original = InternVL3's own; "
+        "or a text",
+        "configure",
+    ),
     "support_library": ("", "support library YAML (see README); empty = none", "configure"),
     "library_writable": (
         False,
@@ -93,7 +113,19 @@ PARAMETERS = {
     ),
     "busy_policy": ("wait", "a query arriving during another: wait (up to busy_timeout) | reject", "runtime"),
     "busy_timeout": (10.0, "seconds a query waits for a running one before answering busy", "runtime"),
+    "max_waiting_queries": (
+        4,
+        f"queries that may wait for a running one (busy_policy wait); more are answered busy at once "
+        f"(0-{MAX_WAITING_QUERIES_LIMIT})",
+        "runtime",
+    ),
     "publish_heatmap": (True, "publish ~/heatmap (bgr8 overlay) and ~/heatmap_raw (32FC1)", "runtime"),
+    "publish_rejected_heatmap": (
+        False,
+        "also publish the heatmap of a rejected answer (debugging); a rejected point is never published",
+        "runtime",
+    ),
+    "diagnostics_period": (1.0, "seconds between /diagnostics messages (0 = off)", "runtime"),
     "continuous_query": ("", "standing query for continuous mode (empty = the set's default query)", "runtime"),
     "continuous_support_set": ("", "standing support set for continuous mode", "runtime"),
     "continuous_rate": (0.0, "continuous mode: process the latest frame at most this often, Hz (0 = off)", "runtime"),
@@ -122,15 +154,29 @@ _MINIMUM = {
     "busy_timeout": 0.0,
     "continuous_rate": 0.0,
     "resolution": 0,
+    "mllm_max_pixels": -1,
+    "max_waiting_queries": 0,
+    "diagnostics_period": 0.0,
 }
+_MAXIMUM = {"max_waiting_queries": MAX_WAITING_QUERIES_LIMIT}
+_ODD = ("depth_window",)
+_DEVICE = re.compile(r"^(|auto|cpu|cuda|cuda:\d+)$")
 
 
 def check_parameter(name: str, value) -> str | None:
     """None if `value` is acceptable for `name`, else the reason."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{name} must be a finite number, got {value}"
     if name in _CHOICES and value not in _CHOICES[name]:
         return f"{name} must be one of {[c for c in _CHOICES[name] if c]}, got {value!r}"
     if name in _MINIMUM and value < _MINIMUM[name]:
         return f"{name} must be >= {_MINIMUM[name]}, got {value}"
+    if name in _MAXIMUM and value > _MAXIMUM[name]:
+        return f"{name} must be <= {_MAXIMUM[name]}, got {value}"
+    if name in _ODD and value % 2 != 1:
+        return f"{name} must be odd (a box centred on the point), got {value}"
+    if name == "device" and not _DEVICE.match(value):
+        return f"device must be auto, cpu, cuda or cuda:N (empty = preset's), got {value!r}"
     if name == "pose_window" and value != 0 and (value < 3 or value % 2 == 0):
         return f"pose_window must be 0 (no pose) or an odd number >= 3, got {value}"
     if name == "pose_inlier_distance" and not value > 0:
@@ -154,6 +200,19 @@ def check_parameter(name: str, value) -> str | None:
     for path_name in ("support_library", "heads_file"):
         if name == path_name and value and not pathlib.Path(value).expanduser().is_file():
             return f"{name} {value!r} is not a file"
+    return None
+
+
+def check_all(values: dict) -> str | None:
+    """The first problem among all parameters' current values (type, then constraints), or None.
+    Values from a params file or the command line never pass the on-set callback: checked here."""
+    for name, value in values.items():
+        if name in PARAMETERS:
+            reason = check_type(name, value)
+            if not reason and name not in ("support_library", "heads_file"):  # their loaders say more
+                reason = check_parameter(name, value)
+            if reason:
+                return reason
     return None
 
 

@@ -66,12 +66,10 @@ class Teaching:
             if not set_name:
                 raise SupportError("teach_set is empty: set it to the support set that clicks should teach")
             image, result.header = node.camera.target_image(Image(), float(node.param("max_frame_age")))
-            if not node._work_lock.acquire(timeout=float(node.param("busy_timeout"))):
-                raise SupportError("busy: another query is running; click again")
-            try:
+            with node.work_slot() as busy:  # bounded like every query: camera threads stay free
+                if busy:
+                    raise SupportError(f"{busy.removesuffix('; try again')}; click again")
                 updated = node.pointer.add_exemplar(set_name, image, (u, v), node.param("teach_query"))
-            finally:
-                node._work_lock.release()
             result.success, result.num_exemplars = True, len(updated.exemplars)
             result.message = (
                 f"added exemplar {len(updated.exemplars) - 1} of {set_name!r} at ({u:.1f}, {v:.1f}) "
