@@ -1,7 +1,10 @@
-"""Where the package's shipped files are: the colcon install's share folder, else the source tree."""
+"""Where pop_ros finds its files: the shipped ones (the colcon install's share folder, else the
+source tree) and the ones a user makes (head files from `pop-find-heads`), which live in a per-user
+data folder because a clean colcon build deletes `install/` and a binary install cannot be written."""
 
 from __future__ import annotations
 
+import os
 import pathlib
 
 SOURCE_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -21,3 +24,22 @@ def share_dir() -> pathlib.Path:
 
 def config_dir() -> pathlib.Path:
     return share_dir() / "config"
+
+
+def user_data_dir() -> pathlib.Path:
+    """`$XDG_DATA_HOME/pop_ros`, else `~/.local/share/pop_ros` (the XDG base directory spec: a
+    relative `XDG_DATA_HOME` is invalid and ignored)."""
+    xdg_data_home = os.environ.get("XDG_DATA_HOME", "")
+    base = pathlib.Path(xdg_data_home) if os.path.isabs(xdg_data_home) else pathlib.Path.home() / ".local" / "share"
+    return base / "pop_ros"
+
+
+def user_heads_dir() -> pathlib.Path:
+    """Where `pop-find-heads` writes head files by default."""
+    return user_data_dir() / "heads"
+
+
+def heads_dirs() -> list[pathlib.Path]:
+    """Folders searched, in order, for `<model id>.yaml` when `heads_file` is empty: the user's own
+    calibration wins over one shipped in `config/heads/`."""
+    return [user_heads_dir(), config_dir() / "heads"]

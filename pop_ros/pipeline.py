@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from pop_ros import core
 from pop_ros.models.heads import fallback_heads, load_head_file
 from pop_ros.models.mllm import MLLMAdapter
-from pop_ros.models.presets import ModelConfig, default_head_file, get_preset
+from pop_ros.models.presets import ModelConfig, default_head_file, get_preset, head_file_candidates
 from pop_ros.models.visual import VisualEncoder, VisualFeatures
 from pop_ros.supports import SupportError, SupportLibrary, validate_click, validate_image
 
@@ -210,7 +210,7 @@ class PartPointer:
             "no calibrated localization heads for %s (looked for %s): using the mean over all heads of layers "
             "%d-%d as the text prior until `pop-find-heads` has been run for this model",
             self.model_config.mllm,
-            path,
+            " and ".join(str(candidate) for candidate in head_file_candidates(self.model_config.mllm)),
             layers // 3,
             max(layers // 3 + 1, 2 * layers // 3) - 1,
         )

@@ -11,6 +11,8 @@ os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("ROS_DOMAIN_ID", str(os.getpid() % 90 + 10))
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("POP_ROS_CACHE", str(pathlib.Path(__file__).resolve().parents[1] / "build" / "test-cache"))
+# Head files a user made with pop-find-heads (~/.local/share/pop_ros/heads) must not change what tests see.
+os.environ["XDG_DATA_HOME"] = str(pathlib.Path(__file__).resolve().parents[1] / "build" / "test-data")
 
 
 @pytest.fixture(scope="session")

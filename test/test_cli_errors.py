@@ -4,7 +4,6 @@ loads; an unreachable hub fails at once with the clear loading error, without re
 import os
 import subprocess
 import sys
-import time
 
 import cv2
 import pytest
@@ -82,13 +81,11 @@ def test_unreachable_hub_fails_at_once_without_retry_warnings(files):
     local port, so this holds on connected machines too), the first uncached model fails with the
     loading error after one refused connection instead of huggingface_hub's retry backoff."""
     env = dict(os.environ, HF_HUB_OFFLINE="0", HF_ENDPOINT="http://127.0.0.1:9", HF_HUB_DISABLE_TELEMETRY="1")
-    started = time.monotonic()
     completed = run("pop_ros.cli.point", *UNLOADABLE, "--target", str(files / "target.png"), "--query", "lid", env=env)
-    elapsed = time.monotonic() - started
     lines = completed.stderr.strip().splitlines()
     assert completed.returncode == 2 and len(lines) == 1, completed.stderr
     expected = "visual model 'pop-ros-test/none': it is not in the local cache and the hub is unreachable"
     assert expected in lines[0]
+    # The backoff printed one warning per retry (23 lines over 26 s); one line means no retries.
+    # Time itself is not asserted: tests hold no timing bounds.
     assert "Retrying" not in completed.stderr
-    # Imports and startup take a few seconds on a loaded machine; the backoff alone took 23 s per file.
-    assert elapsed < 20, elapsed

@@ -243,3 +243,23 @@ def test_fallback_heads_are_the_middle_third():
     heads = fallback_heads(num_layers=28, num_heads=2)
     assert {layer for layer, _ in heads} == set(range(9, 18))
     assert fallback_heads(num_layers=2, num_heads=1) == [(0, 0)]
+
+
+def test_a_broken_dependency_is_named_instead_of_blaming_the_hub(monkeypatch):
+    """A torchvision built for another torch breaks transformers' lazy import of vision models;
+    offline, that used to read as 'not in the local cache and the hub is unreachable'."""
+    from pop_ros.models.loading import _explain
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    try:
+        try:
+            raise RuntimeError("operator torchvision::nms does not exist")
+        except RuntimeError as cause:
+            raise ModuleNotFoundError(
+                "Could not import module 'DINOv3ViTModel'. Are this object's requirements defined correctly?"
+            ) from cause
+    except ModuleNotFoundError as error:
+        message = str(_explain("facebook/dinov3-vitb16-pretrain-lvd1689m", error, "visual"))
+    assert "RuntimeError: operator torchvision::nms does not exist" in message
+    assert "import torch, torchvision" in message
+    assert "hub is unreachable" not in message

@@ -2,8 +2,9 @@
 
 Data: a JSONL file, one `{"image": "path", "expression": "the red mug"}` per line (paths relative
 to the file), or a folder of images each with a same-named `.txt` holding its expression.
-Writes a YAML head file that `heads_file` (node parameter, preset) or the default location
-`config/heads/<model id>.yaml` makes the pipeline use.
+Writes a YAML head file, by default `<model id>.yaml` in the user's data folder
+(`$XDG_DATA_HOME/pop_ros/heads`, else `~/.local/share/pop_ros/heads`), where the pipeline, the node
+and the tools of the same user find it with `heads_file` empty; elsewhere, name it with `heads_file`.
 """
 
 from __future__ import annotations
@@ -48,7 +49,12 @@ def read_pairs(data: pathlib.Path) -> list[tuple[pathlib.Path, str]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pop-find-heads", description=__doc__.split("\n")[0])
     parser.add_argument("--data", required=True, type=pathlib.Path, help="JSONL file or folder of image + .txt pairs")
-    parser.add_argument("--out", type=pathlib.Path, help="head file to write (default: config/heads/<model>.yaml)")
+    parser.add_argument(
+        "--out",
+        type=pathlib.Path,
+        help="head file to write (default: <model id>.yaml in $XDG_DATA_HOME/pop_ros/heads, "
+        "else ~/.local/share/pop_ros/heads)",
+    )
     parser.add_argument("-k", type=int, default=3, help="number of heads to keep (default 3)")
     parser.add_argument("--votes-per-sample", type=int, default=10, help="heads each sample votes for (default 10)")
     parser.add_argument("--limit", type=int, help="use at most this many pairs")
@@ -62,7 +68,7 @@ def _run(args) -> dict:
     from tqdm import tqdm
 
     from pop_ros.models.heads import sample_votes, save_head_file, select_heads
-    from pop_ros.models.presets import default_head_file, get_preset
+    from pop_ros.models.presets import default_head_file, get_preset, user_head_file
 
     if args.k < 1 or args.votes_per_sample < 1:
         raise CliError("-k and --votes-per-sample must be >= 1")
@@ -87,8 +93,13 @@ def _run(args) -> dict:
             f"no head passed the attention-sum and entropy criteria on any of {len(votes)} samples; "
             "nothing written (random weights give flat attention; real checkpoints do not)"
         )
-    out = args.out or default_head_file(config.mllm)
+    out = args.out or user_head_file(config.mllm)
     save_head_file(out, config.mllm, selection, source=str(args.data))
+    if pathlib.Path(out).resolve() == default_head_file(config.mllm).resolve():
+        use = "pop_node, pop-point and pop-eval of this user load it while heads_file is empty"
+    else:
+        use = f"load it with the node parameter heads_file:={pathlib.Path(out).resolve()} (tools: --heads-file)"
+    logging.getLogger("pop-find-heads").info("wrote %s: %s", out, use)
     for problem in skipped:
         logging.getLogger("pop-find-heads").warning("skipped: %s", problem)
     return {

@@ -93,6 +93,20 @@ def _explain(spec: str, error: Exception, role: str) -> ModelLoadError:
     text = f"{type(error).__name__}: {error}"
     offline = _hub_offline()
     gated = "gated" in text.lower() or "GatedRepo" in text or "401" in text or "403" in text
+    # transformers imports model classes lazily: a broken dependency (typically a torchvision built for
+    # another torch: "operator torchvision::nms does not exist") surfaces here, not at `import pop_ros`.
+    if isinstance(error, ImportError):  # transformers raises ModuleNotFoundError, the real reason chained
+        root = error
+        while root.__cause__ is not None or root.__context__ is not None:
+            root = root.__cause__ or root.__context__
+        lines = [line.strip() for line in f"{type(root).__name__}: {root}".splitlines() if line.strip()]
+        reason = lines[-1] if lines else type(root).__name__
+        return ModelLoadError(
+            f"could not load {role} model {spec!r}: a library transformers needs for it does not import "
+            f"({reason[:300]}); "
+            "check `python -c 'import torch, torchvision'`: a torchvision that does not match torch breaks "
+            "transformers' vision models, so install the torchvision built for your torch, or uninstall it"
+        )
     if gated:
         way_out = (
             "it is gated on the Hugging Face hub: log in (`hf auth login`) and accept its licence on the model page"

@@ -11,14 +11,14 @@ import dataclasses
 import pathlib
 
 from pop_ros.models.mllm import DEFAULT_PROMPT
-from pop_ros.paths import config_dir
+from pop_ros.paths import heads_dirs, user_heads_dir
 
 
 @dataclasses.dataclass
 class ModelConfig:
     mllm: str  # hub id, local folder, or tiny:<family>
     visual: str  # hub id, local folder, or tiny:dinov3
-    heads_file: str = ""  # YAML from pop-find-heads; empty = config/heads/<mllm id>.yaml if present
+    heads_file: str = ""  # YAML from pop-find-heads; empty = <mllm id>.yaml in heads_dirs() if present
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16
     resolution: int = 448  # longer side of the image given to the visual encoder, pixels
@@ -97,7 +97,21 @@ def get_preset(name: str) -> ModelConfig:
     return PRESETS[name]
 
 
-def default_head_file(mllm: str) -> pathlib.Path:
+def head_file_candidates(mllm: str) -> list[pathlib.Path]:
+    """Where a head file for `mllm` is looked for when `heads_file` is empty, in order."""
     from pop_ros.models.heads import head_file_name
 
-    return config_dir() / "heads" / head_file_name(mllm)
+    return [folder / head_file_name(mllm) for folder in heads_dirs()]
+
+
+def default_head_file(mllm: str) -> pathlib.Path:
+    """The first existing candidate, else the user's own path (where `pop-find-heads` writes)."""
+    existing = [path for path in head_file_candidates(mllm) if path.is_file()]
+    return existing[0] if existing else user_head_file(mllm)
+
+
+def user_head_file(mllm: str) -> pathlib.Path:
+    """`pop-find-heads`' default output: the user's data folder, outside any install tree."""
+    from pop_ros.models.heads import head_file_name
+
+    return user_heads_dir() / head_file_name(mllm)

@@ -36,7 +36,8 @@ PARAMETERS = {
     ),
     "heads_file": (
         "",
-        "localization-head YAML from pop-find-heads; empty = config/heads/<model>.yaml if present, else the fallback",
+        "localization-head YAML from pop-find-heads; empty = <model>.yaml in ~/.local/share/pop_ros/heads "
+        "(XDG_DATA_HOME) or share/pop_ros/config/heads if present, else the fallback",
         "configure",
     ),
     "device": ("", "auto | cpu | cuda | cuda:N; empty = preset's", "configure"),
