@@ -3,10 +3,17 @@
 The one place the POP pipeline is assembled; the node, the CLI, the evaluation and the benchmarks
 all call it. Like segment-anything's predictor, the expensive support features are computed once
 per support set (per exemplar image, keyed by content) and reused by every query.
+
+The target frame is shared the same way: its DINO features and the MLLM's image prefix (vision
+tower + keys/values of every token before the query text) are computed once per frame and kept for
+the latest `frame_cache_size` frames (keyed by content, or by the caller's frame key such as the
+node's stamp + frame_id); a further query on that frame runs only its own text tokens.
+`point_many` answers several (query, support set) requests on one frame in one call.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import hashlib
@@ -22,7 +29,7 @@ import torch.nn.functional as F
 
 from pop_ros import core
 from pop_ros.models.heads import fallback_heads, load_head_file
-from pop_ros.models.mllm import MLLMAdapter
+from pop_ros.models.mllm import ImagePrefix, MLLMAdapter
 from pop_ros.models.presets import ModelConfig, default_head_file, get_preset, head_file_candidates
 from pop_ros.models.visual import VisualEncoder, VisualFeatures
 from pop_ros.supports import SupportError, SupportLibrary, validate_click, validate_image
@@ -68,6 +75,8 @@ class PointerSettings:
     max_shots: int = 3  # K: at most this many exemplars of a set are used per query
     retrieval: str = "cls"  # cls: the K exemplars closest to the target by DINO [CLS]; first: in order
     use_text: bool = True  # False = visual-only ablation
+    frame_cache_size: int = 2  # latest N frames whose DINO features + MLLM image prefix are kept; 0 = none
+    overlap: bool = True  # CUDA only: target DINO forward and MLLM prefix on separate streams
 
     def validate(self) -> PointerSettings:
         checks = [
@@ -79,6 +88,10 @@ class PointerSettings:
             (self.sigma >= 0, "sigma must be >= 0"),
             (int(self.upsample) == self.upsample and self.upsample >= 1, "upsample must be an integer >= 1"),
             (int(self.max_shots) == self.max_shots and self.max_shots >= 1, "max_shots must be an integer >= 1"),
+            (
+                int(self.frame_cache_size) == self.frame_cache_size and 0 <= self.frame_cache_size <= 64,
+                "frame_cache_size must be an integer in [0, 64]",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -97,6 +110,10 @@ class PointResult:
     support_set: str
     num_shots: int
     used_text: bool
+    # point_many: the frame's stages, run once for all its requests ({} when the frame was cached);
+    # `timings_ms` then holds this request's own stages only. point(): {} (all in `timings_ms`).
+    shared_timings_ms: dict[str, float] = dataclasses.field(default_factory=dict)
+    frame_reused: bool = False  # the frame's DINO features / MLLM prefix came from the frame cache
 
     def as_dict(self) -> dict:
         return {
@@ -108,8 +125,39 @@ class PointResult:
             "num_shots": self.num_shots,
             "used_text": self.used_text,
             "timings_ms": self.timings_ms,
+            "shared_timings_ms": self.shared_timings_ms,
+            "frame_reused": self.frame_reused,
             "image_size": list(self.heatmap.shape),
         }
+
+
+@dataclasses.dataclass
+class PointRequest:
+    """One query of `point_many`: a part in words plus a named set or explicit (image, (u, v)) supports."""
+
+    query: str = ""
+    support_set: str | None = None
+    supports: Sequence[tuple[np.ndarray, tuple[float, float]]] | None = None
+    shots: int | None = None
+
+
+@dataclasses.dataclass
+class _Resolved:
+    """A validated request: what `_answer` needs."""
+
+    query: str
+    set_name: str
+    set_key: tuple[str, int] | None
+    examples: list[tuple[np.ndarray, tuple[float, float]]]
+    max_shots: int
+
+
+@dataclasses.dataclass
+class _Frame:
+    """What one target image gives every query on it."""
+
+    target: VisualFeatures
+    prefix: ImagePrefix | None = None  # made by the first text query on the frame
 
 
 @contextlib.contextmanager
@@ -128,6 +176,7 @@ def _out_of_memory_as_pointer_error(what: str):
 class _Timer:
     def __init__(self, synchronize: bool):
         self.timings: dict[str, float] = {}
+        self.notes: dict[str, float] = {}  # informative figures that overlap others: not in the total
         self._synchronize = synchronize
         self._start = time.perf_counter()
 
@@ -137,6 +186,28 @@ class _Timer:
         now = time.perf_counter()
         self.timings[name] = self.timings.get(name, 0.0) + (now - self._start) * 1000.0
         self._start = now
+
+    def restart(self) -> None:
+        self._start = time.perf_counter()
+
+    def report(self) -> dict[str, float]:
+        if not self.timings and not self.notes:
+            return {}
+        return {**self.timings, **self.notes, "total": sum(self.timings.values())}
+
+
+def resolve_model_config(preset: str, **overrides) -> ModelConfig:
+    """The configuration `PartPointer.from_preset(preset, **overrides)` loads, without loading it
+    (the evaluation records it before any model is read)."""
+    return get_preset(preset).replace(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def heads_file_for(model_config: ModelConfig) -> pathlib.Path | None:
+    """The head file a pointer on `model_config` reads, or None when it falls back to all heads."""
+    if model_config.heads_file:
+        return pathlib.Path(model_config.heads_file)
+    path = default_head_file(model_config.mllm)
+    return path if path.is_file() else None
 
 
 class PartPointer:
@@ -163,6 +234,8 @@ class PartPointer:
         # A library set's features by (name, version): queries on a set never re-hash its images.
         self._set_features: dict[tuple[str, int], list[VisualFeatures]] = {}
         self._feature_cache_dir = pathlib.Path(feature_cache_dir) if feature_cache_dir else None
+        # Latest frames, oldest first: frame key -> _Frame (LRU, `settings.frame_cache_size` long).
+        self._frames: collections.OrderedDict[str, _Frame] = collections.OrderedDict()
         self._lock = threading.Lock()
 
     @classmethod
@@ -314,6 +387,85 @@ class PartPointer:
         with self._lock, _out_of_memory_as_pointer_error(f"the features of support set {name!r}"):
             return len(self.support_features([exemplar.image for exemplar in support_set.exemplars]))
 
+    # ---- frames --------------------------------------------------------------------------------
+    def _frame_key(self, image_rgb: np.ndarray, frame_key: str | None) -> str:
+        """The caller's key (the node: stamp + frame_id) or the image content's hash, with its shape."""
+        if frame_key:
+            return f"key:{frame_key}|{image_rgb.shape}"
+        digest = hashlib.blake2b(np.ascontiguousarray(image_rgb).data, digest_size=16)
+        return f"content:{digest.hexdigest()}|{image_rgb.shape}"
+
+    def clear_frame_cache(self) -> None:
+        """Forget every frame's DINO features and MLLM prefix (the next query recomputes them)."""
+        with self._lock:
+            self._frames.clear()
+
+    def cached_frames(self) -> int:
+        return len(self._frames)
+
+    def _frame(self, image_rgb: np.ndarray, key: str, text_query: str | None, timer: _Timer) -> tuple[_Frame, bool]:
+        """(the frame's shared state, whether it came from the cache); computes what is missing.
+
+        `text_query` is any text query of this frame (None: no text prior needed): the MLLM prefix
+        is made with it and reaches the deepest layer the current heads need."""
+        while len(self._frames) > self.settings.frame_cache_size:  # the setting may have shrunk
+            self._frames.popitem(last=False)
+        frame = self._frames.get(key)
+        reused = frame is not None and (text_query is None or frame.prefix is not None)
+        depth = max(layer for layer, _ in self.text_heads()[0]) if text_query is not None else -1
+        if frame is not None:
+            self._frames.move_to_end(key)
+            if text_query is not None and frame.prefix is None:
+                frame.prefix = self.mllm.image_prefix(image_rgb, text_query, depth)
+                timer.lap("mllm_prefix")
+            return frame, reused
+        height, width = image_rgb.shape[:2]
+        overlap = (
+            self.settings.overlap
+            and text_query is not None
+            and self.visual.device.type == "cuda"
+            and self.mllm.device.type == "cuda"
+        )
+        if overlap:
+            frame = self._frame_overlapped(image_rgb, text_query, depth, timer)
+        else:
+            pixels = self.visual.preprocess(image_rgb)
+            timer.lap("visual_preprocess")
+            frame = _Frame(self.visual.encode_preprocessed([pixels], [(height, width)])[0])
+            timer.lap("visual_forward")
+            if text_query is not None:
+                frame.prefix = self.mllm.image_prefix(image_rgb, text_query, depth)
+                timer.lap("mllm_prefix")  # processor, vision tower, tokens before the query text
+        if self.settings.frame_cache_size > 0:
+            self._frames[key] = frame
+            while len(self._frames) > self.settings.frame_cache_size:
+                self._frames.popitem(last=False)
+        return frame, False
+
+    def _frame_overlapped(self, image_rgb: np.ndarray, text_query: str, depth: int, timer: _Timer) -> _Frame:
+        """CUDA: the target's DINO forward on a side stream while the MLLM prefix runs on the current
+        one. Laps are wall time after a device synchronise; each stream's own GPU time is a note."""
+        device = self.visual.device
+        main = torch.cuda.current_stream(device)
+        side = torch.cuda.Stream(device=device)
+        side.wait_stream(main)  # inputs made on the main stream are ready
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
+        with torch.cuda.stream(side):
+            events[0].record(side)
+            pixels = self.visual.preprocess(image_rgb)
+            target = self.visual.encode_preprocessed([pixels], [image_rgb.shape[:2]])[0]
+            events[1].record(side)
+        events[2].record(main)
+        prefix = self.mllm.image_prefix(image_rgb, text_query, depth)
+        events[3].record(main)
+        main.wait_stream(side)
+        for tensor in (target.grid, target.cls):  # made on the side stream, read on the main one
+            tensor.record_stream(main)
+        timer.lap("frame_overlapped")  # synchronised: both streams are done
+        timer.notes["visual_forward_stream"] = events[0].elapsed_time(events[1])
+        timer.notes["mllm_prefix_stream"] = events[2].elapsed_time(events[3])
+        return _Frame(target, prefix)
+
     # ---- input limits --------------------------------------------------------------------------
     def image_limits(self, with_text: bool | None = None):
         """The image shapes this pointer takes. The visual encoder needs at least one patch of the
@@ -334,23 +486,12 @@ class PartPointer:
             raise PointerError(f"{what} image {problem}")
 
     # ---- the query -----------------------------------------------------------------------------
-    def point(
-        self,
-        image_rgb: np.ndarray,
-        query: str = "",
-        support_set: str | None = None,
-        supports: Sequence[tuple[np.ndarray, tuple[float, float]]] | None = None,
-        shots: int | None = None,
-    ) -> PointResult:
-        """Point at `query` in `image_rgb` ((H, W, 3) uint8 RGB) guided by a named support set or by
-        explicit (image, (u, v)) supports; `shots` caps K (default `settings.max_shots`)."""
-        try:
-            validate_image(image_rgb)
-        except SupportError as error:
-            raise PointerError(f"target {error}") from error
-        self._check_size(image_rgb, "target")  # before any model runs
+    def _resolve(self, query, support_set, supports, shots) -> _Resolved:
+        """Validate one request (PointerError with the reason otherwise)."""
         if support_set and supports:
             raise PointerError("give a support set name or explicit supports, not both")
+        if query is not None and not isinstance(query, str):
+            raise PointerError(f"query must be a string, got {type(query).__name__}")
         query = (query or "").strip()
         examples: list[tuple[np.ndarray, tuple[float, float]]] = []
         set_name, set_key = "", None
@@ -379,17 +520,96 @@ class PartPointer:
         max_shots = self.settings.max_shots if shots is None else int(shots)
         if max_shots < 1:
             raise PointerError(f"shots must be >= 1, got {shots}")
+        return _Resolved(query, set_name, set_key, examples, max_shots)
+
+    def point(
+        self,
+        image_rgb: np.ndarray,
+        query: str = "",
+        support_set: str | None = None,
+        supports: Sequence[tuple[np.ndarray, tuple[float, float]]] | None = None,
+        shots: int | None = None,
+        frame_key: str | None = None,
+    ) -> PointResult:
+        """Point at `query` in `image_rgb` ((H, W, 3) uint8 RGB) guided by a named support set or by
+        explicit (image, (u, v)) supports; `shots` caps K (default `settings.max_shots`).
+
+        A frame seen among the latest `frame_cache_size` (same content, or the same `frame_key`: a
+        caller's unique frame id such as stamp + frame_id) reuses its DINO features and MLLM prefix."""
+        self._validate_target(image_rgb)
+        request = self._resolve(query, support_set, supports, shots)
         with self._lock, _out_of_memory_as_pointer_error("the query"):
-            return self._point(image_rgb, query, set_name, examples, max_shots, set_key)
+            timer = _Timer(synchronize=self.visual.device.type == "cuda")
+            key = self._frame_key(image_rgb, frame_key)
+            timer.lap("frame_lookup")
+            frame, reused = self._frame(image_rgb, key, request.query if self.settings.use_text else None, timer)
+            return self._answer(image_rgb, frame, request, timer, reused)
+
+    def point_many(
+        self,
+        image_rgb: np.ndarray,
+        requests: Sequence[PointRequest | tuple],
+        frame_key: str | None = None,
+    ) -> list[PointResult | PointerError]:
+        """Answer several requests on one frame: its DINO features and MLLM prefix are computed once.
+
+        `requests`: `PointRequest`s or `(query, support_set)` pairs, where support_set is a set name,
+        None, or a list of explicit (image, (u, v)) supports. One result per request, in order; a
+        request that cannot be answered gets its PointerError in its slot (the others still run). A
+        bad target image raises PointerError for the whole call."""
+        self._validate_target(image_rgb)
+        resolved: list[_Resolved | PointerError] = []
+        for index, request in enumerate(requests):
+            try:
+                resolved.append(self._resolve(*self._request_fields(request)))
+            except PointerError as error:
+                resolved.append(PointerError(f"request {index}: {error}"))
+        valid = [r for r in resolved if isinstance(r, _Resolved)]
+        if not valid:
+            return resolved  # type: ignore[return-value]
+        with self._lock, _out_of_memory_as_pointer_error("the queries"):
+            shared = _Timer(synchronize=self.visual.device.type == "cuda")
+            text_query = valid[0].query if self.settings.use_text else None
+            key = self._frame_key(image_rgb, frame_key)
+            shared.lap("frame_lookup")
+            frame, reused = self._frame(image_rgb, key, text_query, shared)
+            shared_timings = shared.report()
+            results: list[PointResult | PointerError] = []
+            for request in resolved:
+                if isinstance(request, PointerError):
+                    results.append(request)
+                    continue
+                result = self._answer(image_rgb, frame, request, _Timer(shared._synchronize), reused)
+                result.shared_timings_ms = shared_timings
+                results.append(result)
+            return results
+
+    @staticmethod
+    def _request_fields(request) -> tuple:
+        """(query, support_set, supports, shots) of a PointRequest or a (query, support_set) pair."""
+        if isinstance(request, PointRequest):
+            return request.query, request.support_set, request.supports, request.shots
+        if isinstance(request, (tuple, list)) and len(request) == 2:
+            query, support = request
+            if support is None or isinstance(support, str):
+                return query, support, None, None
+            return query, None, list(support), None
+        raise PointerError(f"a request is a PointRequest or a (query, support_set) pair, got {request!r}")
+
+    def _validate_target(self, image_rgb) -> None:
+        try:
+            validate_image(image_rgb)
+        except SupportError as error:
+            raise PointerError(f"target {error}") from error
+        self._check_size(image_rgb, "target")  # before any model runs
 
     @torch.inference_mode()
-    def _point(self, image_rgb, query, set_name, examples, max_shots, set_key=None) -> PointResult:
-        timer = _Timer(synchronize=self.visual.device.type == "cuda")
+    def _answer(self, image_rgb, frame: _Frame, request: _Resolved, timer: _Timer, reused: bool) -> PointResult:
+        """One request on a frame whose shared state is ready; laps into `timer`."""
+        timer.restart()
         height, width = image_rgb.shape[:2]
-        pixels = self.visual.preprocess(image_rgb)
-        timer.lap("visual_preprocess")
-        target = self.visual.encode_preprocessed([pixels], [(height, width)])[0]
-        timer.lap("visual_forward")
+        target = frame.target
+        examples, set_key, max_shots = request.examples, request.set_key, request.max_shots
 
         visual_maps = None
         if examples:
@@ -417,10 +637,8 @@ class PartPointer:
         prior = None
         if self.settings.use_text:
             heads, aggregation = self.text_heads()
-            prepared = self.mllm.prepare(image_rgb, query)
-            timer.lap("mllm_preprocess")
-            head_maps = self.mllm.head_maps(image_rgb, query, heads, prepared=prepared)
-            timer.lap("mllm_prefill")  # up to the deepest localization head, nothing after
+            head_maps = self.mllm.head_maps_from_prefix(frame.prefix, request.query, heads)
+            timer.lap("mllm_prefill")  # this query's own tokens, up to the deepest localization head
             # sigma is in LLM tokens; Molmo2's map is on its patch grid (2 cells per token).
             sigma = self.settings.sigma * self.mllm.cells_per_token
             prior = core.text_prior(head_maps.to(target.grid.device), sigma=sigma, aggregation=aggregation)
@@ -435,16 +653,15 @@ class PartPointer:
         peak = float(heatmap.max())
         heatmap = (heatmap.clamp_min(0) / peak if peak > 0 else heatmap.clamp_min(0)).cpu().numpy().astype(np.float32)
         timer.lap("heatmap")
-        timings = dict(timer.timings)
-        timings["total"] = sum(timer.timings.values())
         return PointResult(
             u=u,
             v=v,
             score=score,
             heatmap=heatmap,
-            timings_ms=timings,
-            query=query,
-            support_set=set_name,
+            timings_ms=timer.report(),
+            query=request.query,
+            support_set=request.set_name,
             num_shots=0 if visual_maps is None else int(visual_maps.shape[0]),
             used_text=prior is not None,
+            frame_reused=reused,
         )

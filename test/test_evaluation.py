@@ -1,19 +1,38 @@
 """Evaluation harness on tiny datasets written in each dataset's real format."""
 
+import errno
 import json
 import logging
 import math
+import os
 import re
+import resource
+import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import cv2
 import numpy as np
 import pytest
 
-from pop_ros.evaluation.datasets import DatasetError, interior_click, load_dataset, make_episodes, readable_name
+from pop_ros.evaluation import store
+from pop_ros.evaluation.datasets import DatasetError, interior_click, load_dataset, readable_name
 from pop_ros.evaluation.native import NativePointError, parse_molmo2_points, parse_molmo_point, parse_qwen_point
-from pop_ros.evaluation.runner import hit
+from pop_ros.evaluation.runner import (
+    ALL_METHODS,
+    build_work,
+    describe_changes,
+    digest,
+    draw_episodes,
+    folder_identity,
+    group_by_image,
+    hit,
+    model_configuration,
+    shard,
+    write_reports,
+)
 
 H, W = 96, 128
 # Per image: a mug whose body and handle are rectangles (x0, y0, x1, y1), shifted per image.
@@ -128,22 +147,6 @@ def test_loaders_read_parts_and_masks(datasets, name, folder, count, query):
     x0, y0, x1, y1 = shifted(HANDLE, 5 * index)
     inside = mask[y0 + 1 : y1 - 1, x0 + 1 : x1 - 1]
     assert inside.all() and mask.sum() <= (x1 - x0 + 1) * (y1 - y0 + 1)
-
-
-def test_episodes_are_seeded_and_draw_supports_from_other_images(datasets):
-    samples = load_dataset("paco", datasets / "paco", split="test")
-    first = make_episodes(samples, shots=2, seed=0)
-    again = make_episodes(samples, shots=2, seed=0)
-    other = make_episodes(samples, shots=2, seed=1)
-    key = [(e.episode_id.split("|")[0], [s.key for s in e.supports]) for e in first]
-    assert key == [(e.episode_id.split("|")[0], [s.key for s in e.supports]) for e in again]
-    assert key != [(e.episode_id.split("|")[0], [s.key for s in e.supports]) for e in other]
-    for episode in first:
-        assert len(episode.supports) == 2
-        assert all(s.category == episode.target.category for s in episode.supports)
-        assert all(s.image_path != episode.target.image_path for s in episode.supports)
-    assert make_episodes(samples, shots=4, seed=0) == []  # only 3 other images per category
-    assert len(make_episodes(samples, shots=1, seed=0, limit=3)) == 3
 
 
 def test_interior_click_is_the_centre_of_a_rectangle():
@@ -272,12 +275,18 @@ def test_native_point_parsers():
             call()
 
 
+# Tests that run pop-eval two or more times: the default per-test limit is too short when the two
+# shared cores are busy.
+SEVERAL_RUNS = pytest.mark.timeout(900)
+
+
 def run_eval(*args):
     return subprocess.run(
         [sys.executable, "-m", "pop_ros.cli.evaluate", *args], capture_output=True, text=True, timeout=600, check=False
     )
 
 
+@SEVERAL_RUNS
 def test_pop_eval_end_to_end_writes_reports_and_resumes(datasets, tmp_path):
     out = tmp_path / "eval"
     methods = "native,attention-0shot,visual-1shot,pop-1shot,pop-3shot-cls,abl-sim-forward"
@@ -313,3 +322,413 @@ def test_pop_eval_bad_input_is_one_line(tmp_path):
     assert missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
     wrong = run_eval("--preset", "tiny", "--dataset", "coco:/x")
     assert wrong.returncode == 2 and "expected NAME:ROOT" in wrong.stderr
+
+
+# ---- trustworthy results: configuration keys, torn tails, lock, atomic reports, signals, ranks -----
+
+TRUST_METHODS = "attention-0shot,pop-1shot,pop-3shot-cls"
+TOTAL = 2 * 2 * 2 * 3  # datasets x seeds x episodes x methods of `eval_args`
+
+
+@pytest.fixture(scope="module")
+def paco6(tmp_path_factory):
+    """PACO with 6 images: 5 other images per (object, part), so the CLS pool can be 3 to 5."""
+    root = tmp_path_factory.mktemp("paco6")
+    write_paco(root, n_images=6)
+    return root
+
+
+def keys_for(root, methods, seeds=2, limit=None, pool=3, split="test", model="m"):
+    samples = load_dataset("paco", root, split=split)
+    dataset = {"name": "paco", "split": split, "identity": folder_identity(root)}
+    plans = [(dataset, seed, draw_episodes(samples, seed, pool=pool, limit=limit)) for seed in range(seeds)]
+    work = build_work(model, plans, [ALL_METHODS[m] for m in methods])
+    return {(w.method.name, w.episode.episode_id): w.key for w in work}
+
+
+def test_support_draws_depend_on_neither_the_pool_nor_other_targets(paco6):
+    samples = load_dataset("paco", paco6)
+    small = {e.episode_id: e for e in draw_episodes(samples, seed=0, pool=3)}
+    large = {e.episode_id: e for e in draw_episodes(samples, seed=0, pool=5)}
+    assert set(small) == set(large) and len(small) == 12
+    for episode_id, episode in small.items():
+        assert [s.key for s in episode.supports] == [s.key for s in large[episode_id].supports[:3]]
+        assert len({s.image_path for s in large[episode_id].supports}) == 5  # 5 distinct other images
+        assert all(s.image_path != episode.target.image_path for s in large[episode_id].supports)
+        assert all(s.category == episode.target.category for s in large[episode_id].supports)
+    # Without the body parts (another category), the handles' draws are unchanged.
+    handles = {e.episode_id: e for e in draw_episodes([s for s in samples if s.part_name == "handle"], 0, pool=3)}
+    assert all([s.key for s in e.supports] == [s.key for s in small[i].supports] for i, e in handles.items())
+    other_seed = {e.episode_id.split("|")[0]: e for e in draw_episodes(samples, seed=1, pool=3)}
+    assert any(
+        [s.key for s in e.supports] != [s.key for s in other_seed[i.split("|")[0]].supports] for i, e in small.items()
+    )
+    assert draw_episodes(samples, seed=0, pool=6) == []  # only 5 other images
+    assert len(draw_episodes(samples, seed=0, pool=3, limit=4)) == 4
+
+
+def test_prediction_keys_change_exactly_with_what_determines_them(paco6, tmp_path):
+    base = keys_for(paco6, ["pop-1shot", "pop-3shot"])
+    # Another method in the run: the existing methods' predictions stay valid.
+    more = keys_for(paco6, ["pop-1shot", "pop-3shot", "pop-3shot-cls"])
+    assert all(more[k] == v for k, v in base.items()) and len(more) == len(base) * 3 // 2
+    # Another CLS pool: the K-shot methods keep their supports, the CLS method's pool changes.
+    pool3 = keys_for(paco6, ["pop-3shot", "pop-3shot-cls"], pool=3)
+    pool5 = keys_for(paco6, ["pop-3shot", "pop-3shot-cls"], pool=5)
+    assert pool3.keys() == pool5.keys()
+    assert all((pool3[k] == pool5[k]) == (k[0] == "pop-3shot") for k in pool3)
+    # More seeds or a larger limit: the earlier predictions stay valid.
+    assert all(keys_for(paco6, ["pop-1shot"], seeds=3)[k] == v for k, v in keys_for(paco6, ["pop-1shot"]).items())
+    small = keys_for(paco6, ["pop-1shot"], limit=2)
+    assert len(small) == 4 and all(keys_for(paco6, ["pop-1shot"], limit=5)[k] == v for k, v in small.items())
+    # Another model configuration, split or dataset content: nothing is reused.
+    other_model = keys_for(paco6, ["pop-1shot"], model="other")
+    assert set(other_model.values()).isdisjoint(keys_for(paco6, ["pop-1shot"]).values())
+    copy = tmp_path / "paco6"
+    shutil.copytree(paco6, copy)
+    assert keys_for(copy, ["pop-1shot"]) == keys_for(paco6, ["pop-1shot"])  # a moved copy is the same dataset
+    annotations = copy / "annotations" / "paco_lvis_v1_test.json"
+    shutil.copy(annotations, copy / "annotations" / "paco_lvis_v1_val.json")
+    test = keys_for(copy, ["pop-1shot"])
+    assert set(keys_for(copy, ["pop-1shot"], split="val").values()).isdisjoint(test.values())
+    data = json.loads(annotations.read_text())
+    data["annotations"][1]["segmentation"] = polygon((71, 46, 84, 64))  # one handle mask a pixel smaller
+    annotations.write_text(json.dumps(data))
+    assert set(keys_for(copy, ["pop-1shot"]).values()).isdisjoint(test.values())
+
+
+@pytest.mark.parametrize(
+    "override,field",
+    [
+        ({"prompt": "Point at the {query}."}, "prompt_template"),
+        ({"resolution": 112}, "resolution"),
+        ({"mllm": "tiny:molmo2"}, "mllm"),
+        ({"visual": "some/other-dino"}, "visual"),
+        ({"dtype": "bfloat16"}, "dtype"),
+    ],
+)
+def test_model_configuration_records_every_override(override, field):
+    names = {"prompt": "prompt_template"}
+    base = model_configuration("tiny", {}, cuda_available=False)
+    changed = model_configuration("tiny", {names.get(k, k): v for k, v in override.items()}, cuda_available=False)
+    assert digest(base) != digest(changed)
+    assert describe_changes(base, changed).startswith(field + " ")
+    assert model_configuration("tiny", {"device": "cpu"}, cuda_available=False) == base  # device alone: same
+
+
+def test_model_configuration_records_heads_file_content_and_preset(tmp_path):
+    heads = tmp_path / "heads.yaml"
+    heads.write_text("heads: [[0, 0]]\n")
+    first = model_configuration("tiny", {"heads_file": str(heads)}, cuda_available=False)
+    heads.write_text("heads: [[0, 1]]\n")
+    second = model_configuration("tiny", {"heads_file": str(heads)}, cuda_available=False)
+    assert first["heads"]["sha256"] != second["heads"]["sha256"]
+    assert model_configuration("tiny", {}, cuda_available=False)["heads"] == "fallback"
+    assert digest(model_configuration("tiny-molmo2", {}, False)) != digest(model_configuration("tiny", {}, False))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        model_configuration("tiny", {"heads_file": str(tmp_path / "none.yaml")}, cuda_available=False)
+    assert model_configuration("tiny", {}, cuda_available=True)["dtype"] == "float32"  # the preset pins it
+
+
+def test_groups_keep_each_image_together_and_ranks_share_them(paco6):
+    samples = load_dataset("paco", paco6)
+    dataset = {"name": "paco", "split": "test", "identity": "x"}
+    plans = [(dataset, seed, draw_episodes(samples, seed, pool=3)) for seed in range(2)]
+    work = build_work("m", plans, [ALL_METHODS[m] for m in ("pop-1shot", "pop-3shot")])
+    groups = group_by_image(work)
+    assert len(groups) == 6  # 6 images, each the target of a handle and a body episode
+    for group in groups:
+        assert len({w.episode.target.image_path for w in group}) == 1 and len(group) == 2 * 2 * 2
+        methods = [w.method.name for w in group]
+        assert methods == sorted(methods, key=["pop-1shot", "pop-3shot"].index)  # method by method
+    shares = [shard(groups, rank, 4) for rank in range(4)]
+    assert sorted(w.key for share in shares for group in share for w in group) == sorted(w.key for w in work)
+    assert all(sum(len(g) for g in share) in (8, 16) for share in shares)
+
+
+def row(key, **extra):
+    return {"key": key, "dataset": "paco", "seed": 0, "method": "m", "hit": 1, **extra}
+
+
+def test_torn_tail_is_cut_before_appending_and_counted(tmp_path, caplog):
+    path = tmp_path / store.MAIN_LOG
+    header = {"pop_eval": 2, "config_digest": "c", "model": {}, "run": {}}
+    path.write_text("\n".join(json.dumps(e) for e in (header, row("a"), row("b"))) + "\n" + json.dumps(row("c"))[:17])
+    headers, rows, torn, bad = store.read_log(path)
+    assert (len(headers), [r["key"] for r in rows], torn, bad) == (1, ["a", "b"], 1, 0)
+    with caplog.at_level("WARNING"):
+        log = store.AppendLog(path)
+    assert log.torn_cut == 1 and "cut 1 torn line (17 bytes" in caplog.text
+    log.append(row("c"))
+    log.close()
+    assert [r["key"] for r in store.read_log(path)[1]] == ["a", "b", "c"]
+    assert all(json.loads(line) for line in path.read_text().splitlines())
+
+
+def test_complete_last_line_missing_its_newline_is_kept(tmp_path):
+    path = tmp_path / store.MAIN_LOG
+    path.write_text(json.dumps(row("a")) + "\n" + json.dumps(row("b")))  # a kill between a line and its newline
+    assert [r["key"] for r in store.read_log(path)[1]] == ["a", "b"]
+    log = store.AppendLog(path)
+    assert log.torn_cut == 0
+    log.append(row("c"))
+    log.close()
+    assert [r["key"] for r in store.read_log(path)[1]] == ["a", "b", "c"] and path.read_text().endswith("\n")
+
+
+def test_short_write_on_a_full_disk_leaves_no_fragment(tmp_path):
+    # RLIMIT_FSIZE makes write(2) stop at the limit like a full disk (short write, then EFBIG).
+    script = f"""
+import json, pathlib, resource, signal
+from pop_ros.evaluation import store
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+path = pathlib.Path({str(tmp_path / store.MAIN_LOG)!r})
+log = store.AppendLog(path)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1000, resource.RLIM_INFINITY))
+try:
+    for i in range(100):
+        log.append({{"key": str(i), "pad": "x" * 50}})
+except OSError as error:
+    print(error.errno, log.written)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    code, written = map(int, result.stdout.split())
+    assert code in (errno.EFBIG, errno.ENOSPC) and 0 < written < 100, result.stderr
+    text = (tmp_path / store.MAIN_LOG).read_text()
+    assert text.endswith("\n") and [json.loads(line)["key"] for line in text.splitlines()] == [
+        str(i) for i in range(written)
+    ]
+
+
+def test_merge_deduplicates_rank_logs_and_drops_torn_lines(tmp_path):
+    header = {"pop_eval": 2, "config_digest": "c", "model": {}, "run": {}}
+    (tmp_path / store.MAIN_LOG).write_text(json.dumps(header) + "\n" + json.dumps(row("a")) + "\n")
+    (tmp_path / "predictions.rank0.jsonl").write_text(
+        json.dumps(header) + "\n" + json.dumps(row("a")) + "\n" + json.dumps(row("b")) + "\n"
+    )
+    (tmp_path / "predictions.rank1.jsonl").write_text(json.dumps(row("c")) + "\n" + json.dumps(row("d"))[:9])
+    assert store.merge(tmp_path) == (2, 1)
+    headers, rows, torn, bad = store.read_log(tmp_path / store.MAIN_LOG)
+    assert (headers, [r["key"] for r in rows], torn, bad) == ([header], ["a", "b", "c"], 0, 0)
+    assert store.rank_logs(tmp_path) == []
+
+
+def test_reports_are_replaced_all_at_once(tmp_path, monkeypatch):
+    from pop_ros.evaluation import runner
+
+    rows = [dict(row(str(i)), episode_id=str(i), hit=i % 2) for i in range(4)]
+    write_reports(rows, tmp_path, ["m"], True, "tiny")
+    before = {name: (tmp_path / name).read_bytes() for name in ("table.md", "predictions.csv", "results.json")}
+    assert "50.0" in before["table.md"].decode()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(runner, "_bar_plot", full_disk)  # the last of the four reports fails
+    with pytest.raises(OSError, match="No space"):
+        write_reports([dict(r, hit=1) for r in rows], tmp_path, ["m"], True, "tiny")
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["accuracy.png", "predictions.csv", "results.json", "table.md"]
+
+
+def eval_args(datasets, out, *extra):
+    return [
+        "--preset", "tiny", "--dataset", f"paco:{datasets / 'paco'}",
+        "--dataset", f"partimagenetpp:{datasets / 'pinpp'}",
+        "--seeds", "2", "--limit", "2", "--cls-pool", "3", "--methods", TRUST_METHODS, "--out", str(out), "--json",
+        *extra,
+    ]  # fmt: skip
+
+
+def without_timing(out):
+    """The reports of a run minus what legitimately differs between runs (the time per prediction)."""
+    report = json.loads((out / "results.json").read_text())
+    report["configuration"].pop("started", None)
+    for prediction in report["predictions"]:
+        prediction.pop("ms")
+    return (out / "table.md").read_text(), report
+
+
+@pytest.fixture(scope="module")
+def reference(datasets, tmp_path_factory):
+    """An uninterrupted run of `eval_args`."""
+    out = tmp_path_factory.mktemp("reference")
+    result = run_eval(*eval_args(datasets, out))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["computed"] == TOTAL
+    return out
+
+
+def one_line_error(result):
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "RANDOM WEIGHTS" not in result.stderr  # refused before any model loaded
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "extra,names",
+    [
+        (["--preset", "tiny-molmo2"], ["mllm", "preset"]),
+        (["--prompt", "Point at the {query}."], ["prompt_template"]),
+        (["--resolution", "112"], ["resolution"]),
+        (["--mllm", "tiny:internvl"], ["mllm"]),
+    ],
+)
+def test_another_model_configuration_is_refused_in_one_line(datasets, reference, extra, names):
+    before = (reference / store.MAIN_LOG).read_bytes()
+    line = one_line_error(run_eval(*eval_args(datasets, reference), *extra))
+    assert "another model configuration" in line and "new --out" in line and "--add-config" in line
+    assert all(f"{name} " in line for name in names)
+    assert (reference / store.MAIN_LOG).read_bytes() == before
+
+
+@SEVERAL_RUNS
+def test_run_changes_reuse_exactly_the_valid_predictions(datasets, reference, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    # A method more: only its 2 datasets x 2 seeds x 2 episodes are computed.
+    wider = run_eval(*eval_args(datasets, out, "--methods", TRUST_METHODS + ",abl-sim-forward"))
+    assert wider.returncode == 0, wider.stderr
+    assert json.loads(wider.stdout)["computed"] == 8 and json.loads(wider.stdout)["reused"] == TOTAL
+    # One method, a seed more: that method's earlier seeds are reused, the new seed computed.
+    fewer = run_eval(*eval_args(datasets, out, "--methods", "pop-1shot", "--seeds", "3"))
+    assert fewer.returncode == 0, fewer.stderr
+    assert json.loads(fewer.stdout)["computed"] == 4 and json.loads(fewer.stdout)["reused"] == 8
+    table = (out / "table.md").read_text()
+    assert "| pop-1shot |" in table and "pop-3shot" not in table
+    # Kept beside the others by request: computed afresh, reported alone.
+    both = run_eval(*eval_args(datasets, out, "--prompt", "Point at the {query}.", "--add-config"))
+    assert both.returncode == 0, both.stderr
+    assert json.loads(both.stdout)["computed"] == TOTAL and json.loads(both.stdout)["reused"] == 0
+    assert json.loads((out / "results.json").read_text())["configuration"]["model"]["prompt_template"].startswith(
+        "Point at"
+    )
+
+
+@SEVERAL_RUNS
+def test_dataset_content_change_recomputes_that_dataset_only(datasets, reference, tmp_path):
+    out, data = tmp_path / "out", tmp_path / "data"
+    shutil.copytree(reference, out)
+    shutil.copytree(datasets, data)
+    annotations = data / "paco" / "annotations" / "paco_lvis_v1_test.json"
+    content = json.loads(annotations.read_text())
+    content["annotations"][1]["segmentation"] = polygon((71, 46, 84, 64))
+    annotations.write_text(json.dumps(content))
+    result = run_eval(*eval_args(data, out))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["computed"] == TOTAL // 2 and json.loads(result.stdout)["reused"] == TOTAL // 2
+
+
+def test_second_run_on_the_same_out_is_refused(datasets, reference):
+    lock = store.FolderLock(reference)
+    lock.acquire()
+    try:
+        line = one_line_error(run_eval(*eval_args(datasets, reference)))
+    finally:
+        lock.release()
+    assert f"another pop-eval is writing to {reference} (pid {os.getpid()}" in line and "another --out" in line
+
+
+def test_unwritable_out_is_refused_before_models_load(datasets, tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    assert "is a file" in one_line_error(run_eval(*eval_args(datasets, a_file)))
+    assert "not a writable folder" in one_line_error(run_eval(*eval_args(datasets, a_file / "sub")))
+    if os.geteuid() == 0:
+        pytest.skip("root ignores folder permissions: the read-only folder case cannot be made here")
+    read_only = tmp_path / "read-only"
+    read_only.mkdir(mode=0o555)
+    assert "not a writable folder" in one_line_error(run_eval(*eval_args(datasets, read_only)))
+
+
+def start_and_stop(args, out, sig, after_rows):
+    """Start pop-eval, send `sig` once `after_rows` predictions are saved; the finished process."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pop_ros.cli.evaluate", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # A test session started in the background inherits SIGINT ignored; a terminal's Ctrl-C is not.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    log = out / store.MAIN_LOG
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if log.is_file() and log.read_text().count('"key"') >= after_rows:
+            process.send_signal(sig)
+            break
+        time.sleep(0.01)
+    stdout, stderr = process.communicate(timeout=300)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+@SEVERAL_RUNS
+def test_ctrl_c_says_what_was_saved_and_how_to_resume(datasets, reference, tmp_path):
+    out = tmp_path / "out"
+    args = eval_args(datasets, out)
+    stopped = start_and_stop(args, out, signal.SIGINT, after_rows=5)
+    assert stopped.returncode == 130, stopped.stderr
+    last = stopped.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in stopped.stderr and last.startswith("interrupted: ")
+    assert f"of {TOTAL} done); resume with: pop-eval --preset tiny" in last and str(out) in last
+    saved = len(store.read_log(out / store.MAIN_LOG)[1])
+    reported = int(re.search(rf"\((\d+) of {TOTAL} done\)", last).group(1))
+    assert 5 <= saved < TOTAL and saved - 1 <= reported <= saved  # a signal between a write and its count
+    resumed = run_eval(*args)
+    assert resumed.returncode == 0 and json.loads(resumed.stdout)["computed"] == TOTAL - saved
+    assert without_timing(out) == without_timing(reference)
+
+
+@SEVERAL_RUNS
+def test_sigkill_and_resume_give_the_uninterrupted_reports(datasets, reference, tmp_path):
+    out = tmp_path / "out"
+    args = eval_args(datasets, out)
+    killed = start_and_stop(args, out, signal.SIGKILL, after_rows=10)
+    assert killed.returncode == -signal.SIGKILL
+    resumed = run_eval(*args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["reused"] >= 10
+    keys = [r["key"] for r in store.read_log(out / store.MAIN_LOG)[1]]
+    assert len(keys) == len(set(keys)) == TOTAL  # nothing lost, nothing twice
+    assert without_timing(out) == without_timing(reference)
+
+
+@SEVERAL_RUNS
+def test_full_disk_during_the_run_is_one_line_and_resumes(datasets, reference, tmp_path):
+    out = tmp_path / "out"
+    args = eval_args(datasets, out)
+
+    def small_disk():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4000, resource.RLIM_INFINITY))
+
+    full = subprocess.run(
+        [sys.executable, "-m", "pop_ros.cli.evaluate", *args],
+        capture_output=True, text=True, timeout=600, check=False, preexec_fn=small_disk,
+    )  # fmt: skip
+    lines = [line for line in full.stderr.splitlines() if line.startswith("error:")]
+    assert full.returncode == 2 and len(lines) == 1 and "Traceback" not in full.stderr, full.stderr
+    assert "I/O error" in lines[0] and "rerun the same command" in lines[0]
+    saved = int(re.search(r"; (\d+) new predictions of this run are saved", lines[0]).group(1))
+    assert 0 < saved < TOTAL and len(store.read_log(out / store.MAIN_LOG)[1]) == saved  # failed mid-run, no fragment
+    resumed = run_eval(*args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert without_timing(out) == without_timing(reference)
+
+
+@SEVERAL_RUNS
+def test_two_ranks_under_torchrun_give_the_one_rank_reports(datasets, reference, tmp_path):
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "pop_ros.cli.evaluate", *eval_args(datasets, out)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    shares = [int(n) for n in re.findall(r"\((\d+) on rank [01] of 2\)", result.stderr)]
+    assert len(shares) == 2 and sum(shares) == TOTAL and min(shares) > 0, result.stderr[-3000:]  # both ranks worked
+    assert store.rank_logs(out) == []  # merged into the one log
+    rows = store.read_log(out / store.MAIN_LOG)[1]
+    assert len(rows) == len({r["key"] for r in rows}) == TOTAL
+    assert without_timing(out) == without_timing(reference)

@@ -2,6 +2,7 @@
 
 pop-point --target scene.png --query "handle of the mug" --support ex.png:120,88 --json
 pop-point --target scene.png --library config/supports/library.yaml --support-set mug_handle
+pop-point --target scene.png --query "handle of the mug" --query "rim of the mug" --json   # one frame, 2 parts
 """
 
 from __future__ import annotations
@@ -42,7 +43,13 @@ def check_image_output(path: pathlib.Path, flag: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pop-point", description=__doc__.split("\n")[0])
     parser.add_argument("--target", required=True, type=pathlib.Path, help="image to point in")
-    parser.add_argument("--query", default="", help="the part, in words (default: the support set's query)")
+    parser.add_argument(
+        "--query",
+        action="append",
+        default=[],
+        help="the part, in words (default: the support set's query); repeat it for several parts of one image, "
+        "which share the image's features and MLLM prefix",
+    )
     parser.add_argument(
         "--support",
         action="append",
@@ -60,11 +67,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> dict:
-    import cv2
-
-    from pop_ros.pipeline import PartPointer
+    from pop_ros.pipeline import PartPointer, PointRequest
     from pop_ros.supports import SupportLibrary, read_rgb, validate_click
-    from pop_ros.visualize import overlay
 
     # Every argument is checked here, before the slow model load.
     if args.support and args.support_set:
@@ -93,17 +97,45 @@ def _run(args) -> dict:
         for problem in library.errors:
             print(f"warning: {problem}", file=sys.stderr)
     pointer = PartPointer.from_preset(args.preset, library=library, **model_overrides(args))
-    result = pointer.point(
-        target, args.query, support_set=args.support_set, supports=supports or None, shots=args.shots
-    )
-    output = result.as_dict()
-    output["preset"] = args.preset
-    output["random_weights"] = pointer.model_config.random_weights
+    if len(args.query) <= 1:
+        query = args.query[0] if args.query else ""
+        result = pointer.point(target, query, support_set=args.support_set, supports=supports or None, shots=args.shots)
+        output = result.as_dict()
+        output["preset"] = args.preset
+        output["random_weights"] = pointer.model_config.random_weights
+        if args.save_heatmap is not None:
+            output["heatmap_png"] = _save_overlay(args.save_heatmap, target, result)
+        return output
+    # Several parts of one image: one call, the image's features and MLLM prefix computed once.
+    requests = [PointRequest(q, args.support_set, supports or None, args.shots) for q in args.query]
+    results = pointer.point_many(target, requests)
+    failed = [f"--query {q!r}: {r}" for q, r in zip(args.query, results, strict=True) if isinstance(r, Exception)]
+    if failed:
+        raise CliError("; ".join(failed))
+    output = {
+        "results": [result.as_dict() for result in results],
+        "shared_timings_ms": results[0].shared_timings_ms,
+        "preset": args.preset,
+        "random_weights": pointer.model_config.random_weights,
+    }
+    for result in output["results"]:
+        del result["shared_timings_ms"]  # once, above
     if args.save_heatmap is not None:
-        if not cv2.imwrite(str(args.save_heatmap), overlay(target, result.heatmap, (result.u, result.v))):
-            raise CliError(f"could not write {args.save_heatmap}")
-        output["heatmap_png"] = str(args.save_heatmap)
+        stem, suffix = args.save_heatmap.stem, args.save_heatmap.suffix
+        for index, (result, entry) in enumerate(zip(results, output["results"], strict=True)):
+            path = args.save_heatmap.with_name(f"{stem}_{index}{suffix}")
+            entry["heatmap_png"] = _save_overlay(path, target, result)
     return output
+
+
+def _save_overlay(path: pathlib.Path, target, result) -> str:
+    import cv2
+
+    from pop_ros.visualize import overlay
+
+    if not cv2.imwrite(str(path), overlay(target, result.heatmap, (result.u, result.v))):
+        raise CliError(f"could not write {path}")
+    return str(path)
 
 
 if __name__ == "__main__":

@@ -323,27 +323,3 @@ def load_dataset(name: str, root: pathlib.Path, split: str | None = None) -> lis
         return load_paco(root / "annotations" / f"paco_lvis_v1_{split}.json", root / "images")
     folder, file = INSTRUCTPART_SPLITS[split]
     return load_instructpart(root / folder, file)
-
-
-def make_episodes(
-    samples: list[PartSample], shots: int, seed: int, limit: int | None = None, pool: int = 0
-) -> list[Episode]:
-    """Episodes for targets in a fixed order; each gets `max(shots, pool)` supports drawn with `seed`
-    from other images of its (object, part). Categories with too few images are skipped."""
-    by_category: dict[str, list[PartSample]] = {}
-    for sample in sorted(samples, key=lambda s: s.key):
-        by_category.setdefault(sample.category, []).append(sample)
-    rng = np.random.default_rng(seed)
-    wanted = max(shots, pool)
-    episodes = []
-    for sample in sorted(samples, key=lambda s: s.key):
-        candidates = [s for s in by_category[sample.category] if s.image_path != sample.image_path]
-        # One candidate per image, the first in key order, so a support image appears once.
-        unique = list({s.image_path: s for s in reversed(candidates)}.values())[::-1]
-        if len(unique) < max(1, wanted):
-            continue
-        chosen = [unique[i] for i in rng.choice(len(unique), size=wanted, replace=False)] if wanted else []
-        episodes.append(Episode(f"{sample.key}|s{seed}", sample, chosen))
-    if limit is not None:
-        episodes = episodes[:limit]
-    return episodes

@@ -12,6 +12,14 @@ Two paths, tested equal:
   family whose attention goes through transformers' AttentionInterface.
 - eager: `output_attentions=True` with eager attention, the reference (and the baseline the
   benchmark compares against).
+
+Per-frame reuse (`image_prefix` + `head_maps_from_prefix`): every family's prompt puts the image
+before the query text, so the vision tower and the keys/values of every token up to the end of the
+image (layers 0..deepest chosen layer) depend on the frame only. They are computed once per frame;
+each query then runs only its own text tokens through those layers, with the positions the full
+prompt would give them (Qwen: 1-D text positions shifted by the prefix's mRoPE delta; Molmo2 and
+InternVL: 1-D positions after the prefix). A layout that puts query text before the image (a custom
+chat template) is detected and answered by the full prefill, with one warning in the log.
 """
 
 from __future__ import annotations
@@ -57,7 +65,7 @@ class _StopForward(Exception):
 
 @dataclasses.dataclass
 class _CaptureState:
-    heads: torch.Tensor  # (n,) query-head indices to keep
+    heads: torch.Tensor | None  # (n,) query-head indices to keep; None: capture nothing (prefix runs)
     stop: bool  # stop the forward after this layer
     result: torch.Tensor | None = None  # (n, S) last-token attention over all tokens
 
@@ -70,7 +78,10 @@ def _capture_attention(module, query, key, value, attention_mask, scaling=None, 
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     state: _CaptureState | None = getattr(module, "_pop_capture", None)
-    if state is not None:
+    if state is not None and state.heads is None and state.stop:
+        # A prefix run: this layer's keys/values are already in the cache; nothing later is needed.
+        raise _StopForward
+    if state is not None and state.heads is not None:
         num_heads, num_kv_heads = query.shape[1], key.shape[1]
         heads = state.heads.to(query.device)
         kv_heads = heads // (num_heads // num_kv_heads)  # GQA: query head h reads kv head h // group
@@ -114,6 +125,34 @@ class PromptInputs:
     model_inputs: dict  # what the processor returned, on the model's device
     image_positions: torch.Tensor  # (H_l * W_l,) sequence positions of the grid's tokens, row-major
     grid: tuple[int, int]  # (H_l, W_l)
+
+
+@dataclasses.dataclass
+class ImagePrefix:
+    """One frame's share of every query on it: the tokens before the query text, run once.
+
+    `reusable` is False when the prompt layout puts query text before the image (then each query
+    runs the full prefill and `reason` says why); everything below it is then unset.
+    """
+
+    image_rgb: np.ndarray  # (H, W, 3) uint8, kept for the full-prefill fallback
+    reusable: bool
+    reason: str = ""
+    head_text: str = ""  # the prompt up to and including the image placeholder (query-independent)
+    model_inputs: dict = dataclasses.field(default_factory=dict)  # processor outputs cut to the prefix
+    image_positions: torch.Tensor | None = None  # (H_l * W_l,) sequence positions of the grid's tokens
+    grid: tuple[int, int] = (0, 0)  # (H_l, W_l)
+    length: int = 0  # P: tokens in the prefix
+    position_offset: int = 0  # query token i gets rope position P + i + offset (Qwen: the mRoPE delta)
+    depth: int = -1  # deepest decoder layer whose keys/values are held
+    keys_values: list = dataclasses.field(default_factory=list)  # per layer 0..depth: (1, H_kv, P, D) k and v
+    image_features: object | None = None  # the vision tower's output: a deeper prefix does not rerun it
+
+    def nbytes(self) -> int:
+        tensors = [t for pair in self.keys_values for t in pair]
+        features = getattr(self.image_features, "pooler_output", None)
+        tensors += list(features) if isinstance(features, (list, tuple)) else [features] if features is not None else []
+        return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,13 +282,14 @@ class MLLMAdapter:
         return by_layer
 
     @contextlib.contextmanager
-    def _armed(self, by_layer: dict[int, list[int]], stop_early: bool):
+    def _armed(self, by_layer: dict[int, list[int]], stop_early: bool, capture: bool = True):
         layers = self.decoder_layers()
         deepest = max(by_layer)
         states = {}
         try:
             for layer_index, heads in by_layer.items():
-                state = _CaptureState(heads=torch.tensor(heads), stop=stop_early and layer_index == deepest)
+                chosen = torch.tensor(heads) if capture else None
+                state = _CaptureState(heads=chosen, stop=stop_early and layer_index == deepest)
                 layers[layer_index].self_attn._pop_capture = state
                 states[layer_index] = state
             yield states
@@ -274,6 +314,10 @@ class MLLMAdapter:
             except _StopForward:
                 pass
             rows = {layer: state.result for layer, state in states.items()}
+        return self._maps_from_rows(rows, by_layer, heads, prepared.image_positions, prepared.grid)
+
+    def _maps_from_rows(self, rows, by_layer, heads, image_positions, grid) -> torch.Tensor:
+        """`(N, H_l, W_l)` from each layer's captured `(n, S)` last-token rows."""
         if any(row is None for row in rows.values()):
             raise RuntimeError(
                 f"{self.family}: the capture attention was not called; is the text attention sdpa-based?"
@@ -281,8 +325,8 @@ class MLLMAdapter:
         maps = []
         for layer, head in heads:
             row = rows[int(layer)][by_layer[int(layer)].index(int(head))]
-            maps.append(row[prepared.image_positions])
-        return torch.stack(maps).reshape(len(maps), *prepared.grid).float()
+            maps.append(row[image_positions])
+        return torch.stack(maps).reshape(len(maps), *grid).float()
 
     @torch.inference_mode()
     def all_head_maps(self, image_rgb: np.ndarray, query: str, layers: Sequence[int] | None = None) -> torch.Tensor:
@@ -333,6 +377,164 @@ class MLLMAdapter:
         # logits_to_keep=1: never the full-vocabulary logits of every position.
         return self.model(**model_inputs, use_cache=False, logits_to_keep=1, **kwargs)
 
+    # ---- per-frame reuse -------------------------------------------------------------------
+    def _prefix_positions(self, prefix_inputs: dict) -> tuple[torch.Tensor | None, int]:
+        """(position ids for the prefix run or None = the model's own, offset of the query tokens).
+
+        Default: 1-D positions 0..P-1, the query's tokens continue at P (Molmo2, InternVL)."""
+        return None, 0
+
+    def _query_positions(self, prefix: ImagePrefix, count: int) -> torch.Tensor:
+        """Rope positions of `count` query tokens after the prefix, in the layout the model takes."""
+        start = prefix.length + prefix.position_offset
+        return torch.arange(start, start + count, device=self.device)[None]  # (1, count)
+
+    def _split_prompt(self, query: str) -> tuple[str, str] | str:
+        """(text up to and including the image placeholder, the rest), or why that split is unusable."""
+        text = self.prompt(query)
+        image_token = getattr(self.processor, "image_token", None)
+        if not image_token or text.count(image_token) != 1:
+            return f"the prompt holds {text.count(image_token) if image_token else 0} image placeholders, not one"
+        cut = text.index(image_token) + len(image_token)
+        head, tail = text[:cut], text[cut:]
+        if self.prompt_template.format(query=query) not in tail:
+            return "the chat template puts the query text before the image"
+        return head, tail
+
+    def _tail_ids(self, tail: str) -> torch.Tensor:
+        ids = self.processor.tokenizer(tail, add_special_tokens=False)["input_ids"]
+        return torch.tensor(ids, dtype=torch.long, device=self.device)
+
+    def _fallback(self, image_rgb: np.ndarray, reason: str) -> ImagePrefix:
+        if not getattr(self, "_fallback_logged", False):
+            LOG.warning(
+                "%s: no per-frame reuse (%s); every query on a frame runs the full prefill", self.family, reason
+            )
+            self._fallback_logged = True
+        return ImagePrefix(image_rgb=image_rgb, reusable=False, reason=reason)
+
+    @torch.inference_mode()
+    def image_prefix(self, image_rgb: np.ndarray, query: str, depth: int) -> ImagePrefix:
+        """Vision tower + keys/values of layers 0..`depth` for every token before the query text.
+
+        `query` is any query of this frame: its processed prompt checks that the image-only part
+        tokenizes the same alone (the tokens after the image are tokenized on their own later)."""
+        if not 0 <= int(depth) < self.num_layers:
+            raise ValueError(f"depth {depth} is outside this model's {self.num_layers} layers")
+        split = self._split_prompt(query)
+        if isinstance(split, str):
+            return self._fallback(image_rgb, split)
+        head, tail = split
+        prepared = self.prepare(image_rgb, query)
+        full_ids = prepared.model_inputs["input_ids"][0]
+        tail_ids = self._tail_ids(tail)
+        length = full_ids.numel() - tail_ids.numel()
+        if (
+            tail_ids.numel() == 0
+            or length <= int(prepared.image_positions.max())
+            or not torch.equal(full_ids[length:], tail_ids)
+        ):
+            return self._fallback(image_rgb, "the text after the image tokenizes differently on its own")
+        total = full_ids.numel()
+        prefix_inputs = {
+            name: value[:, :length] if isinstance(value, torch.Tensor) and tuple(value.shape) == (1, total) else value
+            for name, value in prepared.model_inputs.items()
+        }
+        prefix = ImagePrefix(
+            image_rgb=image_rgb,
+            reusable=True,
+            head_text=head,
+            model_inputs=prefix_inputs,
+            image_positions=prepared.image_positions,
+            grid=prepared.grid,
+            length=length,
+        )
+        with self._lock:
+            self._run_prefix(prefix, int(depth))
+        return prefix
+
+    def _run_prefix(self, prefix: ImagePrefix, depth: int) -> None:
+        """Fill `prefix.keys_values` for layers 0..depth (the vision tower runs once per prefix)."""
+        from transformers import DynamicCache
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        inputs = dict(prefix.model_inputs)
+        position_ids, offset = self._prefix_positions(inputs)
+        if position_ids is not None:
+            inputs["position_ids"] = position_ids
+        inner = self.model.model
+        recorded = {}
+        if prefix.image_features is not None:
+            inputs.pop("pixel_values", None)
+            inputs["mm_encoder_outputs"] = {"image": prefix.image_features}
+        shadowed = inner.__dict__.get("get_image_features")  # an instance attribute already there
+        if prefix.image_features is None:
+            original = inner.get_image_features
+
+            def recording(*args, **kwargs):  # the vision tower's output, kept for a deeper prefix
+                recorded["image"] = original(*args, **kwargs)
+                return recorded["image"]
+
+            inner.get_image_features = recording  # instance attribute: the forward's self.get_image_features
+        cache = DynamicCache(config=self.model.config.get_text_config())
+        try:
+            with self._armed({depth: []}, stop_early=True, capture=False):
+                try:
+                    inner(**inputs, cache=cache, use_cache=True)
+                except _StopForward:
+                    pass
+        finally:
+            if shadowed is not None:
+                inner.get_image_features = shadowed
+            else:
+                inner.__dict__.pop("get_image_features", None)
+        if "image" in recorded:
+            prefix.image_features = BaseModelOutputWithPooling(pooler_output=recorded["image"].pooler_output)
+            prefix.model_inputs.pop("pixel_values", None)  # the features replace them: memory stays flat
+        kept = []
+        for layer in cache.layers[: depth + 1]:
+            if not layer.is_initialized or layer.keys.shape[-2] != prefix.length:
+                raise RuntimeError(f"{self.family}: the prefix run left no keys/values for a layer <= {depth}")
+            kept.append((layer.keys, layer.values))
+        prefix.keys_values, prefix.depth, prefix.position_offset = kept, depth, offset
+
+    @torch.inference_mode()
+    def head_maps_from_prefix(self, prefix: ImagePrefix, query: str, heads: Sequence[Sequence[int]]) -> torch.Tensor:
+        """`(N, H_l, W_l)` maps of `heads` for `query` on the prefix's frame: only the query's own
+        tokens run (layers 0..deepest head); equal to `head_maps` on the whole prompt."""
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError("query must be a non-empty string")
+        by_layer = self._heads_tensor(heads)
+        if not prefix.reusable:
+            return self.head_maps(prefix.image_rgb, query, heads)
+        split = self._split_prompt(query)
+        if isinstance(split, str) or split[0] != prefix.head_text:
+            reason = split if isinstance(split, str) else "the text before the image depends on the query"
+            self._fallback(prefix.image_rgb, reason)
+            return self.head_maps(prefix.image_rgb, query, heads)
+        from transformers import DynamicCache
+
+        query_ids = self._tail_ids(split[1])  # (S,)
+        count = query_ids.numel()
+        with self._lock:
+            if max(by_layer) > prefix.depth:
+                self._run_prefix(prefix, max(by_layer))
+            cache = DynamicCache(ddp_cache_data=prefix.keys_values, config=self.model.config.get_text_config())
+            attention_mask = torch.ones((1, prefix.length + count), dtype=torch.long, device=self.device)
+            with self._armed(by_layer, stop_early=True) as states:
+                try:
+                    self.model.model(
+                        input_ids=query_ids[None],
+                        attention_mask=attention_mask,
+                        position_ids=self._query_positions(prefix, count),
+                        cache=cache,
+                        use_cache=True,
+                    )
+                except _StopForward:
+                    pass
+                rows = {layer: state.result for layer, state in states.items()}
+        return self._maps_from_rows(rows, by_layer, heads, prefix.image_positions, prefix.grid)
+
     @torch.inference_mode()
     def generate_text(
         self, image_rgb: np.ndarray, prompt_text: str, max_new_tokens: int = 32, fixed_length: bool = True
@@ -376,6 +578,24 @@ class QwenVLAdapter(MLLMAdapter):
         _, grid_h, grid_w = (int(x) for x in inputs["image_grid_thw"][0])
         merge = int(getattr(self.model.config.vision_config, "spatial_merge_size", 2))
         return positions, (grid_h // merge, grid_w // merge)
+
+    def _prefix_positions(self, prefix_inputs):
+        # 3-D mRoPE over the prefix (image tokens get (t, h, w) positions); text after it continues
+        # 1-D from the prefix's largest position + 1, i.e. at index + delta on all three axes.
+        input_ids = prefix_inputs["input_ids"]
+        token_types = prefix_inputs.get("mm_token_type_ids")
+        if token_types is None:
+            token_types = (input_ids == self.model.config.image_token_id).int()
+        position_ids, deltas = self.model.model.get_rope_index(
+            input_ids,
+            mm_token_type_ids=token_types,
+            image_grid_thw=prefix_inputs["image_grid_thw"],
+            attention_mask=prefix_inputs.get("attention_mask"),
+        )
+        return position_ids, int(deltas.reshape(-1)[0])
+
+    def _query_positions(self, prefix, count):
+        return super()._query_positions(prefix, count)[None].expand(3, 1, count)  # (3, 1, count)
 
 
 class InternVLAdapter(MLLMAdapter):

@@ -34,7 +34,7 @@ from sensor_msgs.msg import Image
 from pop_ros import geometry
 from pop_ros.camera_model import CameraModel
 from pop_ros.image_conversion import ImageConversionError, to_depth_m
-from pop_ros.ros.camera import CameraInput, stamp_seconds
+from pop_ros.ros.camera import CameraInput, is_empty_image, stamp_seconds
 from pop_ros.ros.diagnostics import ERROR, OK, WARN, DiagnosticsPublisher, NodeHealth
 from pop_ros.ros.outputs import Outputs
 from pop_ros.ros.parameters import (
@@ -46,7 +46,7 @@ from pop_ros.ros.parameters import (
     check_type,
 )
 from pop_ros.ros.teaching import Teaching
-from pop_ros_interfaces.srv import AddExemplar, ListSupportSets, PointToPart
+from pop_ros_interfaces.srv import AddExemplar, ListSupportSets, PointToPart, PointToParts
 
 
 class RosLogHandler(logging.Handler):
@@ -135,6 +135,7 @@ class PopNode(LifecycleNode):
         self._diagnostics_group = MutuallyExclusiveCallbackGroup()
         services = {
             "~/point_to_part": (PointToPart, self._on_point_to_part),
+            "~/point_to_parts": (PointToParts, self._on_point_to_parts),
             "~/add_exemplar": (AddExemplar, self._on_add_exemplar),
             "~/list_support_sets": (ListSupportSets, self._on_list_support_sets),
         }
@@ -254,6 +255,7 @@ class PopNode(LifecycleNode):
             max_shots=int(value("max_shots")),
             retrieval=value("retrieval"),
             use_text=bool(value("use_text")),
+            frame_cache_size=int(value("frame_cache_size")),
         ).validate()
 
     # ---- lifecycle ------------------------------------------------------------------------------------
@@ -514,7 +516,8 @@ class PopNode(LifecycleNode):
             if busy:
                 return Answer(False, busy, header)
             try:
-                result = self.pointer.point(image, query, support_set=support_set or None)
+                frame_key = self._frame_key(request_image, header)
+                result = self.pointer.point(image, query, support_set=support_set or None, frame_key=frame_key)
             except PointerError as error:
                 return Answer(False, str(error), header)
         answer = Answer(
@@ -542,6 +545,96 @@ class PopNode(LifecycleNode):
                 bool(self.param("publish_heatmap")),
                 publish_rejected_heatmap=bool(self.param("publish_rejected_heatmap")),
             )
+        return answer
+
+    @staticmethod
+    def _frame_key(request_image, header) -> str | None:
+        """A camera frame is named by its stamp + frame_id (no hashing of the pixels); an image sent
+        with the request, or an unstamped frame, by its content (the pipeline hashes it)."""
+        if not is_empty_image(request_image) or (header.stamp.sec == 0 and header.stamp.nanosec == 0):
+            return None
+        return f"{header.frame_id}@{header.stamp.sec}.{header.stamp.nanosec:09d}"
+
+    # ---- several parts on one frame ----------------------------------------------------------------
+    def _on_point_to_parts(self, request, response):
+        """Every query of the request on one frame: its features and MLLM prefix are computed once.
+        `success` is false only when nothing could run; each query's own outcome is in its result."""
+        from pop_ros.pipeline import PointerError
+
+        started = time.perf_counter()
+        response.header = self.camera.source_header(request.image)
+        queries, sets = list(request.queries), list(request.support_sets)
+        problem = self._not_ready()
+        if not problem and not queries:
+            problem = "queries is empty: give at least one query"
+        if not problem and sets and len(sets) != len(queries):
+            problem = f"support_sets has {len(sets)} entries for {len(queries)} queries: give none or one per query"
+        image = None
+        if not problem:
+            try:
+                image, response.header = self.camera.target_image(request.image, float(self.param("max_frame_age")))
+            except ImageConversionError as error:
+                problem = str(error)
+        if problem:
+            response.success, response.message = False, problem
+            return response
+        header = response.header
+        sets = sets or [""] * len(queries)
+        with self.work_slot() as busy:
+            if busy:
+                response.success, response.message = False, busy
+                return response
+            try:
+                frame_key = self._frame_key(request.image, header)
+                requests = [(query, name or None) for query, name in zip(queries, sets, strict=True)]
+                results = self.pointer.point_many(image, requests, frame_key=frame_key)
+            except PointerError as error:
+                response.success, response.message = False, str(error)
+                return response
+        shared_ms = next(
+            (r.shared_timings_ms.get("total", 0.0) for r in results if not isinstance(r, PointerError)), 0.0
+        )
+        for query, name, result in zip(queries, sets, results, strict=True):
+            if isinstance(result, PointerError):
+                answer = Answer(False, str(result), header, query=query, support_set=name)
+            else:
+                answer = self._result_answer(result, image, header)
+                answer.total_ms = result.timings_ms.get("total", 0.0)
+                self.outputs.publish(
+                    answer,
+                    image,
+                    result.heatmap,
+                    bool(self.param("publish_heatmap")),
+                    publish_rejected_heatmap=bool(self.param("publish_rejected_heatmap")),
+                )
+            response.results.append(self.outputs.result_message(answer))
+        failed = sum(not r.success for r in response.results)
+        response.success = True
+        response.shared_ms = float(shared_ms)
+        response.message = (
+            f"{len(queries) - failed}/{len(queries)} queries answered in "
+            f"{(time.perf_counter() - started) * 1000.0:.0f} ms (shared {shared_ms:.0f} ms)"
+        )
+        return response
+
+    def _result_answer(self, result, image, header) -> Answer:
+        """A pipeline result as an Answer: the 3D point and the min_score check, as `_answer` does."""
+        answer = Answer(
+            True,
+            "",
+            header,
+            u=result.u,
+            v=result.v,
+            score=result.score,
+            query=result.query,
+            support_set=result.support_set,
+        )
+        notes = self._locate(answer, image.shape[:2], header)
+        min_score = float(self.param("min_score"))
+        if result.score < min_score:
+            answer.success = False
+            notes.insert(0, f"part not visible: score {result.score:.3f} < min_score {min_score}")
+        answer.message = "; ".join(notes) or "ok"
         return answer
 
     def _locate(self, answer: Answer, image_size, header) -> list[str]:

@@ -93,6 +93,12 @@ PARAMETERS = {
     "max_shots": (3, "K: at most this many exemplars per query (>= 1)", "runtime"),
     "retrieval": ("cls", "which K exemplars: cls (closest by DINO [CLS]) | first", "runtime"),
     "use_text": (True, "false = visual-only ablation (needs a support set)", "runtime"),
+    "frame_cache_size": (
+        2,
+        "latest N frames (by stamp + frame_id) whose image features and MLLM image prefix further queries "
+        "reuse; 0 = none, at most 64",
+        "runtime",
+    ),
     "min_score": (0.0, "answers with a lower score fail with 'part not visible' (0 = never)", "runtime"),
     "max_frame_age": (1.0, "refuse camera frames older than this, seconds (0 = no limit)", "runtime"),
     "depth_max_dt": (0.05, "pair depth with colour when stamps differ by at most this, seconds", "runtime"),
@@ -155,11 +161,12 @@ _MINIMUM = {
     "busy_timeout": 0.0,
     "continuous_rate": 0.0,
     "resolution": 0,
+    "frame_cache_size": 0,
     "mllm_max_pixels": -1,
     "max_waiting_queries": 0,
     "diagnostics_period": 0.0,
 }
-_MAXIMUM = {"max_waiting_queries": MAX_WAITING_QUERIES_LIMIT}
+_MAXIMUM = {"max_waiting_queries": MAX_WAITING_QUERIES_LIMIT, "frame_cache_size": 64}
 _ODD = ("depth_window",)
 _DEVICE = re.compile(r"^(|auto|cpu|cuda|cuda:\d+)$")
 

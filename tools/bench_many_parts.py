@@ -1,0 +1,44 @@
+"""The many-parts rows of pop-bench alone: a second query on the same frame over the first, and
+five queries on one frame (one point_many call) over one query.
+
+Same models as `pop-bench` (random weights, Qwen2.5-VL-3B and DINOv3 ViT-B/16 shapes, bf16), same
+640x480 image and 1-shot support, one warm-up query; for when a full `make bench` does not fit the
+machine's time. Run: `python tools/bench_many_parts.py [REPEATS]` (default 5); prints JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from pop_ros import bench
+
+
+def main() -> int:
+    repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+    started = time.time()
+    pointer = bench.build_shape_pointer("qwen2.5-vl-3b", "auto", "bfloat16")
+    target, supports = bench.bench_images(10)
+    pointer.support_features([supports[0][0]])  # cached support features, as in use
+    pointer.point(target, bench.QUERY, supports=supports[:1], shots=1)  # warm-up
+    report = {"device": bench.device_name(pointer.visual.device), "repeats": repeats}
+    report.update(bench.run_many_parts(pointer, target, supports, repeats))
+    pointer.clear_frame_cache()
+    first = pointer.point(target, bench.MANY_QUERIES[0], supports=supports[:1], shots=1)
+    second = pointer.point(target, bench.MANY_QUERIES[1], supports=supports[:1], shots=1)
+    pointer.clear_frame_cache()
+    many = pointer.point_many(target, [(query, supports[:1]) for query in bench.MANY_QUERIES])
+    report["example_timings_ms"] = {
+        "first_query": first.timings_ms,
+        "second_query": second.timings_ms,
+        "point_many_shared": many[0].shared_timings_ms,
+        "point_many_each": [result.timings_ms for result in many],
+    }
+    report["wall_s"] = time.time() - started
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
