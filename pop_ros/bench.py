@@ -179,7 +179,8 @@ def bench_images(count: int) -> tuple[np.ndarray, list[tuple[np.ndarray, tuple[f
     for index in range(count):
         exemplar = exemplars[index % len(exemplars)]
         image = cv2.resize(exemplar.image, (640, 480))
-        u, v = exemplar.click[0] * 2, exemplar.click[1] * 2
+        # The same pixel after a 2x resize (ROS pixel coordinates: centres at integers).
+        u, v = (exemplar.click[0] + 0.5) * 2 - 0.5, (exemplar.click[1] + 0.5) * 2 - 0.5
         shift = 4 * (index // len(exemplars))
         image = np.roll(image, shift, axis=1)  # a distinct image (cache key), same part
         supports.append((image, (min(u + shift, 639.0), v)))

@@ -118,7 +118,7 @@ def run_demo(preset: str, out: pathlib.Path, seconds: float) -> list[dict]:
 class DemoCamera:
     """A 10 Hz camera with aligned 16UC1 depth (a wall 0.8 m away) and camera_info, in a thread."""
 
-    FRAME_ID = "demo_camera_color_optical_frame"
+    FRAME_ID = "camera_color_optical_frame"  # what realsense-ros names it; config/pop_ros.rviz shows it
 
     def __init__(self, client):
         from sensor_msgs.msg import CameraInfo, Image

@@ -46,6 +46,20 @@ RANDOM_WEIGHTS_BANNER = (
 )
 
 
+# Pixel coordinates: every public (u, v) (results, clicks, the node, the CLI, support YAML) is a
+# ROS/OpenCV pixel coordinate, the convention of CameraInfo's K and P: the centre of the top-left
+# pixel is (0, 0). The core's cell formulas use edge-origin coordinates (pixel i spans [i, i + 1));
+# these two functions are the only place the half pixel between them is added or removed.
+def to_core_pixel(uv) -> tuple[float, float]:
+    """Public (ROS) pixel (u, v) -> the core's edge-origin coordinates."""
+    return float(uv[0]) + 0.5, float(uv[1]) + 0.5
+
+
+def from_core_pixel(uv) -> tuple[float, float]:
+    """The core's edge-origin (u, v) -> public (ROS) pixel coordinates."""
+    return float(uv[0]) - 0.5, float(uv[1]) - 0.5
+
+
 class PointerError(ValueError):
     """A query that cannot be answered; the message says why (bad input, unknown set, no memory)."""
 
@@ -87,7 +101,7 @@ class PointerSettings:
 
 @dataclasses.dataclass
 class PointResult:
-    u: float  # pixel column of the point
+    u: float  # pixel column of the point (ROS convention: the top-left pixel's centre is (0, 0))
     v: float  # pixel row of the point
     score: float  # see core.peak_score
     heatmap: np.ndarray  # (H, W) float32 in [0, 1], the fused map at image size
@@ -613,7 +627,7 @@ class PartPointer:
             chosen = order[:max_shots]
             grids = [features[i].grid for i in chosen]
             rcs = [
-                core.click_to_patch(examples[i][1], examples[i][0].shape[:2], grids[n].shape[:2])
+                core.click_to_patch(to_core_pixel(examples[i][1]), examples[i][0].shape[:2], grids[n].shape[:2])
                 for n, i in enumerate(chosen)
             ]
             timer.lap("supports")
@@ -631,7 +645,7 @@ class PartPointer:
 
         maps = visual_maps if visual_maps is not None else []
         final = core.fuse(prior, maps, shots=self.settings.shots, upsample=int(self.settings.upsample))
-        u, v = core.peak_to_pixel(final, (height, width))
+        u, v = from_core_pixel(core.peak_to_pixel(final, (height, width)))
         score = core.peak_score(final, visual_maps, prior)
         timer.lap("fusion")
 

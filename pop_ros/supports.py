@@ -7,7 +7,8 @@ YAML schema (paths relative to the YAML file):
         query: handle of the mug
         exemplars:
           - image: images/mug_0.png
-            click: [u, v]          # pixels in that image, u right, v down
+            click: [u, v]          # pixel in that image, u right, v down; ROS/OpenCV pixel
+                                   # coordinates: the top-left pixel's centre is (0, 0)
 
 Loading never fails as a whole on one bad entry: a malformed set or exemplar (missing file,
 unreadable image, click outside its image) is reported with file, set and entry, and the valid
@@ -65,7 +66,7 @@ class SupportError(ValueError):
 @dataclasses.dataclass
 class Exemplar:
     image: np.ndarray  # (H, W, 3) uint8 RGB
-    click: tuple[float, float]  # (u, v) pixels
+    click: tuple[float, float]  # (u, v) ROS pixel coordinates (the top-left pixel's centre is (0, 0))
     source: str = ""  # file path or "runtime"
     entry: int | None = None  # index of this exemplar's entry in its set's YAML list; None = in memory only
 
@@ -97,8 +98,12 @@ def validate_click(click, image: np.ndarray) -> tuple[float, float]:
     except (TypeError, ValueError) as error:
         raise SupportError(f"click must be two numbers, got {click!r}") from error
     height, width = image.shape[:2]
-    if not (math.isfinite(u) and math.isfinite(v) and 0 <= u < width and 0 <= v < height):
-        raise SupportError(f"click ({u}, {v}) is outside its {width}x{height} image")
+    # ROS pixel coordinates: pixel i covers [i - 0.5, i + 0.5).
+    if not (math.isfinite(u) and math.isfinite(v) and -0.5 <= u < width - 0.5 and -0.5 <= v < height - 0.5):
+        raise SupportError(
+            f"click ({u}, {v}) is outside its {width}x{height} image (ROS pixel coordinates: "
+            f"-0.5 <= u < {width - 0.5}, -0.5 <= v < {height - 0.5})"
+        )
     return u, v
 
 

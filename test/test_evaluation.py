@@ -154,15 +154,19 @@ def test_interior_click_is_the_centre_of_a_rectangle():
     mask = np.zeros((20, 30), bool)
     mask[5:15, 10:20] = True
     u, v = interior_click(mask)
-    assert 14 <= u <= 16 and 9 <= v <= 11 and mask[int(v), int(u)]
+    assert 14 <= u <= 15 and 9 <= v <= 10 and mask[int(v), int(u)]  # a pixel centre: integers
+    assert u == int(u) and v == int(v)
 
 
 def test_metric_on_hand_placed_points():
     mask = np.zeros((10, 10), bool)
     mask[2:5, 3:6] = True
-    assert hit(mask, 3.0, 2.0) and hit(mask, 5.99, 4.99)
-    assert not hit(mask, 6.0, 3.0) and not hit(mask, 2.99, 3.0)
+    # ROS pixel coordinates: pixel 3 covers [2.5, 3.5).
+    assert hit(mask, 3.0, 2.0) and hit(mask, 5.49, 4.49) and hit(mask, 2.5, 1.5)
+    assert not hit(mask, 5.5, 3.0) and not hit(mask, 2.49, 3.0) and not hit(mask, 3.0, 1.49)
     assert not hit(mask, math.nan, 3.0) and not hit(mask, -1, 3) and not hit(mask, 3, 10)
+    edge = np.ones((10, 10), bool)
+    assert hit(edge, -0.5, -0.5) and hit(edge, 9.49, 9.49) and not hit(edge, 9.5, 0) and not hit(edge, -0.51, 0)
 
 
 def test_paco_skips_empty_segmentations_and_drops_lvis_senses(datasets, caplog):

@@ -111,20 +111,13 @@ def test_round_trip_through_from_array(rgb):
 
 
 # ---- geometry ------------------------------------------------------------------------------------
-def test_deproject_and_intrinsics_scaling():
-    k = [500.0, 0, 320.0, 0, 400.0, 240.0, 0, 0, 1]
-    assert geometry.deproject(420.0, 140.0, 2.0, k) == pytest.approx((0.4, -0.5, 2.0))
-    half = geometry.scale_intrinsics(k, (480, 640), (240, 320))
-    assert half[0, 0] == 250 and half[1, 1] == 200 and half[0, 2] == 160 and half[1, 2] == 120
-    with pytest.raises(ValueError, match="focal"):
-        geometry.deproject(1, 1, 1, [0, 0, 0, 0, 0, 0, 0, 0, 1])
-
-
 def test_robust_depth_median_ignores_invalid_and_scales_resolution():
     depth = np.full((10, 10), np.nan, np.float32)
-    depth[4:7, 4:7] = [[1.0, 1.1, 1.2], [1.3, 5.0, 1.4], [1.5, 1.6, np.nan]]
-    assert geometry.robust_depth(depth, 5.5, 5.5, (10, 10), window=3) == pytest.approx(1.35)  # 8 valid values
-    assert geometry.robust_depth(depth, 11.0, 11.0, (20, 20), window=3) == pytest.approx(1.35)  # colour at 2x
+    depth[4:7, 4:7] = [[1.0, 1.1, 1.2], [1.3, 5.0, 1.4], [1.5, 1.6, 0.0]]  # 0 = no depth, like NaN
+    # Pixel (5, 5): ROS pixel coordinates, the centre of the top-left pixel is (0, 0).
+    assert geometry.robust_depth(depth, 5.0, 5.0, (10, 10), window=3) == pytest.approx(1.35)  # 8 valid values
+    assert geometry.robust_depth(depth, 5.4, 4.6, (10, 10), window=3) == pytest.approx(1.35)  # nearest pixel
+    assert geometry.robust_depth(depth, 10.0, 10.0, (20, 20), window=3) == pytest.approx(1.35)  # colour at 2x
     assert math.isnan(geometry.robust_depth(depth, 0.5, 0.5, (10, 10), window=3))
 
 

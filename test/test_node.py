@@ -12,7 +12,7 @@ import torch
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
 from rclpy.parameter import Parameter as RclpyParameter
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, Image
 
 from pop_ros.image_conversion import from_array
 from pop_ros.paths import SAMPLE_DIR
@@ -44,7 +44,6 @@ def node_process(tmp_path_factory, client):
         # delivery between processes is then intermittent (README: DDS tuning). Our camera is reliable.
         "-p", "image_reliability:=reliable",
         "-r", "image:=/cam/color/image_raw",
-        "-r", "image/compressed:=/cam/color/image_raw/compressed",
         "-r", "depth:=/cam/aligned_depth/image_raw",
         "-r", "camera_info:=/cam/color/camera_info",
         log_path=tmp_path_factory.mktemp("node") / "node.log",
@@ -130,7 +129,8 @@ def test_3d_point_on_a_depth_plane_is_exact(client, node_process):
     )
     assert response.success and response.has_3d, response.message
     assert same_stamp(response.header.stamp, stamp) and response.header.frame_id == "cam_color_optical_frame"
-    z = np.float32(1.0) + np.float32(0.002) * np.float32(int(response.v))  # median of a linear column = centre
+    row = int(np.floor(response.v + 0.5))  # ROS pixel coordinates: the pixel whose centre is nearest
+    z = np.float32(1.0) + np.float32(0.002) * np.float32(row)  # median of a linear column = centre
     point = response.point.point
     assert point.z == pytest.approx(float(z), abs=1e-6)
     assert point.x == pytest.approx((response.u - 160.0) * point.z / 300.0, abs=1e-6)
@@ -170,20 +170,7 @@ def test_no_valid_depth_answers_2d_with_the_reason(client, node_process, depth, 
     assert same_stamp(response.header.stamp, stamp)
 
 
-def test_compressed_camera_frames(client, node_process):
-    ok, png = cv2.imencode(".png", cv2.cvtColor(SCENE, cv2.COLOR_RGB2BGR))
-    msg = CompressedImage(format="png", data=png.tobytes())
-    msg.header.frame_id = "compressed_frame"
-
-    def republish():
-        msg.header.stamp = client.now_stamp()
-        client.publisher(CompressedImage, "/cam/color/image_raw/compressed").publish(msg)
-        return msg.header.stamp
-
-    response, _ = call_until(
-        client, lambda r, stamp: same_stamp(r.header.stamp, stamp), request("", "mug_handle"), republish=republish
-    )
-    assert response.success and response.header.frame_id == "compressed_frame"
+# Compressed frames: test_node_geometry.py (image_transport: compressed, one subscription).
 
 
 def test_heatmap_published_with_the_source_header(client, node_process):

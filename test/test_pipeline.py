@@ -34,12 +34,12 @@ def test_point_result_is_consistent_with_core(tiny_pointer, rng):
     visual = tiny_pointer.visual
     target_features = visual.encode_one(target)
     support_features = visual.encode_one(support)
-    rc = core.click_to_patch((150.0, 60.0), (200, 300), support_features.grid.shape[:2])
+    rc = core.click_to_patch((150.5, 60.5), (200, 300), support_features.grid.shape[:2])  # ROS -> edge origin
     vmap = core.visual_similarity(support_features.grid, target_features.grid, rc)
     heads, aggregation = tiny_pointer.text_heads()
     prior = core.text_prior(tiny_pointer.mllm.head_maps(target, "handle of the mug", heads), aggregation=aggregation)
     final = core.fuse(prior, [vmap])
-    assert core.peak_to_pixel(final, (240, 320)) == (result.u, result.v)
+    assert core.peak_to_pixel(final, (240, 320)) == (result.u + 0.5, result.v + 0.5)  # edge origin -> ROS
 
 
 def test_uncalibrated_model_uses_the_documented_fallback(tiny_pointer):
@@ -315,3 +315,23 @@ def test_pop_find_heads_refuses_to_write_an_empty_head_file(tmp_path, rng):
     assert flat.returncode == 2 and "no head passed" in flat.stderr and not out.exists()
     bad = run_cli("pop_ros.cli.find_heads", "--preset", "tiny", "--data", str(tmp_path / "none.jsonl"))
     assert bad.returncode == 2 and "neither a JSONL file nor a folder" in bad.stderr
+
+
+def test_clicks_and_answers_are_ros_pixel_coordinates(tiny_pointer, rng):
+    """Pixel i covers [i - 0.5, i + 0.5): a click at u = 15.6 is pixel 16, in the second patch of a
+    16-pixel grid (an edge-origin reading would put it in the first), and the answer for that patch
+    is its centre pixel, 16 + 7.5 = 23.5 (an edge-origin answer would say 24.0)."""
+    target = random_image(rng, 128, 128)
+    grid_h, grid_w = tiny_pointer.visual.encode_one(target).grid.shape[:2]
+    patch_w, patch_h = 128 / grid_w, 128 / grid_h
+    click = (patch_w - 0.4, 2 * patch_h - 0.4)  # just past the first / second patch boundary
+    tiny_pointer.settings = PointerSettings(use_text=False, max_shots=1, upsample=1).validate()
+    try:
+        result = tiny_pointer.point(target, "", supports=[(target, click)])  # the target itself: peak at the click
+    finally:
+        tiny_pointer.settings = PointerSettings()
+    assert result.score == pytest.approx(1.0, abs=1e-5)
+    assert (result.u, result.v) == pytest.approx((patch_w + patch_w / 2 - 0.5, 2 * patch_h + patch_h / 2 - 0.5))
+    with pytest.raises(PointerError, match="outside"):
+        tiny_pointer.point(target, "", supports=[(target, (127.5, 3.0))])  # pixel 128 does not exist
+    assert tiny_pointer.point(target, "the part", supports=[(target, (-0.5, 127.4))]).num_shots == 1  # pixel (0, 127)

@@ -126,11 +126,12 @@ def test_pipeline_score_is_the_mean_visual_similarity_at_the_answered_point(rng)
         grid = pointer.visual.encode_one(target).grid  # (H_t, W_t, C)
         support_grids = [pointer.visual.encode_one(image).grid for image, _ in supports]
         rcs = [
-            (int(v * g.shape[0] / image.shape[0]), int(u * g.shape[1] / image.shape[1]))
+            # Clicks and answers are ROS pixel coordinates: + 0.5 to the edge-origin cell formula.
+            (int((v + 0.5) * g.shape[0] / image.shape[0]), int((u + 0.5) * g.shape[1] / image.shape[1]))
             for (image, (u, v)), g in zip(supports, support_grids, strict=True)
         ]
         maps = core.visual_similarity_batch(support_grids, grid, rcs).mean(0)  # (H_t, W_t)
-        row, col = int(result.v * grid.shape[0] / 240), int(result.u * grid.shape[1] / 320)
+        row, col = int((result.v + 0.5) * grid.shape[0] / 240), int((result.u + 0.5) * grid.shape[1] / 320)
         if core.peak_cell(maps) != (row, col):  # only then does the test tell the two readings apart
             assert result.score == pytest.approx(float(maps[row, col]), abs=1e-5)
             assert result.score < float(maps.max())

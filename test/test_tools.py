@@ -42,5 +42,5 @@ def test_demo_streams_scenes_and_writes_results(tmp_path):
     assert len(report["results"]) == 3 * 2  # three scenes, two support sets
     for result in report["results"]:
         assert result["has_3d"] and result["point_m"][2] == 0.8  # the synthetic depth plane
-        assert result["frame_id"] == "demo_camera_color_optical_frame"
+        assert result["frame_id"] == "camera_color_optical_frame"
     assert cv2.imread(str(out / "heatmap.png")).shape == (240, 320, 3)

@@ -95,7 +95,9 @@ def main() -> None:
     queries = {"mug_handle": "handle of the mug", "bottle_neck": "neck of the bottle"}
     lines = [
         "# Example support library (synthetic images drawn by tools/make_sample_images.py).",
-        "# Schema: sets -> name -> {query, exemplars: [{image (relative to this file), click: [u, v] pixels}]}",
+        "# Clicks are ROS/OpenCV pixel coordinates (the top-left pixel's centre is (0, 0)): the pixel the",
+        "# drawing tool drew the part at.",
+        "# Schema: sets -> name -> {query, exemplars: [{image (relative to this file), click: [u, v]}]}",
         "sets:",
     ]
     for name, items in entries.items():

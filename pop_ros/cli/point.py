@@ -50,7 +50,12 @@ def main(argv: list[str] | None = None) -> int:
         help="the part, in words (default: the support set's query); repeat it for several parts of one image, "
         "which share the image's features and MLLM prefix",
     )
-    parser.add_argument("--support", action="append", default=[], help="IMAGE:U,V exemplar click (repeatable)")
+    parser.add_argument(
+        "--support",
+        action="append",
+        default=[],
+        help="IMAGE:U,V exemplar click, ROS pixel coordinates (top-left pixel centre = 0,0) (repeatable)",
+    )
     parser.add_argument("--support-set", help="a set name from --library")
     parser.add_argument("--library", type=pathlib.Path, help="support library YAML")
     parser.add_argument("--shots", type=int, help="use at most this many supports (K)")

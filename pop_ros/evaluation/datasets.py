@@ -114,11 +114,11 @@ def coco_segmentation_mask(segmentation, height: int, width: int) -> np.ndarray:
 
 
 def interior_click(mask: np.ndarray) -> tuple[float, float]:
-    """(u, v) of the mask pixel farthest from the mask boundary (pixel centre)."""
+    """(u, v) of the mask pixel farthest from the mask boundary (ROS pixel coordinates: its centre)."""
     padded = np.pad(mask.astype(np.uint8), 1)  # the image border counts as boundary
     distance = cv2.distanceTransform(padded, cv2.DIST_L2, 5)[1:-1, 1:-1]
     row, col = np.unravel_index(int(np.argmax(distance)), distance.shape)
-    return col + 0.5, row + 0.5
+    return float(col), float(row)
 
 
 def _read_json(path: pathlib.Path):

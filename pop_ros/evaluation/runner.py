@@ -25,7 +25,14 @@ from pop_ros.evaluation.native import (
     parse_qwen_point,
 )
 from pop_ros.evaluation.store import replace_files
-from pop_ros.pipeline import PartPointer, PointerError, PointerSettings, heads_file_for, resolve_model_config
+from pop_ros.pipeline import (
+    PartPointer,
+    PointerError,
+    PointerSettings,
+    from_core_pixel,
+    heads_file_for,
+    resolve_model_config,
+)
 from pop_ros.supports import SupportError, read_rgb
 
 # Bump when what a prediction means changes: episode drawing, the support click, the metric, the
@@ -282,9 +289,10 @@ class ImageCache:
 def hit(mask: np.ndarray, u: float, v: float) -> bool:
     """The paper's metric: 1 if the predicted pixel lies inside the ground-truth part mask."""
     height, width = mask.shape
-    if not (math.isfinite(u) and math.isfinite(v) and 0 <= u < width and 0 <= v < height):
+    # ROS pixel coordinates (the pipeline's): pixel i covers [i - 0.5, i + 0.5).
+    if not (math.isfinite(u) and math.isfinite(v) and -0.5 <= u < width - 0.5 and -0.5 <= v < height - 0.5):
         return False
-    return bool(mask[int(v), int(u)])
+    return bool(mask[math.floor(v + 0.5), math.floor(u + 0.5)])
 
 
 def native_point(pointer: PartPointer, image: np.ndarray, query: str) -> tuple[float, float]:
@@ -294,11 +302,13 @@ def native_point(pointer: PartPointer, image: np.ndarray, query: str) -> tuple[f
         raise NativePointError(f"{adapter.family} has no native pointing format")
     prompt = NATIVE_PROMPTS[adapter.family].format(query=query)
     answer = adapter.generate_text(image, prompt, max_new_tokens=NATIVE_MAX_NEW_TOKENS, fixed_length=False)
+    # The parsers give continuous image coordinates (fraction of the image size x the size, edge
+    # origin); the pipeline's and the metric's are ROS pixel coordinates.
     if adapter.family == "molmo2":
-        return parse_molmo_point(answer, image.shape[:2])
+        return from_core_pixel(parse_molmo_point(answer, image.shape[:2]))
     grid = adapter.prepare(image, query).model_inputs["image_grid_thw"][0].tolist()
     patch = int(adapter.model.config.vision_config.patch_size)
-    return parse_qwen_point(answer, (grid[1] * patch, grid[2] * patch), image.shape[:2])
+    return from_core_pixel(parse_qwen_point(answer, (grid[1] * patch, grid[2] * patch), image.shape[:2]))
 
 
 def run_episode(pointer: PartPointer, method: Method, episode: Episode, load: ImageCache) -> dict:

@@ -38,6 +38,13 @@ def sensor_qos(reliability: str) -> QoSProfile:
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=policy)
 
 
+def compressed_topic(node) -> str:
+    """The compressed topic the way image_transport derives it: the RESOLVED image topic (namespace
+    and `-r image:=...` remaps applied) + "/compressed", so `-r image:=/cam/image_raw` subscribes
+    /cam/image_raw/compressed."""
+    return node.resolve_topic_name("image").rstrip("/") + "/compressed"
+
+
 class CameraInput:
     """Colour frames (raw and compressed), depth and camera_info of one camera."""
 
@@ -54,22 +61,31 @@ class CameraInput:
         self.callback_latency_ms: collections.deque = collections.deque(maxlen=100_000)
 
     # ---- subscriptions -------------------------------------------------------------------------------
-    def subscribe(self, reliability: str, callback_group, wrap) -> list[str]:
-        """Create the subscriptions (each callback passed through `wrap`, the node's guard); returns
-        the resolved topic names for the log."""
+    def subscribe(self, reliability: str, callback_group, wrap, transport: str = "raw") -> list[str]:
+        """Create the subscriptions (each callback passed through `wrap`, the node's guard): ONE colour
+        subscription for `transport` (raw | compressed), depth and camera_info; returns the resolved
+        topic names for the log."""
         qos = sensor_qos(reliability)
         node = self.node
-        self.subscriptions = [
-            node.create_subscription(Image, "image", wrap(self.on_image), qos, callback_group=callback_group),
+        colour = (
             node.create_subscription(
-                CompressedImage, "image/compressed", wrap(self.on_image), qos, callback_group=callback_group
-            ),
+                CompressedImage, compressed_topic(node), wrap(self.on_image), qos, callback_group=callback_group
+            )
+            if transport == "compressed"
+            else node.create_subscription(Image, "image", wrap(self.on_image), qos, callback_group=callback_group)
+        )
+        self.subscriptions = [
+            colour,
             node.create_subscription(Image, "depth", wrap(self.on_depth), qos, callback_group=callback_group),
             node.create_subscription(
                 CameraInfo, "camera_info", wrap(self.on_camera_info), qos, callback_group=callback_group
             ),
         ]
         return [subscription.topic_name for subscription in self.subscriptions]
+
+    def colour_topic(self) -> str:
+        """The colour topic subscribed (raw or compressed), or the raw one while not subscribed."""
+        return self.subscriptions[0].topic_name if self.subscriptions else self.node.resolve_topic_name("image")
 
     def unsubscribe(self) -> None:
         for subscription in self.subscriptions:
@@ -101,7 +117,7 @@ class CameraInput:
         frames from another process dropped by DDS over UDP (see README, DDS tuning)."""
         if self.latest_seq > 0:
             return
-        topic = self.node.resolve_topic_name("image")
+        topic = self.colour_topic()
         publishers = self.node.count_publishers(topic)
         if publishers > 0:
             self.node.get_logger().warning(
@@ -118,9 +134,7 @@ class CameraInput:
             return to_rgb8(request_image), request_image.header
         frame = self.latest
         if frame is None:
-            raise ImageConversionError(
-                f"no camera frame received yet on {self.node.resolve_topic_name('image')} (is the node active?)"
-            )
+            raise ImageConversionError(f"no camera frame received yet on {self.colour_topic()} (is the node active?)")
         age = self.node.get_clock().now().nanoseconds * 1e-9 - frame.stamp_s
         if max_age_s > 0 and age > max_age_s:
             raise ImageConversionError(f"latest camera frame is stale: {age:.2f} s old > max_frame_age {max_age_s} s")

@@ -24,7 +24,6 @@ import threading
 import time
 import traceback
 
-import numpy as np
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
@@ -33,6 +32,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from sensor_msgs.msg import Image
 
 from pop_ros import geometry
+from pop_ros.camera_model import CameraModel
 from pop_ros.image_conversion import ImageConversionError, to_depth_m
 from pop_ros.ros.camera import CameraInput, is_empty_image, stamp_seconds
 from pop_ros.ros.diagnostics import ERROR, OK, WARN, DiagnosticsPublisher, NodeHealth
@@ -95,6 +95,12 @@ class Answer:
     query: str = ""
     support_set: str = ""
     total_ms: float = 0.0
+    # Approach pose (see geometry.locate): z axis along the surface normal, towards the camera.
+    has_pose: bool = False
+    normal: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    orientation: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 1.0)
+    fit_rms_m: float = 0.0
+    fit_inlier_ratio: float = 0.0
 
 
 class PopNode(LifecycleNode):
@@ -332,7 +338,9 @@ class PopNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        topics = self.camera.subscribe(self.param("image_reliability"), self._sensor_group, self.guarded)
+        topics = self.camera.subscribe(
+            self.param("image_reliability"), self._sensor_group, self.guarded, self.param("image_transport")
+        )
         self._restart_continuous_timer(float(self.param("continuous_rate")))
         self._frames_check = self.create_timer(
             5.0, self.guarded(self.camera.check_frames_arrive), callback_group=self._sensor_group
@@ -431,6 +439,7 @@ class PopNode(LifecycleNode):
         response.u, response.v, response.score, response.has_3d = answer.u, answer.v, answer.score, answer.has_3d
         response.point.header = answer.header
         response.point.point.x, response.point.point.y, response.point.point.z = answer.xyz
+        self.outputs.fill_pose(response, answer)
         return response
 
     def _on_add_exemplar(self, request, response):
@@ -521,8 +530,7 @@ class PopNode(LifecycleNode):
             query=result.query,
             support_set=result.support_set,
         )
-        answer.has_3d, answer.xyz, why_not_3d = self._point_3d(result.u, result.v, image.shape[:2], header)
-        notes = [] if answer.has_3d else [f"no 3D point: {why_not_3d}"]
+        notes = self._locate(answer, image.shape[:2], header)
         min_score = float(self.param("min_score"))
         if result.score < min_score:
             answer.success = False
@@ -621,8 +629,7 @@ class PopNode(LifecycleNode):
             query=result.query,
             support_set=result.support_set,
         )
-        answer.has_3d, answer.xyz, why_not_3d = self._point_3d(result.u, result.v, image.shape[:2], header)
-        notes = [] if answer.has_3d else [f"no 3D point: {why_not_3d}"]
+        notes = self._locate(answer, image.shape[:2], header)
         min_score = float(self.param("min_score"))
         if result.score < min_score:
             answer.success = False
@@ -630,13 +637,14 @@ class PopNode(LifecycleNode):
         answer.message = "; ".join(notes) or "ok"
         return answer
 
-    def _point_3d(self, u: float, v: float, image_size, header) -> tuple[bool, tuple[float, float, float], str]:
+    def _locate(self, answer: Answer, image_size, header) -> list[str]:
+        """Fill `answer`'s 3D point and approach pose for its (u, v); returns the notes on what is missing."""
         info = self.camera.camera_info
         if info is None:
-            return False, (0.0, 0.0, 0.0), f"no camera_info received on {self.resolve_topic_name('camera_info')}"
+            return [f"no 3D point: no camera_info received on {self.resolve_topic_name('camera_info')}"]
         if stamp_seconds(header.stamp) == 0:
             self.health.depth_lookup(False)
-            return False, (0.0, 0.0, 0.0), "the image has stamp 0, so no depth can be paired by time (set header.stamp)"
+            return ["no 3D point: the image has stamp 0, so no depth can be paired by time (set header.stamp)"]
         depth_msg, gap = self.camera.depth_near(header.stamp, float(self.param("depth_max_dt")))
         self.health.depth_lookup(depth_msg is not None)
         if depth_msg is None:
@@ -649,21 +657,28 @@ class PopNode(LifecycleNode):
                 )
             else:
                 detail = f"nearest depth is {gap:.3f} s away"
-            return False, (0.0, 0.0, 0.0), f"{detail} (depth_max_dt {self.param('depth_max_dt')} s)"
+            return [f"no 3D point: {detail} (depth_max_dt {self.param('depth_max_dt')} s)"]
         try:
             depth_m = to_depth_m(depth_msg)
         except ImageConversionError as error:
-            return False, (0.0, 0.0, 0.0), f"depth image: {error}"
-        depth = geometry.robust_depth(depth_m, u, v, image_size, int(self.param("depth_window")))
-        if not math.isfinite(depth):
-            return False, (0.0, 0.0, 0.0), "depth is missing (0 or NaN) around the point"
-        k = np.asarray(info.k, dtype=np.float64)
-        if info.height and info.width and (info.height, info.width) != tuple(image_size):
-            k = geometry.scale_intrinsics(k, (info.height, info.width), image_size)
-        try:
-            return True, geometry.deproject(u, v, depth, k), ""
-        except ValueError as error:
-            return False, (0.0, 0.0, 0.0), f"camera_info: {error}"
+            return [f"no 3D point: depth image: {error}"]
+        location = geometry.locate(
+            CameraModel.from_camera_info(info, rectified=bool(self.param("image_is_rectified"))),
+            depth_m,
+            answer.u,
+            answer.v,
+            image_size,
+            int(self.param("depth_window")),
+            int(self.param("pose_window")),
+            float(self.param("pose_inlier_distance")),
+            float(self.param("pose_min_inlier_ratio")),
+        )
+        if not location.has_3d:
+            return [f"no 3D point: {location.why_not_3d}"]
+        answer.has_3d, answer.xyz = True, location.xyz
+        answer.has_pose, answer.normal, answer.orientation = location.has_pose, location.normal, location.orientation
+        answer.fit_rms_m, answer.fit_inlier_ratio = location.fit_rms_m, location.fit_inlier_ratio
+        return [] if location.has_pose else [f"no pose: {location.why_no_pose}"]
 
     # ---- continuous mode --------------------------------------------------------------------------------
     def _restart_continuous_timer(self, rate_hz: float) -> None:

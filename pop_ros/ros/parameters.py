@@ -72,6 +72,18 @@ PARAMETERS = {
     "teach_query": ("", "default query of a set that a teaching click creates; empty = none", "runtime"),
     "feature_cache_dir": ("", "folder for the support-feature disk cache; empty = memory only", "configure"),
     "image_reliability": ("best_effort", "camera subscriptions' QoS reliability: best_effort | reliable", "configure"),
+    "image_transport": (
+        "raw",
+        "colour image subscription, exactly one: raw (sensor_msgs/Image on `image`) | compressed "
+        "(CompressedImage on <resolved image topic>/compressed, as image_transport names it); depth stays raw",
+        "configure",
+    ),
+    "image_is_rectified": (
+        True,
+        "true: images are rectified (intrinsics from camera_info P, K when P is all zero); false: raw images, "
+        "pixels undistorted with K, D, R, P (plumb_bob, rational_polynomial, equidistant) before deprojection",
+        "runtime",
+    ),
     "similarity": ("bidirectional", "visual correspondence: bidirectional | forward | backward", "runtime"),
     "aggregation": ("sum", "how head maps combine: sum | mean | max", "runtime"),
     "head_set": ("selected", "selected (calibrated heads or fallback) | all (every head; ablation)", "runtime"),
@@ -91,6 +103,21 @@ PARAMETERS = {
     "max_frame_age": (1.0, "refuse camera frames older than this, seconds (0 = no limit)", "runtime"),
     "depth_max_dt": (0.05, "pair depth with colour when stamps differ by at most this, seconds", "runtime"),
     "depth_window": (5, "median of valid depths in this box around the point, pixels (odd, >= 1)", "runtime"),
+    "pose_window": (
+        15,
+        "approach pose: plane fit of the valid depth in this box around the point, pixels (odd, >= 3; 0 = no pose)",
+        "runtime",
+    ),
+    "pose_inlier_distance": (
+        0.005,
+        "approach pose: plane-fit inliers lie within this distance, metres (> 0)",
+        "runtime",
+    ),
+    "pose_min_inlier_ratio": (
+        0.6,
+        "approach pose: no pose when a smaller fraction of the window's valid depth fits one plane (0..1)",
+        "runtime",
+    ),
     "busy_policy": ("wait", "a query arriving during another: wait (up to busy_timeout) | reject", "runtime"),
     "busy_timeout": (10.0, "seconds a query waits for a running one before answering busy", "runtime"),
     "max_waiting_queries": (
@@ -112,6 +139,7 @@ PARAMETERS = {
 }
 _CHOICES = {
     "image_reliability": ("best_effort", "reliable"),
+    "image_transport": ("raw", "compressed"),
     "similarity": ("bidirectional", "forward", "backward"),
     "aggregation": ("sum", "mean", "max"),
     "head_set": ("selected", "all"),
@@ -128,6 +156,8 @@ _MINIMUM = {
     "max_frame_age": 0.0,
     "depth_max_dt": 0.0,
     "depth_window": 1,
+    "pose_window": 0,
+    "pose_min_inlier_ratio": 0.0,
     "busy_timeout": 0.0,
     "continuous_rate": 0.0,
     "resolution": 0,
@@ -155,6 +185,12 @@ def check_parameter(name: str, value) -> str | None:
         return f"{name} must be odd (a box centred on the point), got {value}"
     if name == "device" and not _DEVICE.match(value):
         return f"device must be auto, cpu, cuda or cuda:N (empty = preset's), got {value!r}"
+    if name == "pose_window" and value != 0 and (value < 3 or value % 2 == 0):
+        return f"pose_window must be 0 (no pose) or an odd number >= 3, got {value}"
+    if name == "pose_inlier_distance" and not value > 0:
+        return f"pose_inlier_distance must be > 0 metres, got {value}"
+    if name == "pose_min_inlier_ratio" and value > 1:
+        return f"pose_min_inlier_ratio must be <= 1, got {value}"
     if name == "prompt_template" and value and "{query}" not in value:
         return "prompt_template must contain {query}"
     if name == "preset":

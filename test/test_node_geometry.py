@@ -1,0 +1,339 @@
+"""pop_node's geometry with real rclpy: the camera model, the approach pose, markers and the one
+image transport. In-process nodes on the tiny preset (random weights: the point itself is arbitrary;
+what is checked is the geometry the node gives for the (u, v) it returns)."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import cv2
+import numpy as np
+import pytest
+from geometry_msgs.msg import PoseStamped
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from visualization_msgs.msg import Marker, MarkerArray
+
+from pop_ros.image_conversion import from_array
+from pop_ros.paths import SAMPLE_DIR
+from pop_ros.ros_client import LIBRARY, PARAMS_FILE, RosClient
+from pop_ros_interfaces.msg import PartPointResult
+from pop_ros_interfaces.srv import PointToPart
+from test.test_camera_model import WIDE_D, camera_info, reference_point
+from test.test_surface_fit import angle_degrees
+
+SCENE = cv2.cvtColor(cv2.imread(str(SAMPLE_DIR / "scene_0.png")), cv2.COLOR_BGR2RGB)
+
+
+@pytest.fixture
+def start_node():
+    """Start PopNode in-process under /<namespace> with the shipped params file, overrides and extra
+    ROS arguments (remaps); configured and active."""
+    from pop_ros.ros.node import PopNode
+
+    started = []
+
+    def start(namespace, *overrides, ros_args=()):
+        args = ["--ros-args", "--params-file", str(PARAMS_FILE), "-p", "preset:=tiny", "-p", "autostart:=false"]
+        args += ["-p", f"support_library:={LIBRARY}", "-p", "image_reliability:=reliable", *ros_args]
+        for override in overrides:
+            args += ["-p", override]
+        ros = RosClient(f"{namespace}_client", args=args)
+        node = PopNode(context=ros.context, namespace=namespace)
+        ros.add_node(node)
+        node.trigger_configure()
+        assert node.pointer is not None, node.configure_error
+        node.trigger_activate()
+        started.append((ros, node))
+        return ros, node
+
+    yield start
+    for ros, node in started:
+        ros.executor.remove_node(node)
+        node.destroy_node()
+        ros.close()
+
+
+def to_msg(info_ns, frame_id="geo_optical_frame") -> CameraInfo:
+    """The reference's CameraInfo-shaped namespace as a real sensor_msgs/CameraInfo."""
+    msg = CameraInfo(width=info_ns.width, height=info_ns.height, distortion_model=info_ns.distortion_model)
+    msg.k, msg.p, msg.r, msg.d = list(info_ns.k), list(info_ns.p), list(info_ns.r), [float(c) for c in info_ns.d]
+    msg.binning_x, msg.binning_y = info_ns.binning_x, info_ns.binning_y
+    msg.roi.x_offset, msg.roi.y_offset = info_ns.roi.x_offset, info_ns.roi.y_offset
+    msg.roi.width, msg.roi.height = info_ns.roi.width, info_ns.roi.height
+    msg.header.frame_id = frame_id
+    return msg
+
+
+def wait_for(predicate, timeout=20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return predicate()
+
+
+def ask(ros, node, namespace, info_msg, depth, image_rgb, query="handle of the mug", support_set="mug_handle"):
+    """camera_info and depth on the node's topics, then a query with `image_rgb` stamped like the
+    depth; waits until the node holds exactly these before asking. Returns (response, stamp)."""
+    stamp = ros.now_stamp()
+    info_msg.header.stamp = stamp
+    depth_msg = from_array(depth, "32FC1")
+    depth_msg.header.stamp, depth_msg.header.frame_id = stamp, info_msg.header.frame_id
+    for _ in range(3):  # a message right after discovery can be lost: publish again until held
+        ros.publisher(CameraInfo, f"/{namespace}/camera_info").publish(info_msg)
+        ros.publisher(Image, f"/{namespace}/depth").publish(depth_msg)
+        if wait_for(
+            lambda: (
+                node.camera.camera_info is not None
+                and node.camera.camera_info.header.stamp == stamp
+                and node.camera.depth_near(stamp, 0.0)[0] is not None
+            ),
+            timeout=5,
+        ):
+            break
+    image = from_array(cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), "bgr8")
+    image.header.stamp, image.header.frame_id = stamp, info_msg.header.frame_id
+    request = PointToPart.Request(query=query, support_set=support_set, image=image)
+    return ros.call(PointToPart, f"/{namespace}/pop_node/point_to_part", request), stamp
+
+
+def depth_ramp(height, width) -> np.ndarray:
+    """A depth image whose every pixel differs (so 'the same pixel' is checkable): 0.8 .. ~1.6 m."""
+    rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
+    return (0.8 + 0.002 * rows + 0.0007 * cols).astype(np.float32)
+
+
+def resized(height, width) -> np.ndarray:
+    return cv2.resize(SCENE, (width, height), interpolation=cv2.INTER_AREA)
+
+
+# Cameras for 320x240 target images (scaled from the reference's calibrations).
+CASES = {
+    "distinct_k_and_p": (
+        camera_info(
+            320,
+            240,
+            [305.0, 0, 160.6, 0, 304.5, 121.2, 0, 0, 1],
+            p=[[301.4, 0, 159.5, 0], [0, 301.4, 120.2, 0], [0, 0, 1, 0]],
+            d=[-0.05, 0.06, 0.0003, -0.0004, -0.02],
+        ),
+        True,
+    ),
+    "raw_wide_lens": (
+        camera_info(
+            320,
+            240,
+            [215.0, 0, 160.2, 0, 215.6, 119.55, 0, 0, 1],
+            p=[[147.75, 0, 159.1, 0], [0, 147.75, 121.05, 0], [0, 0, 1, 0]],
+            d=WIDE_D,
+        ),
+        False,
+    ),
+    "roi": (
+        camera_info(
+            1280,
+            720,
+            [910.0, 0, 645.0, 0, 908.0, 355.0, 0, 0, 1],
+            p=[[905.0, 0, 640.0, 0], [0, 905.0, 360.0, 0], [0, 0, 1, 0]],
+            roi=(400, 200, 320, 240),
+        ),
+        True,
+    ),
+    "binned": (
+        camera_info(
+            640,
+            480,
+            [610.0, 0, 322.0, 0, 609.0, 238.0, 0, 0, 1],
+            p=[[600.0, 0, 320.0, 0], [0, 600.0, 240.0, 0], [0, 0, 1, 0]],
+            binning=(2, 2),
+        ),
+        True,
+    ),
+}
+
+
+def test_point_is_image_geometry_s_for_the_returned_pixel_and_depth(start_node):
+    ros, node = start_node("geo", "depth_window:=1")
+    depth = depth_ramp(240, 320)
+    for name, (info, rectified) in CASES.items():
+        node.set_parameters([Parameter("image_is_rectified", value=rectified)])
+        response, stamp = ask(ros, node, "geo", to_msg(info), depth, resized(240, 320))
+        assert response.success and response.has_3d, f"{name}: {response.message}"
+        assert response.header.stamp == stamp
+        u, v = float(response.u), float(response.v)
+        # Depth at the same pixel: ROS pixel coordinates, the pixel whose centre is nearest.
+        z = float(depth[math.floor(v + 0.5), math.floor(u + 0.5)])
+        expected = reference_point(info, u, v, z, rectified)
+        point = response.point.point
+        np.testing.assert_allclose([point.x, point.y, point.z], expected, atol=1e-6, err_msg=name)
+
+
+def test_an_image_size_camera_info_cannot_describe_gets_no_3d_point(start_node):
+    ros, node = start_node("geosize")
+    info, _ = CASES["distinct_k_and_p"]
+    response, _ = ask(ros, node, "geosize", to_msg(info), depth_ramp(240, 320), resized(200, 320))
+    assert response.success and not response.has_3d and not response.has_pose
+    assert "no 3D point: camera_info: image is 320x200 but camera_info describes 320x240" in response.message
+
+
+def tilted_plane(info, normal, distance, height, width) -> np.ndarray:
+    k = np.reshape(info.k, (3, 3))
+    rows, cols = np.mgrid[0:height, 0:width].astype(np.float64)
+    rays = np.stack([(cols - k[0, 2]) / k[0, 0], (rows - k[1, 2]) / k[1, 1], np.ones_like(cols)], axis=-1)
+    return (distance * normal[2] / (rays @ normal)).astype(np.float32)  # plane n . x = n . (0, 0, distance)
+
+
+def z_axis(orientation) -> np.ndarray:
+    x, y, z, w = orientation.x, orientation.y, orientation.z, orientation.w
+    return np.array([2 * (x * z + y * w), 2 * (y * z - x * w), 1 - 2 * (x * x + y * y)])
+
+
+@pytest.mark.parametrize("tilt_x, tilt_y", [(0.0, 0.0), (30.0, -20.0), (-45.0, 35.0)])
+def test_pose_on_tilted_planes_within_one_degree(start_node, tilt_x, tilt_y):
+    namespace = f"geopose{abs(int(tilt_x))}"
+    ros, node = start_node(namespace)
+    poses = ros.collect(PoseStamped, f"/{namespace}/pop_node/pose")
+    markers = ros.collect(MarkerArray, f"/{namespace}/pop_node/markers")
+    results = ros.collect(PartPointResult, f"/{namespace}/pop_node/result")
+    info = camera_info(320, 240, [300.0, 0, 159.5, 0, 300.0, 119.5, 0, 0, 1])
+    ax, ay = math.radians(tilt_x), math.radians(tilt_y)
+    normal = np.array([math.sin(ay) * math.cos(ax), -math.sin(ax), -math.cos(ay) * math.cos(ax)])  # towards camera
+    depth = tilted_plane(info, normal, 1.0, 240, 320)
+    response, stamp = ask(ros, node, namespace, to_msg(info), depth, resized(240, 320))
+    assert response.success and response.has_3d and response.has_pose, response.message
+    assert angle_degrees([response.normal.x, response.normal.y, response.normal.z], normal) < 1.0
+    assert angle_degrees(z_axis(response.pose.pose.orientation), normal) < 1.0
+    position = response.pose.pose.position
+    assert (position.x, position.y, position.z) == (
+        response.point.point.x,
+        response.point.point.y,
+        response.point.point.z,
+    )
+    assert response.fit_rms_m < 1e-4 and response.fit_inlier_ratio == pytest.approx(1.0)
+    assert wait_for(lambda: any(p.header.stamp == stamp for p in poses) and any(m.markers for m in markers), 5)
+    pose = next(p for p in poses if p.header.stamp == stamp)
+    assert pose.header.frame_id == "geo_optical_frame"
+    assert angle_degrees(z_axis(pose.pose.orientation), normal) < 1.0
+    array = markers[-1].markers
+    assert array[0].action == Marker.DELETEALL
+    kinds = {m.type: m for m in array[1:]}
+    assert set(kinds) == {Marker.SPHERE, Marker.ARROW, Marker.TEXT_VIEW_FACING}
+    assert kinds[Marker.TEXT_VIEW_FACING].text.startswith("handle of the mug (")
+    start, end = kinds[Marker.ARROW].points  # the approach: from out along the normal to the point
+    assert angle_degrees([end.x - start.x, end.y - start.y, end.z - start.z], -normal) < 1.0
+    result = next(r for r in results if r.header.stamp == stamp)
+    assert result.has_pose and angle_degrees([result.normal.x, result.normal.y, result.normal.z], normal) < 1.0
+
+
+def test_no_pose_on_clutter_and_rejected_answers_clear_the_markers(start_node):
+    ros, node = start_node("geoclutter")
+    poses = ros.collect(PoseStamped, "/geoclutter/pop_node/pose")
+    markers = ros.collect(MarkerArray, "/geoclutter/pop_node/markers")
+    info = camera_info(320, 240, [300.0, 0, 159.5, 0, 300.0, 119.5, 0, 0, 1])
+    clutter = np.random.default_rng(0).uniform(0.5, 2.0, (240, 320)).astype(np.float32)
+    response, stamp = ask(ros, node, "geoclutter", to_msg(info), clutter, resized(240, 320))
+    assert response.success and response.has_3d and not response.has_pose
+    assert "no pose: poor surface fit" in response.message
+    node.set_parameters([Parameter("min_score", value=2.0)])  # every answer is now rejected
+    response, stamp = ask(ros, node, "geoclutter", to_msg(info), depth_ramp(240, 320), resized(240, 320))
+    assert not response.success and "part not visible" in response.message
+    assert wait_for(lambda: len(markers) >= 2, 5)
+    assert [m.action for m in markers[-1].markers] == [Marker.DELETEALL]
+    time.sleep(0.3)
+    assert not any(p.header.stamp == stamp for p in poses)
+
+
+def test_compressed_transport_subscribes_the_topic_derived_from_the_remapped_image(start_node, capfd):
+    ros, node = start_node("geocomp", "image_transport:=compressed", ros_args=["-r", "image:=/cam9/image_raw"])
+    assert [s.topic_name for s in node.camera.subscriptions] == [
+        "/cam9/image_raw/compressed",
+        "/geocomp/depth",
+        "/geocomp/camera_info",
+    ]
+    assert (
+        "active: listening on /cam9/image_raw/compressed, /geocomp/depth, /geocomp/camera_info"
+        in capfd.readouterr().err
+    )
+    assert node.count_subscribers("/cam9/image_raw") == 0  # one transport: no raw subscription
+    first = ros.call(PointToPart, "/geocomp/pop_node/point_to_part", PointToPart.Request(support_set="mug_handle"))
+    assert not first.success and "no camera frame received yet on /cam9/image_raw/compressed" in first.message
+    ok, png = cv2.imencode(".png", cv2.cvtColor(SCENE, cv2.COLOR_RGB2BGR))
+    msg = CompressedImage(format="png", data=png.tobytes())
+    msg.header.frame_id = "compressed_frame"
+    publisher = ros.publisher(CompressedImage, "/cam9/image_raw/compressed")
+    for _ in range(40):
+        msg.header.stamp = ros.now_stamp()
+        publisher.publish(msg)
+        response = ros.call(
+            PointToPart, "/geocomp/pop_node/point_to_part", PointToPart.Request(support_set="mug_handle")
+        )
+        if response.success and response.header.stamp == msg.header.stamp:
+            break
+        time.sleep(0.1)
+    assert response.success and response.header.frame_id == "compressed_frame", response.message
+
+
+def test_geometry_parameters_are_validated(start_node):
+    ros, node = start_node("geoparams")
+    for name, value, reason in [
+        ("pose_window", 4, "odd number >= 3"),
+        ("pose_window", 1, "odd number >= 3"),
+        ("pose_inlier_distance", 0.0, "> 0"),
+        ("pose_min_inlier_ratio", 1.5, "<= 1"),
+    ]:
+        result = node.set_parameters([Parameter(name, value=value)])[0]
+        assert not result.successful and reason in result.reason, (name, value, result.reason)
+    assert node.set_parameters([Parameter("pose_window", value=0)])[0].successful
+    result = node.set_parameters([Parameter("image_transport", value="compressed")])[0]
+    assert not result.successful and "read at configure" in result.reason
+
+
+# ---- the launch file and the RViz config ----------------------------------------------------------------------
+def launch_module():
+    import importlib.util
+
+    from pop_ros.paths import SOURCE_ROOT
+
+    spec = importlib.util.spec_from_file_location("pop_ros_launch", SOURCE_ROOT / "launch" / "pop_ros.launch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # launch's own imports are inside its functions
+    return module
+
+
+def test_launch_arguments_override_the_params_file_only_when_given():
+    from pop_ros.ros.parameters import PARAMETERS
+
+    launch = launch_module()
+    nothing = {name: "" for name in launch.PARAMETER_ARGUMENTS}
+    assert launch.node_parameters("/mine.yaml", nothing) == ["/mine.yaml"]  # the user's file rules
+    given = {**nothing, "support_library": "/lib.yaml", "image_is_rectified": "false", "image_transport": "compressed"}
+    assert launch.node_parameters("/mine.yaml", given) == [
+        "/mine.yaml",
+        {"support_library": "/lib.yaml", "image_is_rectified": False, "image_transport": "compressed"},
+    ]
+    with pytest.raises(ValueError, match="true or false"):
+        launch.node_parameters("/mine.yaml", {**nothing, "image_is_rectified": "maybe"})
+    for name in launch.PARAMETER_ARGUMENTS:  # each sets a real node parameter, with its type
+        assert name in PARAMETERS
+        assert type(launch.parameter_value(name, "true")) is type(PARAMETERS[name][0])
+    assert launch.node_remappings("/camera/camera/color/", "/d") == [
+        ("image", "/camera/camera/color/image_raw"),
+        ("camera_info", "/camera/camera/color/camera_info"),
+        ("depth", "/d"),
+    ]
+
+
+def test_rviz_config_shows_the_launch_file_s_default_topics():
+    import yaml
+
+    from pop_ros.paths import config_dir
+
+    launch = launch_module()
+    rviz = yaml.safe_load((config_dir() / "pop_ros.rviz").read_text())["Visualization Manager"]
+    topics = {d["Class"].split("/")[-1]: d["Topic"]["Value"] for d in rviz["Displays"] if "Topic" in d}
+    assert topics["MarkerArray"] == "/pop_node/markers" and topics["Pose"] == "/pop_node/pose"
+    assert topics["PointStamped"] == "/pop_node/point"
+    images = {d["Topic"]["Value"] for d in rviz["Displays"] if d["Class"].endswith("/Image")}
+    assert images == {f"{launch.DEFAULT_CAMERA}/image_raw", "/pop_node/heatmap"}
+    assert rviz["Global Options"]["Fixed Frame"] == "camera_color_optical_frame"
