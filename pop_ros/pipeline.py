@@ -225,7 +225,8 @@ class PartPointer:
         self.visual = visual
         self.mllm = mllm
         self.model_config = model_config
-        self.settings = (settings or PointerSettings()).validate()
+        self._lock = threading.Lock()
+        self._settings = (settings or PointerSettings()).validate()
         self.library = library or SupportLibrary()
         self.name = name
         self.load_timings_s: dict[str, float] = {}
@@ -236,7 +237,17 @@ class PartPointer:
         self._feature_cache_dir = pathlib.Path(feature_cache_dir) if feature_cache_dir else None
         # Latest frames, oldest first: frame key -> _Frame (LRU, `settings.frame_cache_size` long).
         self._frames: collections.OrderedDict[str, _Frame] = collections.OrderedDict()
-        self._lock = threading.Lock()
+
+    @property
+    def settings(self) -> PointerSettings:
+        return self._settings
+
+    @settings.setter
+    def settings(self, settings: PointerSettings) -> None:
+        # Waits for a query in flight: a query reads its settings several times and must see one set.
+        validated = settings.validate()
+        with self._lock:
+            self._settings = validated
 
     @classmethod
     def from_config(

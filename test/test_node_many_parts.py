@@ -55,6 +55,7 @@ def test_point_to_parts_answers_each_query_like_single_calls(inprocess):  # noqa
     assert len(response.results) == 4 and response.shared_ms > 0
     assert [r.success for r in response.results] == [True, True, False, True]
     assert "unknown support set" in response.results[2].message and "3/4 queries answered" in response.message
+    assert node.health.outcomes["ok"] == 3 and node.health.outcomes["refused"] == 1  # each query in /diagnostics
     for result, query, name in zip(response.results, queries, sets, strict=True):
         assert result.header.frame_id == "parts_optical" and same_stamp(result.header.stamp, image.header.stamp)
         assert result.support_set == name
@@ -83,6 +84,7 @@ def test_point_to_parts_bad_requests_fail_with_the_reason(inprocess):  # noqa: F
     for req, message in cases:
         response = ros.call(PointToParts, service, req)
         assert not response.success and message in response.message and not response.results
+    assert node.health.outcomes["refused"] == len(cases)
     # A whole call of bad queries still answers each one.
     response = ros.call(PointToParts, service, parts_request(["", "lid"], ["", "nope"], image))
     assert response.success and [r.success for r in response.results] == [False, False]

@@ -273,3 +273,12 @@ def test_writable_needs_a_library_and_a_new_library_file_is_created(inprocess, t
     assert added.success, added.message
     assert SupportLibrary.load(library).get("lid").exemplars[0].click == (3.0, 4.0)
     assert listing(ros, "/newlib/pop_node")["lid"] == ["lid", 1, str(library), True]
+    # The set continuous mode stands on cannot be removed from under it.
+    from rclpy.parameter import Parameter
+
+    assert node.set_parameters([Parameter("continuous_support_set", value="lid")])[0].successful
+    removed = ros.call(
+        RemoveSupportSet, "/newlib/pop_node/remove_support_set", RemoveSupportSet.Request(support_set="lid")
+    )
+    assert not removed.success and "is the continuous_support_set" in removed.message
+    assert "lid" in SupportLibrary.load(library).names()

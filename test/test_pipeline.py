@@ -335,3 +335,35 @@ def test_clicks_and_answers_are_ros_pixel_coordinates(tiny_pointer, rng):
     with pytest.raises(PointerError, match="outside"):
         tiny_pointer.point(target, "", supports=[(target, (127.5, 3.0))])  # pixel 128 does not exist
     assert tiny_pointer.point(target, "the part", supports=[(target, (-0.5, 127.4))]).num_shots == 1  # pixel (0, 127)
+
+
+def test_a_settings_change_waits_for_the_query_in_flight(rng):
+    """A query reads its settings several times; a change from another thread (ros2 param set) must
+    not land between those reads, so the setter waits until the query is done."""
+    import dataclasses
+    import threading
+
+    pointer = PartPointer.from_preset("tiny")
+    inside, release = threading.Event(), threading.Event()
+    original = pointer.visual.encode_preprocessed
+
+    def held_encode(*args, **kwargs):
+        inside.set()
+        release.wait(timeout=60)
+        return original(*args, **kwargs)
+
+    pointer.visual.encode_preprocessed = held_encode
+    results = []
+    query = threading.Thread(target=lambda: results.append(pointer.point(random_image(rng, 96, 128), "lid")))
+    query.start()
+    assert inside.wait(timeout=60)
+    changed = threading.Thread(
+        target=lambda: setattr(pointer, "settings", dataclasses.replace(pointer.settings, use_text=False))
+    )
+    changed.start()
+    changed.join(timeout=0.5)
+    assert changed.is_alive() and pointer.settings.use_text  # still waiting: the query holds its settings
+    release.set()
+    query.join(timeout=60)
+    changed.join(timeout=60)
+    assert not changed.is_alive() and not pointer.settings.use_text and len(results) == 1

@@ -359,14 +359,16 @@ class PopNode(LifecycleNode):
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self.pointer = None
+        with self._work_lock:  # a query in flight finishes with the models it started with
+            self.pointer = None
         self.camera.clear()
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.active = False
         self._restart_continuous_timer(0.0)
-        self.pointer = None
+        with self._work_lock:
+            self.pointer = None
         return TransitionCallbackReturn.SUCCESS
 
     # ---- services -------------------------------------------------------------------------------------
@@ -453,10 +455,11 @@ class PopNode(LifecycleNode):
                 with self.work_slot() as busy:
                     if busy:
                         raise SupportError(busy)
+                    pointer = self.pointer  # read once under the slot: a cleanup may clear it meanwhile
+                    if pointer is None:
+                        raise SupportError(self._not_ready() or "node is not configured")
                     # Features are computed now, once; the exemplar is added only if that succeeds.
-                    updated = self.pointer.add_exemplar(
-                        request.support_set, image, (request.u, request.v), request.query
-                    )
+                    updated = pointer.add_exemplar(request.support_set, image, (request.u, request.v), request.query)
                 response.num_exemplars = len(updated.exemplars)
             except (SupportError, ImageConversionError, ValueError) as error:
                 problem = str(error)
@@ -485,6 +488,11 @@ class PopNode(LifecycleNode):
     # ---- the work ---------------------------------------------------------------------------------------
     def _answer(self, query: str, support_set: str, request_image, publish: bool) -> Answer:
         answer = self._compute_answer(query, support_set, request_image, publish)
+        self._record(answer)
+        return answer
+
+    def _record(self, answer: Answer) -> None:
+        """Count one query's outcome and latency for /diagnostics."""
         if answer.success:
             outcome = "ok"
         elif answer.message.startswith("busy"):
@@ -497,7 +505,15 @@ class PopNode(LifecycleNode):
             outcome = "refused"
             self.health.error("refused input")
         self.health.query(outcome, answer.total_ms if answer.total_ms > 0 else None)
-        return answer
+
+    def _publish(self, answer: Answer, image, heatmap) -> None:
+        self.outputs.publish(
+            answer,
+            image,
+            heatmap,
+            bool(self.param("publish_heatmap")),
+            publish_rejected_heatmap=bool(self.param("publish_rejected_heatmap")),
+        )
 
     def _compute_answer(self, query: str, support_set: str, request_image, publish: bool) -> Answer:
         from pop_ros.pipeline import PointerError
@@ -515,36 +531,18 @@ class PopNode(LifecycleNode):
         with self.work_slot() as busy:
             if busy:
                 return Answer(False, busy, header)
+            pointer = self.pointer  # read once under the slot: a cleanup may clear it meanwhile
+            if pointer is None:
+                return Answer(False, self._not_ready() or "node is not configured", header)
             try:
                 frame_key = self._frame_key(request_image, header)
-                result = self.pointer.point(image, query, support_set=support_set or None, frame_key=frame_key)
+                result = pointer.point(image, query, support_set=support_set or None, frame_key=frame_key)
             except PointerError as error:
                 return Answer(False, str(error), header)
-        answer = Answer(
-            True,
-            "",
-            header,
-            u=result.u,
-            v=result.v,
-            score=result.score,
-            query=result.query,
-            support_set=result.support_set,
-        )
-        notes = self._locate(answer, image.shape[:2], header)
-        min_score = float(self.param("min_score"))
-        if result.score < min_score:
-            answer.success = False
-            notes.insert(0, f"part not visible: score {result.score:.3f} < min_score {min_score}")
-        answer.message = "; ".join(notes) or "ok"
+        answer = self._result_answer(result, image, header)
         answer.total_ms = (time.perf_counter() - started) * 1000.0
         if publish:
-            self.outputs.publish(
-                answer,
-                image,
-                result.heatmap,
-                bool(self.param("publish_heatmap")),
-                publish_rejected_heatmap=bool(self.param("publish_rejected_heatmap")),
-            )
+            self._publish(answer, image, result.heatmap)
         return answer
 
     @staticmethod
@@ -577,19 +575,24 @@ class PopNode(LifecycleNode):
                 problem = str(error)
         if problem:
             response.success, response.message = False, problem
+            self._record(Answer(False, problem, response.header))
             return response
         header = response.header
         sets = sets or [""] * len(queries)
         with self.work_slot() as busy:
-            if busy:
-                response.success, response.message = False, busy
+            pointer = self.pointer  # read once under the slot: a cleanup may clear it meanwhile
+            problem = busy or ("" if pointer is not None else self._not_ready() or "node is not configured")
+            if problem:
+                response.success, response.message = False, problem
+                self._record(Answer(False, problem, header))
                 return response
             try:
                 frame_key = self._frame_key(request.image, header)
                 requests = [(query, name or None) for query, name in zip(queries, sets, strict=True)]
-                results = self.pointer.point_many(image, requests, frame_key=frame_key)
+                results = pointer.point_many(image, requests, frame_key=frame_key)
             except PointerError as error:
                 response.success, response.message = False, str(error)
+                self._record(Answer(False, str(error), header))
                 return response
         shared_ms = next(
             (r.shared_timings_ms.get("total", 0.0) for r in results if not isinstance(r, PointerError)), 0.0
@@ -600,13 +603,8 @@ class PopNode(LifecycleNode):
             else:
                 answer = self._result_answer(result, image, header)
                 answer.total_ms = result.timings_ms.get("total", 0.0)
-                self.outputs.publish(
-                    answer,
-                    image,
-                    result.heatmap,
-                    bool(self.param("publish_heatmap")),
-                    publish_rejected_heatmap=bool(self.param("publish_rejected_heatmap")),
-                )
+                self._publish(answer, image, result.heatmap)
+            self._record(answer)
             response.results.append(self.outputs.result_message(answer))
         failed = sum(not r.success for r in response.results)
         response.success = True
@@ -618,7 +616,7 @@ class PopNode(LifecycleNode):
         return response
 
     def _result_answer(self, result, image, header) -> Answer:
-        """A pipeline result as an Answer: the 3D point and the min_score check, as `_answer` does."""
+        """A pipeline result as an Answer: its 3D point and approach pose, and the min_score check."""
         answer = Answer(
             True,
             "",

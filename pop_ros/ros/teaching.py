@@ -85,7 +85,10 @@ class Teaching:
         return result
 
     def _kept_where(self) -> str:
-        library = self.node.pointer.library
+        pointer = self.node.pointer
+        if pointer is None:  # cleaned up since the change was made
+            return "the node has been cleaned up since"
+        library = pointer.library
         if library.writable:
             return f"saved to {library.path}"
         return "kept in memory only (library_writable is false)"
@@ -123,9 +126,19 @@ class Teaching:
         return response
 
     def on_remove_support_set(self, request, response):
+        from pop_ros.supports import SupportError
+
+        def remove():
+            if request.support_set and request.support_set == self.node.param("continuous_support_set"):
+                raise SupportError(
+                    f"{request.support_set!r} is the continuous_support_set: set continuous_support_set to "
+                    "another set (or empty) first"
+                )
+            return self.node.pointer.remove_support_set(request.support_set)
+
         self._edit(
             response,
-            lambda: self.node.pointer.remove_support_set(request.support_set),
+            remove,
             lambda _: f"removed support set {request.support_set!r}",
         )
         return response
