@@ -48,11 +48,7 @@ def node_process(tmp_path_factory, client):
         "-r", "camera_info:=/cam/color/camera_info",
         log_path=tmp_path_factory.mktemp("node") / "node.log",
     )  # fmt: skip
-    try:
-        client.call(ListSupportSets, "/pop_node/list_support_sets", ListSupportSets.Request(), timeout=120)
-    except TimeoutError:
-        process.stop()
-        pytest.fail(f"node did not come up:\n{process.log()}")
+    process.wait_until_serving(client)
     yield process
     assert process.stop() == 0, process.log()  # a clean shutdown on SIGINT
 

@@ -41,11 +41,7 @@ def fuzz_node(tmp_path_factory):
         "-p", "busy_timeout:=60.0", "-r", f"__ns:={NS}",
         log_path=tmp_path_factory.mktemp("fuzz") / "node.log",
     )  # fmt: skip
-    try:
-        ros.call(ListSupportSets, f"{NS}/pop_node/list_support_sets", ListSupportSets.Request(), timeout=120)
-    except TimeoutError:
-        process.stop()
-        pytest.fail(f"node did not come up:\n{process.log()}")
+    process.wait_until_serving(ros, NS)
     for msg_type, topic in TOPICS.values():
         ros.publisher(msg_type, topic)  # matched once, before the fuzzing starts
     yield ros, process

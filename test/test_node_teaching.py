@@ -53,11 +53,7 @@ def start_node(client, library, log_path):
         "-r", "image:=/teachcam/image_raw",
         log_path=log_path,
     )  # fmt: skip
-    try:
-        client.call(ListSupportSets, "/pop_node/list_support_sets", ListSupportSets.Request(), timeout=120)
-    except TimeoutError:
-        process.stop()
-        pytest.fail(f"node did not come up:\n{process.log()}")
+    process.wait_until_serving(client)
     return process
 
 

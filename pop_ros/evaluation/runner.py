@@ -37,7 +37,7 @@ from pop_ros.supports import SupportError, read_rgb
 
 # Bump when what a prediction means changes: episode drawing, the support click, the metric, the
 # row format. Every cached prediction is keyed by it.
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3  # 3: clicks and hits in ROS pixel coordinates (centre of the top-left pixel is (0, 0))
 K_SHOTS = 3  # supports every episode draws for the K-shot methods (the paper's largest K)
 # Files whose content (not only size) identifies a dataset: its annotations.
 ANNOTATION_SUFFIXES = (".json", ".txt", ".csv", ".yaml", ".yml", ".xml")
