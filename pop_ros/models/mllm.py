@@ -148,12 +148,6 @@ class ImagePrefix:
     keys_values: list = dataclasses.field(default_factory=list)  # per layer 0..depth: (1, H_kv, P, D) k and v
     image_features: object | None = None  # the vision tower's output: a deeper prefix does not rerun it
 
-    def nbytes(self) -> int:
-        tensors = [t for pair in self.keys_values for t in pair]
-        features = getattr(self.image_features, "pooler_output", None)
-        tensors += list(features) if isinstance(features, (list, tuple)) else [features] if features is not None else []
-        return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
-
 
 @dataclasses.dataclass(frozen=True)
 class ImageLimits:
