@@ -31,6 +31,7 @@ setup(
             "pop-find-heads = pop_ros.cli.find_heads:main",
             "pop-eval = pop_ros.cli.evaluate:main",
             "pop-bench = pop_ros.bench:main",
+            "find-handle-tree = pop_ros.examples.find_handle_tree:main",
         ],
     },
 )

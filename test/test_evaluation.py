@@ -745,3 +745,47 @@ def test_a_dataset_without_splits_records_no_split(datasets):
     paco = datasets / "paco"
     assert dataset_record("paco", paco, "test")["split"] == "test"
     assert dataset_record("paco", paco, "test") != dataset_record("paco", paco, "val")
+
+
+def test_merge_counts_the_main_logs_torn_and_bad_lines_and_warns(tmp_path, caplog):
+    header = {"pop_eval": 2, "config_digest": "c", "model": {}, "run": {}}
+    main = tmp_path / store.MAIN_LOG
+    lines = [json.dumps(header), json.dumps(row("a")), "not json at all", json.dumps(row("b"))]
+    main.write_text("\n".join(lines) + "\n" + json.dumps(row("x"))[:10])  # one bad line, one torn tail
+    (tmp_path / "predictions.rank0.jsonl").write_text(json.dumps(row("c")) + "\n")
+    with caplog.at_level("WARNING"):
+        assert store.merge(tmp_path) == (1, 2)  # c merged; the main log's bad and torn lines dropped
+    assert "merge dropped 2 torn or unreadable lines" in caplog.text
+    headers, rows, torn, bad = store.read_log(main)
+    assert (headers, [r["key"] for r in rows], torn, bad) == ([header], ["a", "b", "c"], 0, 0)
+
+
+def test_a_complete_but_corrupt_last_line_is_bad_not_torn(tmp_path):
+    path = tmp_path / store.MAIN_LOG
+    path.write_text(json.dumps(row("a")) + "\ngarbage\n")  # ends with its newline: written whole
+    assert store.read_log(path)[1:] == ([row("a")], 0, 1)
+    path.write_text("[1, 2]\n")  # valid JSON but no prediction
+    assert store.read_log(path) == ([], [], 0, 1)
+    path.write_text(json.dumps(row("a")) + "\ngarb")  # no newline: cut mid-write
+    assert store.read_log(path)[1:] == ([row("a")], 1, 0)
+
+
+def test_a_folder_whose_only_line_is_garbage_is_refused(datasets, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / store.MAIN_LOG).write_text("garbage\n")
+    args = [
+        "--preset",
+        "tiny",
+        "--dataset",
+        f"paco:{datasets / 'paco'}",
+        "--seeds",
+        "1",
+        "--limit",
+        "1",
+        "--cls-pool",
+        "3",
+    ]
+    line = one_line_error(run_eval(*args, "--methods", "attention-0shot", "--out", str(out)))
+    assert "without a recorded configuration" in line and "--add-config" in line
+    assert (out / store.MAIN_LOG).read_text() == "garbage\n"

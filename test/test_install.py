@@ -34,7 +34,7 @@ ROSDEP_KEYS = {
 ROS_PACKAGES = {
     "rclpy", "rcl_interfaces", "lifecycle_msgs", "sensor_msgs", "geometry_msgs", "std_msgs", "std_srvs",
     "diagnostic_msgs", "visualization_msgs", "builtin_interfaces", "pop_ros_interfaces", "ament_index_python",
-    "launch", "launch_ros",
+    "launch", "launch_ros", "py_trees",
 }  # fmt: skip
 # Import name -> pip distribution in requirements-robot.txt (no usable apt package on noble).
 PIP_ONLY = {
