@@ -31,6 +31,8 @@ setup(
             "pop-find-heads = pop_ros.cli.find_heads:main",
             "pop-eval = pop_ros.cli.evaluate:main",
             "pop-bench = pop_ros.bench:main",
+            "pop-bag = pop_ros.cli.bag:main",
+            "pop-teach = pop_ros.cli.bag:teach_main",
         ],
     },
 )
