@@ -285,7 +285,9 @@ class Outputs:
         self.video_size: tuple[int, int] | None = None
         self.video_fps = video_fps
         self.answers = 0
+        self.answered_3d = 0
         self.video_frames = 0
+        self.counts = {"frames": 0, "pipeline_ms": 0.0}  # kept by the caller's loop, here to survive Ctrl-C
 
     def write(self, answer, result, image_rgb, recording: Recording, log_ns: int) -> None:
         from rclpy.serialization import serialize_message
@@ -316,6 +318,7 @@ class Outputs:
         self.jsonl.write(json.dumps(answer_record(answer, recording, log_ns)) + "\n")
         self.jsonl.flush()
         self.answers += 1
+        self.answered_3d += int(answer.has_3d)
 
     def _video_frame(self, picture_bgr: np.ndarray, answer, time_s: float) -> None:
         height, width = picture_bgr.shape[:2]

@@ -27,14 +27,14 @@ def stamp_seconds(stamp) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class LocateSettings:
-    """The node parameters `locate_pixel` reads (same names, same defaults as config/pop_ros.yaml)."""
+    """The node parameters `locate_pixel` reads (same names; defaults and checks in ros/parameters.py)."""
 
-    depth_max_dt: float = 0.05
-    depth_window: int = 5
-    pose_window: int = 15
-    pose_inlier_distance: float = 0.005
-    pose_min_inlier_ratio: float = 0.6
-    image_is_rectified: bool = True
+    depth_max_dt: float
+    depth_window: int
+    pose_window: int
+    pose_inlier_distance: float
+    pose_min_inlier_ratio: float
+    image_is_rectified: bool
 
     @classmethod
     def from_parameters(cls, get: Callable[[str], object]) -> LocateSettings:

@@ -352,13 +352,14 @@ def test_the_node_gives_the_same_point_for_a_frame_of_the_recording(run, tmp_pat
     assert response.point.header.stamp == colour.header.stamp
 
 
-def test_a_truncated_recording_is_answered_up_to_the_cut(run, tmp_path):
+@pytest.mark.parametrize("given", ["mcap file", "bag folder"])
+def test_a_truncated_recording_is_answered_up_to_the_cut(run, tmp_path, given):
     frames = 8  # ~0.5 MB each: rosbags closes a 1 MiB chunk every two frames or so
     recording = write_bag(tmp_path / "rec", "mcap", frames, "bgr8", "16UC1", RECTIFIED)
     [mcap_file] = recording.glob("*.mcap")
     data = mcap_file.read_bytes()
-    cut = tmp_path / "cut.mcap"
-    cut.write_bytes(data[: len(data) * 6 // 10])  # a recorder killed mid-write: no summary, a torn chunk
+    mcap_file.write_bytes(data[: len(data) * 6 // 10])  # a recorder killed mid-write: no summary, a torn chunk
+    cut = mcap_file if given == "mcap file" else recording  # the folder still has its metadata.yaml
     out = tmp_path / "out"
     code, stdout, stderr = run("main", cut, "--out", out, "--query", QUERY, "--json")
     assert code == 0, stderr
@@ -395,9 +396,14 @@ def test_a_recording_without_depth_names_the_topics_it_has(run, tmp_path):
         ({"depth_size": (120, 200)}, [], "depth must be aligned to colour"),
         ({"colour": "yuv422"}, [], "unsupported colour encoding 'yuv422'"),
         ({}, ["--image-topic", "/nope"], "--image-topic /nope: no such topic; topics in"),
+        # The node's parameters, checked by the node's rules, from a flag or from its params file.
+        ({}, ["--depth-window", "4"], "depth_window must be odd"),
+        ({}, ["--params-file", "{tmp}/params.yaml"], "pose_window must be 0 (no pose) or an odd number >= 3, got 4"),
     ],
 )
 def test_bad_recordings_get_one_line_errors(run, tmp_path, bag_options, flags, error):
+    (tmp_path / "params.yaml").write_text("/**:\n  ros__parameters:\n    pose_window: 4\n")
+    flags = [flag.format(tmp=tmp_path) for flag in flags]
     recording = write_bag(tmp_path / "rec", "mcap", 1, **bag_options)
     code, _, stderr = run("main", recording, "--out", tmp_path / "out", "--query", QUERY, *flags)
     assert code == 2

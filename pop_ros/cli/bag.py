@@ -15,8 +15,6 @@ import time
 from pop_ros.cli.common import CliError, add_model_arguments, model_overrides, run_cli
 from pop_ros.locate import LocateSettings
 
-DEFAULTS = LocateSettings()
-
 
 def _positive_int(text: str) -> int:
     try:
@@ -55,17 +53,61 @@ def add_topic_arguments(parser: argparse.ArgumentParser, depth: bool = True) -> 
         group.add_argument("--no-depth", action="store_true", help="2D answers only (no depth, no camera_info)")
 
 
+LOCATE_PARAMETERS = (
+    "depth_max_dt",
+    "depth_window",
+    "pose_window",
+    "pose_inlier_distance",
+    "pose_min_inlier_ratio",
+    "image_is_rectified",
+    "min_score",
+)
+
+
 def add_locate_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("3D point and pose (pop_node's parameters of the same names)")
-    group.add_argument("--depth-max-dt", type=float, default=DEFAULTS.depth_max_dt, help="seconds")
-    group.add_argument("--depth-window", type=int, default=DEFAULTS.depth_window, help="pixels")
-    group.add_argument("--pose-window", type=int, default=DEFAULTS.pose_window, help="pixels, 0 = no pose")
-    group.add_argument("--pose-inlier-distance", type=float, default=DEFAULTS.pose_inlier_distance, help="metres")
-    group.add_argument("--pose-min-inlier-ratio", type=float, default=DEFAULTS.pose_min_inlier_ratio)
-    group.add_argument(
-        "--raw-images", action="store_true", help="colour is not rectified (image_is_rectified false): undistort"
+    group = parser.add_argument_group(
+        "3D point and pose: pop_node's parameters of the same names (flag, else --params-file, else the node's default)"
     )
-    group.add_argument("--min-score", type=float, default=0.0, help="answers below it are rejected")
+    group.add_argument("--params-file", type=pathlib.Path, help="pop_node's parameters YAML (e.g. config/pop_ros.yaml)")
+    group.add_argument("--depth-max-dt", type=float, help="seconds")
+    group.add_argument("--depth-window", type=int, help="pixels")
+    group.add_argument("--pose-window", type=int, help="pixels, 0 = no pose")
+    group.add_argument("--pose-inlier-distance", type=float, help="metres")
+    group.add_argument("--pose-min-inlier-ratio", type=float)
+    group.add_argument(
+        "--raw-images",
+        dest="image_is_rectified",
+        action="store_false",
+        default=None,
+        help="colour is not rectified (image_is_rectified false): pixels are undistorted with K, D, R, P",
+    )
+    group.add_argument("--min-score", type=float, help="answers with a lower score are rejected")
+
+
+def locate_parameters(args) -> dict:
+    """The node's parameters that place an answer: from the flags, else --params-file, else the node's
+    defaults; checked by the node's own rules."""
+    import yaml
+
+    from pop_ros.ros.parameters import PARAMETERS, check_parameter, check_type
+
+    from_file: dict = {}
+    if args.params_file is not None:
+        try:
+            document = yaml.safe_load(args.params_file.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise CliError(f"--params-file {args.params_file}: {error}") from error
+        for section in document.values() if isinstance(document, dict) else ():
+            if isinstance(section, dict) and isinstance(section.get("ros__parameters"), dict):
+                from_file.update(section["ros__parameters"])
+    values = {}
+    for name in LOCATE_PARAMETERS:
+        value = getattr(args, name, None)
+        values[name] = value if value is not None else from_file.get(name, PARAMETERS[name][0])
+        problem = check_type(name, values[name]) or check_parameter(name, values[name])
+        if problem:
+            raise CliError(problem)
+    return values
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,64 +173,32 @@ def _library(args):
 
 
 def _run_bag(args, interrupted: list) -> dict:
-    from tqdm import tqdm
-
-    from pop_ros.bag_answers import AnswerOptions, Outputs, Replay, Sampling, answer_frame, check_camera, decode_colour
-    from pop_ros.image_conversion import ImageConversionError
+    from pop_ros.bag_answers import AnswerOptions, Outputs, Replay
     from pop_ros.pipeline import PartPointer
-    from pop_ros.recording import Recording
 
     # Everything is checked before the models load.
     requests = _requests(args)
     library = _library(args)
-    recording = Recording(args.recording)
-    need_depth = not args.no_depth
-    topics = recording.find_camera(args.image_topic, args.depth_topic, args.camera_info_topic, need_depth=need_depth)
-    check_camera(recording, topics)
-    sampling = Sampling(every=args.every or 1, at_s=args.at or (), rate_hz=args.rate or 0.0)
-    duration_s = (recording.end_ns - recording.start_ns) * 1e-9
-    late = [t for t in sampling.at_s if t > duration_s]
-    if late:
-        raise CliError(f"--at {','.join(map(str, late))}: after the recording's end ({duration_s:.3f} s)")
+    parameters = locate_parameters(args)
+    recording, topics, sampling = _recording(args)
+    min_score = parameters.pop("min_score")
+    options = AnswerOptions(LocateSettings(**parameters), min_score, topics.camera_info or "camera_info")
     if (args.out / "bag").exists():
         raise CliError(f"--out {args.out} holds results already (bag/); choose another folder")
     args.out.mkdir(parents=True, exist_ok=True)
-    options = AnswerOptions(
-        LocateSettings(
-            args.depth_max_dt,
-            args.depth_window,
-            args.pose_window,
-            args.pose_inlier_distance,
-            args.pose_min_inlier_ratio,
-            not args.raw_images,
-        ),
-        args.min_score,
-        topics.camera_info or "camera_info",
-    )
     pointer = PartPointer.from_preset(args.preset, library=library, **model_overrides(args))
+    duration_s = (recording.end_ns - recording.start_ns) * 1e-9
     colour_count = recording.counts.get(topics.colour, 0)
-    expected = sampling.expected(colour_count, duration_s)
     fps = args.rate or (colour_count / duration_s / sampling.every if duration_s > 0 else 1.0)
     outputs = Outputs(args.out, video_fps=max(1.0, min(30.0, fps)))
-    replay = Replay(recording, topics, sampling, args.depth_max_dt if need_depth else 0.0)
-    frames, started, model_s = 0, time.perf_counter(), 0.0
+    replay = Replay(recording, topics, sampling, options.locate.depth_max_dt if topics.depth else 0.0)
+    expected = sampling.expected(colour_count, duration_s)
+    started = time.perf_counter()
     try:
-        with tqdm(total=expected, unit="frame", desc="pop-bag", file=sys.stderr) as progress:
-            for frame in replay.frames():
-                try:
-                    image = decode_colour(frame.msg)
-                except ImageConversionError as error:
-                    print(f"warning: frame {frame.index}: {error}", file=sys.stderr)
-                    continue
-                model_started = time.perf_counter()
-                answers = answer_frame(pointer, frame, image, requests, replay, options)
-                model_s += time.perf_counter() - model_started
-                for answer, result in answers:
-                    outputs.write(answer, result, image, recording, frame.log_ns)
-                frames += 1
-                progress.update(1)
+        counts = _answer_frames(pointer, replay, requests, options, outputs, expected)
     except KeyboardInterrupt:
         interrupted.append(True)
+        counts = outputs.counts
         print(f"interrupted: kept the {outputs.answers} answers written so far in {args.out}", file=sys.stderr)
     finally:
         outputs.close()
@@ -199,27 +209,67 @@ def _run_bag(args, interrupted: list) -> dict:
         "recording": str(args.recording),
         "storage": recording.storage,
         "topics": {"colour": topics.colour, "depth": topics.depth, "camera_info": topics.camera_info},
-        "frames": frames,
+        "frames": counts["frames"],
         "answers": outputs.answers,
-        "answered_3d": _count_3d(args.out / "results.jsonl"),
+        "answered_3d": outputs.answered_3d,
         "out": str(args.out),
         "bag": str(outputs.bag.path),
         "video_frames": outputs.video_frames,
         "seconds": round(elapsed, 3),
-        "frames_per_second": round(frames / elapsed, 3) if elapsed > 0 else 0.0,
-        "model_seconds": round(model_s, 3),
+        "frames_per_second": round(counts["frames"] / elapsed, 3) if elapsed > 0 else 0.0,
+        # The models' share: the pipeline's own timings of every frame (shared stages once) and query.
+        "pipeline_seconds": round(counts["pipeline_ms"] / 1000.0, 3),
         "cut": recording.cut,
         "interrupted": bool(interrupted),
+        "parameters": {**parameters, "min_score": min_score},
         "preset": args.preset,
         "random_weights": pointer.model_config.random_weights,
     }
 
 
-def _count_3d(path: pathlib.Path) -> int:
-    import json
+def _recording(args):
+    """(Recording, CameraTopics, Sampling), checked: topics there, decodable, aligned, times inside."""
+    from pop_ros.bag_answers import Sampling, check_camera
+    from pop_ros.recording import Recording
 
-    with path.open(encoding="utf-8") as handle:
-        return sum(json.loads(line)["xyz"] is not None for line in handle if line.strip())
+    recording = Recording(args.recording)
+    topics = recording.find_camera(
+        args.image_topic, args.depth_topic, args.camera_info_topic, need_depth=not args.no_depth
+    )
+    check_camera(recording, topics)
+    sampling = Sampling(every=args.every or 1, at_s=args.at or (), rate_hz=args.rate or 0.0)
+    duration_s = (recording.end_ns - recording.start_ns) * 1e-9
+    late = [t for t in sampling.at_s if t > duration_s]
+    if late:
+        raise CliError(f"--at {','.join(map(str, late))}: after the recording's end ({duration_s:.3f} s)")
+    return recording, topics, sampling
+
+
+def _answer_frames(pointer, replay, requests, options, outputs, expected: int) -> dict:
+    """Answer every chosen frame, writing each answer as it comes; progress on stderr."""
+    from tqdm import tqdm
+
+    from pop_ros import bag_answers
+    from pop_ros.image_conversion import ImageConversionError
+
+    counts = outputs.counts
+    with tqdm(total=expected, unit="frame", desc="pop-bag", file=sys.stderr) as progress:
+        for frame in replay.frames():
+            try:
+                image = bag_answers.decode_colour(frame.msg)
+            except ImageConversionError as error:
+                print(f"warning: colour frame {frame.index}: {error}", file=sys.stderr)
+                continue
+            answers = bag_answers.answer_frame(pointer, frame, image, requests, replay, options)
+            results = [result for _, result in answers if result is not None]
+            if results:
+                counts["pipeline_ms"] += results[0].shared_timings_ms.get("total", 0.0)
+                counts["pipeline_ms"] += sum(result.timings_ms.get("total", 0.0) for result in results)
+            for answer, result in answers:
+                outputs.write(answer, result, image, replay.recording, frame.log_ns)
+            counts["frames"] += 1
+            progress.update(1)
+    return counts
 
 
 # ---- pop-teach ---------------------------------------------------------------------------------------
