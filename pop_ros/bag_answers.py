@@ -177,7 +177,7 @@ def check_camera(recording: Recording, topics: CameraTopics) -> tuple[int, int]:
     if topics.depth:
         depth_msg = first.get(topics.depth)
         if depth_msg is None:
-            raise RecordingError(f"{topics.depth}: no readable depth message before the first colour frames")
+            raise RecordingError(f"{topics.depth}: no readable depth message ({recording.cut or 'none recorded'})")
         try:
             depth_h, depth_w = to_depth_m(depth_msg).shape
         except ImageConversionError as error:

@@ -131,7 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.rate is not None and not args.rate > 0:
         parser.error(f"--rate must be > 0, got {args.rate}")
     interrupted: list[bool] = []
-    code = run_cli(lambda: _run_bag(args, interrupted), json_output=args.json)
+    try:
+        code = run_cli(lambda: _run_bag(args, interrupted), json_output=args.json)
+    except KeyboardInterrupt:  # before the first frame (loading, checking): nothing was written
+        print("interrupted", file=sys.stderr)
+        return 130
     return 130 if interrupted and code == 0 else code
 
 
@@ -204,7 +208,7 @@ def _run_bag(args, interrupted: list) -> dict:
         outputs.close()
     elapsed = time.perf_counter() - started
     if recording.cut:
-        print(f"warning: {recording.cut}; answered the frames before it", file=sys.stderr)
+        print(f"warning: {recording.cut}", file=sys.stderr)
     return {
         "recording": str(args.recording),
         "storage": recording.storage,
@@ -302,7 +306,9 @@ def _run_teach(args) -> dict:
     if args.time > duration_s:
         raise CliError(f"--time {args.time}: after the recording's end ({duration_s:.3f} s)")
     topics.camera_info = ""
-    frame = next(iter(Replay(recording, topics, Sampling(at_s=[args.time]), 0.0).frames()), None)
+    frames = Replay(recording, topics, Sampling(at_s=[args.time]), 0.0).frames()
+    frame = next(frames, None)
+    frames.close()  # the recording is not read further
     if frame is None:
         raise CliError(f"no colour frame at or after {args.time} s on {topics.colour} ({recording.cut or 'none'})")
     image = decode_colour(frame.msg)
