@@ -270,7 +270,7 @@ def answer_record(answer, recording: Recording, log_ns: int) -> dict:
     }
 
 
-class Outputs:
+class ResultFiles:
     """What one run writes into its folder: the results bag (the node's messages, its publish rules),
     results.jsonl and heatmaps.mp4. Every answer is flushed as it is written."""
 

@@ -177,7 +177,7 @@ def _library(args):
 
 
 def _run_bag(args, interrupted: list) -> dict:
-    from pop_ros.bag_answers import AnswerOptions, Outputs, Replay
+    from pop_ros.bag_answers import AnswerOptions, Replay, ResultFiles
     from pop_ros.pipeline import PartPointer
 
     # Everything is checked before the models load.
@@ -194,7 +194,7 @@ def _run_bag(args, interrupted: list) -> dict:
     duration_s = (recording.end_ns - recording.start_ns) * 1e-9
     colour_count = recording.counts.get(topics.colour, 0)
     fps = args.rate or (colour_count / duration_s / sampling.every if duration_s > 0 else 1.0)
-    outputs = Outputs(args.out, video_fps=max(1.0, min(30.0, fps)))
+    outputs = ResultFiles(args.out, video_fps=max(1.0, min(30.0, fps)))
     replay = Replay(recording, topics, sampling, options.locate.depth_max_dt if topics.depth else 0.0)
     expected = sampling.expected(colour_count, duration_s)
     started = time.perf_counter()
