@@ -32,6 +32,8 @@ setup(
             "pop-eval = pop_ros.cli.evaluate:main",
             "pop-bench = pop_ros.bench:main",
             "find-handle-tree = pop_ros.examples.find_handle_tree:main",
+            "pop-bag = pop_ros.cli.bag:main",
+            "pop-teach = pop_ros.cli.bag:teach_main",
         ],
     },
 )
