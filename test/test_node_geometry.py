@@ -316,7 +316,7 @@ def test_launch_arguments_override_the_params_file_only_when_given():
         launch.node_parameters("/mine.yaml", {**nothing, "image_is_rectified": "maybe"})
     for name in launch.PARAMETER_ARGUMENTS:  # each sets a real node parameter, with its type
         assert name in PARAMETERS
-        assert type(launch.parameter_value(name, "true")) is type(PARAMETERS[name][0])
+        assert type(launch.parameter_value(name, "true")) is PARAMETERS[name].type
     assert launch.node_remappings("/camera/camera/color/", "/d") == [
         ("image", "/camera/camera/color/image_raw"),
         ("camera_info", "/camera/camera/color/camera_info"),
