@@ -22,7 +22,6 @@ import dataclasses
 import functools
 import gc
 import logging
-import pathlib
 import time
 import traceback
 from collections.abc import Iterator
@@ -37,6 +36,7 @@ from pop_ros.ros.answers import Outcome
 from pop_ros.ros.camera import CameraInput
 from pop_ros.ros.continuous import ContinuousMode
 from pop_ros.ros.diagnostics import ERROR, OK, WARN, DiagnosticsPublisher, NodeHealth
+from pop_ros.ros.loading import load_library, load_pointer
 from pop_ros.ros.outputs import Outputs
 from pop_ros.ros.parameters import (
     MAX_WAITING_QUERIES_LIMIT,
@@ -298,12 +298,12 @@ class PopNode(LifecycleNode):
             invalid = check_all({name: self.param(name) for name in PARAMETERS})
             if invalid:
                 raise ValueError(f"invalid parameter: {invalid}")
-            library = self._load_library()
+            library = load_library(self.param, self.get_logger())
             # Checked before the models load: a typo costs no minutes of loading.
             unknown = _unknown_set(self.param("continuous_support_set"), library.names())
             if unknown:
                 raise ValueError(f"continuous_support_set: {unknown}")
-            pointer = self._load_pointer(library)
+            pointer = load_pointer(self.param, self.get_logger(), self.pointer_settings(), library)
         except (ModelLoadError, SupportError, ValueError, OSError) as error:
             return self._configure_failed(str(error))
         except Exception as error:  # noqa: BLE001 - rclpy would turn it into a silent ERROR transition
@@ -317,60 +317,6 @@ class PopNode(LifecycleNode):
         self.configure_error = reason
         self.get_logger().error(f"configure failed: {reason}" + (f"\n{details}" if details else ""))
         return TransitionCallbackReturn.FAILURE
-
-    def _load_library(self):
-        from pop_ros.supports import SupportError, SupportLibrary
-
-        library_path = self.param("support_library")
-        if self.param("library_writable") and not library_path:
-            raise SupportError("library_writable needs support_library: the YAML to keep taught sets in")
-        if not library_path:
-            return SupportLibrary()
-        library = SupportLibrary.load(pathlib.Path(library_path).expanduser(), writable=self.param("library_writable"))
-        for problem in library.errors:
-            self.get_logger().error(f"support library: {problem}")
-        if library.writable:
-            self.get_logger().info(
-                f"support library {library.path} is writable: taught images go to {library.images_dir}"
-            )
-        return library
-
-    def _load_pointer(self, library):
-        """The models (timed, in the log) and the support features of every set of `library`."""
-        from pop_ros.pipeline import PartPointer
-
-        param = self.param
-        started = time.perf_counter()
-        pointer = PartPointer.from_preset(
-            param("preset"),
-            settings=self.pointer_settings(),
-            library=library,
-            feature_cache_dir=param("feature_cache_dir") or None,
-            mllm=param("mllm") or None,
-            visual=param("visual_model") or None,
-            heads_file=param("heads_file") or None,
-            device=param("device") or None,
-            dtype=param("dtype") or None,
-            resolution=param("resolution") or None,
-            prompt_template=param("prompt_template") or None,
-            mllm_max_pixels=None if param("mllm_max_pixels") < 0 else param("mllm_max_pixels"),
-            system_prompt=param("system_prompt") or None,
-            trust_remote_code=True if param("trust_remote_code") else None,
-        )
-        load_s = time.perf_counter() - started
-        warm_started = time.perf_counter()
-        for name in library.names():
-            pointer.warm_support_set(name)
-        if pointer.model_config.random_weights:
-            self.get_logger().warning(
-                f"preset {param('preset')!r} has RANDOM WEIGHTS: every point it gives is meaningless"
-            )
-        self.get_logger().info(
-            f"models {load_s:.1f} s (visual {pointer.load_timings_s['visual']:.1f} s, MLLM "
-            f"{pointer.load_timings_s['mllm']:.1f} s), support features {time.perf_counter() - warm_started:.2f} s "
-            f"for sets {library.names()}; heads: {pointer.heads_source}"
-        )
-        return pointer
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         topics = self.camera.subscribe(
