@@ -125,14 +125,16 @@ def depth_and_info(ros, namespace: str, stamp, depth_m: float = 1.25) -> None:
 @pytest.fixture
 def inprocess():
     """Start a PopNode in-process under /<namespace>, with the shipped params file plus overrides:
-    `start(namespace, "name:=value", ..., activate=True)` -> (RosClient, node, configure result)."""
+    `start(namespace, "name:=value", ..., activate=True, ros_args=("-r", "image:=/cam"))` ->
+    (RosClient, node, configure result)."""
     from pop_ros.ros.node import PopNode
     from pop_ros.ros_client import PARAMS_FILE, RosClient
 
     started = []
 
-    def start(namespace, *overrides, activate=True):
+    def start(namespace, *overrides, activate=True, ros_args=()):
         args = ["--ros-args", "--params-file", str(PARAMS_FILE), "-p", "preset:=tiny", "-p", "autostart:=false"]
+        args += list(ros_args)  # remaps
         for override in overrides:
             args += ["-p", override]
         ros = RosClient(f"{namespace}_client", args=args)

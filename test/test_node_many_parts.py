@@ -6,14 +6,12 @@ import time
 
 import cv2
 import pytest
-from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
-from rcl_interfaces.srv import SetParameters
 from sensor_msgs.msg import Image
 
 from pop_ros.paths import SAMPLE_DIR
 from pop_ros.ros_client import LIBRARY
 from pop_ros_interfaces.srv import PointToPart, PointToParts
-from test.conftest import colour_msg, request, same_stamp
+from test.conftest import colour_msg, request, same_stamp, set_parameter
 
 OTHER_SCENE = cv2.cvtColor(cv2.imread(str(SAMPLE_DIR / "scene_1.png")), cv2.COLOR_BGR2RGB)
 
@@ -135,13 +133,9 @@ def test_request_images_with_equal_headers_are_not_confused(inprocess):
 
 def test_frame_cache_size_parameter(inprocess):
     ros, node, _ = inprocess("cachesize", f"support_library:={LIBRARY}")
-    service = "/cachesize/pop_node/set_parameters"
 
     def set_size(value):
-        parameter = Parameter(
-            name="frame_cache_size", value=ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=value)
-        )
-        return ros.call(SetParameters, service, SetParameters.Request(parameters=[parameter])).results[0]
+        return set_parameter(ros, "frame_cache_size", value, node="/cachesize/pop_node")
 
     assert node.pointer.settings.frame_cache_size == 2
     for bad, reason in ((-1, ">= 0"), (65, "<= 64")):
