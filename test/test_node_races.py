@@ -11,7 +11,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from pop_ros.ros.answers import Outcome
 from pop_ros.ros_client import LIBRARY
-from pop_ros_interfaces.srv import PointToPart, PointToParts
+from pop_ros_interfaces.srv import PointToPart, PointToParts, SetDefaultQuery
 from test.conftest import colour_msg, depth_and_info, request, wait_for
 
 
@@ -117,6 +117,24 @@ def test_a_click_while_the_node_is_cleaned_up_answers_not_configured(inprocess):
     result = node.teaching.teach(10.0, 10.0)
     assert not result.success and result.message.startswith("click not taught: node is not configured")
     assert not node.internal_errors
+
+
+def test_an_edit_while_the_node_is_cleaned_up_answers_not_configured(inprocess):
+    ros, node, _ = inprocess("editclean", f"support_library:={LIBRARY}")
+    ready, done = node.not_ready_reason, []
+
+    def ready_then_cleanup():  # the node was ready when the edit looked; cleaned up right after
+        reason = ready()
+        if not done:
+            done.append(True)
+            node.trigger_deactivate()
+            node.trigger_cleanup()
+        return reason
+
+    node.not_ready_reason = ready_then_cleanup
+    edit = SetDefaultQuery.Request(support_set="mug_handle", query="rim")
+    response = node.teaching.on_set_default_query(edit, SetDefaultQuery.Response())
+    assert not response.success and response.message.startswith("node is not configured"), response.message
 
 
 def test_an_unknown_continuous_support_set_fails_configure_before_any_model_loads(inprocess, monkeypatch):
