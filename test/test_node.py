@@ -367,6 +367,7 @@ def test_unexpected_exception_in_a_callback_is_answered_and_the_node_keeps_servi
     assert not response.success
     assert response.message == "internal error: RuntimeError: something nobody planned for"
     assert node.internal_errors["on_point_to_part"] == 1
+    assert node.health.outcomes["internal error"] == 1  # its outcome on /diagnostics
     assert node.guarded(node.camera.on_image)(None) is None  # a subscription callback given a non-message
     assert node.internal_errors["on_image"] == 1
     node.pointer.point = original

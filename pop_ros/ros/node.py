@@ -138,10 +138,10 @@ class PopNode(LifecycleNode):
         )
 
     # ---- the guard ------------------------------------------------------------------------------------
-    def guarded(self, callback):
+    def guarded(self, callback, query: bool = False):
         """`callback` that never raises: an exception that escaped a callback would end
-        `executor.spin()` and the process. The traceback is logged (throttled), counted, and a
-        service answers `success: false` with the reason."""
+        `executor.spin()` and the process. The traceback is logged (throttled), counted (for a
+        `query` service also as its outcome), and a service answers `success: false` with the reason."""
 
         @functools.wraps(callback)
         def guarded_callback(*args):
@@ -151,6 +151,8 @@ class PopNode(LifecycleNode):
                 name = getattr(callback, "__name__", "callback")
                 self.internal_errors[name] += 1
                 self.health.error("internal error")
+                if query:
+                    self.health.query(Outcome.INTERNAL)
                 self.get_logger().error(
                     f"internal error in {name}: {type(error).__name__}: {error}\n{traceback.format_exc()}",
                     throttle_duration_sec=5.0,

@@ -36,14 +36,14 @@ def frame_key(request_image, header) -> str | None:
 class Queries:
     def __init__(self, node, callback_group):
         self.node = node
-        services = {
-            "~/point_to_part": (PointToPart, self.on_point_to_part),
-            "~/point_to_parts": (PointToParts, self.on_point_to_parts),
-            "~/add_exemplar": (AddExemplar, self.on_add_exemplar),
-            "~/list_support_sets": (ListSupportSets, self.on_list_support_sets),
+        services = {  # name: (type, callback, whether its calls are queries counted on /diagnostics)
+            "~/point_to_part": (PointToPart, self.on_point_to_part, True),
+            "~/point_to_parts": (PointToParts, self.on_point_to_parts, True),
+            "~/add_exemplar": (AddExemplar, self.on_add_exemplar, False),
+            "~/list_support_sets": (ListSupportSets, self.on_list_support_sets, False),
         }
-        for name, (srv_type, callback) in services.items():
-            node.create_service(srv_type, name, node.guarded(callback), callback_group=callback_group)
+        for name, (srv_type, callback, query) in services.items():
+            node.create_service(srv_type, name, node.guarded(callback, query), callback_group=callback_group)
 
     # ---- one query -----------------------------------------------------------------------------------
     def answer(
