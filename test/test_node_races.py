@@ -4,6 +4,7 @@ in-process nodes on the tiny preset."""
 
 import threading
 import time
+import weakref
 
 import torch
 from rclpy.parameter import Parameter
@@ -159,6 +160,7 @@ def test_cleanup_bounds_its_wait_for_a_query_in_flight_and_frees_gpu_memory(inpr
     emptied = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
+    models = weakref.ref(node.pointer)
     node.trigger_deactivate()
     in_flight = node.work_slot()  # a query that does not finish
     assert in_flight.__enter__() == ""
@@ -172,6 +174,7 @@ def test_cleanup_bounds_its_wait_for_a_query_in_flight_and_frees_gpu_memory(inpr
     cleaner.join()
     assert not waited_forever, "cleanup waited for the query in flight without a bound"
     assert node.pointer is None and emptied == [True]
+    assert models() is None  # nothing of the node keeps the models alive
 
 
 # ---- outputs and diagnostics ------------------------------------------------------------------------------------
