@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_demo(preset: str, out: pathlib.Path, seconds: float) -> list[dict]:
     from pop_ros.paths import SAMPLE_DIR
-    from pop_ros.ros_client import LIBRARY, NodeProcess, RosClient
+    from pop_ros.ros_client import LIBRARY, RosClient
+    from pop_ros.testing import NodeProcess
     from pop_ros_interfaces.srv import ListSupportSets
 
     scenes = sorted(SAMPLE_DIR.glob("scene_*.png"))
