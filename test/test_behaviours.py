@@ -22,11 +22,6 @@ from pop_ros.paths import SAMPLE_DIR
 from pop_ros.ros_client import LIBRARY
 from pop_ros_interfaces.srv import PointToPart as PointToPartSrv
 
-try:  # the node fixtures are moving to conftest.py; until then they live in test_node.py
-    from test.conftest import inprocess  # noqa: F401
-except ImportError:
-    from test.test_node import inprocess  # noqa: F401
-
 Status = py_trees.common.Status
 NS = "bt"
 SERVICE = f"/{NS}/pop_node/point_to_part"
