@@ -119,7 +119,7 @@ class Teaching:
     def on_remove_exemplar(self, request, response):
         updated = self._edit(
             response,
-            lambda: self.node.pointer.remove_exemplar(request.support_set, int(request.index)),
+            lambda: self.node.pointer.library.remove_exemplar(request.support_set, int(request.index)),
             lambda kept: f"removed exemplar {request.index} of {request.support_set!r}; {len(kept.exemplars)} left",
         )
         response.num_exemplars = len(updated.exemplars) if updated is not None else 0
@@ -134,7 +134,7 @@ class Teaching:
                     f"{request.support_set!r} is the continuous_support_set: set continuous_support_set to "
                     "another set (or empty) first"
                 )
-            return self.node.pointer.remove_support_set(request.support_set)
+            return self.node.pointer.library.remove_support_set(request.support_set)
 
         self._edit(
             response,
@@ -146,7 +146,7 @@ class Teaching:
     def on_set_default_query(self, request, response):
         self._edit(
             response,
-            lambda: self.node.pointer.set_default_query(request.support_set, request.query),
+            lambda: self.node.pointer.library.set_default_query(request.support_set, request.query),
             lambda updated: f"default query of {request.support_set!r} is now {updated.query!r}",
         )
         return response
