@@ -206,7 +206,7 @@ def run_model_benchmarks(pointer, repeats: int, warmup: int, progress) -> dict:
     target, supports = bench_images(10)
     heads, _ = pointer.text_heads()
     for image, _ in supports:  # cached support features, as in use
-        pointer.support_features([image])
+        pointer.support_features.for_images([image])
     results: dict = {"device": device_name(device), "dtype": str(next(adapter.model.parameters()).dtype)}
     results["model"] = {
         "mllm": pointer.model_config.mllm,

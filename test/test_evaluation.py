@@ -318,6 +318,26 @@ def test_pop_eval_end_to_end_writes_reports_and_resumes(datasets, tmp_path):
     assert json.loads(second.stdout)["summary"] == summary
 
 
+def test_the_evaluation_runs_from_python_without_the_command_line(datasets, tmp_path):
+    """The evaluation is a function with plain arguments: it plans, computes, resumes and reports
+    without argparse, and refuses bad input with an EvaluationError (not an exit)."""
+    from pop_ros.evaluation.evaluate import EvaluationError, EvaluationProgress, evaluate
+
+    arguments = dict(out=tmp_path / "eval", methods=["attention-0shot", "pop-1shot"], preset="tiny", seeds=1, limit=2)
+    progress = EvaluationProgress()
+    first = evaluate([f"paco:{datasets / 'paco'}"], cls_pool=3, progress=progress, **arguments)
+    assert (first["predictions"], first["computed"], first["reused"]) == (4, 4, 0)  # 2 episodes x 2 methods
+    assert (progress.total, progress.done, progress.written) == (4, 4, 4)
+    assert set(first["summary"]) == {"paco"} and first["summary"]["paco"]["pop-1shot"]["episodes"] == 2
+    assert (tmp_path / "eval" / "table.md").is_file()
+    again = evaluate([f"paco:{datasets / 'paco'}"], cls_pool=3, **arguments)
+    assert (again["computed"], again["reused"]) == (0, 4) and again["summary"] == first["summary"]
+    with pytest.raises(EvaluationError, match="unknown methods"):
+        evaluate([f"paco:{datasets / 'paco'}"], out=tmp_path / "other", methods=["pop-9shot"])
+    with pytest.raises(EvaluationError, match="expected NAME:ROOT"):
+        evaluate(["coco:/x"], out=tmp_path / "other", preset="tiny")
+
+
 def test_pop_eval_bad_input_is_one_line(tmp_path):
     missing = run_eval("--preset", "tiny", "--dataset", f"paco:{tmp_path}")
     assert missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr

@@ -16,6 +16,7 @@ from pop_ros.image_conversion import (
     to_depth_m,
     to_rgb8,
 )
+from pop_ros.stamps import StampBuffer
 
 
 def make_msg(array: np.ndarray, encoding: str, pad: int = 0, big_endian: bool = False) -> Image:
@@ -122,13 +123,13 @@ def test_robust_depth_median_ignores_invalid_and_scales_resolution():
 
 
 def test_stamp_buffer_pairs_by_nearest_stamp_within_tolerance():
-    buffer = geometry.StampBuffer(capacity=3)
+    buffer = StampBuffer(capacity=3)
     for stamp in (1.0, 1.1, 1.2, 1.3):
         buffer.add(stamp, f"depth@{stamp}")
     assert buffer.nearest(1.24, 0.05) == ("depth@1.2", pytest.approx(0.04))
     item, gap = buffer.nearest(1.0, 0.05)  # 1.0 fell out of the 3-slot buffer
     assert item is None and gap == pytest.approx(0.1)
-    assert geometry.StampBuffer().nearest(1.0, 1.0) == (None, math.inf)
+    assert StampBuffer().nearest(1.0, 1.0) == (None, math.inf)
 
 
 # ---- known bad compressed input ------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The real checkpoints' structure: hub file layouts, chat templates, Molmo2's real token geometry,
 the MLLM pixel cap and the system-turn option. Random weights: plumbing and geometry only."""
 
+import dataclasses
 import json
 import math
 import shutil
@@ -202,7 +203,7 @@ def test_sigma_stays_in_token_units_on_molmo2s_patch_grid(monkeypatch, rng):
     image = random_image(rng, 300, 500)
     for preset, cells in (("tiny", 1), ("tiny-molmo2", 2)):
         pointer = PartPointer.from_preset(preset)
-        pointer.settings.sigma = 1.5
+        pointer.settings = dataclasses.replace(pointer.settings, sigma=1.5)
         pointer.point(image, "handle of the mug")
         grid, sigma = seen[-1]
         assert sigma == 1.5 * cells

@@ -332,15 +332,16 @@ def test_set_features_follow_edits_and_retaught_sets(tmp_path, rng):
     pointer.add_exemplar("lid", first, (10, 10))
     pointer.add_exemplar("lid", second, (30, 20))
     same_as_explicit([(first, (10, 10)), (second, (30, 20))])
-    pointer.remove_exemplar("lid", 0)
+    library.remove_exemplar("lid", 0)  # edits go to the library; the pointer follows its versions
     same_as_explicit([(second, (30, 20))])
-    pointer.remove_support_set("lid")
+    library.remove_support_set("lid")
     pointer.add_exemplar("lid", third, (5, 40))  # same name, new content: no stale features
     same_as_explicit([(third, (5, 40))])
     versions = {pointer.library.get("lid").version}
-    pointer.set_default_query("lid", "lid of the jar")
+    library.set_default_query("lid", "lid of the jar")
     versions.add(pointer.library.get("lid").version)
     assert len(versions) == 2 and pointer.point(target, support_set="lid").query == "lid of the jar"
+    assert pointer.support_features.cached_sets() == [("lid", pointer.library.get("lid").version)]
 
 
 # ---- the module's promises, one test each ----------------------------------------------------------

@@ -69,7 +69,7 @@ ABLATION_METHODS = (
     Method("abl-heads-selected-max", 1, (("aggregation", "max"),)),
     Method("abl-sim-forward", 1, (("similarity", "forward"),)),
     Method("abl-sim-backward", 1, (("similarity", "backward"),)),
-    Method("abl-shots-product-3", 3, (("shots", "product"),)),
+    Method("abl-shots-product-3", 3, (("shot_combination", "product"),)),
 )
 ALL_METHODS = {method.name: method for method in MAIN_METHODS + ABLATION_METHODS}
 
@@ -82,7 +82,10 @@ def method_spec(method: Method) -> dict:
         spec["native_prompts"] = dict(NATIVE_PROMPTS)
         spec["native_max_new_tokens"] = NATIVE_MAX_NEW_TOKENS
     else:
-        spec["settings"] = dataclasses.asdict(dataclasses.replace(PointerSettings(), **dict(method.settings)))
+        settings = dataclasses.asdict(dataclasses.replace(PointerSettings(), **dict(method.settings)))
+        # Recorded under the field's protocol-3 name: renaming a field must not invalidate cached predictions.
+        settings["shots"] = settings.pop("shot_combination")
+        spec["settings"] = settings
     return spec
 
 

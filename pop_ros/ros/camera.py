@@ -14,8 +14,8 @@ import numpy as np
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from pop_ros import geometry
 from pop_ros.image_conversion import ImageConversionError, compressed_to_rgb8, to_rgb8
+from pop_ros.stamps import StampBuffer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +60,7 @@ class CameraInput:
         self.node = node
         self.latest: Frame | None = None  # replaced whole by each frame: one read is one snapshot
         self.latest_seq = 0  # frames received; written only by on_image
-        self.depth = geometry.StampBuffer()
+        self.depth = StampBuffer()
         self.camera_info: CameraInfo | None = None
         self.subscriptions: list = []
         self.on_frame = None  # called for every colour frame (the node's diagnostics count them)

@@ -281,7 +281,7 @@ class PopNode(LifecycleNode):
             aggregation=value("aggregation"),
             head_set=value("head_set"),
             sigma=float(value("sigma")),
-            shots=value("shots_combination"),
+            shot_combination=value("shots_combination"),
             upsample=int(value("upsample")),
             max_shots=int(value("max_shots")),
             retrieval=value("retrieval"),

@@ -114,7 +114,7 @@ class Teaching:
     def on_remove_exemplar(self, request, response):
         updated = self._edit(
             response,
-            lambda pointer: pointer.remove_exemplar(request.support_set, int(request.index)),
+            lambda pointer: pointer.library.remove_exemplar(request.support_set, int(request.index)),
             lambda kept: f"removed exemplar {request.index} of {request.support_set!r}; {len(kept.exemplars)} left",
         )
         response.num_exemplars = len(updated.exemplars) if updated is not None else 0
@@ -129,7 +129,7 @@ class Teaching:
                     f"{request.support_set!r} is the continuous_support_set: set continuous_support_set to "
                     "another set (or empty) first"
                 )
-            return pointer.remove_support_set(request.support_set)
+            return pointer.library.remove_support_set(request.support_set)
 
         self._edit(response, remove, lambda _: f"removed support set {request.support_set!r}")
         return response
@@ -137,7 +137,7 @@ class Teaching:
     def on_set_default_query(self, request, response):
         self._edit(
             response,
-            lambda pointer: pointer.set_default_query(request.support_set, request.query),
+            lambda pointer: pointer.library.set_default_query(request.support_set, request.query),
             lambda updated: f"default query of {request.support_set!r} is now {updated.query!r}",
         )
         return response
