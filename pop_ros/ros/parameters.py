@@ -16,7 +16,7 @@ import pathlib
 import re
 from collections.abc import Callable, Mapping
 
-from pop_ros import core, pipeline
+from pop_ros import pipeline
 from pop_ros.models.presets import PRESETS
 
 # Queries waiting for the running one each hold an executor thread: at most this many may wait,
@@ -24,9 +24,6 @@ from pop_ros.models.presets import PRESETS
 # timers and quick services always find free.
 MAX_WAITING_QUERIES_LIMIT = 8
 RESERVED_THREADS = 3
-# TODO(pipeline): the frame store's size limit, today a literal 64 in PointerSettings.validate;
-# import it from the pipeline once it names it.
-FRAME_CACHE_LIMIT = 64
 
 Value = bool | int | float | str
 
@@ -199,19 +196,19 @@ _TABLE = [
     _spec("image_is_rectified", True, "true: images are rectified (intrinsics from camera_info P, K when P is all "
           "zero); false: raw images, pixels undistorted with K, D, R, P (plumb_bob, rational_polynomial, "
           "equidistant) before deprojection", RUNTIME),
-    _spec("similarity", "bidirectional", "visual correspondence", RUNTIME, choices=tuple(core.SIMILARITY_MODES)),
-    _spec("aggregation", "sum", "how head maps combine", RUNTIME, choices=tuple(core.AGGREGATIONS)),
+    _spec("similarity", "bidirectional", "visual correspondence", RUNTIME, choices=tuple(pipeline.SIMILARITY_MODES)),
+    _spec("aggregation", "sum", "how head maps combine", RUNTIME, choices=tuple(pipeline.AGGREGATIONS)),
     _spec("head_set", "selected", "selected (calibrated heads or fallback) | all (every head; ablation)", RUNTIME,
           choices=tuple(pipeline.HEAD_SETS)),
     _spec("sigma", 1.0, "Gaussian smoothing of each head map, LLM-token units", RUNTIME, minimum=0.0),
-    _spec("shots_combination", "mean", "how K visual maps combine", RUNTIME, choices=tuple(core.SHOT_COMBINATIONS)),
+    _spec("shots_combination", "mean", "how K visual maps combine", RUNTIME, choices=tuple(pipeline.SHOT_COMBINATIONS)),
     _spec("upsample", 2, "upsampling of the fused map before the argmax", RUNTIME, minimum=1),
     _spec("max_shots", 3, "K: at most this many exemplars per query", RUNTIME, minimum=1),
     _spec("retrieval", "cls", "which K exemplars: cls (closest by DINO [CLS]) | first", RUNTIME,
           choices=tuple(pipeline.RETRIEVALS)),
     _spec("use_text", True, "false = visual-only ablation (needs a support set)", RUNTIME),
     _spec("frame_cache_size", 2, "latest N frames (by stamp + frame_id) whose image features and MLLM image prefix "
-          "further queries reuse; 0 = none", RUNTIME, minimum=0, maximum=FRAME_CACHE_LIMIT),
+          "further queries reuse; 0 = none", RUNTIME, minimum=0, maximum=pipeline.MAX_FRAME_CACHE_SIZE),
     _spec("min_score", 0.0, "answers with a lower score fail with 'part not visible' (0 = never)", RUNTIME,
           minimum=0.0),
     _spec("max_frame_age", 1.0, "refuse camera frames older than this, seconds (0 = no limit)", RUNTIME,
