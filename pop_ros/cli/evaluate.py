@@ -36,7 +36,7 @@ class _Progress:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pop_ros.evaluation.runner import ABLATION_METHODS, ALL_METHODS, MAIN_METHODS
+    from pop_ros.evaluation.methods import ABLATION_METHODS, ALL_METHODS, MAIN_METHODS
 
     parser = argparse.ArgumentParser(prog="pop-eval", description=__doc__.split("\n")[0])
     parser.add_argument(
