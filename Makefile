@@ -32,6 +32,7 @@ help:
 	@echo "make device-wheels - the pinned wheels the GPU test machine's stock image lacks, in build/device-wheels"
 	@echo "make device-check  - on that GPU machine: tests on CUDA + pop-bench 3B/7B, one JSON + one log in \$$OUT"
 	@echo "make clean  - remove build outputs and demo_out (keeps .venv)"
+	@echo ".venv is made with python3.12, else python3.11; make PYTHON_BOOTSTRAP=/path/to/python3.x picks one"
 
 setup: $(STAMPS)/package
 
