@@ -21,10 +21,12 @@ import resource
 import statistics
 import sys
 import time
+from typing import TYPE_CHECKING
 
-import cv2
-import numpy as np
-import torch
+if TYPE_CHECKING:  # annotations only: --help must not import torch (imported where used)
+    import numpy as np
+    import torch
+
 
 NATIVE_NEW_TOKENS = 24  # a point answer: [{"point_2d": [412, 233], "label": "handle of the mug"}]
 QUERY = "handle of the mug"
@@ -33,6 +35,8 @@ MANY_QUERIES = (QUERY, "rim of the mug", "neck of the bottle", "lid of the cup",
 
 
 def percentile(values, q: float) -> float:
+    import numpy as np
+
     return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if len(values) else float("nan")
 
 
@@ -41,6 +45,8 @@ def summary(values) -> dict:
 
 
 def peak_memory_mb(device: torch.device) -> float:
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
@@ -48,6 +54,8 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def memory_in_use_mb(device: torch.device) -> float:
     """GPU memory held by tensors now (the models, once loaded); on a CPU the process's resident set."""
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.memory_allocated(device) / 2**20
     import psutil
@@ -58,6 +66,8 @@ def memory_in_use_mb(device: torch.device) -> float:
 def peak_memory_detail_mb(device: torch.device) -> dict:
     """Peaks of the run: tensors (`peak_allocated`) and, on CUDA, what the caching allocator reserved
     from the driver (`peak_reserved`, what other processes on the GPU cannot use)."""
+    import torch
+
     detail = {"peak_allocated": peak_memory_mb(device)}
     if device.type == "cuda":
         detail["peak_reserved"] = torch.cuda.max_memory_reserved(device) / 2**20
@@ -65,6 +75,8 @@ def peak_memory_detail_mb(device: torch.device) -> dict:
 
 
 def device_name(device: torch.device) -> str:
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
@@ -113,6 +125,7 @@ SHAPES = {
 
 def build_shape_pointer(shape: str, device: str, dtype: str):
     """A PartPointer on random-weight models with a real model's shape (nothing downloaded)."""
+    import torch
     from transformers import (
         DINOv3ViTConfig,
         DINOv3ViTModel,
@@ -169,6 +182,9 @@ def build_shape_pointer(shape: str, device: str, dtype: str):
 
 def bench_images(count: int) -> tuple[np.ndarray, list[tuple[np.ndarray, tuple[float, float]]]]:
     """A 640x480 target and `count` distinct 640x480 supports (sample images, flipped and shifted)."""
+    import cv2
+    import numpy as np
+
     from pop_ros.paths import SAMPLE_DIR, config_dir
     from pop_ros.supports import SupportLibrary, read_rgb
 
@@ -188,6 +204,8 @@ def bench_images(count: int) -> tuple[np.ndarray, list[tuple[np.ndarray, tuple[f
 
 
 def timed(function, repeats: int, device: torch.device) -> list[float]:
+    import torch
+
     times = []
     for _ in range(repeats):
         if device.type == "cuda":
@@ -304,6 +322,7 @@ def run_many_parts(pointer, target, supports, repeats: int) -> dict:
 def serve_camera(topic: str, seconds: float, rate_hz: float = 30.0) -> int:
     """Publish a 640x480 bgr8 frame on `topic` at `rate_hz` for `seconds` (run as its own process, as
     a camera driver is); prints how many frames it published."""
+    import cv2
     from sensor_msgs.msg import Image
 
     from pop_ros.image_conversion import from_array

@@ -164,14 +164,14 @@ def test_heatmap_published_with_the_source_header(client, node_process):
 # ---- bad input: a clear error, the node keeps serving ---------------------------------------------------
 def bad_images():
     unsupported = from_array(np.zeros((4, 4, 3), np.uint8), "rgb8")
-    unsupported.encoding = "yuv422"
+    unsupported.encoding = "bayer_rggb8"
     short_step = from_array(np.zeros((4, 4, 3), np.uint8), "rgb8")
     short_step.step = 3
     wrong_size = from_array(np.zeros((4, 4, 3), np.uint8), "rgb8")
     wrong_size.height = 5
     zero_width = Image(height=4, width=0, encoding="rgb8", step=0)
     return [
-        (unsupported, "unsupported colour encoding 'yuv422'"),
+        (unsupported, "unsupported colour encoding 'bayer_rggb8'"),
         (short_step, "step 3 is smaller"),
         (wrong_size, "data has 48 bytes but step x height = 60"),
         (zero_width, "image is empty"),

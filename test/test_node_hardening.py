@@ -176,7 +176,7 @@ def test_failure_answers_carry_the_source_header(inprocess):
     unknown = ros.call(PointToPart, "/headers/pop_node/point_to_part", request("handle", "no_such_set"))
     assert unknown.header.frame_id == "old_cam"  # refused before converting: still the frame's header
     bad = colour_msg(now, frame_id="bad_request")
-    bad.encoding = "yuv422"
+    bad.encoding = "bayer_rggb8"
     answer = ros.call(PointToPart, "/headers/pop_node/point_to_part", request("handle", "mug_handle", bad))
     assert not answer.success and answer.header.frame_id == "bad_request" and same_stamp(answer.header.stamp, now)
 

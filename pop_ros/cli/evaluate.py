@@ -21,8 +21,7 @@ from pop_ros.cli.common import CliError, add_model_arguments, model_overrides, r
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pop_ros.evaluation.evaluate import EvaluationProgress
-    from pop_ros.evaluation.runner import ABLATION_METHODS, ALL_METHODS, MAIN_METHODS
+    from pop_ros.evaluation.methods import ABLATION_METHODS, ALL_METHODS, MAIN_METHODS
 
     parser = argparse.ArgumentParser(prog="pop-eval", description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -50,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     add_model_arguments(parser)
     arguments = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(arguments)
+    from pop_ros.evaluation.evaluate import EvaluationProgress  # after --help: it imports torch
+
     names = [n.strip() for n in args.methods.split(",") if n.strip()]
     if args.ablations:
         names += [m.name for m in ABLATION_METHODS if m.name not in names]

@@ -16,7 +16,6 @@ import pathlib
 import sys
 
 from pop_ros.cli.common import CliError, add_model_arguments, model_overrides, run_cli
-from pop_ros.supports import SupportError, read_rgb
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
@@ -69,6 +68,7 @@ def _run(args) -> dict:
 
     from pop_ros.models.heads import sample_votes, save_head_file, select_heads
     from pop_ros.models.presets import default_head_file, get_preset, user_head_file
+    from pop_ros.supports import SupportError, read_rgb
 
     if args.k < 1 or args.votes_per_sample < 1:
         raise CliError("-k and --votes-per-sample must be >= 1")

@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from pop_ros.evaluation.datasets import DEFAULT_SPLITS, Episode, PartSample
+from pop_ros.evaluation.methods import ABLATION_METHODS, ALL_METHODS, MAIN_METHODS, Method  # noqa: F401 (re-exported)
 from pop_ros.evaluation.native import (
     NATIVE_MAX_NEW_TOKENS,
     NATIVE_PROMPTS,
@@ -41,37 +42,6 @@ PROTOCOL_VERSION = 3  # 3: clicks and hits in ROS pixel coordinates (centre of t
 K_SHOTS = 3  # supports every episode draws for the K-shot methods (the paper's largest K)
 # Files whose content (not only size) identifies a dataset: its annotations.
 ANNOTATION_SUFFIXES = (".json", ".txt", ".csv", ".yaml", ".yml", ".xml")
-
-
-@dataclasses.dataclass(frozen=True)
-class Method:
-    name: str
-    shots: int  # K supports (0 = the text prior alone)
-    settings: tuple = ()  # PointerSettings overrides as (field, value) pairs
-    cls_retrieval: bool = False  # give the whole support pool and let DINO [CLS] choose K
-    native: bool = False  # the MLLM's own generated point
-
-
-MAIN_METHODS = (
-    Method("native", 0, native=True),
-    Method("attention-0shot", 0),
-    Method("visual-1shot", 1, (("use_text", False),)),
-    Method("pop-1shot", 1),
-    Method("pop-3shot", 3),
-    Method("pop-3shot-cls", 3, (("retrieval", "cls"),), cls_retrieval=True),
-)
-# The paper's ablations (its Tab. 5 and 6 are 1-shot): head aggregation, similarity direction;
-# plus our K-shot combination.
-ABLATION_METHODS = (
-    Method("abl-heads-all-mean", 1, (("head_set", "all"), ("aggregation", "mean"))),
-    Method("abl-heads-all-max", 1, (("head_set", "all"), ("aggregation", "max"))),
-    Method("abl-heads-selected-mean", 1, (("aggregation", "mean"),)),
-    Method("abl-heads-selected-max", 1, (("aggregation", "max"),)),
-    Method("abl-sim-forward", 1, (("similarity", "forward"),)),
-    Method("abl-sim-backward", 1, (("similarity", "backward"),)),
-    Method("abl-shots-product-3", 3, (("shot_combination", "product"),)),
-)
-ALL_METHODS = {method.name: method for method in MAIN_METHODS + ABLATION_METHODS}
 
 
 def method_spec(method: Method) -> dict:

@@ -34,10 +34,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from pop_ros.models.prompts import DEFAULT_PROMPT
+
 LOG = logging.getLogger(__name__)
 
 CAPTURE_IMPLEMENTATION = "pop_capture"
-DEFAULT_PROMPT = "Point to the {query}."
 # InternVL3's own `chat()` (its "internvl2_5" conversation template) always opens with this system
 # turn; the `-hf` chat template sends none. `system_prompt: internvl-original` restores it.
 INTERNVL_ORIGINAL_SYSTEM_PROMPT = (

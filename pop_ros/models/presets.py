@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
-from pop_ros.models.mllm import DEFAULT_PROMPT
+from pop_ros.models.prompts import DEFAULT_PROMPT
 from pop_ros.paths import heads_dirs, user_heads_dir
 
 
