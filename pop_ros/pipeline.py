@@ -287,26 +287,27 @@ class PartPointer:
         explicit = self.model_config.heads_file
         path = pathlib.Path(explicit) if explicit else default_head_file(self.model_config.mllm)
         if explicit or path.is_file():
-            selected = load_head_file(path, layers, heads)
+            selected = load_head_file(path, layers, heads, layer_problem=self.mllm.head_layer_problem)
             LOG.info("localization heads of %s from %s: %s", self.model_config.mllm, path, selected)
             return selected, str(path)
+        fallback_layers = sorted({layer for layer, _ in fallback_heads(layers, heads, self.mllm.head_layers)})
         LOG.warning(
             "no calibrated localization heads for %s (looked for %s): using the mean over all heads of layers "
-            "%d-%d as the text prior until `pop-find-heads` has been run for this model",
+            "%s as the text prior until `pop-find-heads` has been run for this model%s",
             self.model_config.mllm,
             " and ".join(str(candidate) for candidate in head_file_candidates(self.model_config.mllm)),
-            layers // 3,
-            max(layers // 3 + 1, 2 * layers // 3) - 1,
+            fallback_layers,
+            f" ({self.mllm.head_layer_note})" if self.mllm.head_layer_note else "",
         )
         return None, "fallback"
 
     def text_heads(self) -> tuple[list[tuple[int, int]], str]:
         """(heads, aggregation) the text prior uses under the current settings."""
         if self.settings.head_set == "all":
-            heads = [(layer, head) for layer in range(self.mllm.num_layers) for head in range(self.mllm.num_heads)]
+            heads = [(layer, head) for layer in self.mllm.head_layers for head in range(self.mllm.num_heads)]
             return heads, self.settings.aggregation
         if self.calibrated_heads is None:
-            return fallback_heads(self.mllm.num_layers, self.mllm.num_heads), "mean"
+            return fallback_heads(self.mllm.num_layers, self.mllm.num_heads, self.mllm.head_layers), "mean"
         return self.calibrated_heads, self.settings.aggregation
 
     # ---- supports ------------------------------------------------------------------------------
