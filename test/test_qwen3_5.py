@@ -140,7 +140,7 @@ def test_the_deltanet_states_matter(qwen35, rng):
         entry if entry[0] == "kv" else ("state", entry[1], torch.zeros_like(entry[2])) for entry in prefix.keys_values
     ]
     broken = qwen35.head_maps_from_prefix(prefix, "lid", [(7, 0)])
-    assert float((good - broken).abs().max()) > 1e-3
+    assert float((good - broken).abs().max()) > 1e-4  # ten times the equality tolerance
 
 
 def test_mtp_weights_in_a_checkpoint_are_not_loaded(qwen35, tmp_path, rng):

@@ -62,16 +62,6 @@ CHAT_TEMPLATES = {
 }
 
 _SPECIAL_TOKENS = {
-    "qwen3_5": [
-        "<|im_start|>",
-        "<|im_end|>",
-        "<|vision_start|>",
-        "<|vision_end|>",
-        "<|image_pad|>",
-        "<|video_pad|>",
-        "<think>",
-        "</think>",
-    ],
     "qwen2_5_vl": [
         "<|im_start|>",
         "<|im_end|>",
@@ -120,7 +110,7 @@ def build_tokenizer(family: str):
     # Special tokens are matched whole before pre-tokenisation, as in the real tokenizers.
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in _SPECIAL_TOKENS[family]])
     extra = {}
-    if family in ("qwen2_5_vl", "qwen3_5"):
+    if family == "qwen2_5_vl":
         extra = {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"}
     elif family == "internvl":
         extra = {
@@ -176,13 +166,13 @@ def _build(family: str, num_layers: int):
     """(model, processor) of a tiny random `family` model."""
     from pop_ros.models.processors import build_processor, molmo2_image_processor
 
+    if family == "qwen3_5":  # its own module: transformers rebuilds its byte-level BPE tokenizer on load
+        from pop_ros.models.qwen3_5 import build_tiny
+
+        return build_tiny(num_layers)
     tokenizer = build_tokenizer(family)
     vocab_size = 128  # > the tiny vocabulary
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in _SPECIAL_TOKENS[family]}
-    if family == "qwen3_5":
-        from pop_ros.models.qwen3_5 import build_tiny
-
-        return build_tiny(tokenizer, num_layers)
     if family == "qwen2_5_vl":
         from transformers import (
             Qwen2_5_VLConfig,
