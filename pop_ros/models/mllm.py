@@ -469,7 +469,6 @@ class MLLMAdapter:
     def _run_prefix(self, prefix: ImagePrefix, depth: int) -> None:
         """Fill `prefix.keys_values` for layers 0..depth (the vision tower runs once per prefix)."""
         from transformers import DynamicCache
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
 
         inputs = dict(prefix.model_inputs)
         position_ids, offset = self._prefix_positions(inputs)
@@ -502,10 +501,16 @@ class MLLMAdapter:
             else:
                 inner.__dict__.pop("get_image_features", None)
         if "image" in recorded:
-            prefix.image_features = BaseModelOutputWithPooling(pooler_output=recorded["image"].pooler_output)
+            prefix.image_features = self._kept_image_features(recorded["image"])
             prefix.model_inputs.pop("pixel_values", None)  # the features replace them: memory stays flat
         kept = self._keep_prefix_state(cache, depth, prefix.length)
         prefix.keys_values, prefix.depth, prefix.position_offset = kept, depth, offset
+
+    def _kept_image_features(self, output):
+        """What of the vision tower's output a deeper prefix run needs (not its hidden states)."""
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        return BaseModelOutputWithPooling(pooler_output=output.pooler_output)
 
     def _keep_prefix_state(self, cache, depth: int, length: int) -> list:
         """What a query needs of the prefix run's cache, per layer 0..depth: its keys and values."""

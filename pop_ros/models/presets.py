@@ -70,6 +70,7 @@ PRESETS: dict[str, ModelConfig] = {
     "tiny-molmo2": ModelConfig(mllm="tiny:molmo2", **_TINY),
     "tiny-internvl": ModelConfig(mllm="tiny:internvl", **_TINY),
     "tiny-qwen3.5": ModelConfig(mllm="tiny:qwen3_5", **_TINY),
+    "tiny-ovis2": ModelConfig(mllm="tiny:ovis2", **_TINY),
     "qwen2.5-vl-3b": ModelConfig(
         mllm="Qwen/Qwen2.5-VL-3B-Instruct",
         visual="facebook/dinov3-vitb16-pretrain-lvd1689m",
@@ -93,6 +94,9 @@ PRESETS: dict[str, ModelConfig] = {
         )
         for size in ("0.8b", "2b", "4b", "9b")
     },
+    # Ovis2 (native in transformers; the paper's Ovis2.5 is remote code only).
+    "ovis2-2b": ModelConfig(mllm="thisisiron/Ovis2-2B-hf", visual="facebook/dinov3-vitb16-pretrain-lvd1689m"),
+    "ovis2-8b": ModelConfig(mllm="thisisiron/Ovis2-8B-hf", visual="facebook/dinov3-vitl16-pretrain-lvd1689m"),
     # DINOv3 is gated on the hub; DINOv2 with registers is not.
     "qwen2.5-vl-7b-dinov2": ModelConfig(
         mllm="Qwen/Qwen2.5-VL-7B-Instruct",

@@ -20,7 +20,7 @@ LOG = logging.getLogger(__name__)
 
 # Bump when the tiny configs change so stale cached folders are rebuilt.
 TINY_VERSION = 3
-FAMILIES = ("qwen2_5_vl", "molmo2", "internvl", "qwen3_5")
+FAMILIES = ("qwen2_5_vl", "molmo2", "internvl", "qwen3_5", "ovis2")
 # Families whose decoder is not a plain transformer: generic tests pick their heads differently.
 HYBRID_FAMILIES = ("qwen3_5",)
 
@@ -62,6 +62,8 @@ CHAT_TEMPLATES = {
 }
 
 _SPECIAL_TOKENS = {
+    "ovis2": ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<image>"]
+    + ["<IMG_ATOM>", "<IMG_START>", "<IMG_GRID>", "<IMG_COL>", "<IMG_ROW>", "<IMG_END>"],
     "qwen2_5_vl": [
         "<|im_start|>",
         "<|im_end|>",
@@ -144,6 +146,7 @@ HUB_LAYOUTS = {
     "internvl": {"processor_class_file": "processor_config.json", "chat_template_file": "chat_template.json"},
     "molmo2": {"processor_class_file": "processor_config.json", "chat_template_file": "chat_template.jinja"},
     "qwen3_5": {"processor_class_file": "preprocessor_config.json", "chat_template_file": "chat_template.jinja"},
+    "ovis2": {"processor_class_file": "processor_config.json", "chat_template_file": "chat_template.jinja"},
 }
 # Layers of each family's tiny checkpoint when not given (Qwen3.5: its 3:1 pattern needs 8).
 TINY_LAYERS = {"qwen3_5": 8}
@@ -171,6 +174,10 @@ def _build(family: str, num_layers: int):
 
         return build_tiny(num_layers)
     tokenizer = build_tokenizer(family)
+    if family == "ovis2":
+        from pop_ros.models.ovis2 import build_tiny
+
+        return build_tiny(tokenizer, num_layers)
     vocab_size = 128  # > the tiny vocabulary
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in _SPECIAL_TOKENS[family]}
     if family == "qwen2_5_vl":
