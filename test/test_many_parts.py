@@ -17,7 +17,13 @@ from test.conftest import random_image
 
 HEADS = [(1, 0), (2, 3), (4, 1), (4, 2)]
 QUERIES = ["handle of the mug", "neck of the bottle", "lid", "a part of the cup in the image"]
-PRESETS = {"qwen2_5_vl": "tiny", "molmo2": "tiny-molmo2", "internvl": "tiny-internvl", "qwen3_5": "tiny-qwen3.5"}
+PRESETS = {
+    "qwen2_5_vl": "tiny",
+    "molmo2": "tiny-molmo2",
+    "internvl": "tiny-internvl",
+    "qwen3_5": "tiny-qwen3.5",
+    "ovis2": "tiny-ovis2",
+}
 
 
 # Plain transformers only: this test's heads and prefix depths sit on layers 1, 2, 4, 5, which a

@@ -40,6 +40,13 @@ def expected_grid(family, adapter, image):
 
         tiling_h, tiling_w = select_tiling(image.shape[0] - 28, image.shape[1] - 28, 7 * 14, 4)
         return (tiling_h * 7 + 2, tiling_w * 7 + 2), prepared
+    if family == "ovis2":
+        # The image processor's own tiling (rows, cols); 4 x 4 tokens a tile (112 px, 14 px patches,
+        # 2 x 2 merge): the tiles side by side, or the thumbnail alone for one tile.
+        from PIL import Image
+
+        rows, cols = adapter.processor.image_processor(images=[Image.fromarray(image)])["grids"][0]
+        return (4 * int(rows), 4 * int(cols)), prepared
     return (8, 8), prepared  # tiny InternVL: 224 px tile, 14 px patches, pixel shuffle 0.5, one tile
 
 
@@ -57,6 +64,9 @@ def test_image_tokens_and_grid(tiny_adapters, rng, family, size):
     assert bool((input_ids[positions] == image_token).all())
     if family == "molmo2":
         assert bool((positions.reshape(grid)[:, 1:] >= positions.reshape(grid)[:, :-1]).all())  # a token per 2x2
+    elif family == "ovis2":  # tiles side by side: increasing along each row, each token once
+        assert bool((positions.reshape(grid)[:, 1:] > positions.reshape(grid)[:, :-1]).all())
+        assert positions.unique().numel() == positions.numel()
     else:
         assert bool((positions[1:] > positions[:-1]).all())
     assert int(positions.max()) < input_ids.numel() - 1  # the last prompt token is text, after the image

@@ -33,6 +33,13 @@ HUB_FILES = {
         "tokenizer_config.json",
     },
     "qwen3_5": {"preprocessor_config.json", "chat_template.jinja", "tokenizer.json", "tokenizer_config.json"},
+    "ovis2": {
+        "preprocessor_config.json",
+        "processor_config.json",
+        "chat_template.jinja",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    },
 }
 
 
@@ -80,7 +87,8 @@ def test_prompt_ends_on_the_newline_and_keeps_the_system_turn_behaviour(tiny_ada
     # think block, spelt in byte-level BPE symbols (Ċ = "\n") by the tokenizer class transformers loads for it.
     tail = ["Ċ", "<think>", "ĊĊ", "</think>", "ĊĊ"] if family == "qwen3_5" else ["assistant", "\n"]
     assert tokens[-len(tail) :] == tail
-    assert ("You are a helpful assistant." in prompt) == (family == "qwen2_5_vl")
+    # Qwen2.5-VL's template adds it without a system turn, Ovis2's -hf template always.
+    assert ("You are a helpful assistant." in prompt) == (family in ("qwen2_5_vl", "ovis2"))
 
 
 def test_system_prompt_option(rng):
