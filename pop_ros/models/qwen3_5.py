@@ -234,3 +234,29 @@ def build_tiny(num_layers: int = TINY_NUM_LAYERS):
         patch_size=16, merge_size=2, temporal_patch_size=2, min_pixels=64 * 64, max_pixels=448 * 448
     )
     return model, build_processor(Qwen3VLProcessor, image_processor, tokenizer, TINY_CHAT_TEMPLATE)
+
+
+def build_shape_mllm(text_config: dict, vision_config: dict, dtype: torch.dtype):
+    """(model, processor) with random weights in a real checkpoint's shape (pop-bench --shape);
+    built on the current default device. Token ids map onto the tiny tokenizer, which changes no
+    FLOP but the embedding lookups."""
+    from transformers import Qwen2VLImageProcessorPil, Qwen3_5Config, Qwen3_5ForConditionalGeneration, Qwen3VLProcessor
+
+    from pop_ros.models.processors import build_processor
+
+    tokenizer = build_tiny_tokenizer()
+    ids = {
+        token: tokenizer.convert_tokens_to_ids(token)
+        for token in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+    }
+    config = Qwen3_5Config(
+        text_config=dict(text_config),
+        vision_config=dict(vision_config),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    model = Qwen3_5ForConditionalGeneration._from_config(config, dtype=dtype, attn_implementation="sdpa")
+    image_processor = Qwen2VLImageProcessorPil(patch_size=16, merge_size=2, temporal_patch_size=2)
+    return model, build_processor(Qwen3VLProcessor, image_processor, tokenizer, TINY_CHAT_TEMPLATE)
