@@ -211,3 +211,31 @@ def test_pipeline_text_heads_fall_back_to_full_attention_layers(caplog):
     assert "layers [3]" in caplog.text and "full-attention layers [3, 7]" in caplog.text
     result = pointer.point(np.zeros((120, 160, 3), np.uint8), "handle of the mug")
     assert 0 <= result.u < 160 and 0 <= result.v < 120
+
+
+def test_a_head_file_on_a_linear_layer_is_refused_by_the_pipeline(tmp_path):
+    from pop_ros.pipeline import PartPointer
+
+    path = tmp_path / "heads.yaml"
+    path.write_text("heads: [[7, 1], [4, 0]]\n")
+    with pytest.raises(ValueError, match=r"head \[4, 0\] is refused: layer 4 is a linear-attention"):
+        PartPointer.from_preset("tiny-qwen3.5", heads_file=str(path))
+
+
+def test_native_point_reads_the_answer_on_the_0_1000_scale(monkeypatch):
+    from pop_ros.evaluation.runner import native_point
+    from pop_ros.pipeline import PartPointer
+
+    pointer = PartPointer.from_preset("tiny-qwen3.5")
+    asked = {}
+
+    def answer(image, prompt, **kwargs):
+        asked["prompt"] = prompt
+        return '```json\n[{"point_2d": [250, 500], "label": "handle"}]\n```'
+
+    monkeypatch.setattr(pointer.mllm, "generate_text", answer)
+    u, v = native_point(pointer, np.zeros((200, 400, 3), np.uint8), "handle")
+    assert "point_2d" in asked["prompt"] and "handle" in asked["prompt"]
+    assert (u, v) == pytest.approx((99.5, 99.5))  # 0.25 * 400 and 0.5 * 200, as ROS pixel centres (- 0.5)
+    # The prompt the model answers goes through the chat template with thinking off.
+    assert pointer.mllm._chat_text(asked["prompt"]).endswith(THINKING_OFF_END)
