@@ -24,8 +24,9 @@ PARAMETERS = {
     ),
     "preset": (
         "qwen2.5-vl-7b",
-        "model preset: qwen2.5-vl-3b, qwen2.5-vl-7b, qwen2.5-vl-7b-dinov2, molmo2-8b, internvl3-8b; "
-        "tiny, tiny-molmo2, tiny-internvl (random weights)",
+        "model preset: qwen2.5-vl-3b, qwen2.5-vl-7b, qwen2.5-vl-7b-dinov2, molmo2-8b, internvl3-8b, "
+        "qwen3.5-0.8b, qwen3.5-2b, qwen3.5-4b, qwen3.5-9b, ovis2-2b, ovis2-8b; "
+        "tiny, tiny-molmo2, tiny-internvl, tiny-qwen3.5, tiny-ovis2 (random weights)",
         "configure",
     ),
     "mllm": ("", "override the preset's MLLM (hub id or local folder); empty = preset's", "configure"),
