@@ -145,7 +145,8 @@ class ImagePrefix:
     length: int = 0  # P: tokens in the prefix
     position_offset: int = 0  # query token i gets rope position P + i + offset (Qwen: the mRoPE delta)
     depth: int = -1  # deepest decoder layer whose keys/values are held
-    keys_values: list = dataclasses.field(default_factory=list)  # per layer 0..depth: (1, H_kv, P, D) k and v
+    # Per layer 0..depth: (1, H_kv, P, D) k and v (a hybrid family's own entries: `_keep_prefix_state`).
+    keys_values: list = dataclasses.field(default_factory=list)
     image_features: object | None = None  # the vision tower's output: a deeper prefix does not rerun it
 
 
