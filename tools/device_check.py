@@ -11,8 +11,8 @@ beside it (made here by `make device-wheels`). In at most `--budget-s` seconds i
 3. runs the core, model, pipeline, precision (float16/bfloat16 on CUDA) and processor-equivalence
    tests with the stock interpreter;
 4. runs `pop-bench` in bf16 on the Qwen2.5-VL-3B + DINOv3 ViT-B/16, Qwen3.5-4B + DINOv3 ViT-B/16
-   and Qwen2.5-VL-7B + DINOv3 ViT-L/16 shapes at 640x480 (random weights, nothing downloaded), the 7B last and skipped, with the
-   reason recorded, when the budget would not hold it;
+   and Qwen2.5-VL-7B + DINOv3 ViT-L/16 shapes at 640x480 (random weights, nothing downloaded), the
+   7B last and skipped, with the reason recorded, when the budget would not hold it;
 5. writes ONE JSON (`device_check.json`) and ONE log (`device_check.log`) into $OUT (the folder
    the GPU machine hands back), else `build/device-check/`.
 
