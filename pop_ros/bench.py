@@ -104,8 +104,27 @@ QWEN25_VL_VISION = {  # the same tower in 3B and 7B; only its output width diffe
 DINOV3_VITB16 = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12}
 DINOV3_VITL16 = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16}
 
+# Qwen3.5 (hybrid: a full-attention layer every 4th, the rest Gated DeltaNet). 9B: transformers'
+# Qwen3_5TextConfig defaults (documented as the 9B); 4B: hidden 2560, 32 layers, 16 q / 4 kv heads of
+# 256 as published, intermediate size and the 24-block vision tower as Qwen3-VL-4B's [check against
+# the real config.json before quoting memory figures].
+QWEN35_TEXT = {
+    "num_hidden_layers": 32, "num_attention_heads": 16, "num_key_value_heads": 4, "head_dim": 256,
+    "linear_num_key_heads": 16, "linear_num_value_heads": 32, "linear_key_head_dim": 128, "linear_value_head_dim": 128,
+    "vocab_size": 248320, "max_position_embeddings": 262144,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 10000000.0, "partial_rotary_factor": 0.25,
+                        "mrope_section": [11, 11, 10], "mrope_interleaved": True},
+}  # fmt: skip
+QWEN35_VISION = {"patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2, "num_position_embeddings": 2304}
+
 # name -> (MLLM text config, MLLM vision config, DINOv3 config, visual model named in the report)
 SHAPES = {
+    "qwen3.5-4b": ({**QWEN35_TEXT, "hidden_size": 2560, "intermediate_size": 9216, "tie_word_embeddings": True},
+                   {**QWEN35_VISION, "depth": 24, "hidden_size": 1024, "intermediate_size": 4096, "num_heads": 16,
+                    "out_hidden_size": 2560}, DINOV3_VITB16, "dinov3-vitb16"),
+    "qwen3.5-9b": ({**QWEN35_TEXT, "hidden_size": 4096, "intermediate_size": 12288},
+                   {**QWEN35_VISION, "depth": 27, "hidden_size": 1152, "intermediate_size": 4304, "num_heads": 16,
+                    "out_hidden_size": 4096}, DINOV3_VITL16, "dinov3-vitl16"),
     "qwen2.5-vl-3b": (QWEN25_VL_3B_TEXT, {**QWEN25_VL_VISION, "out_hidden_size": 2048}, DINOV3_VITB16,
                       "dinov3-vitb16"),
     "qwen2.5-vl-7b": (QWEN25_VL_7B_TEXT, {**QWEN25_VL_VISION, "out_hidden_size": 3584}, DINOV3_VITL16,
@@ -149,6 +168,11 @@ def build_shape_pointer(shape: str, device: str, dtype: str):
     text_config, vision_config, dino_config, visual_name = SHAPES[shape]
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
+    if shape.startswith("qwen3.5"):  # the hybrid family builds from its own classes
+        from pop_ros.models.qwen3_5 import build_shape_mllm
+
+        return _finish_shape_pointer(shape, torch_device, torch_dtype, dino_config, visual_name, build_shape_mllm,
+                                     (text_config, vision_config))  # fmt: skip
     tokenizer = build_tokenizer("qwen2_5_vl")
     ids = {
         t: tokenizer.convert_tokens_to_ids(t)
@@ -172,6 +196,30 @@ def build_shape_pointer(shape: str, device: str, dtype: str):
     # The image processor users get: AutoProcessor picks the torchvision one where torchvision imports.
     image_processor = Qwen2VLImageProcessor() if torchvision_works() else Qwen2VLImageProcessorPil()
     processor = build_processor(Qwen2_5_VLProcessor, image_processor, tokenizer, CHAT_TEMPLATES["qwen2_5_vl"])
+    mllm = adapter_for(model.to(torch_device), processor)
+    visual = VisualEncoder(dino.to(torch_device), resolution=448)
+    model_config = ModelConfig(mllm=f"shape:{shape}", visual=f"shape:{visual_name}", random_weights=True)
+    pointer = PartPointer(visual, mllm, model_config, name=f"shape:{shape}")
+    pointer.load_timings_s = {"build": time.perf_counter() - started}
+    return pointer
+
+
+def _finish_shape_pointer(shape, torch_device, torch_dtype, dino_config, visual_name, build_mllm, configs):
+    """`build_shape_pointer` for a family whose (model, processor) come from `build_mllm(*configs, dtype)`."""
+    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+
+    from pop_ros.models.mllm import adapter_for
+    from pop_ros.models.presets import ModelConfig
+    from pop_ros.models.visual import VisualEncoder
+    from pop_ros.pipeline import PartPointer
+
+    started = time.perf_counter()
+    torch.manual_seed(0)
+    with torch.device(torch_device):
+        model, processor = build_mllm(*configs, torch_dtype)
+        dino = DINOv3ViTModel._from_config(
+            DINOv3ViTConfig(**dino_config, patch_size=16, num_register_tokens=4), dtype=torch_dtype
+        )
     mllm = adapter_for(model.to(torch_device), processor)
     visual = VisualEncoder(dino.to(torch_device), resolution=448)
     model_config = ModelConfig(mllm=f"shape:{shape}", visual=f"shape:{visual_name}", random_weights=True)
@@ -498,7 +546,8 @@ def main(argv: list[str] | None = None) -> int:
         default="qwen2.5-vl-3b",
         choices=sorted(SHAPES),
         help="random-weight models of a real shape: qwen2.5-vl-3b (+ DINOv3 ViT-B/16, default), "
-        "qwen2.5-vl-7b (+ DINOv3 ViT-L/16), tiny (a CPU test of the benchmark itself)",
+        "qwen2.5-vl-7b (+ DINOv3 ViT-L/16), qwen3.5-4b / qwen3.5-9b (hybrid attention; + DINOv3 ViT-B/16 / "
+        "ViT-L/16), tiny (a CPU test of the benchmark itself)",
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), help="benchmark a preset's models instead of --shape")
     parser.add_argument("--device", default="auto")

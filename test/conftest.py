@@ -45,6 +45,18 @@ def rng():
     return np.random.default_rng(1234)
 
 
+def heads_on(adapter, heads):
+    """`heads` as given for a plain transformer; on a hybrid model (Qwen3.5) each moves to the first
+    layer at or after it that can hold heads (its full-attention layers), else the last such layer:
+    generic tests then run the same shape of head set on every family."""
+    allowed = list(adapter.head_layers)
+    moved = []
+    for layer, head in heads:
+        deeper = [candidate for candidate in allowed if candidate >= layer]
+        moved.append((deeper[0] if deeper else allowed[-1], head))
+    return moved
+
+
 def random_image(rng, height, width):
     return rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
 

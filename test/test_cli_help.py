@@ -46,8 +46,9 @@ def test_help_imports_no_torch_transformers_or_rclpy(tool):
 
 def test_the_probe_sees_torch_when_it_is_imported():
     """The check above can fail: a module that imports torch at the top is reported."""
+    probe = PROBE.replace("getattr(module", "import torch; getattr(module")
     completed = subprocess.run(
-        [sys.executable, "-c", PROBE.replace("getattr(module", "import torch; getattr(module"), "pop_ros.cli.point", "main"],
+        [sys.executable, "-c", probe, "pop_ros.cli.point", "main"],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert completed.stdout.strip().splitlines()[-1] == "HELP-EXIT=0 HEAVY=torch"

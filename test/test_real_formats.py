@@ -33,6 +33,14 @@ HUB_FILES = {
         "tokenizer.json",
         "tokenizer_config.json",
     },
+    "qwen3_5": {"preprocessor_config.json", "chat_template.jinja", "tokenizer.json", "tokenizer_config.json"},
+    "ovis2": {
+        "preprocessor_config.json",
+        "processor_config.json",
+        "chat_template.jinja",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    },
 }
 
 
@@ -76,8 +84,12 @@ def test_prompt_ends_on_the_newline_and_keeps_the_system_turn_behaviour(tiny_ada
     adapter = tiny_adapters[family]
     prompt = adapter.prompt("handle of the mug")
     tokens = adapter.processor.tokenizer.tokenize(prompt)
-    assert tokens[-2:] == ["assistant", "\n"]  # as on the real models: the last prompt token is "\n"
-    assert ("You are a helpful assistant." in prompt) == (family == "qwen2_5_vl")
+    # As on the real models: the last prompt token is "\n"; Qwen3.5's (thinking off) is "\n\n" after an empty
+    # think block, spelt in byte-level BPE symbols (Ċ = "\n") by the tokenizer class transformers loads for it.
+    tail = ["Ċ", "<think>", "ĊĊ", "</think>", "ĊĊ"] if family == "qwen3_5" else ["assistant", "\n"]
+    assert tokens[-len(tail) :] == tail
+    # Qwen2.5-VL's template adds it without a system turn, Ovis2's -hf template always.
+    assert ("You are a helpful assistant." in prompt) == (family in ("qwen2_5_vl", "ovis2"))
 
 
 def test_system_prompt_option(rng):

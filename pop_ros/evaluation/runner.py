@@ -24,6 +24,7 @@ from pop_ros.evaluation.native import (
     NativePointError,
     parse_molmo_point,
     parse_qwen_point,
+    parse_qwen_relative_point,
 )
 from pop_ros.evaluation.store import replace_files
 from pop_ros.pipeline import (
@@ -279,6 +280,8 @@ def native_point(pointer: PartPointer, image: np.ndarray, query: str) -> tuple[f
     # origin); the pipeline's and the metric's are ROS pixel coordinates.
     if adapter.family == "molmo2":
         return from_core_pixel(parse_molmo_point(answer, image.shape[:2]))
+    if adapter.family == "qwen3_5":
+        return from_core_pixel(parse_qwen_relative_point(answer, image.shape[:2]))
     grid = adapter.prepare(image, query).model_inputs["image_grid_thw"][0].tolist()
     patch = int(adapter.model.config.vision_config.patch_size)
     return from_core_pixel(parse_qwen_point(answer, (grid[1] * patch, grid[2] * patch), image.shape[:2]))

@@ -53,17 +53,17 @@ def calibrated_heads(mllm: MLLMAdapter, model_config: ModelConfig) -> tuple[Head
     """(the calibrated heads, their file) or (None, "fallback") when no head file exists."""
     path = heads_file_for(model_config)
     if path is not None:
-        selected = load_head_file(path, mllm.num_layers, mllm.num_heads)
+        selected = load_head_file(path, mllm.num_layers, mllm.num_heads, layer_problem=mllm.head_layer_problem)
         LOG.info("localization heads of %s from %s: %s", model_config.mllm, path, selected)
         return selected, str(path)
-    layers = mllm.num_layers
+    fallback_layers = sorted({layer for layer, _ in fallback_heads(mllm.num_layers, mllm.num_heads, mllm.head_layers)})
     LOG.warning(
         "no calibrated localization heads for %s (looked for %s): using the mean over all heads of layers "
-        "%d-%d as the text prior until `pop-find-heads` has been run for this model",
+        "%s as the text prior until `pop-find-heads` has been run for this model%s",
         model_config.mllm,
         " and ".join(str(candidate) for candidate in head_file_candidates(model_config.mllm)),
-        layers // 3,
-        max(layers // 3 + 1, 2 * layers // 3) - 1,
+        fallback_layers,
+        f" ({mllm.head_layer_note})" if mllm.head_layer_note else "",
     )
     return None, "fallback"
 
@@ -71,8 +71,8 @@ def calibrated_heads(mllm: MLLMAdapter, model_config: ModelConfig) -> tuple[Head
 def text_heads(mllm: MLLMAdapter, calibrated: Heads | None, settings: PointerSettings) -> tuple[Heads, str]:
     """(heads, aggregation) the text prior reads under `settings`."""
     if settings.head_set == "all":
-        heads = [(layer, head) for layer in range(mllm.num_layers) for head in range(mllm.num_heads)]
+        heads = [(layer, head) for layer in mllm.head_layers for head in range(mllm.num_heads)]
         return heads, settings.aggregation
     if calibrated is None:
-        return fallback_heads(mllm.num_layers, mllm.num_heads), "mean"
+        return fallback_heads(mllm.num_layers, mllm.num_heads, mllm.head_layers), "mean"
     return calibrated, settings.aggregation
