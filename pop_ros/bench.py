@@ -21,10 +21,12 @@ import resource
 import statistics
 import sys
 import time
+from typing import TYPE_CHECKING
 
-import cv2
-import numpy as np
-import torch
+if TYPE_CHECKING:  # annotations only: --help must not import torch (imported where used)
+    import numpy as np
+    import torch
+
 
 NATIVE_NEW_TOKENS = 24  # a point answer: [{"point_2d": [412, 233], "label": "handle of the mug"}]
 QUERY = "handle of the mug"
@@ -33,6 +35,8 @@ MANY_QUERIES = (QUERY, "rim of the mug", "neck of the bottle", "lid of the cup",
 
 
 def percentile(values, q: float) -> float:
+    import numpy as np
+
     return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if len(values) else float("nan")
 
 
@@ -41,6 +45,8 @@ def summary(values) -> dict:
 
 
 def peak_memory_mb(device: torch.device) -> float:
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
@@ -48,6 +54,8 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def memory_in_use_mb(device: torch.device) -> float:
     """GPU memory held by tensors now (the models, once loaded); on a CPU the process's resident set."""
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.memory_allocated(device) / 2**20
     import psutil
@@ -58,6 +66,8 @@ def memory_in_use_mb(device: torch.device) -> float:
 def peak_memory_detail_mb(device: torch.device) -> dict:
     """Peaks of the run: tensors (`peak_allocated`) and, on CUDA, what the caching allocator reserved
     from the driver (`peak_reserved`, what other processes on the GPU cannot use)."""
+    import torch
+
     detail = {"peak_allocated": peak_memory_mb(device)}
     if device.type == "cuda":
         detail["peak_reserved"] = torch.cuda.max_memory_reserved(device) / 2**20
@@ -65,6 +75,8 @@ def peak_memory_detail_mb(device: torch.device) -> dict:
 
 
 def device_name(device: torch.device) -> str:
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
@@ -92,8 +104,27 @@ QWEN25_VL_VISION = {  # the same tower in 3B and 7B; only its output width diffe
 DINOV3_VITB16 = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12}
 DINOV3_VITL16 = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16}
 
+# Qwen3.5 (hybrid: a full-attention layer every 4th, the rest Gated DeltaNet). 9B: transformers'
+# Qwen3_5TextConfig defaults (documented as the 9B); 4B: hidden 2560, 32 layers, 16 q / 4 kv heads of
+# 256 as published, intermediate size and the 24-block vision tower as Qwen3-VL-4B's [check against
+# the real config.json before quoting memory figures].
+QWEN35_TEXT = {
+    "num_hidden_layers": 32, "num_attention_heads": 16, "num_key_value_heads": 4, "head_dim": 256,
+    "linear_num_key_heads": 16, "linear_num_value_heads": 32, "linear_key_head_dim": 128, "linear_value_head_dim": 128,
+    "vocab_size": 248320, "max_position_embeddings": 262144,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 10000000.0, "partial_rotary_factor": 0.25,
+                        "mrope_section": [11, 11, 10], "mrope_interleaved": True},
+}  # fmt: skip
+QWEN35_VISION = {"patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2, "num_position_embeddings": 2304}
+
 # name -> (MLLM text config, MLLM vision config, DINOv3 config, visual model named in the report)
 SHAPES = {
+    "qwen3.5-4b": ({**QWEN35_TEXT, "hidden_size": 2560, "intermediate_size": 9216, "tie_word_embeddings": True},
+                   {**QWEN35_VISION, "depth": 24, "hidden_size": 1024, "intermediate_size": 4096, "num_heads": 16,
+                    "out_hidden_size": 2560}, DINOV3_VITB16, "dinov3-vitb16"),
+    "qwen3.5-9b": ({**QWEN35_TEXT, "hidden_size": 4096, "intermediate_size": 12288},
+                   {**QWEN35_VISION, "depth": 27, "hidden_size": 1152, "intermediate_size": 4304, "num_heads": 16,
+                    "out_hidden_size": 4096}, DINOV3_VITL16, "dinov3-vitl16"),
     "qwen2.5-vl-3b": (QWEN25_VL_3B_TEXT, {**QWEN25_VL_VISION, "out_hidden_size": 2048}, DINOV3_VITB16,
                       "dinov3-vitb16"),
     "qwen2.5-vl-7b": (QWEN25_VL_7B_TEXT, {**QWEN25_VL_VISION, "out_hidden_size": 3584}, DINOV3_VITL16,
@@ -113,6 +144,7 @@ SHAPES = {
 
 def build_shape_pointer(shape: str, device: str, dtype: str):
     """A PartPointer on random-weight models with a real model's shape (nothing downloaded)."""
+    import torch
     from transformers import (
         DINOv3ViTConfig,
         DINOv3ViTModel,
@@ -136,6 +168,11 @@ def build_shape_pointer(shape: str, device: str, dtype: str):
     text_config, vision_config, dino_config, visual_name = SHAPES[shape]
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
+    if shape.startswith("qwen3.5"):  # the hybrid family builds from its own classes
+        from pop_ros.models.qwen3_5 import build_shape_mllm
+
+        return _finish_shape_pointer(shape, torch_device, torch_dtype, dino_config, visual_name, build_shape_mllm,
+                                     (text_config, vision_config))  # fmt: skip
     tokenizer = build_tokenizer("qwen2_5_vl")
     ids = {
         t: tokenizer.convert_tokens_to_ids(t)
@@ -167,8 +204,35 @@ def build_shape_pointer(shape: str, device: str, dtype: str):
     return pointer
 
 
+def _finish_shape_pointer(shape, torch_device, torch_dtype, dino_config, visual_name, build_mllm, configs):
+    """`build_shape_pointer` for a family whose (model, processor) come from `build_mllm(*configs, dtype)`."""
+    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+
+    from pop_ros.models.mllm import adapter_for
+    from pop_ros.models.presets import ModelConfig
+    from pop_ros.models.visual import VisualEncoder
+    from pop_ros.pipeline import PartPointer
+
+    started = time.perf_counter()
+    torch.manual_seed(0)
+    with torch.device(torch_device):
+        model, processor = build_mllm(*configs, torch_dtype)
+        dino = DINOv3ViTModel._from_config(
+            DINOv3ViTConfig(**dino_config, patch_size=16, num_register_tokens=4), dtype=torch_dtype
+        )
+    mllm = adapter_for(model.to(torch_device), processor)
+    visual = VisualEncoder(dino.to(torch_device), resolution=448)
+    model_config = ModelConfig(mllm=f"shape:{shape}", visual=f"shape:{visual_name}", random_weights=True)
+    pointer = PartPointer(visual, mllm, model_config, name=f"shape:{shape}")
+    pointer.load_timings_s = {"build": time.perf_counter() - started}
+    return pointer
+
+
 def bench_images(count: int) -> tuple[np.ndarray, list[tuple[np.ndarray, tuple[float, float]]]]:
     """A 640x480 target and `count` distinct 640x480 supports (sample images, flipped and shifted)."""
+    import cv2
+    import numpy as np
+
     from pop_ros.paths import SAMPLE_DIR, config_dir
     from pop_ros.supports import SupportLibrary, read_rgb
 
@@ -188,6 +252,8 @@ def bench_images(count: int) -> tuple[np.ndarray, list[tuple[np.ndarray, tuple[f
 
 
 def timed(function, repeats: int, device: torch.device) -> list[float]:
+    import torch
+
     times = []
     for _ in range(repeats):
         if device.type == "cuda":
@@ -206,7 +272,7 @@ def run_model_benchmarks(pointer, repeats: int, warmup: int, progress) -> dict:
     target, supports = bench_images(10)
     heads, _ = pointer.text_heads()
     for image, _ in supports:  # cached support features, as in use
-        pointer.support_features([image])
+        pointer.support_features.for_images([image])
     results: dict = {"device": device_name(device), "dtype": str(next(adapter.model.parameters()).dtype)}
     results["model"] = {
         "mllm": pointer.model_config.mllm,
@@ -304,6 +370,7 @@ def run_many_parts(pointer, target, supports, repeats: int) -> dict:
 def serve_camera(topic: str, seconds: float, rate_hz: float = 30.0) -> int:
     """Publish a 640x480 bgr8 frame on `topic` at `rate_hz` for `seconds` (run as its own process, as
     a camera driver is); prints how many frames it published."""
+    import cv2
     from sensor_msgs.msg import Image
 
     from pop_ros.image_conversion import from_array
@@ -479,7 +546,8 @@ def main(argv: list[str] | None = None) -> int:
         default="qwen2.5-vl-3b",
         choices=sorted(SHAPES),
         help="random-weight models of a real shape: qwen2.5-vl-3b (+ DINOv3 ViT-B/16, default), "
-        "qwen2.5-vl-7b (+ DINOv3 ViT-L/16), tiny (a CPU test of the benchmark itself)",
+        "qwen2.5-vl-7b (+ DINOv3 ViT-L/16), qwen3.5-4b / qwen3.5-9b (hybrid attention; + DINOv3 ViT-B/16 / "
+        "ViT-L/16), tiny (a CPU test of the benchmark itself)",
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), help="benchmark a preset's models instead of --shape")
     parser.add_argument("--device", default="auto")

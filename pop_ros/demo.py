@@ -3,8 +3,10 @@
 The node runs as it would on a robot (its own process, the shipped params file and support
 library). This script plays the camera: the sample scenes at 10 Hz as `bgr8` frames with a
 synthetic depth plane (0.8 m) and camera_info, then calls `~/point_to_part` for each support set
-on the latest frame and writes `demo_out/heatmap.png` (the node's own heatmap topic),
-`demo_out/heatmap_<set>.png` and `demo_out/result.json`.
+on the latest frame and writes, in `demo_out/`: one picture per scene and query,
+`<scene>_<set>.png` (the query, the pixel, the 3D point and the score above the node's own heatmap
+overlay, the set's exemplars with their clicks beside it, and the random-weights warning when it
+applies), `index.html` and `contact_sheet.png` showing all of them, and `result.json`.
 
 The real default preset is used when its weights are in the local Hugging Face cache (or are
 local folders); otherwise the tiny random preset, and then every point is meaningless.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import html
 import json
 import os
 import pathlib
@@ -64,19 +67,28 @@ def main(argv: list[str] | None = None) -> int:
     if preset.startswith("tiny"):
         print(BANNER.format(wanted=args.preset or DEFAULT_PRESET), file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
+    for stale in (*args.out.glob("heatmap*.png"), *args.out.glob("scene_*.png"), args.out / CONTACT_SHEET):
+        stale.unlink(missing_ok=True)  # a rerun (or an older demo's heatmap copies) leaves no stale picture
     try:
         results = run_demo(preset, args.out, args.seconds)
     except RuntimeError as error:
         print(f"demo failed: {error}", file=sys.stderr)
         return 1
     print(json.dumps({"preset": preset, "results": results}, indent=2))
-    print(f"wrote {args.out / 'heatmap.png'} and {args.out / 'result.json'}", file=sys.stderr)
+    print(
+        f"wrote {len(results)} pictures, {args.out / 'index.html'}, {args.out / CONTACT_SHEET} and "
+        f"{args.out / 'result.json'}",
+        file=sys.stderr,
+    )
     return 0
 
 
 def run_demo(preset: str, out: pathlib.Path, seconds: float) -> list[dict]:
     from pop_ros.paths import SAMPLE_DIR
-    from pop_ros.ros_client import LIBRARY, NodeProcess, RosClient
+    from pop_ros.ros_client import LIBRARY, RosClient
+    from pop_ros.supports import SupportLibrary
+    from pop_ros.testing import NodeProcess  # the one import of the node harness
+    from pop_ros.visualize import contact_sheet
     from pop_ros_interfaces.srv import ListSupportSets
 
     scenes = sorted(SAMPLE_DIR.glob("scene_*.png"))
@@ -97,17 +109,21 @@ def run_demo(preset: str, out: pathlib.Path, seconds: float) -> list[dict]:
         except TimeoutError as error:
             raise RuntimeError(f"pop_node did not come up; its log: {out / 'node.log'}") from error
         camera = DemoCamera(client)
-        results = []
+        library = SupportLibrary.load(LIBRARY)  # the node's library: its exemplars go beside each target
+        random_weights = preset.startswith("tiny")
+        results, pictures = [], []
         for scene_path in scenes:
             with camera.streaming(cv2.imread(str(scene_path))):
                 time.sleep(seconds)
                 for support_set in listing.names:
-                    results.append(ask(client, camera, scene_path, support_set, out))
-        first = out / f"heatmap_{scenes[0].stem}_{listing.names[0]}.png"
-        if not first.exists():
-            raise RuntimeError("no heatmap was received on /pop_node/heatmap")
-        (out / "heatmap.png").write_bytes(first.read_bytes())
-        report = {"preset": preset, "random_weights": preset.startswith("tiny"), "results": results}
+                    result, panel = ask(client, camera, scene_path, support_set)
+                    picture = result_picture(result, panel, library, preset, random_weights)
+                    result["picture"] = write_picture(out / f"{scene_path.stem}_{support_set}.png", picture)
+                    results.append(result)
+                    pictures.append(picture)
+        write_picture(out / CONTACT_SHEET, contact_sheet(pictures))
+        (out / "index.html").write_text(index_html(results, preset, random_weights))
+        report = {"preset": preset, "random_weights": random_weights, "results": results}
         (out / "result.json").write_text(json.dumps(report, indent=2))
         return results
     finally:
@@ -172,9 +188,19 @@ class DemoCamera:
         summary = next((m for m in self.summaries if (m.header.stamp.sec, m.header.stamp.nanosec) == key), None)
         return heatmap, summary
 
+    def wait_published_for(self, stamp, timeout: float):
+        """`published_for`, waiting up to `timeout` seconds for both (the topics follow the answer)."""
+        deadline = time.monotonic() + timeout
+        heatmap, summary = self.published_for(stamp)
+        while (heatmap is None or summary is None) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            heatmap, summary = self.published_for(stamp)
+        return heatmap, summary
 
-def ask(client, camera: DemoCamera, scene_path: pathlib.Path, support_set: str, out: pathlib.Path) -> dict:
-    """Ask for `support_set`'s part in the latest frame; one retry if that frame was late or missing."""
+
+def ask(client, camera: DemoCamera, scene_path: pathlib.Path, support_set: str) -> tuple[dict, np.ndarray]:
+    """Ask for `support_set`'s part in the latest frame (one retry if that frame was late or missing):
+    the answer as a dict, and the node's heatmap overlay of it (BGR)."""
     from pop_ros.image_conversion import to_rgb8
     from pop_ros_interfaces.srv import PointToPart
 
@@ -186,11 +212,9 @@ def ask(client, camera: DemoCamera, scene_path: pathlib.Path, support_set: str, 
         time.sleep(0.5)
     if not response.success:
         raise RuntimeError(f"{scene_path.name}, {support_set}: {response.message}")
-    time.sleep(0.3)  # the heatmap and result topics follow the answer
-    heatmap, summary = camera.published_for(response.header.stamp)
-    if heatmap is not None:
-        png = out / f"heatmap_{scene_path.stem}_{support_set}.png"
-        cv2.imwrite(str(png), cv2.cvtColor(to_rgb8(heatmap), cv2.COLOR_RGB2BGR))
+    heatmap, summary = camera.wait_published_for(response.header.stamp, timeout=5.0)
+    if heatmap is None:
+        raise RuntimeError(f"{scene_path.name}, {support_set}: no heatmap was received on /pop_node/heatmap")
     point = response.point.point
     return {
         "scene": scene_path.name,
@@ -204,7 +228,57 @@ def ask(client, camera: DemoCamera, scene_path: pathlib.Path, support_set: str, 
         "frame_id": response.header.frame_id,
         "total_ms": round(summary.total_ms, 1) if summary else None,
         "message": response.message,
-    }
+    }, cv2.cvtColor(to_rgb8(heatmap), cv2.COLOR_RGB2BGR)
+
+
+CONTACT_SHEET = "contact_sheet.png"
+
+
+def result_picture(result: dict, panel_bgr: np.ndarray, library, preset: str, random_weights: bool) -> np.ndarray:
+    """The explained picture of one answer: its query, pixel, 3D point and score over the node's
+    overlay, beside the exemplars of its set (all of them: the shipped sets hold max_shots = 3)."""
+    from pop_ros.visualize import explained_picture
+
+    exemplars = library.get(result["support_set"]).exemplars
+    return explained_picture(
+        panel_bgr,
+        query=result["query"],
+        score=result["score"],
+        point_uv=(result["u"], result["v"]),
+        supports=[(exemplar.image, exemplar.click) for exemplar in exemplars],
+        support_set=result["support_set"],
+        point_m=tuple(result["point_m"]) if result["has_3d"] else None,
+        random_weights=random_weights,
+        caption=f"{result['scene']}, preset {preset}, frame {result['frame_id']}",
+    )
+
+
+def write_picture(path: pathlib.Path, picture: np.ndarray) -> str:
+    if not cv2.imwrite(str(path), picture):
+        raise RuntimeError(f"could not write {path}")
+    return path.name
+
+
+def index_html(results: list[dict], preset: str, random_weights: bool) -> str:
+    """A page showing every picture with its scene, query and score (relative links: the folder moves)."""
+    warning = (
+        "<p style='color:#c00;font-weight:bold'>RANDOM WEIGHTS: the models are random; every point is "
+        "meaningless. The pictures show the plumbing only.</p>"
+        if random_weights
+        else ""
+    )
+    figures = "\n".join(
+        f"<figure><a href='{html.escape(r['picture'])}'><img src='{html.escape(r['picture'])}' width='560'></a>"
+        f"<figcaption>{html.escape(r['scene'])}: &ldquo;{html.escape(r['query'])}&rdquo; (set "
+        f"{html.escape(r['support_set'])}), score {r['score']:.3f}</figcaption></figure>"
+        for r in results
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>pop_ros demo ({html.escape(preset)})</title>"
+        "<style>figure{display:inline-block;margin:8px}</style></head><body>"
+        f"<h1>pop_ros demo: preset {html.escape(preset)}</h1>{warning}"
+        f"<p>All pictures on one sheet: <a href='{CONTACT_SHEET}'>{CONTACT_SHEET}</a>.</p>\n{figures}\n</body></html>\n"
+    )
 
 
 if __name__ == "__main__":

@@ -4,7 +4,10 @@ Why not cv_bridge: no ROS 2 cv_bridge installs from pip (the PyPI package of tha
 ROS 1 copy that breaks on numpy 2), and a colcon-built one ties the node to a system OpenCV. This
 module is small and tested: it honours the row `step` (padding), `is_bigendian`, and channel order.
 
-Colour in: rgb8, bgr8, rgba8, bgra8, mono8, mono16 (scaled to 8 bit like cv_bridge: x * 255 / 65535).
+Colour in: rgb8, bgr8, rgba8, bgra8, mono8, mono16 (scaled to 8 bit like cv_bridge: x * 255 / 65535),
+and the packed YUV 4:2:2 of USB cameras (usb_cam, v4l2_camera), converted with the OpenCV codes cv_bridge
+uses: `uyvy` and its older name `yuv422` (bytes U Y0 V Y1) -> COLOR_YUV2RGB_UYVY; `yuyv` and its older
+name `yuv422_yuy2` (Y0 U Y1 V) -> COLOR_YUV2RGB_YUY2. Two pixels share 4 bytes, so the width must be even.
 Depth in (REP-118): 16UC1 millimetres (0 = invalid) and 32FC1 metres (NaN/inf/<=0 = invalid), both
 returned as float32 metres with NaN where invalid.
 """
@@ -27,8 +30,19 @@ _FORMATS = {
     "mono16": (1, np.uint16),
     "16UC1": (1, np.uint16),
     "32FC1": (1, np.float32),
+    "uyvy": (2, np.uint8),
+    "yuv422": (2, np.uint8),
+    "yuyv": (2, np.uint8),
+    "yuv422_yuy2": (2, np.uint8),
 }
-COLOUR_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16")
+# sensor_msgs/image_encodings.hpp: "yuv422" is the deprecated name of "uyvy", "yuv422_yuy2" of "yuyv".
+_YUV422_TO_RGB = {
+    "uyvy": cv2.COLOR_YUV2RGB_UYVY,
+    "yuv422": cv2.COLOR_YUV2RGB_UYVY,
+    "yuyv": cv2.COLOR_YUV2RGB_YUY2,
+    "yuv422_yuy2": cv2.COLOR_YUV2RGB_YUY2,
+}
+COLOUR_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16", *_YUV422_TO_RGB)
 DEPTH_ENCODINGS = ("16UC1", "32FC1")
 
 
@@ -67,8 +81,14 @@ def to_rgb8(msg) -> np.ndarray:
         raise ImageConversionError(
             f"unsupported colour encoding {msg.encoding!r} (supported: {', '.join(COLOUR_ENCODINGS)})"
         )
-    array = _to_array(msg)
     encoding = msg.encoding
+    if encoding in _YUV422_TO_RGB and int(msg.width) % 2:
+        raise ImageConversionError(
+            f"{encoding} image is {msg.width} px wide: packed YUV 4:2:2 stores pixel pairs, so the width must be even"
+        )
+    array = _to_array(msg)
+    if encoding in _YUV422_TO_RGB:
+        return cv2.cvtColor(array, _YUV422_TO_RGB[encoding])
     if encoding == "rgb8":
         return array
     if encoding == "bgr8":

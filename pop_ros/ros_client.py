@@ -1,13 +1,8 @@
-"""Talking to pop_node from Python: a client node spinning in a background thread, and pop_node as a
-child process started the way users start it. Used by `make demo`, `pop-bench` and the tests."""
+"""Talking to pop_node from Python: a client node of our own spinning in a background thread. Used by
+`make demo`, `pop-bench` and the tests (pop_node as a child process: `pop_ros.testing.NodeProcess`)."""
 
 from __future__ import annotations
 
-import os
-import pathlib
-import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -88,37 +83,3 @@ class RosClient:
         self.executor.shutdown()
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)
-
-
-class NodeProcess:
-    """`python -m pop_ros.ros.node --ros-args ...` as a child process, stopped with SIGINT."""
-
-    def __init__(self, *ros_args: str, log_path: pathlib.Path):
-        command = [sys.executable, "-m", "pop_ros.ros.node", "--ros-args", "--params-file", str(PARAMS_FILE), *ros_args]
-        self.log_path = log_path
-        self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=dict(os.environ))
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def wait_until_serving(self, client: RosClient, namespace: str = "", timeout: float = 120.0) -> None:
-        """Block until the node answers `list_support_sets`; if it does not, stop it and raise with its log."""
-        from pop_ros_interfaces.srv import ListSupportSets
-
-        try:
-            client.call(ListSupportSets, f"{namespace}/pop_node/list_support_sets", ListSupportSets.Request(), timeout)
-        except TimeoutError:
-            self.stop()
-            raise RuntimeError(f"node did not come up:\n{self.log()}") from None
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-        return self.process.returncode

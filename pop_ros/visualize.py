@@ -1,4 +1,5 @@
-"""Heatmap overlays for people: RViz, the CLI's --save-heatmap, the demo."""
+"""Pictures for people: heatmap overlays (RViz, the CLI's --save-heatmap), teaching thumbnails, and the
+demo's explained pictures and contact sheet."""
 
 from __future__ import annotations
 
@@ -40,3 +41,110 @@ def click_thumbnail(image_rgb: np.ndarray, click_uv: tuple[float, float], size: 
     cv2.circle(crop, centre, 7, (0, 0, 0), 1, cv2.LINE_8)
     cv2.circle(crop, centre, 6, (255, 255, 255), 1, cv2.LINE_8)
     return crop
+
+
+# ---- pictures that explain a result: `make demo`'s output ------------------------------------------------
+PANEL_HEIGHT = 480  # pixels: the target is scaled to this height so that the text stays legible
+SUPPORT_COLUMN_WIDTH = 220
+WARNING_RED = (0, 0, 200)  # BGR
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def _ascii(text: str) -> str:
+    """OpenCV's Hershey fonts draw ASCII only."""
+    return text.encode("ascii", "replace").decode("ascii")
+
+
+def _put_text(image: np.ndarray, text: str, origin: tuple[int, int], scale: float, colour, max_width: int) -> None:
+    """Text with its baseline at `origin`, shrunk until it fits `max_width` pixels."""
+    text = _ascii(text)
+    thickness = 2 if scale >= 0.6 else 1
+    while scale > 0.3 and cv2.getTextSize(text, _FONT, scale, thickness)[0][0] > max_width:
+        scale *= 0.9
+    cv2.putText(image, text, origin, _FONT, scale, colour, thickness, cv2.LINE_AA)
+
+
+def _fit(image: np.ndarray, width: int, height: int) -> tuple[np.ndarray, float]:
+    """The image scaled (aspect kept) to fit width x height, and the scale factor."""
+    scale = min(width / image.shape[1], height / image.shape[0])
+    size = (max(1, int(round(image.shape[1] * scale))), max(1, int(round(image.shape[0] * scale))))
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    return cv2.resize(image, size, interpolation=interpolation), scale
+
+
+def _mark_click(image_bgr: np.ndarray, uv: tuple[float, float], scale: float, colour=(0, 255, 0)) -> None:
+    """A ring and a cross at the ROS pixel (u, v) of the unscaled image (pixel centres at integers)."""
+    centre = (int(round((uv[0] + 0.5) * scale - 0.5)), int(round((uv[1] + 0.5) * scale - 0.5)))
+    cv2.circle(image_bgr, centre, 9, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.circle(image_bgr, centre, 9, (255, 255, 255), 1, cv2.LINE_AA)
+    cv2.drawMarker(image_bgr, centre, colour, cv2.MARKER_CROSS, 12, 2, cv2.LINE_AA)
+
+
+def explained_picture(
+    panel_bgr: np.ndarray,
+    query: str,
+    score: float,
+    point_uv: tuple[float, float],
+    supports: list[tuple[np.ndarray, tuple[float, float]]],
+    support_set: str = "",
+    point_m: tuple[float, float, float] | None = None,
+    random_weights: bool = False,
+    caption: str = "",
+) -> np.ndarray:
+    """BGR uint8: one result a person reads at a glance. A header with the query, the pixel, the 3D
+    point and the score; the target (`panel_bgr`: the heatmap overlay with the point marked, as the
+    node publishes it) beside the support exemplars (RGB images with their clicks, ringed); with
+    `random_weights` a red frame and a red band across the target saying the point is meaningless."""
+    target, _ = _fit(panel_bgr, 10_000, PANEL_HEIGHT)
+    header_h, footer_h, margin = 78, 28, 10
+    width = target.shape[1] + SUPPORT_COLUMN_WIDTH + 3 * margin
+    height = header_h + PANEL_HEIGHT + footer_h
+    picture = np.full((height, width, 3), 255, np.uint8)
+    text_width = width - 2 * margin
+    source = f"set {support_set}, {len(supports)} exemplar(s)" if support_set else f"{len(supports)} exemplar(s)"
+    _put_text(picture, f'query: "{query}"   ({source if supports else "0-shot: text only"})', (margin, 30), 0.75,
+              (20, 20, 20), text_width)  # fmt: skip
+    where = f"point (u, v) = ({point_uv[0]:.1f}, {point_uv[1]:.1f}) px"
+    if point_m is not None:
+        where += f"   3D = ({point_m[0]:.3f}, {point_m[1]:.3f}, {point_m[2]:.3f}) m"
+    _put_text(picture, f"{where}   score {score:.3f}", (margin, 62), 0.6, (60, 60, 60), text_width)
+    top = header_h
+    picture[top : top + target.shape[0], margin : margin + target.shape[1]] = target
+    # Support exemplars, stacked in the right column, each with its click.
+    column_x = 2 * margin + target.shape[1]
+    _put_text(picture, "support exemplars (clicks)", (column_x, top + 14), 0.45, (60, 60, 60), SUPPORT_COLUMN_WIDTH)
+    if supports:
+        slot_h = (PANEL_HEIGHT - 24) // len(supports)
+        for index, (image_rgb, click) in enumerate(supports):
+            thumb, scale = _fit(cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), SUPPORT_COLUMN_WIDTH, slot_h - 6)
+            thumb = thumb.copy()
+            _mark_click(thumb, click, scale)
+            y = top + 22 + index * slot_h
+            picture[y : y + thumb.shape[0], column_x : column_x + thumb.shape[1]] = thumb
+    else:
+        _put_text(picture, "none (0-shot)", (column_x, top + 44), 0.5, (60, 60, 60), SUPPORT_COLUMN_WIDTH)
+    if random_weights:
+        band_top = top + target.shape[0] - 40
+        cv2.rectangle(picture, (margin, band_top), (margin + target.shape[1] - 1, band_top + 39), WARNING_RED, -1)
+        _put_text(picture, "RANDOM WEIGHTS: this point is meaningless", (margin + 8, band_top + 27), 0.65,
+                  (255, 255, 255), target.shape[1] - 16)  # fmt: skip
+        cv2.rectangle(picture, (0, 0), (width - 1, height - 1), WARNING_RED, 6)
+    if caption:
+        _put_text(picture, caption, (margin, height - 9), 0.45, (90, 90, 90), text_width)
+    return picture
+
+
+def contact_sheet(pictures: list[np.ndarray], columns: int = 2, cell_width: int = 560) -> np.ndarray:
+    """BGR uint8: the pictures scaled to `cell_width` and laid out in rows of `columns`."""
+    if not pictures:
+        raise ValueError("a contact sheet needs at least one picture")
+    cells = [_fit(picture, cell_width, 10_000)[0] for picture in pictures]
+    cell_h = max(cell.shape[0] for cell in cells)
+    rows = -(-len(cells) // columns)
+    gap = 8
+    sheet = np.full((rows * (cell_h + gap) + gap, columns * (cell_width + gap) + gap, 3), 235, np.uint8)
+    for index, cell in enumerate(cells):
+        y = gap + (index // columns) * (cell_h + gap)
+        x = gap + (index % columns) * (cell_width + gap)
+        sheet[y : y + cell.shape[0], x : x + cell.shape[1]] = cell
+    return sheet

@@ -1,7 +1,9 @@
 """Shared fixtures: tiny random checkpoints (built once per session), loopback-only ROS settings."""
 
+import functools
 import os
 import pathlib
+import time
 
 import numpy as np
 import pytest
@@ -43,5 +45,121 @@ def rng():
     return np.random.default_rng(1234)
 
 
+def heads_on(adapter, heads):
+    """`heads` as given for a plain transformer; on a hybrid model (Qwen3.5) each moves to the first
+    layer at or after it that can hold heads (its full-attention layers), else the last such layer:
+    generic tests then run the same shape of head set on every family."""
+    allowed = list(adapter.head_layers)
+    moved = []
+    for layer, head in heads:
+        deeper = [candidate for candidate in allowed if candidate >= layer]
+        moved.append((deeper[0] if deeper else allowed[-1], head))
+    return moved
+
+
 def random_image(rng, height, width):
     return rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+# ---- pop_node tests: one copy of each helper -------------------------------------------------------------
+# ROS and OpenCV are imported inside the helpers: test files without a node do not pay for them.
+WIDTH, HEIGHT = 320, 240  # the sample scenes' size
+K = [300.0, 0.0, 160.0, 0.0, 300.0, 120.0, 0.0, 0.0, 1.0]
+
+
+def wait_for(predicate, timeout: float = 10.0) -> bool:
+    """Poll `predicate` until it holds or `timeout` seconds pass; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return predicate()
+
+
+def set_parameter(client, name: str, value, node: str = "/pop_node"):
+    """`ros2 param set <node> <name> <value>`, over the node's set_parameters service; the result."""
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter
+
+    message = Parameter(name, value=value).to_parameter_msg()
+    response = client.call(SetParameters, f"{node}/set_parameters", SetParameters.Request(parameters=[message]))
+    return response.results[0]
+
+
+@functools.cache
+def scene(index: int = 0) -> np.ndarray:
+    """Sample scene `index` as RGB uint8, (240, 320, 3)."""
+    import cv2
+
+    from pop_ros.paths import SAMPLE_DIR
+
+    return cv2.cvtColor(cv2.imread(str(SAMPLE_DIR / f"scene_{index}.png")), cv2.COLOR_BGR2RGB)
+
+
+def colour_msg(stamp, frame_id: str = "cam_color_optical_frame", image: np.ndarray | None = None):
+    """A bgr8 sensor_msgs/Image of `image` (default: sample scene 0) with the given header."""
+    import cv2
+
+    from pop_ros.image_conversion import from_array
+
+    msg = from_array(cv2.cvtColor(scene() if image is None else image, cv2.COLOR_RGB2BGR), "bgr8")
+    msg.header.stamp, msg.header.frame_id = stamp, frame_id
+    return msg
+
+
+def request(query: str = "", support_set: str = "", image=None):
+    """A PointToPart request; without `image` the node answers about its latest camera frame."""
+    from pop_ros_interfaces.srv import PointToPart
+
+    req = PointToPart.Request(query=query, support_set=support_set)
+    if image is not None:
+        req.image = image
+    return req
+
+
+def same_stamp(a, b) -> bool:
+    return a.sec == b.sec and a.nanosec == b.nanosec
+
+
+def depth_and_info(ros, namespace: str, stamp, depth_m: float = 1.25) -> None:
+    """camera_info (K) and a flat depth image, both stamped `stamp`, on the namespace's camera topics."""
+    from sensor_msgs.msg import CameraInfo, Image
+
+    from pop_ros.image_conversion import from_array
+
+    info = CameraInfo(width=WIDTH, height=HEIGHT, k=K, distortion_model="plumb_bob")
+    info.header.stamp = stamp
+    depth = from_array(np.full((HEIGHT, WIDTH), depth_m, np.float32), "32FC1")
+    depth.header.stamp = stamp
+    ros.publisher(CameraInfo, f"/{namespace}/camera_info").publish(info)
+    ros.publisher(Image, f"/{namespace}/depth").publish(depth)
+
+
+@pytest.fixture
+def inprocess():
+    """Start a PopNode in-process under /<namespace>, with the shipped params file plus overrides:
+    `start(namespace, "name:=value", ..., activate=True, ros_args=("-r", "image:=/cam"))` ->
+    (RosClient, node, configure result)."""
+    from pop_ros.ros.node import PopNode
+    from pop_ros.ros_client import PARAMS_FILE, RosClient
+
+    started = []
+
+    def start(namespace, *overrides, activate=True, ros_args=()):
+        args = ["--ros-args", "--params-file", str(PARAMS_FILE), "-p", "preset:=tiny", "-p", "autostart:=false"]
+        args += list(ros_args)  # remaps
+        for override in overrides:
+            args += ["-p", override]
+        ros = RosClient(f"{namespace}_client", args=args)
+        node = PopNode(context=ros.context, namespace=namespace)
+        ros.add_node(node)
+        configured = node.trigger_configure()
+        if activate and node.pointer is not None:
+            node.trigger_activate()
+        started.append((ros, node))
+        return ros, node, configured
+
+    yield start
+    for ros, node in started:
+        ros.executor.remove_node(node)
+        node.destroy_node()
+        ros.close()

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.timeout(1500)  # the first build compiles the interface
 
 WORKSPACE = SOURCE_ROOT / "build" / "colcon_test"
 VENV = pathlib.Path(sys.prefix)
-TOOLS = {"pop_node", "pop-point", "pop-find-heads", "pop-eval", "pop-bench"}
+TOOLS = {"pop_node", "pop-point", "pop-find-heads", "pop-eval", "pop-bench", "pop-bag", "pop-teach", "find-handle-tree"}
 # Never copied into the workspace: outputs, environments, caches (and what .gitignore ignores).
 SKIPPED_DIRS = {".git", ".venv", "build", "install", "log", "demo_out", "bench_out", "eval_out", "__pycache__"}
 
@@ -161,9 +161,10 @@ def test_installed_executables_are_the_readme_tools_with_the_venv_shebang(worksp
     torch (installed only in the venv) does not import."""
     lib = WORKSPACE / "install" / "pop_ros" / "lib" / "pop_ros"
     installed = {path.name for path in lib.iterdir()}
-    readme_tools = set(re.findall(r"ros2 run pop_ros ([\w-]+)", (SOURCE_ROOT / "README.md").read_text()))
+    pages = [SOURCE_ROOT / "README.md", *sorted((SOURCE_ROOT / "docs").glob("*.md"))]
+    readme_tools = {tool for page in pages for tool in re.findall(r"ros2 run pop_ros ([\w-]+)", page.read_text())}
     assert installed == TOOLS
-    assert readme_tools == TOOLS, f"README shows {sorted(readme_tools)} with ros2 run"
+    assert readme_tools == TOOLS, f"README and docs/ show {sorted(readme_tools)} with ros2 run"
     for tool in sorted(TOOLS):
         script = lib / tool
         assert os.access(script, os.X_OK), script

@@ -110,8 +110,8 @@ def test_bad_arguments_are_clear_errors():
         visual_similarity(torch.rand(2, 2, 4), torch.rand(2, 2, 4), (2, 0))
     with pytest.raises(ValueError, match="channels"):
         visual_similarity(torch.rand(2, 2, 4), torch.rand(2, 2, 5), (0, 0))
-    with pytest.raises(ValueError, match="shots"):
-        fuse(None, [torch.rand(2, 2)], shots="median")
+    with pytest.raises(ValueError, match="shot_combination"):
+        fuse(None, [torch.rand(2, 2)], shot_combination="median")
     with pytest.raises(ValueError, match="text prior, visual maps"):
         fuse(None, [])
     with pytest.raises(ValueError, match="outside"):
@@ -124,7 +124,7 @@ def test_fuse_shapes_and_formula():
     gen = torch.Generator().manual_seed(5)
     prior = torch.rand(4, 5, generator=gen)
     maps = [torch.rand(8, 10, generator=gen) for _ in range(3)]
-    fused = fuse(prior, maps, shots="mean", upsample=2)
+    fused = fuse(prior, maps, shot_combination="mean", upsample=2)
     assert fused.shape == (16, 20)
     resized = torch.nn.functional.interpolate(prior[None, None], size=(8, 10), mode="bilinear", align_corners=False)[
         0, 0
@@ -133,7 +133,7 @@ def test_fuse_shapes_and_formula():
         (resized * torch.stack(maps).mean(0))[None, None], size=(16, 20), mode="bilinear", align_corners=False
     )[0, 0]
     torch.testing.assert_close(fused, expected)
-    product = fuse(prior, maps, shots="product", upsample=1)
+    product = fuse(prior, maps, shot_combination="product", upsample=1)
     torch.testing.assert_close(product, resized * maps[0] * maps[1] * maps[2])
     assert fuse(prior, [], upsample=3).shape == (12, 15)  # 0-shot: text prior alone
     torch.testing.assert_close(fuse(None, maps, upsample=1), torch.stack(maps).mean(0))  # visual only
@@ -201,9 +201,9 @@ def test_k_shot_mean_and_product_both_land_on_the_part():
     gen = torch.Generator().manual_seed(7)
     supports = [support + 0.05 * torch.randn(support.shape, generator=gen) for _ in range(3)]
     maps = visual_similarity_batch(supports, target, [click_rc] * 3)
-    for shots in ("mean", "product"):
-        u, v = peak_to_pixel(fuse(prior, maps, shots=shots), (80, 160))
-        assert 110 <= u < 130 and v < 20, shots
+    for combination in ("mean", "product"):
+        u, v = peak_to_pixel(fuse(prior, maps, shot_combination=combination), (80, 160))
+        assert 110 <= u < 130 and v < 20, combination
 
 
 def test_score_separates_visible_from_absent_part():

@@ -318,6 +318,26 @@ def test_pop_eval_end_to_end_writes_reports_and_resumes(datasets, tmp_path):
     assert json.loads(second.stdout)["summary"] == summary
 
 
+def test_the_evaluation_runs_from_python_without_the_command_line(datasets, tmp_path):
+    """The evaluation is a function with plain arguments: it plans, computes, resumes and reports
+    without argparse, and refuses bad input with an EvaluationError (not an exit)."""
+    from pop_ros.evaluation.evaluate import EvaluationError, EvaluationProgress, evaluate
+
+    arguments = dict(out=tmp_path / "eval", methods=["attention-0shot", "pop-1shot"], preset="tiny", seeds=1, limit=2)
+    progress = EvaluationProgress()
+    first = evaluate([f"paco:{datasets / 'paco'}"], cls_pool=3, progress=progress, **arguments)
+    assert (first["predictions"], first["computed"], first["reused"]) == (4, 4, 0)  # 2 episodes x 2 methods
+    assert (progress.total, progress.done, progress.written) == (4, 4, 4)
+    assert set(first["summary"]) == {"paco"} and first["summary"]["paco"]["pop-1shot"]["episodes"] == 2
+    assert (tmp_path / "eval" / "table.md").is_file()
+    again = evaluate([f"paco:{datasets / 'paco'}"], cls_pool=3, **arguments)
+    assert (again["computed"], again["reused"]) == (0, 4) and again["summary"] == first["summary"]
+    with pytest.raises(EvaluationError, match="unknown methods"):
+        evaluate([f"paco:{datasets / 'paco'}"], out=tmp_path / "other", methods=["pop-9shot"])
+    with pytest.raises(EvaluationError, match="expected NAME:ROOT"):
+        evaluate(["coco:/x"], out=tmp_path / "other", preset="tiny")
+
+
 def test_pop_eval_bad_input_is_one_line(tmp_path):
     missing = run_eval("--preset", "tiny", "--dataset", f"paco:{tmp_path}")
     assert missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
@@ -745,3 +765,47 @@ def test_a_dataset_without_splits_records_no_split(datasets):
     paco = datasets / "paco"
     assert dataset_record("paco", paco, "test")["split"] == "test"
     assert dataset_record("paco", paco, "test") != dataset_record("paco", paco, "val")
+
+
+def test_merge_counts_the_main_logs_torn_and_bad_lines_and_warns(tmp_path, caplog):
+    header = {"pop_eval": 2, "config_digest": "c", "model": {}, "run": {}}
+    main = tmp_path / store.MAIN_LOG
+    lines = [json.dumps(header), json.dumps(row("a")), "not json at all", json.dumps(row("b"))]
+    main.write_text("\n".join(lines) + "\n" + json.dumps(row("x"))[:10])  # one bad line, one torn tail
+    (tmp_path / "predictions.rank0.jsonl").write_text(json.dumps(row("c")) + "\n")
+    with caplog.at_level("WARNING"):
+        assert store.merge(tmp_path) == (1, 2)  # c merged; the main log's bad and torn lines dropped
+    assert "merge dropped 2 torn or unreadable lines" in caplog.text
+    headers, rows, torn, bad = store.read_log(main)
+    assert (headers, [r["key"] for r in rows], torn, bad) == ([header], ["a", "b", "c"], 0, 0)
+
+
+def test_a_complete_but_corrupt_last_line_is_bad_not_torn(tmp_path):
+    path = tmp_path / store.MAIN_LOG
+    path.write_text(json.dumps(row("a")) + "\ngarbage\n")  # ends with its newline: written whole
+    assert store.read_log(path)[1:] == ([row("a")], 0, 1)
+    path.write_text("[1, 2]\n")  # valid JSON but no prediction
+    assert store.read_log(path) == ([], [], 0, 1)
+    path.write_text(json.dumps(row("a")) + "\ngarb")  # no newline: cut mid-write
+    assert store.read_log(path)[1:] == ([row("a")], 1, 0)
+
+
+def test_a_folder_whose_only_line_is_garbage_is_refused(datasets, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / store.MAIN_LOG).write_text("garbage\n")
+    args = [
+        "--preset",
+        "tiny",
+        "--dataset",
+        f"paco:{datasets / 'paco'}",
+        "--seeds",
+        "1",
+        "--limit",
+        "1",
+        "--cls-pool",
+        "3",
+    ]
+    line = one_line_error(run_eval(*args, "--methods", "attention-0shot", "--out", str(out)))
+    assert "without a recorded configuration" in line and "--add-config" in line
+    assert (out / store.MAIN_LOG).read_text() == "garbage\n"

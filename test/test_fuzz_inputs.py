@@ -11,8 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pop_ros import geometry
+from pop_ros.camera_model import CameraModel, CameraModelError
 from pop_ros.image_conversion import ImageConversionError, compressed_to_rgb8, to_depth_m, to_rgb8
 from pop_ros.pipeline import PointerError
+from pop_ros.stamps import StampBuffer
 from test import fuzz_strategies as fs
 
 FUZZ = settings(
@@ -74,19 +76,18 @@ def test_any_compressed_message_is_decoded_or_refused_with_a_reason(msg):
 @FUZZ
 @given(fs.camera_infos(), st.floats(0, 2000), st.floats(0, 2000), st.floats(0.01, 100))
 def test_any_camera_info_deprojects_to_a_finite_point_or_is_refused(info, u, v, depth):
-    k = np.asarray(info.k, dtype=np.float64)
+    """The node's deprojection (CameraModel, rectified image) on any camera_info."""
+    model = CameraModel.from_camera_info(info, rectified=True)
     try:
-        if info.height and info.width:
-            k = geometry.scale_intrinsics(k, (info.height, info.width), (480, 640))
-        xyz = geometry.deproject(u, v, depth, k)
-    except ValueError as error:
+        xyz = model.pixel_to_point(u, v, depth, (info.height or 480, info.width or 640))
+    except CameraModelError as error:
         one_line(error)
     else:
         assert all(math.isfinite(c) for c in xyz) and xyz[2] == depth
 
 
 def test_stamp_zero_and_out_of_range_stamps_pair_nothing():
-    buffer = geometry.StampBuffer()
+    buffer = StampBuffer()
     buffer.add(1_795_656_176.76, "depth")
     item, gap = buffer.nearest(0.0, 0.05)
     assert item is None and gap > 1e9  # the node reports such a gap as an impossible stamp difference

@@ -16,6 +16,7 @@ from pop_ros.image_conversion import (
     to_depth_m,
     to_rgb8,
 )
+from pop_ros.stamps import StampBuffer
 
 
 def make_msg(array: np.ndarray, encoding: str, pad: int = 0, big_endian: bool = False) -> Image:
@@ -83,7 +84,7 @@ def test_compressed_png_and_jpeg(rgb):
 
 def test_inconsistent_messages_are_clear_errors(rgb):
     msg = make_msg(rgb, "rgb8")
-    msg.encoding = "yuv422"
+    msg.encoding = "bayer_rggb8"
     with pytest.raises(ImageConversionError, match="unsupported"):
         to_rgb8(msg)
     msg = make_msg(rgb, "rgb8")
@@ -122,13 +123,13 @@ def test_robust_depth_median_ignores_invalid_and_scales_resolution():
 
 
 def test_stamp_buffer_pairs_by_nearest_stamp_within_tolerance():
-    buffer = geometry.StampBuffer(capacity=3)
+    buffer = StampBuffer(capacity=3)
     for stamp in (1.0, 1.1, 1.2, 1.3):
         buffer.add(stamp, f"depth@{stamp}")
     assert buffer.nearest(1.24, 0.05) == ("depth@1.2", pytest.approx(0.04))
     item, gap = buffer.nearest(1.0, 0.05)  # 1.0 fell out of the 3-slot buffer
     assert item is None and gap == pytest.approx(0.1)
-    assert geometry.StampBuffer().nearest(1.0, 1.0) == (None, math.inf)
+    assert StampBuffer().nearest(1.0, 1.0) == (None, math.inf)
 
 
 # ---- known bad compressed input ------------------------------------------------------------------
@@ -159,3 +160,53 @@ def test_exif_orientation_is_ignored_so_pixels_stay_aligned_with_depth():
     assert decoded[10, 5, 0] > 200 and decoded[10, 35, 0] < 50
     rotated = cv2.imdecode(np.frombuffer(buffer.getvalue(), np.uint8), cv2.IMREAD_COLOR)
     assert rotated.shape == (40, 20, 3)  # what the default flags would have given
+
+
+def bt601_rgb(y: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB from studio-range BT.601 Y, Cb, Cr (the textbook formula, float)."""
+    y, u, v = (c.astype(np.float64) for c in (y, u, v))
+    red = 1.164 * (y - 16) + 1.596 * (v - 128)
+    green = 1.164 * (y - 16) - 0.813 * (v - 128) - 0.391 * (u - 128)
+    blue = 1.164 * (y - 16) + 2.018 * (u - 128)
+    return np.clip(np.round(np.stack([red, green, blue], axis=2)), 0, 255).astype(np.uint8)
+
+
+def packed_yuv422(y: np.ndarray, u: np.ndarray, v: np.ndarray, order: str) -> np.ndarray:
+    """(H, W, 2) uint8 bytes of a packed 4:2:2 image: per pixel pair U Y0 V Y1 (uyvy) or Y0 U Y1 V (yuyv)."""
+    y0, y1 = y[:, 0::2], y[:, 1::2]
+    quads = np.stack([u, y0, v, y1] if order == "uyvy" else [y0, u, y1, v], axis=2)  # (H, W/2, 4)
+    return quads.reshape(y.shape[0], y.shape[1], 2)
+
+
+@pytest.mark.parametrize(
+    "encoding,order,opencv_code",
+    [
+        ("uyvy", "uyvy", cv2.COLOR_YUV2RGB_UYVY),
+        ("yuv422", "uyvy", cv2.COLOR_YUV2RGB_UYVY),  # the older name of uyvy
+        ("yuyv", "yuyv", cv2.COLOR_YUV2RGB_YUY2),
+        ("yuv422_yuy2", "yuyv", cv2.COLOR_YUV2RGB_YUY2),  # the older name of yuyv
+    ],
+)
+@pytest.mark.parametrize("pad", [0, 4])
+def test_usb_camera_yuv422_encodings_convert_like_cv_bridge(encoding, order, opencv_code, pad):
+    rng = np.random.default_rng(1)
+    height, width = 6, 10
+    y = rng.integers(16, 236, (height, width), dtype=np.uint8)
+    u, v = (rng.integers(16, 241, (height, width // 2), dtype=np.uint8) for _ in range(2))
+    packed = packed_yuv422(y, u, v, order)
+    out = to_rgb8(make_msg(packed, encoding, pad))
+    assert out.shape == (height, width, 3) and out.dtype == np.uint8
+    # The OpenCV code cv_bridge picks for this encoding, on the same bytes: identical.
+    np.testing.assert_array_equal(out, cv2.cvtColor(packed, opencv_code))
+    # And the textbook BT.601 formula with each chroma pair shared by two pixels: within rounding.
+    expected = bt601_rgb(y, np.repeat(u, 2, axis=1), np.repeat(v, 2, axis=1))
+    assert np.abs(out.astype(int) - expected.astype(int)).max() <= 2
+    # The byte order matters: the same bytes read in the other layout are a different picture.
+    other = {"uyvy": "yuyv", "yuv422": "yuyv", "yuyv": "uyvy", "yuv422_yuy2": "uyvy"}[encoding]
+    assert np.abs(to_rgb8(make_msg(packed, other, pad)).astype(int) - expected.astype(int)).max() > 30
+
+
+def test_yuv422_with_an_odd_width_is_refused_with_the_reason():
+    msg = Image(height=2, width=5, encoding="yuyv", step=10, data=bytes(20))
+    with pytest.raises(ImageConversionError, match="yuyv image is 5 px wide: .* the width must be even"):
+        to_rgb8(msg)

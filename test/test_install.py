@@ -27,6 +27,7 @@ ROSDEP_KEYS = {
     "tqdm": "python3-tqdm",
     "matplotlib": "python3-matplotlib",
     "psutil": "python3-psutil",
+    "rosbags": "python3-rosbags-pip",  # a pip key: rosdep installs it with pip
     "pytest": "python3-pytest",
     "hypothesis": "python3-hypothesis",
 }
@@ -34,7 +35,7 @@ ROSDEP_KEYS = {
 ROS_PACKAGES = {
     "rclpy", "rcl_interfaces", "lifecycle_msgs", "sensor_msgs", "geometry_msgs", "std_msgs", "std_srvs",
     "diagnostic_msgs", "visualization_msgs", "builtin_interfaces", "pop_ros_interfaces", "ament_index_python",
-    "launch", "launch_ros",
+    "launch", "launch_ros", "py_trees",
 }  # fmt: skip
 # Import name -> pip distribution in requirements-robot.txt (no usable apt package on noble).
 PIP_ONLY = {
@@ -42,6 +43,7 @@ PIP_ONLY = {
     "torchvision": "torchvision",
     "transformers": "transformers",
     "pycocotools": "pycocotools",
+    "mcap": "mcap",
 }
 # Imported directly but installed by transformers' own requirements.
 VIA_TRANSFORMERS = {"huggingface_hub": "huggingface-hub", "tokenizers": "tokenizers"}
@@ -119,7 +121,7 @@ def test_pip_only_imports_are_listed_once_in_the_robot_requirements_at_the_teste
     tested = dict(
         line.split("==") for line in (SOURCE_ROOT / "requirements.txt").read_text().splitlines() if "==" in line
     )
-    for name in ("torch", "transformers", "pycocotools"):
+    for name in ("torch", "transformers", "pycocotools", "mcap"):
         assert robot[name] == f"=={tested[name]}", name
     # Modules we import that pip brings with transformers: transformers must really require them.
     transformers_requires = " ".join(importlib.metadata.requires("transformers") or []).lower()

@@ -11,16 +11,24 @@ import numpy as np
 import pytest
 import torch
 
-from pop_ros.models.tiny import FAMILIES
+from pop_ros.models.tiny import FAMILIES, HYBRID_FAMILIES
 from pop_ros.pipeline import PartPointer, PointerError, PointerSettings, PointRequest
 from test.conftest import random_image
 
 HEADS = [(1, 0), (2, 3), (4, 1), (4, 2)]
 QUERIES = ["handle of the mug", "neck of the bottle", "lid", "a part of the cup in the image"]
-PRESETS = {"qwen2_5_vl": "tiny", "molmo2": "tiny-molmo2", "internvl": "tiny-internvl"}
+PRESETS = {
+    "qwen2_5_vl": "tiny",
+    "molmo2": "tiny-molmo2",
+    "internvl": "tiny-internvl",
+    "qwen3_5": "tiny-qwen3.5",
+    "ovis2": "tiny-ovis2",
+}
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+# Plain transformers only: this test's heads and prefix depths sit on layers 1, 2, 4, 5, which a
+# hybrid model's linear-attention layers cannot hold; test_qwen3_5.py checks the same equality there.
+@pytest.mark.parametrize("family", [family for family in FAMILIES if family not in HYBRID_FAMILIES])
 def test_prefix_maps_equal_single_queries(tiny_adapters, rng, family):
     adapter = tiny_adapters[family]
     image = random_image(rng, 300, 500)
@@ -289,3 +297,24 @@ def test_pop_point_several_queries_share_one_frame(tmp_path, rng):
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     last_line = bad.stderr.strip().splitlines()[-1]
     assert last_line.startswith("error: --query '") and "request 1: the query is empty" in last_line
+
+
+def test_frames_differing_in_one_pixel_never_share_a_cache_entry(rng):
+    # The content key covers every pixel and channel: first, odd-strided, middle and last.
+    pointer = PartPointer.from_preset("tiny", settings=PointerSettings(frame_cache_size=64))
+    frame = random_image(rng, 48, 64)
+    assert not pointer.point(frame, "lid").frame_reused
+    for row, col, channel in [(0, 0, 0), (1, 1, 1), (24, 33, 2), (47, 63, 2)]:
+        changed = frame.copy()
+        changed[row, col, channel] ^= 1  # one intensity level in one pixel
+        assert not pointer.point(changed, "lid").frame_reused, (row, col, channel)
+        assert pointer.point(frame.copy(), "lid").frame_reused  # the original is still found by content
+
+
+def test_frame_cache_evicts_the_least_recently_used(rng):
+    pointer = PartPointer.from_preset("tiny", settings=PointerSettings(frame_cache_size=2))
+    a, b, c = (random_image(rng, 48, 64) for _ in range(3))
+    assert [pointer.point(frame, "lid").frame_reused for frame in (a, b, a, c)] == [False, False, True, False]
+    assert pointer.cached_frames() == 2
+    assert pointer.point(a, "lid").frame_reused  # used after B: kept
+    assert not pointer.point(b, "lid").frame_reused  # least recently used when C came: evicted

@@ -21,7 +21,7 @@ from pop_ros.models.heads import (
 from pop_ros.models.loading import ModelLoadError, load_mllm, load_visual
 from pop_ros.models.tiny import FAMILIES, ensure_tiny_checkpoint
 from pop_ros.models.visual import resized_shape
-from test.conftest import random_image
+from test.conftest import heads_on, random_image
 
 HEADS = [(1, 0), (2, 3), (4, 1), (4, 2), (5, 0)]
 
@@ -30,7 +30,7 @@ def expected_grid(family, adapter, image):
     """The grid each family's processor implies, computed from its own outputs."""
     prepared = adapter.prepare(image, "handle of the mug")
     inputs = prepared.model_inputs
-    if family == "qwen2_5_vl":
+    if family in ("qwen2_5_vl", "qwen3_5"):
         _, grid_h, grid_w = inputs["image_grid_thw"][0].tolist()
         return (grid_h // 2, grid_w // 2), prepared
     if family == "molmo2":
@@ -40,6 +40,13 @@ def expected_grid(family, adapter, image):
 
         tiling_h, tiling_w = select_tiling(image.shape[0] - 28, image.shape[1] - 28, 7 * 14, 4)
         return (tiling_h * 7 + 2, tiling_w * 7 + 2), prepared
+    if family == "ovis2":
+        # The image processor's own tiling (rows, cols); 4 x 4 tokens a tile (112 px, 14 px patches,
+        # 2 x 2 merge): the tiles side by side, or the thumbnail alone for one tile.
+        from PIL import Image
+
+        rows, cols = adapter.processor.image_processor(images=[Image.fromarray(image)])["grids"][0]
+        return (4 * int(rows), 4 * int(cols)), prepared
     return (8, 8), prepared  # tiny InternVL: 224 px tile, 14 px patches, pixel shuffle 0.5, one tile
 
 
@@ -57,10 +64,13 @@ def test_image_tokens_and_grid(tiny_adapters, rng, family, size):
     assert bool((input_ids[positions] == image_token).all())
     if family == "molmo2":
         assert bool((positions.reshape(grid)[:, 1:] >= positions.reshape(grid)[:, :-1]).all())  # a token per 2x2
+    elif family == "ovis2":  # tiles side by side: increasing along each row, each token once
+        assert bool((positions.reshape(grid)[:, 1:] > positions.reshape(grid)[:, :-1]).all())
+        assert positions.unique().numel() == positions.numel()
     else:
         assert bool((positions[1:] > positions[:-1]).all())
     assert int(positions.max()) < input_ids.numel() - 1  # the last prompt token is text, after the image
-    if family == "qwen2_5_vl":
+    if family in ("qwen2_5_vl", "qwen3_5"):
         # Strictly between vision_start and vision_end, contiguous.
         start = int(torch.nonzero(input_ids == adapter.model.config.vision_start_token_id)[0])
         end = int(torch.nonzero(input_ids == adapter.model.config.vision_end_token_id)[0])
@@ -80,13 +90,14 @@ def test_fast_path_equals_eager(tiny_adapters, rng, family):
     adapter = tiny_adapters[family]
     image = random_image(rng, 300, 500)
     prepared = adapter.prepare(image, "neck of the bottle")
-    fast = adapter.head_maps(image, "neck of the bottle", HEADS, prepared=prepared)
-    eager = adapter.head_maps_eager(image, "neck of the bottle", HEADS, prepared=prepared)
-    assert fast.shape == (len(HEADS), *prepared.grid)
+    heads = heads_on(adapter, HEADS)  # Qwen3.5: on its full-attention layers
+    fast = adapter.head_maps(image, "neck of the bottle", heads, prepared=prepared)
+    eager = adapter.head_maps_eager(image, "neck of the bottle", heads, prepared=prepared)
+    assert fast.shape == (len(heads), *prepared.grid)
     torch.testing.assert_close(fast, eager, atol=1e-6, rtol=0)
-    naive = adapter.head_maps_naive(image, "neck of the bottle", HEADS, prepared=prepared)  # eager everywhere
+    naive = adapter.head_maps_naive(image, "neck of the bottle", heads, prepared=prepared)  # eager everywhere
     torch.testing.assert_close(fast, naive, atol=1e-5, rtol=0)
-    torch.testing.assert_close(adapter.head_maps(image, "neck of the bottle", HEADS, prepared=prepared), fast)
+    torch.testing.assert_close(adapter.head_maps(image, "neck of the bottle", heads, prepared=prepared), fast)
     # Attention over image tokens is a part of a softmax row: positive, at most 1 in total (Molmo2's
     # patch cells repeat their token's value: count each token once).
     _, counts = torch.unique(prepared.image_positions, return_inverse=False, return_counts=True)
@@ -98,12 +109,14 @@ def test_fast_path_equals_eager(tiny_adapters, rng, family):
 def test_stopping_early_does_not_change_maps(tiny_adapters, rng, family):
     adapter = tiny_adapters[family]
     image = random_image(rng, 240, 320)
-    shallow = adapter.head_maps(image, "lid of the cup", [(1, 2)])  # stops after layer 1
-    deep = adapter.head_maps(image, "lid of the cup", [(1, 2), (5, 3)])  # runs to layer 5
+    (shallow_layer, _), (deep_layer, _) = heads_on(adapter, [(1, 2), (5, 3)])  # Qwen3.5: layers 3 and 7
+    assert shallow_layer < deep_layer
+    shallow = adapter.head_maps(image, "lid of the cup", [(shallow_layer, 2)])  # stops after that layer
+    deep = adapter.head_maps(image, "lid of the cup", [(shallow_layer, 2), (deep_layer, 3)])  # runs deeper
     torch.testing.assert_close(shallow[0], deep[0], atol=0, rtol=0)
-    everything = adapter.all_head_maps(image, "lid of the cup")
-    assert everything.shape[:2] == (adapter.num_layers, adapter.num_heads)
-    torch.testing.assert_close(everything[5, 3], deep[1], atol=1e-7, rtol=0)
+    everything = adapter.all_head_maps(image, "lid of the cup")  # every layer that can hold heads
+    assert everything.shape[:2] == (len(adapter.head_layers), adapter.num_heads)
+    torch.testing.assert_close(everything[adapter.head_layers.index(deep_layer), 3], deep[1], atol=1e-7, rtol=0)
 
 
 def test_bad_heads_and_queries_are_clear_errors(tiny_adapters, rng):

@@ -5,26 +5,22 @@ config/pop_ros.yaml; fault-injection tests run a node in-process in its own name
 
 import time
 
-import cv2
 import numpy as np
 import pytest
 import torch
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
-from rclpy.parameter import Parameter as RclpyParameter
 from sensor_msgs.msg import CameraInfo, Image
 
 from pop_ros.image_conversion import from_array
-from pop_ros.paths import SAMPLE_DIR
-from pop_ros.ros.parameters import PARAMETERS
-from pop_ros.ros_client import LIBRARY, PARAMS_FILE, NodeProcess, RosClient
+from pop_ros.ros.parameters import PARAMETERS, render_markdown
+from pop_ros.ros_client import LIBRARY, PARAMS_FILE, RosClient
+from pop_ros.testing import NodeProcess
 from pop_ros_interfaces.msg import PartPointResult
 from pop_ros_interfaces.srv import AddExemplar, ListSupportSets, PointToPart
+from test.conftest import HEIGHT, WIDTH, K, colour_msg, request, same_stamp, set_parameter
 
-WIDTH, HEIGHT = 320, 240
-K = [300.0, 0.0, 160.0, 0.0, 300.0, 120.0, 0.0, 0.0, 1.0]
 SERVICE = "/pop_node/point_to_part"
-SCENE = cv2.cvtColor(cv2.imread(str(SAMPLE_DIR / "scene_0.png")), cv2.COLOR_BGR2RGB)
 
 
 @pytest.fixture(scope="module")
@@ -53,23 +49,10 @@ def node_process(tmp_path_factory, client):
     assert process.stop() == 0, process.log()  # a clean shutdown on SIGINT
 
 
-def colour_msg(stamp, frame_id="cam_color_optical_frame", image=SCENE):
-    msg = from_array(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), "bgr8")
-    msg.header.stamp, msg.header.frame_id = stamp, frame_id
-    return msg
-
-
 def camera_info(stamp):
     info = CameraInfo(width=WIDTH, height=HEIGHT, k=K, distortion_model="plumb_bob")
     info.header.stamp, info.header.frame_id = stamp, "cam_color_optical_frame"
     return info
-
-
-def request(query="", support_set="", image=None):
-    req = PointToPart.Request(query=query, support_set=support_set)
-    if image is not None:
-        req.image = image
-    return req
 
 
 def publish_scene(client, depth_msg=None, depth_offset_s=0):
@@ -97,10 +80,6 @@ def call_until(client, predicate, req, republish, attempts=40):
             break
         time.sleep(0.1)
     return response, stamp
-
-
-def same_stamp(a, b):
-    return a.sec == b.sec and a.nanosec == b.nanosec
 
 
 # ---- answers and 3D points ----------------------------------------------------------------------------
@@ -185,14 +164,14 @@ def test_heatmap_published_with_the_source_header(client, node_process):
 # ---- bad input: a clear error, the node keeps serving ---------------------------------------------------
 def bad_images():
     unsupported = from_array(np.zeros((4, 4, 3), np.uint8), "rgb8")
-    unsupported.encoding = "yuv422"
+    unsupported.encoding = "bayer_rggb8"
     short_step = from_array(np.zeros((4, 4, 3), np.uint8), "rgb8")
     short_step.step = 3
     wrong_size = from_array(np.zeros((4, 4, 3), np.uint8), "rgb8")
     wrong_size.height = 5
     zero_width = Image(height=4, width=0, encoding="rgb8", step=0)
     return [
-        (unsupported, "unsupported colour encoding 'yuv422'"),
+        (unsupported, "unsupported colour encoding 'bayer_rggb8'"),
         (short_step, "step 3 is smaller"),
         (wrong_size, "data has 48 bytes but step x height = 60"),
         (zero_width, "image is empty"),
@@ -265,10 +244,6 @@ def test_add_and_list_exemplars(client, node_process):
 
 
 # ---- parameters and continuous mode --------------------------------------------------------------------------
-def set_parameter(client, name, value):
-    parameter = RclpyParameter(name, value=value).to_parameter_msg()
-    result = client.call(SetParameters, "/pop_node/set_parameters", SetParameters.Request(parameters=[parameter]))
-    return result.results[0]
 
 
 def test_runtime_parameters_take_effect_or_are_refused_with_a_reason(client, node_process):
@@ -319,32 +294,7 @@ def test_continuous_mode_processes_the_latest_frame_without_backlog(client, node
     assert len(results) == count  # stopped
 
 
-# ---- in-process nodes for faults -----------------------------------------------------------------------------
-@pytest.fixture
-def inprocess(tmp_path):
-    """Start a PopNode in-process under /<namespace>, with the shipped params file plus overrides."""
-    from pop_ros.ros.node import PopNode
-
-    started = []
-
-    def start(namespace, *overrides, activate=True):
-        args = ["--ros-args", "--params-file", str(PARAMS_FILE), "-p", "preset:=tiny", "-p", "autostart:=false"]
-        for override in overrides:
-            args += ["-p", override]
-        ros = RosClient(f"{namespace}_client", args=args)
-        node = PopNode(context=ros.context, namespace=namespace)
-        ros.add_node(node)
-        configured = node.trigger_configure()
-        if activate and node.pointer is not None:
-            node.trigger_activate()
-        started.append((ros, node))
-        return ros, node, configured
-
-    yield start
-    for ros, node in started:
-        ros.executor.remove_node(node)
-        node.destroy_node()
-        ros.close()
+# ---- in-process nodes for faults (the inprocess fixture: conftest.py) ---------------------------------------
 
 
 def test_no_frame_and_no_camera_info_yet(inprocess):
@@ -416,7 +366,8 @@ def test_unexpected_exception_in_a_callback_is_answered_and_the_node_keeps_servi
     )
     assert not response.success
     assert response.message == "internal error: RuntimeError: something nobody planned for"
-    assert node.internal_errors["_on_point_to_part"] == 1
+    assert node.internal_errors["on_point_to_part"] == 1
+    assert node.health.outcomes["internal error"] == 1  # its outcome on /diagnostics
     assert node.guarded(node.camera.on_image)(None) is None  # a subscription callback given a non-message
     assert node.internal_errors["on_image"] == 1
     node.pointer.point = original
@@ -461,8 +412,17 @@ def test_params_file_documents_exactly_the_declared_parameters():
     params = yaml.safe_load(PARAMS_FILE.read_text())["/**"]["ros__parameters"]
     assert set(params) == set(PARAMETERS)
     for name, value in params.items():
-        assert value == PARAMETERS[name][0], name
-        assert f"[{PARAMETERS[name][2]}]" in PARAMS_FILE.read_text()
+        assert value == PARAMETERS[name].default, name
+        assert f"[{PARAMETERS[name].when}]" in PARAMS_FILE.read_text()
+
+
+def test_parameter_reference_page_is_the_table_s_rendering():
+    from pop_ros.paths import SOURCE_ROOT
+
+    page = (SOURCE_ROOT / "docs" / "parameters.md").read_text()
+    assert page == render_markdown(), "regenerate: python -m pop_ros.ros.parameters > docs/parameters.md"
+    for spec in PARAMETERS.values():  # one row per parameter, with its type and when it applies
+        assert f"| `{spec.name}` | {spec.type.__name__} |" in page and f"| {spec.when} |" in page
 
 
 def test_launch_file_compiles():

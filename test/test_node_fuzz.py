@@ -17,10 +17,11 @@ from hypothesis import strategies as st
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from pop_ros.image_conversion import from_array
-from pop_ros.ros_client import LIBRARY, NodeProcess, RosClient
+from pop_ros.ros_client import LIBRARY, RosClient
+from pop_ros.testing import NodeProcess
 from pop_ros_interfaces.srv import AddExemplar, ListSupportSets, PointToPart
 from test import fuzz_strategies as fs
-from test.test_node import HEIGHT, WIDTH, K, colour_msg, same_stamp
+from test.conftest import HEIGHT, WIDTH, K, colour_msg, same_stamp
 
 NS = "/fuzz"
 TOPICS = {

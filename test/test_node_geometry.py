@@ -17,9 +17,10 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from pop_ros.image_conversion import from_array
 from pop_ros.paths import SAMPLE_DIR
-from pop_ros.ros_client import LIBRARY, PARAMS_FILE, RosClient
+from pop_ros.ros_client import LIBRARY
 from pop_ros_interfaces.msg import PartPointResult
 from pop_ros_interfaces.srv import PointToPart
+from test.conftest import wait_for
 from test.test_camera_model import WIDE_D, camera_info, reference_point
 from test.test_surface_fit import angle_degrees
 
@@ -27,32 +28,18 @@ SCENE = cv2.cvtColor(cv2.imread(str(SAMPLE_DIR / "scene_0.png")), cv2.COLOR_BGR2
 
 
 @pytest.fixture
-def start_node():
-    """Start PopNode in-process under /<namespace> with the shipped params file, overrides and extra
-    ROS arguments (remaps); configured and active."""
-    from pop_ros.ros.node import PopNode
-
-    started = []
+def start_node(inprocess):
+    """Start PopNode in-process under /<namespace> with the shipped library, a reliable camera,
+    overrides and extra ROS arguments (remaps); configured and active."""
 
     def start(namespace, *overrides, ros_args=()):
-        args = ["--ros-args", "--params-file", str(PARAMS_FILE), "-p", "preset:=tiny", "-p", "autostart:=false"]
-        args += ["-p", f"support_library:={LIBRARY}", "-p", "image_reliability:=reliable", *ros_args]
-        for override in overrides:
-            args += ["-p", override]
-        ros = RosClient(f"{namespace}_client", args=args)
-        node = PopNode(context=ros.context, namespace=namespace)
-        ros.add_node(node)
-        node.trigger_configure()
+        ros, node, _ = inprocess(
+            namespace, f"support_library:={LIBRARY}", "image_reliability:=reliable", *overrides, ros_args=ros_args
+        )
         assert node.pointer is not None, node.configure_error
-        node.trigger_activate()
-        started.append((ros, node))
         return ros, node
 
-    yield start
-    for ros, node in started:
-        ros.executor.remove_node(node)
-        node.destroy_node()
-        ros.close()
+    return start
 
 
 def to_msg(info_ns, frame_id="geo_optical_frame") -> CameraInfo:
@@ -64,13 +51,6 @@ def to_msg(info_ns, frame_id="geo_optical_frame") -> CameraInfo:
     msg.roi.width, msg.roi.height = info_ns.roi.width, info_ns.roi.height
     msg.header.frame_id = frame_id
     return msg
-
-
-def wait_for(predicate, timeout=20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return predicate()
 
 
 def ask(ros, node, namespace, info_msg, depth, image_rgb, query="handle of the mug", support_set="mug_handle"):
@@ -287,53 +267,3 @@ def test_geometry_parameters_are_validated(start_node):
     assert node.set_parameters([Parameter("pose_window", value=0)])[0].successful
     result = node.set_parameters([Parameter("image_transport", value="compressed")])[0]
     assert not result.successful and "read at configure" in result.reason
-
-
-# ---- the launch file and the RViz config ----------------------------------------------------------------------
-def launch_module():
-    import importlib.util
-
-    from pop_ros.paths import SOURCE_ROOT
-
-    spec = importlib.util.spec_from_file_location("pop_ros_launch", SOURCE_ROOT / "launch" / "pop_ros.launch.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # launch's own imports are inside its functions
-    return module
-
-
-def test_launch_arguments_override_the_params_file_only_when_given():
-    from pop_ros.ros.parameters import PARAMETERS
-
-    launch = launch_module()
-    nothing = {name: "" for name in launch.PARAMETER_ARGUMENTS}
-    assert launch.node_parameters("/mine.yaml", nothing) == ["/mine.yaml"]  # the user's file rules
-    given = {**nothing, "support_library": "/lib.yaml", "image_is_rectified": "false", "image_transport": "compressed"}
-    assert launch.node_parameters("/mine.yaml", given) == [
-        "/mine.yaml",
-        {"support_library": "/lib.yaml", "image_is_rectified": False, "image_transport": "compressed"},
-    ]
-    with pytest.raises(ValueError, match="true or false"):
-        launch.node_parameters("/mine.yaml", {**nothing, "image_is_rectified": "maybe"})
-    for name in launch.PARAMETER_ARGUMENTS:  # each sets a real node parameter, with its type
-        assert name in PARAMETERS
-        assert type(launch.parameter_value(name, "true")) is type(PARAMETERS[name][0])
-    assert launch.node_remappings("/camera/camera/color/", "/d") == [
-        ("image", "/camera/camera/color/image_raw"),
-        ("camera_info", "/camera/camera/color/camera_info"),
-        ("depth", "/d"),
-    ]
-
-
-def test_rviz_config_shows_the_launch_file_s_default_topics():
-    import yaml
-
-    from pop_ros.paths import config_dir
-
-    launch = launch_module()
-    rviz = yaml.safe_load((config_dir() / "pop_ros.rviz").read_text())["Visualization Manager"]
-    topics = {d["Class"].split("/")[-1]: d["Topic"]["Value"] for d in rviz["Displays"] if "Topic" in d}
-    assert topics["MarkerArray"] == "/pop_node/markers" and topics["Pose"] == "/pop_node/pose"
-    assert topics["PointStamped"] == "/pop_node/point"
-    images = {d["Topic"]["Value"] for d in rviz["Displays"] if d["Class"].endswith("/Image")}
-    assert images == {f"{launch.DEFAULT_CAMERA}/image_raw", "/pop_node/heatmap"}
-    assert rviz["Global Options"]["Fixed Frame"] == "camera_color_optical_frame"

@@ -19,39 +19,14 @@ from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.lifecycle.publisher import LifecyclePublisher
-from rclpy.parameter import Parameter as RclpyParameter
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import Image
 
-from pop_ros.image_conversion import from_array
 from pop_ros.ros.node import EXECUTOR_THREADS, PopNode
-from pop_ros.ros_client import LIBRARY, PARAMS_FILE, NodeProcess, RosClient
+from pop_ros.ros_client import LIBRARY, PARAMS_FILE, RosClient
+from pop_ros.testing import NodeProcess
 from pop_ros_interfaces.msg import PartPointResult
 from pop_ros_interfaces.srv import PointToPart
-from test import test_node
-from test.test_node import HEIGHT, WIDTH, K, colour_msg, request, same_stamp
-
-inprocess = test_node.inprocess  # the in-process node fixture
-
-
-def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not predicate() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return predicate()
-
-
-def set_parameter(node, name, value):
-    return node.set_parameters([RclpyParameter(name, value=value)])[0]
-
-
-def depth_and_info(ros, namespace, stamp, depth_m=1.25):
-    """camera_info and a flat depth image, both stamped `stamp`, on the namespace's camera topics."""
-    info = CameraInfo(width=WIDTH, height=HEIGHT, k=K, distortion_model="plumb_bob")
-    info.header.stamp = stamp
-    depth = from_array(np.full((HEIGHT, WIDTH), depth_m, np.float32), "32FC1")
-    depth.header.stamp = stamp
-    ros.publisher(CameraInfo, f"/{namespace}/camera_info").publish(info)
-    ros.publisher(Image, f"/{namespace}/depth").publish(depth)
+from test.conftest import colour_msg, depth_and_info, request, same_stamp, set_parameter, wait_for
 
 
 # ---- publishing rules ---------------------------------------------------------------------------------------
@@ -79,12 +54,12 @@ def test_a_rejected_answer_publishes_no_point_and_its_heatmap_only_on_request(in
     result = next(r for r in results if r.header.frame_id == "rejected_frame")
     assert result.success is False and result.message == rejected.message
 
-    assert set_parameter(node, "publish_rejected_heatmap", True).successful
+    assert set_parameter(ros, "publish_rejected_heatmap", True, node="/reject/pop_node").successful
     ask("debug_frame")
     assert [h for h in heatmaps if h.header.frame_id == "debug_frame"]  # heatmap for debugging
     assert not [p for p in points if p.header.frame_id == "debug_frame"]  # still no point
 
-    assert set_parameter(node, "min_score", 0).successful  # an integer for a float parameter
+    assert set_parameter(ros, "min_score", 0, node="/reject/pop_node").successful  # an integer for a float parameter
     accepted = ask("accepted_frame")
     assert accepted.success and accepted.has_3d
     point = next(p for p in points if p.header.frame_id == "accepted_frame")
@@ -201,7 +176,7 @@ def test_failure_answers_carry_the_source_header(inprocess):
     unknown = ros.call(PointToPart, "/headers/pop_node/point_to_part", request("handle", "no_such_set"))
     assert unknown.header.frame_id == "old_cam"  # refused before converting: still the frame's header
     bad = colour_msg(now, frame_id="bad_request")
-    bad.encoding = "yuv422"
+    bad.encoding = "bayer_rggb8"
     answer = ros.call(PointToPart, "/headers/pop_node/point_to_part", request("handle", "mug_handle", bad))
     assert not answer.success and answer.header.frame_id == "bad_request" and same_stamp(answer.header.stamp, now)
 
@@ -229,11 +204,11 @@ def test_exceptions_in_timers_and_parameter_callbacks_are_caught_and_counted(inp
 
     node.diagnostics.statuses = broken
     assert wait_for(lambda: node.internal_errors["publish"] >= 1, 5)  # the 1 Hz timer, guarded
-    original = node._settings
-    node._settings = lambda *a: 1 / 0
-    result = set_parameter(node, "sigma", 2.0)
+    original = node.pointer_settings
+    node.pointer_settings = lambda *a: 1 / 0
+    result = set_parameter(ros, "sigma", 2.0, node="/guard2/pop_node")
     assert not result.successful and result.reason == "internal error: ZeroDivisionError: division by zero"
-    node._settings = original
+    node.pointer_settings = original
     assert ros.call(
         PointToPart, "/guard2/pop_node/point_to_part", request("lid", "", colour_msg(ros.now_stamp()))
     ).success

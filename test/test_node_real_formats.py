@@ -3,10 +3,9 @@
 from rclpy.parameter import Parameter as RclpyParameter
 
 from pop_ros.ros.parameters import check_parameter
-from test.test_node import inprocess  # noqa: F401 - the in-process node fixture
 
 
-def test_mllm_input_parameters_reach_the_model(inprocess):  # noqa: F811
+def test_mllm_input_parameters_reach_the_model(inprocess):
     _, default, _ = inprocess("mllm_default", activate=False)
     assert default.pointer.mllm.max_pixels == 0 and default.pointer.mllm.system_prompt == ""  # tiny preset's
     _, node, _ = inprocess("mllm_capped", "mllm_max_pixels:=12544", "system_prompt:=internvl-original", activate=False)

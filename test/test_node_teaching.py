@@ -13,8 +13,9 @@ from geometry_msgs.msg import Point, PointStamped
 from sensor_msgs.msg import Image
 
 from pop_ros.image_conversion import to_rgb8
-from pop_ros.ros_client import LIBRARY, NodeProcess, RosClient
+from pop_ros.ros_client import LIBRARY, RosClient
 from pop_ros.supports import KILL_AFTER_STEP_ENV, SupportLibrary
+from pop_ros.testing import NodeProcess
 from pop_ros_interfaces.msg import TeachResult
 from pop_ros_interfaces.srv import (
     AddExemplar,
@@ -24,11 +25,9 @@ from pop_ros_interfaces.srv import (
     RemoveSupportSet,
     SetDefaultQuery,
 )
-from test import test_node
-from test.test_node import HEIGHT, SCENE, WIDTH, colour_msg, same_stamp
+from test.conftest import HEIGHT, WIDTH, colour_msg, same_stamp, scene
 
-inprocess = test_node.inprocess  # the in-process node fixture, shared
-
+SCENE = scene()
 TEACH_SET = "../über part ✓"  # path traversal, a space and unicode in one name
 OTHER_SET = "a/../../b c"
 FLIPPED = np.ascontiguousarray(SCENE[:, ::-1])

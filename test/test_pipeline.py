@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pop_ros import core
-from pop_ros.pipeline import PartPointer, PointerError, PointerSettings
+from pop_ros.pipeline import PartPointer, PointerError, PointerSettings, PointResult
 from pop_ros.supports import SupportError, SupportLibrary
 from test.conftest import random_image
 
@@ -92,8 +92,8 @@ def test_named_set_features_are_looked_up_without_rehashing(rng):
     library.add_exemplar("lid", random_image(rng, 60, 80), (20, 20))
     pointer = PartPointer.from_preset("tiny", library=library)
     hashed = []
-    original = pointer._cache_key
-    pointer._cache_key = lambda image: hashed.append(image.shape) or original(image)
+    original = pointer.support_features.image_key
+    pointer.support_features.image_key = lambda image: hashed.append(image.shape) or original(image)
     target = random_image(rng, 64, 64)
     first = pointer.point(target, support_set="lid")
     assert len(hashed) == 2  # each exemplar once
@@ -101,7 +101,7 @@ def test_named_set_features_are_looked_up_without_rehashing(rng):
     assert len(hashed) == 2 and (first.u, first.v, first.score) == (second.u, second.v, second.score)
     pointer.add_exemplar("lid", random_image(rng, 60, 80), (5, 5))  # a new version of the set
     assert pointer.point(target, support_set="lid", shots=3).num_shots == 3
-    assert len(pointer._set_features) == 1  # only the newest version is kept
+    assert pointer.support_features.cached_sets() == [("lid", library.get("lid").version)]  # only the newest
 
 
 def test_cls_retrieval_picks_the_most_similar_support(tiny_pointer, rng):
@@ -337,9 +337,9 @@ def test_clicks_and_answers_are_ros_pixel_coordinates(tiny_pointer, rng):
     assert tiny_pointer.point(target, "the part", supports=[(target, (-0.5, 127.4))]).num_shots == 1  # pixel (0, 127)
 
 
-def test_a_settings_change_waits_for_the_query_in_flight(rng):
-    """A query reads its settings several times; a change from another thread (ros2 param set) must
-    not land between those reads, so the setter waits until the query is done."""
+def test_a_settings_change_lands_at_once_and_applies_from_the_next_query(rng):
+    """A change from another thread (ros2 param set) neither waits for the query in flight nor
+    changes it: that query finishes with the settings it started with."""
     import dataclasses
     import threading
 
@@ -356,14 +356,42 @@ def test_a_settings_change_waits_for_the_query_in_flight(rng):
     results = []
     query = threading.Thread(target=lambda: results.append(pointer.point(random_image(rng, 96, 128), "lid")))
     query.start()
-    assert inside.wait(timeout=60)
+    assert inside.wait(timeout=60)  # the query is inside its model forward, holding the lock
     changed = threading.Thread(
         target=lambda: setattr(pointer, "settings", dataclasses.replace(pointer.settings, use_text=False))
     )
     changed.start()
-    changed.join(timeout=0.5)
-    assert changed.is_alive() and pointer.settings.use_text  # still waiting: the query holds its settings
+    changed.join(timeout=60)
+    assert not changed.is_alive() and not pointer.settings.use_text  # landed while the query runs
     release.set()
     query.join(timeout=60)
-    changed.join(timeout=60)
-    assert not changed.is_alive() and not pointer.settings.use_text and len(results) == 1
+    assert len(results) == 1 and results[0].used_text  # ... which kept the settings it started with
+
+
+def test_each_call_uses_one_settings_snapshot_when_they_change_mid_call(rng):
+    """Catches: point()/point_many() reading `settings` before the lock and again under it (issue 20).
+    A `ros2 param set use_text` landing between the reads sent an empty query into the MLLM or
+    refused a valid one. The change is made deterministically from inside the call (the library
+    lookup), between the request's first and later reads of the settings."""
+    import dataclasses
+
+    library = SupportLibrary()
+    library.add_exemplar("lid", random_image(rng, 64, 64), (10, 10))  # no default query
+    pointer = PartPointer.from_preset("tiny", library=library, settings=PointerSettings(use_text=False))
+    lookup = library.get
+
+    def lookup_then_toggle_use_text(name):
+        found = lookup(name)
+        pointer.settings = dataclasses.replace(pointer.settings, use_text=not pointer.settings.use_text)
+        return found
+
+    library.get = lookup_then_toggle_use_text
+    target = random_image(rng, 64, 64)
+    visual_only = pointer.point(target, "", support_set="lid")  # started visual-only: no query needed
+    assert (visual_only.used_text, visual_only.num_shots) == (False, 1)
+    assert pointer.settings.use_text  # the change itself landed, for the next call
+    with_text = pointer.point(target, "lid", support_set="lid")  # started with the text prior
+    assert (with_text.used_text, with_text.num_shots) == (True, 1)
+    assert not pointer.settings.use_text
+    [many] = pointer.point_many(target, [("", "lid")])  # started visual-only again
+    assert isinstance(many, PointResult) and (many.used_text, many.num_shots) == (False, 1)

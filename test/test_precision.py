@@ -23,7 +23,7 @@ import torch
 
 from pop_ros import core
 from pop_ros.pipeline import from_core_pixel
-from test.conftest import random_image
+from test.conftest import heads_on, random_image
 
 HEADS = [(1, 0), (2, 3), (4, 1), (4, 2), (5, 0)]
 QUERY = "neck of the bottle"
@@ -35,6 +35,10 @@ DEVICES = [
     ),
 ]
 MAP_TOLERANCE = {"bfloat16": 0.05, "float16": 0.01}  # fast vs eager, fraction of the peak
+# Against float32, Qwen3.5 in bfloat16 drifts further: its Gated DeltaNet layers carry a recurrent
+# state through the whole prompt in the model dtype (the tiny model's DeltaNet output is also scaled
+# up 30x, see qwen3_5.build_tiny). Measured on CPU: 11 % of the peak; fast vs eager stays within 5 %.
+FLOAT32_TOLERANCE = {("qwen3_5", "bfloat16"): 0.15}
 FINAL_TOLERANCE = {"bfloat16": 0.01, "float16": 0.005, "float32": 0.005}  # final map vs float32 CPU
 
 
@@ -59,14 +63,15 @@ def adapter(family: str, device: str, dtype: str):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "molmo2", "internvl"])
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "molmo2", "internvl", "qwen3_5", "ovis2"])
 def test_fast_path_equals_eager_in_every_precision(rng, family, dtype, device):
     model = adapter(family, device, dtype)
     assert model.device.type == device and next(model.model.parameters()).dtype == getattr(torch, dtype)
     image = random_image(rng, 300, 500)
     prepared = model.prepare(image, QUERY)
-    fast = model.head_maps(image, QUERY, HEADS, prepared=prepared)
-    eager = model.head_maps_eager(image, QUERY, HEADS, prepared=prepared)
+    heads = heads_on(model, HEADS)  # Qwen3.5: on its full-attention layers
+    fast = model.head_maps(image, QUERY, heads, prepared=prepared)
+    eager = model.head_maps_eager(image, QUERY, heads, prepared=prepared)
     assert fast.dtype == torch.float32 and fast.device.type == device
     assert bool(torch.isfinite(fast).all()) and bool(torch.isfinite(eager).all())
     if dtype == "float32":
@@ -80,8 +85,8 @@ def test_fast_path_equals_eager_in_every_precision(rng, family, dtype, device):
     assert float(fast.min()) >= 0 and bool((fast.sum(dim=(1, 2)) <= repeats * (1 + 1e-3)).all())
     # The same maps as float32 on the CPU, within the same tolerance (the reference path).
     reference = adapter(family, "cpu", "float32")
-    expected = reference.head_maps(image, QUERY, HEADS)
-    assert relative_to_peak(fast, expected) <= MAP_TOLERANCE.get(dtype, 0.01)
+    expected = reference.head_maps(image, QUERY, heads)
+    assert relative_to_peak(fast, expected) <= FLOAT32_TOLERANCE.get((family, dtype), MAP_TOLERANCE.get(dtype, 0.01))
 
 
 _POINTERS: dict = {}

@@ -1,6 +1,7 @@
 """The real checkpoints' structure: hub file layouts, chat templates, Molmo2's real token geometry,
 the MLLM pixel cap and the system-turn option. Random weights: plumbing and geometry only."""
 
+import dataclasses
 import json
 import math
 import shutil
@@ -26,6 +27,14 @@ HUB_FILES = {
         "tokenizer_config.json",
     },
     "molmo2": {
+        "preprocessor_config.json",
+        "processor_config.json",
+        "chat_template.jinja",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    },
+    "qwen3_5": {"preprocessor_config.json", "chat_template.jinja", "tokenizer.json", "tokenizer_config.json"},
+    "ovis2": {
         "preprocessor_config.json",
         "processor_config.json",
         "chat_template.jinja",
@@ -75,8 +84,12 @@ def test_prompt_ends_on_the_newline_and_keeps_the_system_turn_behaviour(tiny_ada
     adapter = tiny_adapters[family]
     prompt = adapter.prompt("handle of the mug")
     tokens = adapter.processor.tokenizer.tokenize(prompt)
-    assert tokens[-2:] == ["assistant", "\n"]  # as on the real models: the last prompt token is "\n"
-    assert ("You are a helpful assistant." in prompt) == (family == "qwen2_5_vl")
+    # As on the real models: the last prompt token is "\n"; Qwen3.5's (thinking off) is "\n\n" after an empty
+    # think block, spelt in byte-level BPE symbols (Ċ = "\n") by the tokenizer class transformers loads for it.
+    tail = ["Ċ", "<think>", "ĊĊ", "</think>", "ĊĊ"] if family == "qwen3_5" else ["assistant", "\n"]
+    assert tokens[-len(tail) :] == tail
+    # Qwen2.5-VL's template adds it without a system turn, Ovis2's -hf template always.
+    assert ("You are a helpful assistant." in prompt) == (family in ("qwen2_5_vl", "ovis2"))
 
 
 def test_system_prompt_option(rng):
@@ -202,7 +215,7 @@ def test_sigma_stays_in_token_units_on_molmo2s_patch_grid(monkeypatch, rng):
     image = random_image(rng, 300, 500)
     for preset, cells in (("tiny", 1), ("tiny-molmo2", 2)):
         pointer = PartPointer.from_preset(preset)
-        pointer.settings.sigma = 1.5
+        pointer.settings = dataclasses.replace(pointer.settings, sigma=1.5)
         pointer.point(image, "handle of the mug")
         grid, sigma = seen[-1]
         assert sigma == 1.5 * cells

@@ -2,15 +2,13 @@
 scales: each test here is built so that one small realistic mistake makes it fail (named in its
 docstring), where the default-settings tests elsewhere would still pass."""
 
-import math
-
 import numpy as np
 import pytest
 import scipy.ndimage
 import torch
 import torch.nn.functional as F
 
-from pop_ros import core, geometry
+from pop_ros import core
 from pop_ros.pipeline import PartPointer, PointerSettings
 from test.conftest import random_image
 
@@ -106,7 +104,7 @@ def test_score_is_read_at_the_fused_peak_not_at_the_visual_maximum():
     first[2, 3], second[2, 3] = 0.5, 0.3
     prior = torch.full((3, 5), 0.01)
     prior[2, 3] = 1.0
-    final = core.fuse(prior, [first, second], shots="product", upsample=3)
+    final = core.fuse(prior, [first, second], shot_combination="product", upsample=3)
     assert final.shape == (9, 15) and core.peak_cell(final) == (7, 10)  # centre sub-cell of (2, 3)
     assert core.peak_score(final, [first, second], prior) == pytest.approx(0.4)
 
@@ -116,7 +114,7 @@ def test_pipeline_score_is_the_mean_visual_similarity_at_the_answered_point(rng)
     The maps are recomputed here from the encoder's features: a 240x320 target on the tiny
     encoder's 16-px patches at a 224-px longer side is a 10x14 grid (24 px per row, 22.9 per column)."""
     # shots "product": the fused peak follows the product of the K maps, the score their mean.
-    settings = PointerSettings(shots="product", upsample=3, max_shots=2, retrieval="first")
+    settings = PointerSettings(shot_combination="product", upsample=3, max_shots=2, retrieval="first")
     pointer = PartPointer.from_preset("tiny", settings=settings)
     for seed in range(10):
         local = np.random.default_rng(seed)
@@ -165,21 +163,3 @@ def test_visual_preprocessing_of_an_unresized_image_is_per_pixel_normalisation(t
     pixels = tiny_visual.preprocess(image).cpu().numpy().transpose(1, 2, 0)  # (H, W, 3)
     expected = (image / 255.0 - np.array(IMAGENET_DEFAULT_MEAN)) / np.array(IMAGENET_DEFAULT_STD)
     np.testing.assert_allclose(pixels, expected, atol=1e-5)
-
-
-# ---- intrinsics ----------------------------------------------------------------------------------
-def test_scale_intrinsics_with_different_x_and_y_scales():
-    """Catches: scale_intrinsics applying the x scale to y and the y scale to x.
-
-    camera_info for 480x640, image 240x960: sx = 1.5, sy = 0.5. A 3D point projected with the
-    original intrinsics at (u, v) must project with the scaled ones at (1.5 u, 0.5 v)."""
-    k = np.array([[500.0, 0.0, 310.0], [0.0, 420.0, 250.0], [0.0, 0.0, 1.0]])
-    scaled = geometry.scale_intrinsics(k.ravel(), (480, 640), (240, 960))
-    np.testing.assert_allclose(scaled, [[750.0, 0.0, 465.0], [0.0, 210.0, 125.0], [0.0, 0.0, 1.0]])
-    for xyz in ((0.3, -0.2, 1.5), (-1.0, 0.7, 4.0)):
-        u, v, w = k @ np.array(xyz)
-        u2, v2, w2 = scaled @ np.array(xyz)
-        assert (u2 / w2, v2 / w2) == pytest.approx((1.5 * u / w, 0.5 * v / w))
-        # And the round trip: deprojecting the scaled pixel at the same depth gives the point back.
-        assert geometry.deproject(u2 / w2, v2 / w2, xyz[2], scaled) == pytest.approx(xyz)
-    assert math.isclose(scaled[0, 0] / scaled[1, 1], (500.0 * 1.5) / (420.0 * 0.5))

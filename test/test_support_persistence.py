@@ -332,12 +332,104 @@ def test_set_features_follow_edits_and_retaught_sets(tmp_path, rng):
     pointer.add_exemplar("lid", first, (10, 10))
     pointer.add_exemplar("lid", second, (30, 20))
     same_as_explicit([(first, (10, 10)), (second, (30, 20))])
-    pointer.remove_exemplar("lid", 0)
+    library.remove_exemplar("lid", 0)  # edits go to the library; the pointer follows its versions
     same_as_explicit([(second, (30, 20))])
-    pointer.remove_support_set("lid")
+    library.remove_support_set("lid")
     pointer.add_exemplar("lid", third, (5, 40))  # same name, new content: no stale features
     same_as_explicit([(third, (5, 40))])
     versions = {pointer.library.get("lid").version}
-    pointer.set_default_query("lid", "lid of the jar")
+    library.set_default_query("lid", "lid of the jar")
     versions.add(pointer.library.get("lid").version)
     assert len(versions) == 2 and pointer.point(target, support_set="lid").query == "lid of the jar"
+    assert pointer.support_features.cached_sets() == [("lid", pointer.library.get("lid").version)]
+
+
+# ---- the module's promises, one test each ----------------------------------------------------------
+def test_every_file_is_fsynced_after_its_last_write_before_it_is_published(tmp_path, rng, monkeypatch):
+    """At each rename or link, the file being published was fsynced with all its bytes in the kernel
+    (an fsync of only the writer's first half leaves the rest unsynced)."""
+    synced_sizes = {}  # path -> file size at its latest fsync
+    published = []
+
+    real_fsync, real_replace, real_link = os.fsync, os.replace, os.link
+
+    def recording_fsync(descriptor):
+        path = os.readlink(f"/proc/self/fd/{descriptor}")
+        synced_sizes[path] = os.fstat(descriptor).st_size
+        real_fsync(descriptor)
+
+    def check_synced(source):
+        source = os.path.abspath(source)
+        size = os.stat(source).st_size
+        assert synced_sizes.get(source) == size, (
+            f"{source} ({size} bytes) published after an fsync at {synced_sizes.get(source)}"
+        )
+        published.append(pathlib.Path(source).name)
+
+    def checking_replace(source, target):
+        check_synced(source)
+        real_replace(source, target)
+
+    def checking_link(source, target):
+        check_synced(source)
+        real_link(source, target)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "replace", checking_replace)
+    monkeypatch.setattr(os, "link", checking_link)
+    library = SupportLibrary.load(tmp_path / "library.yaml", writable=True)
+    library.add_exemplar("mug", random_image(rng, 30, 40), (3, 4), query="handle")  # image + YAML
+    library.add_exemplar("mug", random_image(rng, 31, 41), (5, 6))  # image + YAML + backup
+    # Two image links, two YAML replacements, one backup replacement: all checked.
+    assert sum(".png.tmp-" in name for name in published) == 2
+    assert sum(name.startswith(".library.yaml.tmp-") for name in published) == 2
+    assert sum(name.startswith(".library.yaml.bak.tmp-") for name in published) == 1
+
+
+def test_backup_after_two_edits_holds_the_yaml_just_before_the_second(tmp_path, rng):
+    path = tmp_path / "library.yaml"
+    library = SupportLibrary.load(path, writable=True)
+    library.add_exemplar("mug", random_image(rng, 20, 20), (1, 1), query="handle")
+    library.add_exemplar("mug", random_image(rng, 20, 20), (2, 2))  # first edit of an existing file
+    first_backup = (tmp_path / "library.yaml.bak").read_bytes()
+    before_second = path.read_bytes()
+    library.set_default_query("mug", "rim")  # second edit
+    backup = (tmp_path / "library.yaml.bak").read_bytes()
+    assert backup == before_second and backup != first_backup
+    assert [e["click"] for e in yaml.safe_load(backup)["sets"]["mug"]["exemplars"]] == [[1, 1], [2, 2]]
+    assert yaml.safe_load(backup)["sets"]["mug"]["query"] == "handle"
+
+
+@pytest.mark.parametrize("first,second", [("Mug", "mug"), ("Bottle", "Böttle")])
+def test_names_differing_in_case_or_accents_never_share_a_folder(tmp_path, rng, first, second):
+    # Also on a case-insensitive file system: compare the folder names case-folded.
+    assert set_folder_name(first).lower() != set_folder_name(second).lower()
+    library = SupportLibrary.load(tmp_path / "library.yaml", writable=True)
+    images = {first: random_image(rng, 20, 24), second: random_image(rng, 20, 24)}
+    for name, image in images.items():
+        library.add_exemplar(name, image, (1, 1), query=name)
+    folders = {name: library.images_dir / set_folder_name(name) for name in images}
+    assert folders[first] != folders[second]
+    for folder in folders.values():
+        assert sorted(p.name for p in folder.iterdir()) == ["0000.png"]  # its own image only
+    reloaded = SupportLibrary.load(tmp_path / "library.yaml")
+    for name, image in images.items():
+        np.testing.assert_array_equal(reloaded.get(name).exemplars[0].image, image)
+
+
+def test_every_edit_gives_the_set_a_new_version(tmp_path, rng):
+    library = SupportLibrary.load(tmp_path / "library.yaml", writable=True)
+    versions = [library.add_exemplar("mug", random_image(rng, 20, 20), (1, 1), query="handle").version]
+    versions.append(library.add_exemplar("mug", random_image(rng, 20, 20), (2, 2)).version)
+    versions.append(library.add_exemplar("mug", random_image(rng, 20, 20), (3, 3)).version)
+    held = library.get("mug")  # a reader holding the set sees it unchanged by later edits
+    versions.append(library.remove_exemplar("mug", 0).version)
+    versions.append(library.set_default_query("mug", "rim").version)
+    assert len(set(versions)) == 5, versions
+    assert [e.click for e in held.exemplars] == [(1, 1), (2, 2), (3, 3)] and held.query == "handle"
+    assert library.get("mug").version == versions[-1]
+    # A memory-only library versions its additions the same way.
+    memory = SupportLibrary()
+    a = memory.add_exemplar("lid", random_image(rng, 20, 20), (1, 1)).version
+    b = memory.add_exemplar("lid", random_image(rng, 20, 20), (2, 2)).version
+    assert a != b

@@ -205,3 +205,28 @@ def test_a_large_window_is_scored_on_a_subset_and_still_exact():
     result = fit(depth, 320, 240, window=201)  # 40,401 points: hypotheses scored on 4,096 of them
     assert result.num_valid == 201 * 201 and angle_degrees(result.normal, normal) < 1.0
     assert result.inlier_ratio == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("window", [1, 3, 5])
+def test_depth_window_at_the_image_border_reads_the_valid_depths_there(window):
+    # A half-resolution depth image (240 x 320 for a 480 x 640 colour image), valid only at its four
+    # corners and at the middle of its last row and last column.
+    depth = np.full((240, 320), np.nan, dtype=np.float32)
+    depth[0, 0], depth[0, 319], depth[239, 0], depth[239, 319] = 1.0, 2.0, 3.0, 4.0
+    depth[120, 319], depth[239, 160] = 5.0, 6.0
+    cases = {  # colour pixel (u, v) -> the depth it must read
+        (0.0, 0.0): 1.0,
+        (639.0, 0.0): 2.0,
+        (0.0, 479.0): 3.0,
+        (639.0, 479.0): 4.0,
+        (639.0, 240.0): 5.0,
+        (320.0, 479.0): 6.0,
+    }
+    for (u, v), expected in cases.items():
+        assert geometry.robust_depth(depth, u, v, (480, 640), window) == pytest.approx(expected), (u, v)
+    pixels, depths = geometry.depth_window(depth, 0, 0, window)
+    np.testing.assert_array_equal(pixels, [[0.0, 0.0]])
+    np.testing.assert_array_equal(depths, [1.0])
+    pixels, depths = geometry.depth_window(depth, 239, 319, window)
+    np.testing.assert_array_equal(pixels, [[319.0, 239.0]])  # (u, v) of the depth pixel
+    np.testing.assert_array_equal(depths, [4.0])

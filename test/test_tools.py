@@ -1,6 +1,7 @@
 """Smoke tests of `pop-bench` and `make demo`'s script: they run end to end and report sane things.
 Timings are never asserted (they are measured by `make bench`, not tested)."""
 
+import hashlib
 import json
 import math
 import subprocess
@@ -29,6 +30,9 @@ def test_pop_bench_smoke_run_reports_every_comparison():
     assert stream["callback_duration_ms"]["p99"] >= 0
 
 
+SETS = ("bottle_neck", "mug_handle")  # config/supports/library.yaml
+
+
 def test_demo_streams_scenes_and_writes_results(tmp_path):
     out = tmp_path / "demo"
     completed = subprocess.run(
@@ -43,4 +47,16 @@ def test_demo_streams_scenes_and_writes_results(tmp_path):
     for result in report["results"]:
         assert result["has_3d"] and result["point_m"][2] == 0.8  # the synthetic depth plane
         assert result["frame_id"] == "camera_color_optical_frame"
-    assert cv2.imread(str(out / "heatmap.png")).shape == (240, 320, 3)
+    # One explained picture per scene and query, each distinct, plus an index page and a contact sheet.
+    pictures = [out / result["picture"] for result in report["results"]]
+    assert sorted(p.name for p in pictures) == sorted(f"scene_{i}_{s}.png" for i in range(3) for s in SETS)
+    assert sorted(p.name for p in out.glob("*.png")) == sorted([p.name for p in pictures] + ["contact_sheet.png"])
+    assert len({hashlib.sha256(p.read_bytes()).hexdigest() for p in pictures}) == len(pictures)  # no copies
+    for picture in pictures:
+        image = cv2.imread(str(picture))
+        assert image.shape[0] > 480 and image.shape[1] > 640  # the 320x240 scene scaled up, with text beside
+        red_frame = image[:3, :, :]  # the random-weights frame along the top edge, BGR (0, 0, 200)
+        assert (abs(red_frame.astype(int) - (0, 0, 200)).sum(axis=2) < 30).mean() > 0.9
+    page = (out / "index.html").read_text()
+    assert all(f"src='{p.name}'" in page for p in pictures) and "RANDOM WEIGHTS" in page
+    assert cv2.imread(str(out / "contact_sheet.png")) is not None

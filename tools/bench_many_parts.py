@@ -20,7 +20,7 @@ def main() -> int:
     started = time.time()
     pointer = bench.build_shape_pointer("qwen2.5-vl-3b", "auto", "bfloat16")
     target, supports = bench.bench_images(10)
-    pointer.support_features([supports[0][0]])  # cached support features, as in use
+    pointer.support_features.for_images([supports[0][0]])  # cached support features, as in use
     pointer.point(target, bench.QUERY, supports=supports[:1], shots=1)  # warm-up
     report = {"device": bench.device_name(pointer.visual.device), "repeats": repeats}
     report.update(bench.run_many_parts(pointer, target, supports, repeats))

@@ -10,9 +10,9 @@ beside it (made here by `make device-wheels`). In at most `--budget-s` seconds i
    PYTHONPATH, leaving the image's own packages alone;
 3. runs the core, model, pipeline, precision (float16/bfloat16 on CUDA) and processor-equivalence
    tests with the stock interpreter;
-4. runs `pop-bench` in bf16 on the Qwen2.5-VL-3B + DINOv3 ViT-B/16 and Qwen2.5-VL-7B + DINOv3
-   ViT-L/16 shapes at 640x480 (random weights, nothing downloaded), the 7B last and skipped, with the
-   reason recorded, when the budget would not hold it;
+4. runs `pop-bench` in bf16 on the Qwen2.5-VL-3B + DINOv3 ViT-B/16, Qwen3.5-4B + DINOv3 ViT-B/16
+   and Qwen2.5-VL-7B + DINOv3 ViT-L/16 shapes at 640x480 (random weights, nothing downloaded), the
+   7B last and skipped, with the reason recorded, when the budget would not hold it;
 5. writes ONE JSON (`device_check.json`) and ONE log (`device_check.log`) into $OUT (the folder
    the GPU machine hands back), else `build/device-check/`.
 
@@ -62,11 +62,12 @@ DRY_RUN_TESTS = [
     "test/test_core.py::test_float16_gives_the_same_point_as_float32",
     "test/test_processors_equivalence.py",
 ]
-GPU_SHAPES = ["qwen2.5-vl-3b", "qwen2.5-vl-7b"]  # the 7B last: it is the one skipped when time runs out
+# The 7B last: it is the one skipped when time runs out. Qwen3.5-4B: the hybrid (Gated DeltaNet) family.
+GPU_SHAPES = ["qwen2.5-vl-3b", "qwen3.5-4b", "qwen2.5-vl-7b"]
 DRY_RUN_SHAPES = ["tiny"]
 # Seconds a bench needs at least to be worth starting (model build + warm-up + 3 repeats), and the
 # seconds kept back at the end to write the report.
-MIN_BENCH_S = {"qwen2.5-vl-3b": 60, "qwen2.5-vl-7b": 90, "tiny": 0}
+MIN_BENCH_S = {"qwen2.5-vl-3b": 60, "qwen3.5-4b": 75, "qwen2.5-vl-7b": 90, "tiny": 0}
 REPORT_RESERVE_S = 10
 
 
@@ -385,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=450.0, help="time budget of the whole check (default 450)")
     parser.add_argument("--tests", nargs="*", help="pytest targets (default: the GPU or dry-run list)")
     parser.add_argument(
-        "--shapes", nargs="*", help="pop-bench shapes (default: qwen2.5-vl-3b qwen2.5-vl-7b; dry: tiny)"
+        "--shapes", nargs="*", help="pop-bench shapes (default: qwen2.5-vl-3b qwen3.5-4b qwen2.5-vl-7b; dry: tiny)"
     )
     parser.add_argument("--repeats", type=int, default=None, help="pop-bench repeats (default 5; dry run 1)")
     parser.add_argument("--warmup", type=int, default=None, help="pop-bench warm-ups (default 2; dry run 0)")

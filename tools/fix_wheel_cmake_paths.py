@@ -1,6 +1,7 @@
 """Repoint include paths baked into the ROS 2 wheels' exported CMake targets.
 
-The wheels were built in a manylinux image whose Python lived in /opt/python/cp311-cp311; their
+The wheels were built in a manylinux image whose Python lived in /opt/python/cp3XX-cp3XX (the wheel's
+own version: cp311 for Python 3.11, cp312 for 3.12, checked on ros-builtin-interfaces 2.3.0); their
 `*__rosidl_generator_pyExport.cmake` files still name its Python and numpy include folders, which
 do not exist here, and CMake's generate step rejects imported targets with non-existent include
 paths. Point them at this interpreter's folders. Idempotent; touches only files under the venv.
@@ -12,10 +13,12 @@ import sysconfig
 
 import numpy
 
-BUILD_PREFIX = "/opt/python/cp311-cp311"
+VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
+TAG = f"cp{sys.version_info.major}{sys.version_info.minor}"
+BUILD_PREFIX = f"/opt/python/{TAG}-{TAG}"
 REPLACEMENTS = {
-    f"{BUILD_PREFIX}/include/python3.11": sysconfig.get_paths()["include"],
-    f"{BUILD_PREFIX}/lib/python3.11/site-packages/numpy/_core/include": numpy.get_include(),
+    f"{BUILD_PREFIX}/include/python{VERSION}": sysconfig.get_paths()["include"],
+    f"{BUILD_PREFIX}/lib/python{VERSION}/site-packages/numpy/_core/include": numpy.get_include(),
 }
 
 

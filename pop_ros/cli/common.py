@@ -73,20 +73,33 @@ def one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
-def run_cli(work: Callable[[], dict], json_output: bool) -> int:
-    """Run `work`; print its result (JSON or key: value lines); bad input -> one line on stderr, exit 2."""
-    from pop_ros.models.loading import ModelLoadError
-    from pop_ros.pipeline import PointerError
-    from pop_ros.supports import SupportError
+# Errors that mean bad input, by module: looked up only in modules already imported (an exception of a
+# module never imported cannot have been raised), so that checking arguments imports no torch.
+_USER_ERRORS = (
+    ("pop_ros.models.loading", "ModelLoadError"),
+    ("pop_ros.pipeline", "PointerError"),
+    ("pop_ros.supports", "SupportError"),
+)
 
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    found = [getattr(sys.modules[module], name) for module, name in _USER_ERRORS if module in sys.modules]
+    return (CliError, OSError, ValueError, *found)
+
+
+def run_cli(work: Callable[[], dict], json_output: bool, plain: Callable[[dict], list[str]] | None = None) -> int:
+    """Run `work`; print its result (JSON, the tool's `plain` lines, else key: value lines); bad input ->
+    one line on stderr, exit 2."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         result = work()
-    except (CliError, ModelLoadError, PointerError, SupportError, OSError, ValueError) as error:
+    except _user_error_types() as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     if json_output:
         print(json.dumps(result, indent=2))
+    elif plain is not None:
+        print("\n".join(plain(result)))
     else:
         for key, value in result.items():
             print(f"{key}: {value}")

@@ -16,7 +16,6 @@ import pathlib
 import sys
 
 from pop_ros.cli.common import CliError, add_model_arguments, model_overrides, run_cli
-from pop_ros.supports import SupportError, read_rgb
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
@@ -69,6 +68,7 @@ def _run(args) -> dict:
 
     from pop_ros.models.heads import sample_votes, save_head_file, select_heads
     from pop_ros.models.presets import default_head_file, get_preset, user_head_file
+    from pop_ros.supports import SupportError, read_rgb
 
     if args.k < 1 or args.votes_per_sample < 1:
         raise CliError("-k and --votes-per-sample must be >= 1")
@@ -77,6 +77,8 @@ def _run(args) -> dict:
     config = get_preset(args.preset).replace(**model_overrides(args))
     pairs = read_pairs(args.data)[: args.limit] if args.limit else read_pairs(args.data)
     adapter = config.load_mllm()
+    if adapter.head_layer_note:
+        logging.getLogger("pop-find-heads").info("searching %s", adapter.head_layer_note)
     votes, skipped = [], []
     for image_path, expression in tqdm(pairs, desc="finding heads", unit="sample"):
         try:
@@ -84,7 +86,8 @@ def _run(args) -> dict:
         except SupportError as error:
             skipped.append(str(error))
             continue
-        votes.append(sample_votes(adapter.all_head_maps(image, expression), votes_per_sample=args.votes_per_sample))
+        maps = adapter.all_head_maps(image, expression)  # (L, H, H_l, W_l) over adapter.head_layers
+        votes.append(sample_votes(maps, votes_per_sample=args.votes_per_sample, layers=adapter.head_layers))
     if not votes:
         raise CliError(f"no readable sample; first problem: {skipped[0]}")
     selection = select_heads(votes, k=args.k)
@@ -108,6 +111,7 @@ def _run(args) -> dict:
         "samples": selection.num_samples,
         "skipped": len(skipped),
         "head_file": str(out),
+        "searched_layers": list(adapter.head_layers),
     }
 
 

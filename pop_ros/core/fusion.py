@@ -231,22 +231,22 @@ def _resize(grid: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(grid[None, None], size=tuple(size), mode="bilinear", align_corners=False)[0, 0]
 
 
-def combine_shots(visual_maps: torch.Tensor | Sequence[torch.Tensor], shots: str = "mean") -> torch.Tensor:
+def combine_shots(visual_maps: torch.Tensor | Sequence[torch.Tensor], combination: str = "mean") -> torch.Tensor:
     """Combine K `(H_t, W_t)` visual maps into one by `mean` (ours, default) or `product` (paper)."""
-    if shots not in SHOT_COMBINATIONS:
-        raise ValueError(f"shots must be one of {SHOT_COMBINATIONS}, got {shots!r}")
+    if combination not in SHOT_COMBINATIONS:
+        raise ValueError(f"shot_combination must be one of {SHOT_COMBINATIONS}, got {combination!r}")
     stacked = (
         visual_maps.float() if isinstance(visual_maps, torch.Tensor) else torch.stack([m.float() for m in visual_maps])
     )
     if stacked.dim() != 3 or stacked.shape[0] == 0:
         raise ValueError(f"visual maps must be K >= 1 maps of (H_t, W_t), got {tuple(stacked.shape)}")
-    return stacked.mean(dim=0) if shots == "mean" else stacked.prod(dim=0)
+    return stacked.mean(dim=0) if combination == "mean" else stacked.prod(dim=0)
 
 
 def fuse(
     text_prior: torch.Tensor | None,
     visual_maps: torch.Tensor | Sequence[torch.Tensor],
-    shots: str = "mean",
+    shot_combination: str = "mean",
     upsample: int = 2,
 ) -> torch.Tensor:
     """S_final = Interp(S_text) * combine_k(S_visual_k), upsampled `upsample`x.
@@ -264,7 +264,7 @@ def fuse(
             raise ValueError("fuse needs a text prior, visual maps, or both")
         fused = text_prior.float().clamp_min(0)
     else:
-        visual = combine_shots(visual_maps, shots)
+        visual = combine_shots(visual_maps, shot_combination)
         fused = visual if text_prior is None else _resize(text_prior.float().clamp_min(0), visual.shape) * visual
     if fused.dim() != 2:
         raise ValueError(f"maps must be 2-D, got {tuple(fused.shape)}")

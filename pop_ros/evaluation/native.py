@@ -11,6 +11,10 @@ released models write them:
 - Qwen2.5-VL: JSON `[{"point_2d": [x, y], "label": "..."}]`, usually in a ```json fence, in pixels
   of the image as its processor resized it. An answer cut short after the first complete
   `point_2d` still counts: the point was emitted.
+- Qwen3.5 (as Qwen3-VL): the same JSON, but `point_2d` (and `bbox_2d` [x1, y1, x2, y2], read as its
+  centre when no point is given) on a relative 0-1000 scale of the image width and height,
+  whatever size the processor resized it to. The prompt goes through the chat template with
+  thinking off, so the answer is the JSON itself, not a reasoning trace first.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ NATIVE_PROMPTS = {
         '[{{"point_2d": [x, y], "label": "{query}"}}]'
     ),
 }
+NATIVE_PROMPTS["qwen3_5"] = NATIVE_PROMPTS["qwen_vl"]  # same request; the answer is on a 0-1000 scale
+QWEN_BBOX_2D = re.compile(r"\"bbox_2d\"\s*:\s*\[\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*\]")
 
 
 class NativePointError(ValueError):
@@ -153,3 +159,29 @@ def parse_qwen_point(text: str, resized_size: tuple[int, int], image_size: tuple
     resized_h, resized_w = resized_size
     height, width = image_size
     return _inside(point[0] * width / resized_w, point[1] * height / resized_h, width, height)
+
+
+def parse_qwen_relative_point(text: str, image_size: tuple[int, int]) -> tuple[float, float]:
+    """First `point_2d` (else the centre of the first `bbox_2d`) of a Qwen3.5 / Qwen3-VL answer, on
+    the 0-1000 relative scale -> (u, v) continuous coordinates of an `(H, W)` image."""
+    text = text or ""
+    if "[" not in text and "{" not in text:
+        raise NativePointError(f"no JSON in answer {text[:80]!r}")
+    point = _first_point_2d(text)
+    if point is None:
+        box = QWEN_BBOX_2D.search(text)
+        if box is None:
+            raise NativePointError(f"no point_2d [x, y] or bbox_2d [x1, y1, x2, y2] in answer {text[:80]!r}")
+        try:
+            x1, y1, x2, y2 = (float(value) for value in box.groups())
+        except ValueError as error:
+            raise NativePointError(f"unreadable bbox_2d in {box.group(0)!r}") from error
+        point = ((x1 + x2) / 2.0, (y1 + y2) / 2.0)
+    x_thousandths, y_thousandths = point
+    if not (0 <= x_thousandths <= 1000 and 0 <= y_thousandths <= 1000):
+        raise NativePointError(f"point ({x_thousandths:g}, {y_thousandths:g}) is off the 0-1000 scale")
+    height, width = image_size
+    # 1000 is the far edge itself; keep it on the last pixel.
+    u = min(x_thousandths / 1000.0 * width, width - 1e-3)
+    v = min(y_thousandths / 1000.0 * height, height - 1e-3)
+    return u, v

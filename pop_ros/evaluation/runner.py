@@ -17,12 +17,14 @@ import time
 import numpy as np
 
 from pop_ros.evaluation.datasets import DEFAULT_SPLITS, Episode, PartSample
+from pop_ros.evaluation.methods import ABLATION_METHODS, ALL_METHODS, MAIN_METHODS, Method  # noqa: F401 (re-exported)
 from pop_ros.evaluation.native import (
     NATIVE_MAX_NEW_TOKENS,
     NATIVE_PROMPTS,
     NativePointError,
     parse_molmo_point,
     parse_qwen_point,
+    parse_qwen_relative_point,
 )
 from pop_ros.evaluation.store import replace_files
 from pop_ros.pipeline import (
@@ -43,37 +45,6 @@ K_SHOTS = 3  # supports every episode draws for the K-shot methods (the paper's 
 ANNOTATION_SUFFIXES = (".json", ".txt", ".csv", ".yaml", ".yml", ".xml")
 
 
-@dataclasses.dataclass(frozen=True)
-class Method:
-    name: str
-    shots: int  # K supports (0 = the text prior alone)
-    settings: tuple = ()  # PointerSettings overrides as (field, value) pairs
-    cls_retrieval: bool = False  # give the whole support pool and let DINO [CLS] choose K
-    native: bool = False  # the MLLM's own generated point
-
-
-MAIN_METHODS = (
-    Method("native", 0, native=True),
-    Method("attention-0shot", 0),
-    Method("visual-1shot", 1, (("use_text", False),)),
-    Method("pop-1shot", 1),
-    Method("pop-3shot", 3),
-    Method("pop-3shot-cls", 3, (("retrieval", "cls"),), cls_retrieval=True),
-)
-# The paper's ablations (its Tab. 5 and 6 are 1-shot): head aggregation, similarity direction;
-# plus our K-shot combination.
-ABLATION_METHODS = (
-    Method("abl-heads-all-mean", 1, (("head_set", "all"), ("aggregation", "mean"))),
-    Method("abl-heads-all-max", 1, (("head_set", "all"), ("aggregation", "max"))),
-    Method("abl-heads-selected-mean", 1, (("aggregation", "mean"),)),
-    Method("abl-heads-selected-max", 1, (("aggregation", "max"),)),
-    Method("abl-sim-forward", 1, (("similarity", "forward"),)),
-    Method("abl-sim-backward", 1, (("similarity", "backward"),)),
-    Method("abl-shots-product-3", 3, (("shots", "product"),)),
-)
-ALL_METHODS = {method.name: method for method in MAIN_METHODS + ABLATION_METHODS}
-
-
 def method_spec(method: Method) -> dict:
     """Everything about a method that changes its predictions (its name included, so reports never
     show one method's predictions under another's name)."""
@@ -82,7 +53,10 @@ def method_spec(method: Method) -> dict:
         spec["native_prompts"] = dict(NATIVE_PROMPTS)
         spec["native_max_new_tokens"] = NATIVE_MAX_NEW_TOKENS
     else:
-        spec["settings"] = dataclasses.asdict(dataclasses.replace(PointerSettings(), **dict(method.settings)))
+        settings = dataclasses.asdict(dataclasses.replace(PointerSettings(), **dict(method.settings)))
+        # Recorded under the field's protocol-3 name: renaming a field must not invalidate cached predictions.
+        settings["shots"] = settings.pop("shot_combination")
+        spec["settings"] = settings
     return spec
 
 
@@ -306,6 +280,8 @@ def native_point(pointer: PartPointer, image: np.ndarray, query: str) -> tuple[f
     # origin); the pipeline's and the metric's are ROS pixel coordinates.
     if adapter.family == "molmo2":
         return from_core_pixel(parse_molmo_point(answer, image.shape[:2]))
+    if adapter.family == "qwen3_5":
+        return from_core_pixel(parse_qwen_relative_point(answer, image.shape[:2]))
     grid = adapter.prepare(image, query).model_inputs["image_grid_thw"][0].tolist()
     patch = int(adapter.model.config.vision_config.patch_size)
     return from_core_pixel(parse_qwen_point(answer, (grid[1] * patch, grid[2] * patch), image.shape[:2]))

@@ -65,18 +65,26 @@ def spatial_entropy(attention_map: np.ndarray) -> float:
     return float(-(shares * np.log(shares)).sum())
 
 
-def sample_votes(maps: torch.Tensor, votes_per_sample: int = 10) -> list[tuple[int, int]]:
-    """The heads one sample votes for, best first. `maps (L, H, H_l, W_l)`: every head's map."""
+def sample_votes(
+    maps: torch.Tensor, votes_per_sample: int = 10, layers: Sequence[int] | None = None
+) -> list[tuple[int, int]]:
+    """The heads one sample votes for, best first. `maps (L, H, H_l, W_l)`: every head's map of the
+    decoder layers `layers` (default 0..L-1; a hybrid model passes its full-attention layers)."""
     maps_np = maps.detach().float().cpu().numpy()
-    num_layers, num_heads = maps_np.shape[:2]
-    sums = maps_np.reshape(num_layers, num_heads, -1).sum(-1)
+    num_rows, num_heads = maps_np.shape[:2]
+    layers = list(range(num_rows)) if layers is None else [int(layer) for layer in layers]
+    if len(layers) != num_rows:
+        raise ValueError(f"{num_rows} layers of maps but {len(layers)} layer indices")
+    sums = maps_np.reshape(num_rows, num_heads, -1).sum(-1)
     threshold = elbow_threshold(sums.ravel())
     candidates = []
-    for layer in range(MIN_LAYER, num_layers):
+    for row, layer in enumerate(layers):
+        if layer < MIN_LAYER:
+            continue
         for head in range(num_heads):
-            if sums[layer, head] < threshold:
+            if sums[row, head] < threshold:
                 continue
-            head_map = maps_np[layer, head]
+            head_map = maps_np[row, head]
             if head_map[-1].max() > SINK_THRESHOLD:
                 continue
             entropy = spatial_entropy(head_map)
@@ -108,11 +116,21 @@ def select_heads(per_sample_votes: Iterable[Sequence[tuple[int, int]]], k: int =
     )
 
 
-def fallback_heads(num_layers: int, num_heads: int) -> list[tuple[int, int]]:
-    """Every head of the middle third of the layers: used, with mean aggregation, until calibrated."""
+def fallback_heads(num_layers: int, num_heads: int, head_layers: Sequence[int] | None = None) -> list[tuple[int, int]]:
+    """Every head of the middle third of the layers: used, with mean aggregation, until calibrated.
+
+    `head_layers`: the layers that can hold heads (a hybrid model's full-attention layers); only
+    those of the middle third are used, or the one nearest its centre when none lies in it."""
     first = num_layers // 3
     last = max(first + 1, (2 * num_layers) // 3)
-    return [(layer, head) for layer in range(first, last) for head in range(num_heads)]
+    layers = list(range(first, last))
+    if head_layers is not None:
+        allowed = sorted(int(layer) for layer in head_layers)
+        layers = [layer for layer in layers if layer in allowed]
+        if not layers and allowed:
+            centre = (first + last - 1) / 2
+            layers = [min(allowed, key=lambda layer: (abs(layer - centre), layer))]
+    return [(layer, head) for layer in layers for head in range(num_heads)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -138,8 +156,11 @@ def save_head_file(path: pathlib.Path | str, model_id: str, selection: HeadSelec
     path.write_text(header + yaml.safe_dump(data, sort_keys=False))
 
 
-def load_head_file(path: pathlib.Path | str, num_layers: int, num_heads: int) -> list[tuple[int, int]]:
-    """Heads from a YAML head file, validated against the model's size."""
+def load_head_file(
+    path: pathlib.Path | str, num_layers: int, num_heads: int, layer_problem=None
+) -> list[tuple[int, int]]:
+    """Heads from a YAML head file, validated against the model's size. `layer_problem(layer)`:
+    None or why that layer cannot hold a head (a hybrid model's linear-attention layers)."""
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"head file {path} does not exist")
@@ -157,5 +178,8 @@ def load_head_file(path: pathlib.Path | str, num_layers: int, num_heads: int) ->
         layer, head = entry
         if not (0 <= layer < num_layers and 0 <= head < num_heads):
             raise ValueError(f"head file {path}: head {entry} is outside the model's {num_layers} x {num_heads} heads")
+        problem = layer_problem(layer) if layer_problem is not None else None
+        if problem:
+            raise ValueError(f"head file {path}: head {entry} is refused: {problem}")
         parsed.append((layer, head))
     return parsed

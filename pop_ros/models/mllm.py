@@ -34,10 +34,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from pop_ros.models.prompts import DEFAULT_PROMPT
+
 LOG = logging.getLogger(__name__)
 
 CAPTURE_IMPLEMENTATION = "pop_capture"
-DEFAULT_PROMPT = "Point to the {query}."
 # InternVL3's own `chat()` (its "internvl2_5" conversation template) always opens with this system
 # turn; the `-hf` chat template sends none. `system_prompt: internvl-original` restores it.
 INTERNVL_ORIGINAL_SYSTEM_PROMPT = (
@@ -145,7 +146,8 @@ class ImagePrefix:
     length: int = 0  # P: tokens in the prefix
     position_offset: int = 0  # query token i gets rope position P + i + offset (Qwen: the mRoPE delta)
     depth: int = -1  # deepest decoder layer whose keys/values are held
-    keys_values: list = dataclasses.field(default_factory=list)  # per layer 0..depth: (1, H_kv, P, D) k and v
+    # Per layer 0..depth: (1, H_kv, P, D) k and v (a hybrid family's own entries: `_keep_prefix_state`).
+    keys_values: list = dataclasses.field(default_factory=list)
     image_features: object | None = None  # the vision tower's output: a deeper prefix does not rerun it
 
 
@@ -177,6 +179,8 @@ class MLLMAdapter:
     cells_per_token = 1
     # Molmo2 and InternVL (one tile) resize any image to their crop size: any shape is accepted.
     image_limits = ImageLimits()
+    # Extra variables for the chat template (Qwen3.5: enable_thinking=False).
+    chat_template_kwargs: dict = {}
 
     def __init__(
         self,
@@ -211,6 +215,21 @@ class MLLMAdapter:
     def _locate_image_tokens(self, inputs: dict) -> tuple[torch.Tensor, tuple[int, int]]:
         raise NotImplementedError
 
+    @property
+    def head_layers(self) -> tuple[int, ...]:
+        """Decoder layers whose attention can hold localization heads: every layer of a plain
+        transformer; hybrid families (Qwen3.5) narrow it to their full-attention layers."""
+        return tuple(range(self.num_layers))
+
+    @property
+    def head_layer_note(self) -> str:
+        """One line on which layers can hold heads ("" when all can)."""
+        return ""
+
+    def head_layer_problem(self, layer: int) -> str | None:
+        """None if `layer` can hold a localization head, else why not (range is checked elsewhere)."""
+        return None
+
     # ---- shared ----------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
@@ -235,7 +254,9 @@ class MLLMAdapter:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
         if self.system_prompt:
             messages.insert(0, {"role": "system", "content": [{"type": "text", "text": self.system_prompt}]})
-        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return self.processor.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False, **self.chat_template_kwargs
+        )
 
     def prepare(self, image_rgb: np.ndarray, query: str) -> PromptInputs:
         """Run the processor on one RGB uint8 image `(H, W, 3)` and a query."""
@@ -324,8 +345,8 @@ class MLLMAdapter:
 
     @torch.inference_mode()
     def all_head_maps(self, image_rgb: np.ndarray, query: str, layers: Sequence[int] | None = None) -> torch.Tensor:
-        """`(L, H, H_l, W_l)` maps of every head of `layers` (default all), by the fast path."""
-        layers = list(range(self.num_layers)) if layers is None else [int(x) for x in layers]
+        """`(L, H, H_l, W_l)` maps of every head of `layers` (default: every layer that can hold heads)."""
+        layers = list(self.head_layers) if layers is None else [int(x) for x in layers]
         heads = [(layer, head) for layer in layers for head in range(self.num_heads)]
         maps = self.head_maps(image_rgb, query, heads)
         return maps.reshape(len(layers), self.num_heads, *maps.shape[-2:])
@@ -450,7 +471,6 @@ class MLLMAdapter:
     def _run_prefix(self, prefix: ImagePrefix, depth: int) -> None:
         """Fill `prefix.keys_values` for layers 0..depth (the vision tower runs once per prefix)."""
         from transformers import DynamicCache
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
 
         inputs = dict(prefix.model_inputs)
         position_ids, offset = self._prefix_positions(inputs)
@@ -483,14 +503,31 @@ class MLLMAdapter:
             else:
                 inner.__dict__.pop("get_image_features", None)
         if "image" in recorded:
-            prefix.image_features = BaseModelOutputWithPooling(pooler_output=recorded["image"].pooler_output)
+            prefix.image_features = self._kept_image_features(recorded["image"])
             prefix.model_inputs.pop("pixel_values", None)  # the features replace them: memory stays flat
+        kept = self._keep_prefix_state(cache, depth, prefix.length)
+        prefix.keys_values, prefix.depth, prefix.position_offset = kept, depth, offset
+
+    def _kept_image_features(self, output):
+        """What of the vision tower's output a deeper prefix run needs (not its hidden states)."""
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        return BaseModelOutputWithPooling(pooler_output=output.pooler_output)
+
+    def _keep_prefix_state(self, cache, depth: int, length: int) -> list:
+        """What a query needs of the prefix run's cache, per layer 0..depth: its keys and values."""
         kept = []
         for layer in cache.layers[: depth + 1]:
-            if not layer.is_initialized or layer.keys.shape[-2] != prefix.length:
+            if not layer.is_initialized or layer.keys.shape[-2] != length:
                 raise RuntimeError(f"{self.family}: the prefix run left no keys/values for a layer <= {depth}")
             kept.append((layer.keys, layer.values))
-        prefix.keys_values, prefix.depth, prefix.position_offset = kept, depth, offset
+        return kept
+
+    def _query_cache(self, prefix: ImagePrefix):
+        """A fresh cache holding the prefix's state; a query appends to it, never to the prefix."""
+        from transformers import DynamicCache
+
+        return DynamicCache(ddp_cache_data=prefix.keys_values, config=self.model.config.get_text_config())
 
     @torch.inference_mode()
     def head_maps_from_prefix(self, prefix: ImagePrefix, query: str, heads: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -506,14 +543,12 @@ class MLLMAdapter:
             reason = split if isinstance(split, str) else "the text before the image depends on the query"
             self._fallback(prefix.image_rgb, reason)
             return self.head_maps(prefix.image_rgb, query, heads)
-        from transformers import DynamicCache
-
         query_ids = self._tail_ids(split[1])  # (S,)
         count = query_ids.numel()
         with self._lock:
             if max(by_layer) > prefix.depth:
                 self._run_prefix(prefix, max(by_layer))
-            cache = DynamicCache(ddp_cache_data=prefix.keys_values, config=self.model.config.get_text_config())
+            cache = self._query_cache(prefix)
             attention_mask = torch.ones((1, prefix.length + count), dtype=torch.long, device=self.device)
             with self._armed(by_layer, stop_early=True) as states:
                 try:
@@ -672,12 +707,25 @@ ADAPTERS = {
 }
 
 
+# Families in modules of their own (they build on this one, so they are imported on use).
+FAMILY_MODULES = {"qwen3_5": "pop_ros.models.qwen3_5:Qwen3_5Adapter", "ovis2": "pop_ros.models.ovis2:Ovis2Adapter"}
+
+
+def adapter_class(model_type: str) -> type[MLLMAdapter]:
+    if model_type in FAMILY_MODULES:
+        import importlib
+
+        module, name = FAMILY_MODULES[model_type].split(":")
+        return getattr(importlib.import_module(module), name)
+    if model_type not in ADAPTERS:
+        supported = sorted([*ADAPTERS, *FAMILY_MODULES])
+        raise ValueError(f"no pop_ros adapter for model type {model_type!r}; supported: {supported}")
+    return ADAPTERS[model_type]
+
+
 def adapter_for(
     model, processor, prompt_template: str = DEFAULT_PROMPT, system_prompt: str = "", max_pixels: int = 0
 ) -> MLLMAdapter:
-    model_type = model.config.model_type
-    if model_type not in ADAPTERS:
-        raise ValueError(f"no pop_ros adapter for model type {model_type!r}; supported: {sorted(ADAPTERS)}")
-    return ADAPTERS[model_type](
+    return adapter_class(model.config.model_type)(
         model, processor, prompt_template=prompt_template, system_prompt=system_prompt, max_pixels=max_pixels
     )

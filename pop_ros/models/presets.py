@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
-from pop_ros.models.mllm import DEFAULT_PROMPT
+from pop_ros.models.prompts import DEFAULT_PROMPT
 from pop_ros.paths import heads_dirs, user_heads_dir
 
 
@@ -69,6 +69,8 @@ PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(mllm="tiny:qwen2_5_vl", **_TINY),
     "tiny-molmo2": ModelConfig(mllm="tiny:molmo2", **_TINY),
     "tiny-internvl": ModelConfig(mllm="tiny:internvl", **_TINY),
+    "tiny-qwen3.5": ModelConfig(mllm="tiny:qwen3_5", **_TINY),
+    "tiny-ovis2": ModelConfig(mllm="tiny:ovis2", **_TINY),
     "qwen2.5-vl-3b": ModelConfig(
         mllm="Qwen/Qwen2.5-VL-3B-Instruct",
         visual="facebook/dinov3-vitb16-pretrain-lvd1689m",
@@ -81,6 +83,20 @@ PRESETS: dict[str, ModelConfig] = {
     ),
     "molmo2-8b": ModelConfig(mllm="allenai/Molmo2-8B", visual="facebook/dinov3-vitl16-pretrain-lvd1689m"),
     "internvl3-8b": ModelConfig(mllm="OpenGVLab/InternVL3-8B-hf", visual="facebook/dinov3-vitl16-pretrain-lvd1689m"),
+    # Qwen3.5: hybrid Gated DeltaNet / gated full attention; heads on the full-attention layers only.
+    **{
+        f"qwen3.5-{size}": ModelConfig(
+            mllm=f"Qwen/Qwen3.5-{size.upper()}",
+            visual="facebook/dinov3-vitl16-pretrain-lvd1689m"
+            if size == "9b"
+            else "facebook/dinov3-vitb16-pretrain-lvd1689m",
+            mllm_max_pixels=ROBOT_MLLM_MAX_PIXELS,
+        )
+        for size in ("0.8b", "2b", "4b", "9b")
+    },
+    # Ovis2 (native in transformers; the paper's Ovis2.5 is remote code only).
+    "ovis2-2b": ModelConfig(mllm="thisisiron/Ovis2-2B-hf", visual="facebook/dinov3-vitb16-pretrain-lvd1689m"),
+    "ovis2-8b": ModelConfig(mllm="thisisiron/Ovis2-8B-hf", visual="facebook/dinov3-vitl16-pretrain-lvd1689m"),
     # DINOv3 is gated on the hub; DINOv2 with registers is not.
     "qwen2.5-vl-7b-dinov2": ModelConfig(
         mllm="Qwen/Qwen2.5-VL-7B-Instruct",

@@ -20,7 +20,9 @@ LOG = logging.getLogger(__name__)
 
 # Bump when the tiny configs change so stale cached folders are rebuilt.
 TINY_VERSION = 3
-FAMILIES = ("qwen2_5_vl", "molmo2", "internvl")
+FAMILIES = ("qwen2_5_vl", "molmo2", "internvl", "qwen3_5", "ovis2")
+# Families whose decoder is not a plain transformer: generic tests pick their heads differently.
+HYBRID_FAMILIES = ("qwen3_5",)
 
 _WORDS = (
     "point to the handle of mug neck bottle lid cup a an in image where is part . , : ? ! "
@@ -60,6 +62,8 @@ CHAT_TEMPLATES = {
 }
 
 _SPECIAL_TOKENS = {
+    "ovis2": ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<image>"]
+    + ["<IMG_ATOM>", "<IMG_START>", "<IMG_GRID>", "<IMG_COL>", "<IMG_ROW>", "<IMG_END>"],
     "qwen2_5_vl": [
         "<|im_start|>",
         "<|im_end|>",
@@ -141,7 +145,11 @@ HUB_LAYOUTS = {
     "qwen2_5_vl": {"processor_class_file": "preprocessor_config.json", "chat_template_file": "chat_template.json"},
     "internvl": {"processor_class_file": "processor_config.json", "chat_template_file": "chat_template.json"},
     "molmo2": {"processor_class_file": "processor_config.json", "chat_template_file": "chat_template.jinja"},
+    "qwen3_5": {"processor_class_file": "preprocessor_config.json", "chat_template_file": "chat_template.jinja"},
+    "ovis2": {"processor_class_file": "processor_config.json", "chat_template_file": "chat_template.jinja"},
 }
+# Layers of each family's tiny checkpoint when not given (Qwen3.5: its 3:1 pattern needs 8).
+TINY_LAYERS = {"qwen3_5": 8}
 
 
 def _text_dims(num_layers: int) -> dict:
@@ -161,7 +169,15 @@ def _build(family: str, num_layers: int):
     """(model, processor) of a tiny random `family` model."""
     from pop_ros.models.processors import build_processor, molmo2_image_processor
 
+    if family == "qwen3_5":  # its own module: transformers rebuilds its byte-level BPE tokenizer on load
+        from pop_ros.models.qwen3_5 import build_tiny
+
+        return build_tiny(num_layers)
     tokenizer = build_tokenizer(family)
+    if family == "ovis2":
+        from pop_ros.models.ovis2 import build_tiny
+
+        return build_tiny(tokenizer, num_layers)
     vocab_size = 128  # > the tiny vocabulary
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in _SPECIAL_TOKENS[family]}
     if family == "qwen2_5_vl":
@@ -287,11 +303,13 @@ def default_cache_dir() -> pathlib.Path:
 
 
 def ensure_tiny_checkpoint(
-    kind: str, num_layers: int = 6, seed: int = 0, root: pathlib.Path | None = None
+    kind: str, num_layers: int | None = None, seed: int = 0, root: pathlib.Path | None = None
 ) -> pathlib.Path:
-    """Folder of a saved tiny checkpoint (`kind` = a family name or "dinov3"); built once, then reused."""
+    """Folder of a saved tiny checkpoint (`kind` = a family name or "dinov3"); built once, then reused.
+    `num_layers`: default 6, or the family's own (TINY_LAYERS)."""
     from pop_ros.models.processors import save_processor_parts
 
+    num_layers = TINY_LAYERS.get(kind, 6) if num_layers is None else int(num_layers)
     root = pathlib.Path(root) if root is not None else default_cache_dir()
     folder = root / f"tiny-v{TINY_VERSION}" / f"{kind}-l{num_layers}-s{seed}"
     marker = folder / "pop_ros_tiny.json"

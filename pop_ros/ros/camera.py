@@ -14,14 +14,22 @@ import numpy as np
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from pop_ros import geometry
 from pop_ros.image_conversion import ImageConversionError, compressed_to_rgb8, to_rgb8
+from pop_ros.stamps import StampBuffer
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Frame:
+    """One received colour frame and its arrival number: a reader takes both in one read of
+    `CameraInput.latest`, so a frame arriving meanwhile cannot pair its number with another's pixels."""
+
     msg: object  # sensor_msgs/Image or CompressedImage
     stamp_s: float
+    seq: int  # 1 for the first frame received, +1 for each next one
+
+
+class NoFrameError(ImageConversionError):
+    """No camera frame to answer about: none received yet, or the latest is older than max_frame_age."""
 
 
 def stamp_seconds(stamp) -> float:
@@ -50,9 +58,9 @@ class CameraInput:
 
     def __init__(self, node):
         self.node = node
-        self.latest: Frame | None = None
-        self.latest_seq = 0
-        self.depth = geometry.StampBuffer()
+        self.latest: Frame | None = None  # replaced whole by each frame: one read is one snapshot
+        self.latest_seq = 0  # frames received; written only by on_image
+        self.depth = StampBuffer()
         self.camera_info: CameraInfo | None = None
         self.subscriptions: list = []
         self.on_frame = None  # called for every colour frame (the node's diagnostics count them)
@@ -99,8 +107,8 @@ class CameraInput:
     def on_image(self, msg) -> None:
         started = time.perf_counter()
         stamp_s = stamp_seconds(msg.header.stamp)
-        self.latest = Frame(msg, stamp_s)
         self.latest_seq += 1
+        self.latest = Frame(msg, stamp_s, self.latest_seq)
         self.callback_latency_ms.append((self.node.get_clock().now().nanoseconds * 1e-9 - stamp_s) * 1000.0)
         self.callback_durations_ms.append((time.perf_counter() - started) * 1000.0)
         if self.on_frame is not None:
@@ -128,25 +136,28 @@ class CameraInput:
             )
 
     # ---- what queries read -----------------------------------------------------------------------------
-    def target_image(self, request_image, max_age_s: float) -> tuple[np.ndarray, object]:
-        """(RGB image, header) from the request, or the latest camera frame (checked for age)."""
+    def target_image(self, request_image, max_age_s: float, frame: Frame | None = None) -> tuple[np.ndarray, object]:
+        """(RGB image, header) from the request, else of `frame` (default: the latest camera frame),
+        checked for age. Raises NoFrameError when there is no usable camera frame, and
+        ImageConversionError when an image cannot be converted."""
         if not is_empty_image(request_image):
             return to_rgb8(request_image), request_image.header
-        frame = self.latest
+        frame = frame or self.latest
         if frame is None:
-            raise ImageConversionError(f"no camera frame received yet on {self.colour_topic()} (is the node active?)")
+            raise NoFrameError(f"no camera frame received yet on {self.colour_topic()} (is the node active?)")
         age = self.node.get_clock().now().nanoseconds * 1e-9 - frame.stamp_s
         if max_age_s > 0 and age > max_age_s:
-            raise ImageConversionError(f"latest camera frame is stale: {age:.2f} s old > max_frame_age {max_age_s} s")
+            raise NoFrameError(f"latest camera frame is stale: {age:.2f} s old > max_frame_age {max_age_s} s")
         image = compressed_to_rgb8(frame.msg) if isinstance(frame.msg, CompressedImage) else to_rgb8(frame.msg)
         return image, frame.msg.header
 
-    def source_header(self, request_image):
-        """The header of the image a query is about: the request's, else the latest frame's (the
-        one `target_image` would use), else the (empty) request's."""
-        if not is_empty_image(request_image) or self.latest is None:
+    def source_header(self, request_image, frame: Frame | None = None):
+        """The header of the image a query is about: the request's, else `frame`'s or the latest
+        frame's (the one `target_image` would use), else the (empty) request's."""
+        frame = frame or self.latest
+        if not is_empty_image(request_image) or frame is None:
             return request_image.header
-        return self.latest.msg.header
+        return frame.msg.header
 
     def depth_near(self, stamp, tolerance_s: float):
         """(depth message or None, stamp gap in seconds) for the colour stamp."""

@@ -65,10 +65,11 @@ class NodeHealth:
             self.depth_lookups += 1
             self.depth_paired += int(bool(paired))
 
-    def query(self, outcome: str, total_ms: float | None = None) -> None:
-        """One answered query: its outcome and, when it ran, its wall time."""
+    def query(self, outcome, total_ms: float | None = None) -> None:
+        """One answered query: its outcome (an `answers.Outcome`, counted under its value) and, when
+        it ran, its wall time."""
         with self._lock:
-            self.outcomes[outcome] += 1
+            self.outcomes[getattr(outcome, "value", outcome)] += 1
             if total_ms is not None and math.isfinite(total_ms):
                 self._latencies_ms.append(float(total_ms))
 
@@ -98,6 +99,11 @@ class NodeHealth:
     def depth_pairing_rate(self) -> float | None:
         with self._lock:
             return self.depth_paired / self.depth_lookups if self.depth_lookups else None
+
+    def counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        """(answers by outcome, errors by kind): one consistent copy."""
+        with self._lock:
+            return dict(self.outcomes), dict(self.errors)
 
     def latency_percentiles_ms(self) -> tuple[float, float] | None:
         with self._lock:
@@ -184,9 +190,7 @@ class DiagnosticsPublisher:
             camera = _status(prefix + "camera input", hw, OK, f"{rate:.1f} Hz", camera_values)
 
         latency = health.latency_percentiles_ms()
-        with health._lock:
-            outcomes = dict(health.outcomes)
-            errors = dict(health.errors)
+        outcomes, errors = health.counts()
         answered = sum(outcomes.values())
         query_values = {
             "latency p50 (ms)": _fmt(latency[0] if latency else None),

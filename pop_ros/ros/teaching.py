@@ -19,6 +19,7 @@ from geometry_msgs.msg import Point, PointStamped
 from sensor_msgs.msg import Image
 
 from pop_ros.image_conversion import ImageConversionError, from_array
+from pop_ros.ros.answers import Outcome
 from pop_ros.visualize import click_thumbnail
 from pop_ros_interfaces.msg import TeachResult
 from pop_ros_interfaces.srv import RemoveExemplar, RemoveSupportSet, SetDefaultQuery
@@ -60,20 +61,22 @@ class Teaching:
         result = TeachResult(support_set=set_name, u=float(u), v=float(v))
         image = None
         try:
-            problem = node._not_ready()
+            problem = node.not_ready_reason()
             if problem:
                 raise SupportError(problem)
             if not set_name:
                 raise SupportError("teach_set is empty: set it to the support set that clicks should teach")
             image, result.header = node.camera.target_image(Image(), float(node.param("max_frame_age")))
-            with node.work_slot() as busy:  # bounded like every query: camera threads stay free
-                if busy:
-                    raise SupportError(f"{busy.removesuffix('; try again')}; click again")
-                updated = node.pointer.add_exemplar(set_name, image, (u, v), node.param("teach_query"))
+            with node.models() as held:  # bounded like every query: camera threads stay free
+                if held.outcome is Outcome.BUSY:
+                    raise SupportError(f"{held.reason.removesuffix('; try again')}; click again")
+                if held.pointer is None:
+                    raise SupportError(held.reason)
+                updated = held.pointer.add_exemplar(set_name, image, (u, v), node.param("teach_query"))
             result.success, result.num_exemplars = True, len(updated.exemplars)
             result.message = (
                 f"added exemplar {len(updated.exemplars) - 1} of {set_name!r} at ({u:.1f}, {v:.1f}) "
-                f"in a {image.shape[1]}x{image.shape[0]} frame; {self._kept_where()}"
+                f"in a {image.shape[1]}x{image.shape[0]} frame; {kept_where(held.pointer.library)}"
             )
             node.get_logger().info(f"teach_click: {result.message}")
         except (SupportError, ImageConversionError, ValueError) as error:
@@ -84,31 +87,23 @@ class Teaching:
             self.preview_pub.publish(from_array(click_thumbnail(image, (u, v)), "rgb8", result.header))
         return result
 
-    def _kept_where(self) -> str:
-        pointer = self.node.pointer
-        if pointer is None:  # cleaned up since the change was made
-            return "the node has been cleaned up since"
-        library = pointer.library
-        if library.writable:
-            return f"saved to {library.path}"
-        return "kept in memory only (library_writable is false)"
-
     # ---- editing services -------------------------------------------------------------------------------
     def _edit(self, response, action, describe) -> object:
-        """Run `action()` on the pointer; answer success with `describe(outcome)` or the reason."""
+        """Run `action(pointer)` with the pointer read once inside the work slot; answer success with
+        `describe(outcome)` or the reason."""
         from pop_ros.supports import SupportError
 
-        problem = self.node._not_ready()
+        problem = self.node.not_ready_reason()
         if not problem:
             try:
                 # Edits wait for a running query (the pointer's lock), so they take a bounded work slot
                 # like queries do: waiting edits must not occupy the camera's executor threads.
-                with self.node.work_slot() as busy:
-                    if busy:
-                        raise SupportError(busy)
-                    outcome = action()
+                with self.node.models() as held:
+                    if held.pointer is None:
+                        raise SupportError(held.reason)
+                    outcome = action(held.pointer)
                 response.success = True
-                response.message = f"{describe(outcome)}; {self._kept_where()}"
+                response.message = f"{describe(outcome)}; {kept_where(held.pointer.library)}"
                 self.node.get_logger().info(response.message)
                 return outcome
             except SupportError as error:
@@ -119,7 +114,7 @@ class Teaching:
     def on_remove_exemplar(self, request, response):
         updated = self._edit(
             response,
-            lambda: self.node.pointer.remove_exemplar(request.support_set, int(request.index)),
+            lambda pointer: pointer.library.remove_exemplar(request.support_set, int(request.index)),
             lambda kept: f"removed exemplar {request.index} of {request.support_set!r}; {len(kept.exemplars)} left",
         )
         response.num_exemplars = len(updated.exemplars) if updated is not None else 0
@@ -128,25 +123,28 @@ class Teaching:
     def on_remove_support_set(self, request, response):
         from pop_ros.supports import SupportError
 
-        def remove():
+        def remove(pointer):
             if request.support_set and request.support_set == self.node.param("continuous_support_set"):
                 raise SupportError(
                     f"{request.support_set!r} is the continuous_support_set: set continuous_support_set to "
                     "another set (or empty) first"
                 )
-            return self.node.pointer.remove_support_set(request.support_set)
+            return pointer.library.remove_support_set(request.support_set)
 
-        self._edit(
-            response,
-            remove,
-            lambda _: f"removed support set {request.support_set!r}",
-        )
+        self._edit(response, remove, lambda _: f"removed support set {request.support_set!r}")
         return response
 
     def on_set_default_query(self, request, response):
         self._edit(
             response,
-            lambda: self.node.pointer.set_default_query(request.support_set, request.query),
+            lambda pointer: pointer.library.set_default_query(request.support_set, request.query),
             lambda updated: f"default query of {request.support_set!r} is now {updated.query!r}",
         )
         return response
+
+
+def kept_where(library) -> str:
+    """Where an edit of `library` is kept, for the answer."""
+    if library.writable:
+        return f"saved to {library.path}"
+    return "kept in memory only (library_writable is false)"

@@ -1,0 +1,334 @@
+"""pop-bag: part queries over a ROS 2 recording; pop-teach: teach a part from one of its frames.
+
+pop-bag rec/ --query "handle of the mug" --support-set mug_handle --library lib.yaml --out results/
+pop-bag rec.mcap --query "handle of the mug" --query "rim of the mug" --support mug.png:120,88 --rate 2 --out r/
+pop-teach rec/ --time 3.5 --click 320,240 --set mug_handle --library my_library.yaml --query "handle of the mug"
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+import time
+
+from pop_ros.cli.common import CliError, add_model_arguments, model_overrides, run_cli
+from pop_ros.locate import LocateSettings
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
+def _times(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if not values or any(not value >= 0 for value in values):
+        raise argparse.ArgumentTypeError(f"expected seconds from the start, e.g. 1.5,3,10; got {text!r}")
+    return values
+
+
+def _click(text: str) -> tuple[float, float]:
+    try:
+        u_text, v_text = text.split(",")
+        return float(u_text), float(v_text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected U,V pixels, e.g. 320,240; got {text!r}") from error
+
+
+def add_topic_arguments(parser: argparse.ArgumentParser, depth: bool = True) -> None:
+    group = parser.add_argument_group("topics (default: the RealSense names, else the only matching topic)")
+    group.add_argument("--image-topic", help="colour topic, sensor_msgs/Image or CompressedImage")
+    if depth:
+        group.add_argument("--depth-topic", help="depth aligned to colour (16UC1 mm or 32FC1 m)")
+        group.add_argument("--camera-info-topic", help="the colour camera's camera_info")
+        group.add_argument("--no-depth", action="store_true", help="2D answers only (no depth, no camera_info)")
+
+
+LOCATE_PARAMETERS = (
+    "depth_max_dt",
+    "depth_window",
+    "pose_window",
+    "pose_inlier_distance",
+    "pose_min_inlier_ratio",
+    "image_is_rectified",
+    "min_score",
+)
+
+
+def add_locate_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "3D point and pose: pop_node's parameters of the same names (flag, else --params-file, else the node's default)"
+    )
+    group.add_argument("--params-file", type=pathlib.Path, help="pop_node's parameters YAML (e.g. config/pop_ros.yaml)")
+    group.add_argument("--depth-max-dt", type=float, help="seconds")
+    group.add_argument("--depth-window", type=int, help="pixels")
+    group.add_argument("--pose-window", type=int, help="pixels, 0 = no pose")
+    group.add_argument("--pose-inlier-distance", type=float, help="metres")
+    group.add_argument("--pose-min-inlier-ratio", type=float)
+    group.add_argument(
+        "--raw-images",
+        dest="image_is_rectified",
+        action="store_false",
+        default=None,
+        help="colour is not rectified (image_is_rectified false): pixels are undistorted with K, D, R, P",
+    )
+    group.add_argument("--min-score", type=float, help="answers with a lower score are rejected")
+
+
+def locate_parameters(args) -> dict:
+    """The node's parameters that place an answer: from the flags, else --params-file, else the node's
+    defaults; checked by the node's own rules."""
+    import yaml
+
+    from pop_ros.ros.parameters import PARAMETERS, check_parameter, check_type
+
+    from_file: dict = {}
+    if args.params_file is not None:
+        try:
+            document = yaml.safe_load(args.params_file.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise CliError(f"--params-file {args.params_file}: {error}") from error
+        for section in document.values() if isinstance(document, dict) else ():
+            if isinstance(section, dict) and isinstance(section.get("ros__parameters"), dict):
+                from_file.update(section["ros__parameters"])
+    values = {}
+    for name in LOCATE_PARAMETERS:
+        value = getattr(args, name, None)
+        values[name] = value if value is not None else from_file.get(name, PARAMETERS[name][0])
+        problem = check_type(name, values[name]) or check_parameter(name, values[name])
+        if problem:
+            raise CliError(problem)
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pop-bag", description=__doc__.split("\n")[0])
+    parser.add_argument("recording", type=pathlib.Path, help="bag folder (sqlite3 or MCAP) or .mcap file")
+    parser.add_argument("--query", action="append", default=[], help="a part in words (repeatable: one frame, many)")
+    parser.add_argument("--support", action="append", default=[], help="IMAGE:U,V exemplar click (repeatable)")
+    parser.add_argument("--support-set", help="a set name from --library")
+    parser.add_argument("--library", type=pathlib.Path, help="support library YAML")
+    parser.add_argument("--shots", type=int, help="use at most this many supports (K)")
+    parser.add_argument("--out", type=pathlib.Path, required=True, help="folder for bag/, results.jsonl, heatmaps.mp4")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--every", type=_positive_int, help="every N-th colour frame (default 1: all)")
+    which.add_argument("--at", type=_times, help="T1,T2,...: the first frame at or after each time (s from start)")
+    which.add_argument("--rate", type=float, help="frames at this rate, Hz (recording time)")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_topic_arguments(parser)
+    add_locate_arguments(parser)
+    add_model_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.rate is not None and not args.rate > 0:
+        parser.error(f"--rate must be > 0, got {args.rate}")
+    interrupted: list[bool] = []
+    try:
+        code = run_cli(lambda: _run_bag(args, interrupted), json_output=args.json)
+    except KeyboardInterrupt:  # before the first frame (loading, checking): nothing was written
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 130 if interrupted and code == 0 else code
+
+
+def _requests(args) -> list:
+    """PointRequests for the queries (one per query; none given: the support set's default query)."""
+    from pop_ros.cli.point import parse_support
+    from pop_ros.pipeline import PointRequest
+    from pop_ros.supports import read_rgb, validate_click
+
+    if args.support and args.support_set:
+        raise CliError("use --support or --support-set, not both")
+    if bool(args.support_set) != bool(args.library):
+        raise CliError("--support-set and --library go together")
+    if not args.query and not args.support_set:
+        raise CliError("give --query (repeatable), or --support-set with a default query")
+    if args.shots is not None and args.shots < 1:
+        raise CliError(f"--shots must be >= 1, got {args.shots}")
+    supports = []
+    for text in args.support:
+        path, click = parse_support(text)
+        image = read_rgb(path)
+        supports.append((image, validate_click(list(click), image)))
+    return [PointRequest(q, args.support_set, supports or None, args.shots) for q in (args.query or [""])]
+
+
+def _library(args):
+    from pop_ros.supports import SupportLibrary
+
+    if not args.library:
+        return None
+    library = SupportLibrary.load(args.library)
+    if args.support_set not in library.names():
+        raise CliError(
+            f"support set {args.support_set!r} is not in {args.library} (known: {', '.join(library.names())})"
+        )
+    for problem in library.errors:
+        print(f"warning: {problem}", file=sys.stderr)
+    return library
+
+
+def _run_bag(args, interrupted: list) -> dict:
+    from pop_ros.bag_answers import AnswerOptions, Replay, ResultFiles
+    from pop_ros.pipeline import PartPointer
+
+    # Everything is checked before the models load.
+    requests = _requests(args)
+    library = _library(args)
+    parameters = locate_parameters(args)
+    recording, topics, sampling = _recording(args)
+    min_score = parameters.pop("min_score")
+    options = AnswerOptions(LocateSettings(**parameters), min_score, topics.camera_info or "camera_info")
+    if (args.out / "bag").exists():
+        raise CliError(f"--out {args.out} holds results already (bag/); choose another folder")
+    args.out.mkdir(parents=True, exist_ok=True)
+    pointer = PartPointer.from_preset(args.preset, library=library, **model_overrides(args))
+    duration_s = (recording.end_ns - recording.start_ns) * 1e-9
+    colour_count = recording.counts.get(topics.colour, 0)
+    fps = args.rate or (colour_count / duration_s / sampling.every if duration_s > 0 else 1.0)
+    outputs = ResultFiles(args.out, video_fps=max(1.0, min(30.0, fps)))
+    replay = Replay(recording, topics, sampling, options.locate.depth_max_dt if topics.depth else 0.0)
+    expected = sampling.expected(colour_count, duration_s)
+    started = time.perf_counter()
+    try:
+        counts = _answer_frames(pointer, replay, requests, options, outputs, expected)
+    except KeyboardInterrupt:
+        interrupted.append(True)
+        counts = outputs.counts
+        print(f"interrupted: kept the {outputs.answers} answers written so far in {args.out}", file=sys.stderr)
+    finally:
+        outputs.close()
+    elapsed = time.perf_counter() - started
+    if recording.cut:
+        print(f"warning: {recording.cut}", file=sys.stderr)
+    return {
+        "recording": str(args.recording),
+        "storage": recording.storage,
+        "topics": {"colour": topics.colour, "depth": topics.depth, "camera_info": topics.camera_info},
+        "frames": counts["frames"],
+        "answers": outputs.answers,
+        "answered_3d": outputs.answered_3d,
+        "out": str(args.out),
+        "bag": str(outputs.bag.path),
+        "video_frames": outputs.video_frames,
+        "seconds": round(elapsed, 3),
+        "frames_per_second": round(counts["frames"] / elapsed, 3) if elapsed > 0 else 0.0,
+        # The models' share: the pipeline's own timings of every frame (shared stages once) and query.
+        "pipeline_seconds": round(counts["pipeline_ms"] / 1000.0, 3),
+        "cut": recording.cut,
+        "interrupted": bool(interrupted),
+        "parameters": {**parameters, "min_score": min_score},
+        "preset": args.preset,
+        "random_weights": pointer.model_config.random_weights,
+    }
+
+
+def _recording(args):
+    """(Recording, CameraTopics, Sampling), checked: topics there, decodable, aligned, times inside."""
+    from pop_ros.bag_answers import Sampling, check_camera
+    from pop_ros.recording import Recording
+
+    recording = Recording(args.recording)
+    topics = recording.find_camera(
+        args.image_topic, args.depth_topic, args.camera_info_topic, need_depth=not args.no_depth
+    )
+    check_camera(recording, topics)
+    sampling = Sampling(every=args.every or 1, at_s=args.at or (), rate_hz=args.rate or 0.0)
+    duration_s = (recording.end_ns - recording.start_ns) * 1e-9
+    late = [t for t in sampling.at_s if t > duration_s]
+    if late:
+        raise CliError(f"--at {','.join(map(str, late))}: after the recording's end ({duration_s:.3f} s)")
+    return recording, topics, sampling
+
+
+def _answer_frames(pointer, replay, requests, options, outputs, expected: int) -> dict:
+    """Answer every chosen frame, writing each answer as it comes; progress on stderr."""
+    from tqdm import tqdm
+
+    from pop_ros import bag_answers
+    from pop_ros.image_conversion import ImageConversionError
+
+    counts = outputs.counts
+    with tqdm(total=expected, unit="frame", desc="pop-bag", file=sys.stderr) as progress:
+        for frame in replay.frames():
+            try:
+                image = bag_answers.decode_colour(frame.msg)
+            except ImageConversionError as error:
+                print(f"warning: colour frame {frame.index}: {error}", file=sys.stderr)
+                continue
+            answers = bag_answers.answer_frame(pointer, frame, image, requests, replay, options)
+            results = [result for _, result in answers if result is not None]
+            if results:
+                counts["pipeline_ms"] += results[0].shared_timings_ms.get("total", 0.0)
+                counts["pipeline_ms"] += sum(result.timings_ms.get("total", 0.0) for result in results)
+            for answer, result in answers:
+                outputs.write(answer, result, image, replay.recording, frame.log_ns)
+            counts["frames"] += 1
+            progress.update(1)
+    return counts
+
+
+# ---- pop-teach ---------------------------------------------------------------------------------------
+def teach_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pop-teach", description="teach a part from a frame of a ROS 2 recording")
+    parser.add_argument("recording", type=pathlib.Path, help="bag folder (sqlite3 or MCAP) or .mcap file")
+    parser.add_argument("--time", type=float, required=True, help="seconds from the start: the first frame at or after")
+    parser.add_argument("--click", type=_click, required=True, help="U,V pixel on the part (ROS pixel coordinates)")
+    parser.add_argument("--set", required=True, dest="set_name", help="support set to add to (created if new)")
+    parser.add_argument("--library", type=pathlib.Path, required=True, help="support library YAML (written)")
+    parser.add_argument("--query", default="", help="default query of a new set")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_topic_arguments(parser, depth=False)
+    add_model_arguments(parser)
+    args = parser.parse_args(argv)
+    return run_cli(lambda: _run_teach(args), json_output=args.json)
+
+
+def _run_teach(args) -> dict:
+    from pop_ros.bag_answers import Replay, Sampling, decode_colour
+    from pop_ros.pipeline import PartPointer
+    from pop_ros.recording import Recording
+    from pop_ros.supports import SupportLibrary
+
+    if not args.time >= 0:
+        raise CliError(f"--time must be >= 0 seconds, got {args.time}")
+    recording = Recording(args.recording)
+    topics = recording.find_camera(args.image_topic, need_depth=False)
+    duration_s = (recording.end_ns - recording.start_ns) * 1e-9
+    if args.time > duration_s:
+        raise CliError(f"--time {args.time}: after the recording's end ({duration_s:.3f} s)")
+    topics.camera_info = ""
+    frames = Replay(recording, topics, Sampling(at_s=[args.time]), 0.0).frames()
+    frame = next(frames, None)
+    frames.close()  # the recording is not read further
+    if frame is None:
+        raise CliError(f"no colour frame at or after {args.time} s on {topics.colour} ({recording.cut or 'none'})")
+    image = decode_colour(frame.msg)
+    library = SupportLibrary.load(args.library, writable=True)
+    pointer = PartPointer.from_preset(args.preset, library=library, **model_overrides(args))
+    # What the node's ~/teach_click does with the latest frame (features checked, then an atomic write).
+    updated = pointer.add_exemplar(args.set_name, image, args.click, args.query)
+    stamp = frame.msg.header.stamp
+    return {
+        "support_set": args.set_name,
+        "num_exemplars": len(updated.exemplars),
+        "library": str(library.path),
+        "image": updated.exemplars[-1].source,
+        "click": list(args.click),
+        "frame_time_from_start": (frame.log_ns - recording.start_ns) * 1e-9,
+        "stamp": stamp.sec + stamp.nanosec * 1e-9,
+        "image_size": [image.shape[1], image.shape[0]],
+        "topic": topics.colour,
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""What a query comes back with: an `Answer` and its `Outcome` (what /diagnostics counts)."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+
+class Outcome(enum.Enum):
+    """How a query ended. The value is the name /diagnostics counts it under ("answers <value>")."""
+
+    OK = "ok"  # a point (its 3D point or pose may still be missing; the message says why)
+    REJECTED = "rejected"  # the point scored below min_score: "part not visible"
+    BUSY = "busy"  # another query held the models (busy_policy, max_waiting_queries)
+    NOT_READY = "not active"  # the node is unconfigured, failed to configure, or inactive
+    NO_FRAME = "no frame"  # no camera frame yet, or the latest is older than max_frame_age
+    BAD_REQUEST = "refused"  # the request or its image cannot be answered (unknown set, bad encoding, ...)
+    INTERNAL = "internal error"  # an exception nobody planned for, caught by the node's guard
+
+    @property
+    def is_refused_input(self) -> bool:
+        """Counted among the errors on /diagnostics."""
+        return self is Outcome.BAD_REQUEST
+
+
+@dataclasses.dataclass
+class Answer:
+    outcome: Outcome
+    message: str
+    header: object  # std_msgs/Header of the source image
+    u: float = 0.0
+    v: float = 0.0
+    score: float = 0.0
+    has_3d: bool = False
+    xyz: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    query: str = ""
+    support_set: str = ""
+    total_ms: float = 0.0
+    # Approach pose (see geometry.locate): z axis along the surface normal, towards the camera.
+    has_pose: bool = False
+    normal: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    orientation: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 1.0)
+    fit_rms_m: float = 0.0
+    fit_inlier_ratio: float = 0.0
+
+    @property
+    def success(self) -> bool:
+        return self.outcome is Outcome.OK

@@ -1,0 +1,46 @@
+"""Harness for the tests and `make demo`: pop_node as a child process, started the way users start it
+(`python -m pop_ros.ros.node --ros-args --params-file ...`). Not part of the node's runtime."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+
+from pop_ros.ros_client import PARAMS_FILE, RosClient
+
+
+class NodeProcess:
+    """`python -m pop_ros.ros.node --ros-args ...` as a child process, stopped with SIGINT."""
+
+    def __init__(self, *ros_args: str, log_path: pathlib.Path):
+        command = [sys.executable, "-m", "pop_ros.ros.node", "--ros-args", "--params-file", str(PARAMS_FILE), *ros_args]
+        self.log_path = log_path
+        self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=dict(os.environ))
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_until_serving(self, client: RosClient, namespace: str = "", timeout: float = 120.0) -> None:
+        """Block until the node answers `list_support_sets`; if it does not, stop it and raise with its log."""
+        from pop_ros_interfaces.srv import ListSupportSets
+
+        try:
+            client.call(ListSupportSets, f"{namespace}/pop_node/list_support_sets", ListSupportSets.Request(), timeout)
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"node did not come up:\n{self.log()}") from None
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode

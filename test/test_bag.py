@@ -1,0 +1,468 @@
+"""pop-bag and pop-teach on recordings written here with rosbags (both storages, raw and compressed
+colour, 16UC1 mm and 32FC1 m depth, a distorted raw camera). Tiny preset, random weights: the pixel
+an answer picks is arbitrary; what is checked is the geometry, the pairing, the stamps and the
+files for whatever pixel it picks. One pointer for the whole module (pop-bag's model load is
+replaced by it)."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from pop_ros.paths import SAMPLE_DIR
+from pop_ros.ros_client import LIBRARY, PARAMS_FILE
+
+WIDTH, HEIGHT = 320, 240
+COLOUR = "/camera/camera/color/image_raw"
+DEPTH = "/camera/camera/aligned_depth_to_color/image_raw"
+INFO = "/camera/camera/color/camera_info"
+START_S = 1_700_000_000  # stamps and log times: seconds since the epoch, like a real recording
+MS = 1_000_000  # nanoseconds
+QUERY = "handle of the mug"
+SCENE = cv2.resize(cv2.imread(str(SAMPLE_DIR / "scene_0.png")), (WIDTH + 16, HEIGHT), interpolation=cv2.INTER_AREA)
+
+# A raw wide-lens camera (image_is_rectified false: pixels are undistorted with K, D, R, P) ...
+DISTORTED = {
+    "k": [215.0, 0, 160.2, 0, 215.6, 119.55, 0, 0, 1],
+    "p": [147.75, 0, 159.1, 0, 0, 147.75, 121.05, 0, 0, 0, 1, 0],
+    "d": [-0.28, 0.07, 0.0005, -0.0003, -0.008],
+}
+# ... and a rectified one (RealSense colour: K == P, no distortion).
+RECTIFIED = {
+    "k": [300.0, 0, 159.5, 0, 301.0, 119.5, 0, 0, 1],
+    "p": [300.0, 0, 159.5, 0, 0, 301.0, 119.5, 0, 0, 0, 1, 0],
+}
+
+
+def depth_of_frame(index: int) -> float:
+    """Frame i's scene is a wall facing the camera at this depth (metres; whole millimetres)."""
+    return 0.8 + 0.05 * index
+
+
+def frame_stamp_ns(index: int) -> int:
+    """Frame i's colour stamp (and log time), nanoseconds."""
+    return START_S * 10**9 + index * 100 * MS
+
+
+def colour_bgr(index: int) -> np.ndarray:
+    return np.ascontiguousarray(SCENE[:, index * 2 : index * 2 + WIDTH])
+
+
+def write_bag(
+    path: pathlib.Path,
+    storage: str = "mcap",
+    frames: int = 3,
+    colour: str = "bgr8",  # bgr8 | rgb8 | jpeg | any other encoding (written as bgr8 bytes)
+    depth: str | None = "16UC1",  # 16UC1 (mm) | 32FC1 (m) | None (no depth topic)
+    camera: dict | None = RECTIFIED,  # None: no camera_info topic
+    depth_size: tuple[int, int] = (HEIGHT, WIDTH),
+) -> pathlib.Path:
+    """A recording as realsense-ros + `ros2 bag record` make it: camera_info, colour, then its depth
+    stamped 3 ms later and received 5 ms later, then a decoy depth 60 ms after the colour (5 m away:
+    a wrong pairing shows)."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    store = get_typestore(Stores.ROS2_KILTED)
+    types = store.types
+    time_type, header_type = types["builtin_interfaces/msg/Time"], types["std_msgs/msg/Header"]
+    image_type, info_type = types["sensor_msgs/msg/Image"], types["sensor_msgs/msg/CameraInfo"]
+    compressed_type, roi_type = types["sensor_msgs/msg/CompressedImage"], types["sensor_msgs/msg/RegionOfInterest"]
+
+    def header(nanoseconds: int, frame_id: str):
+        return header_type(stamp=time_type(sec=nanoseconds // 10**9, nanosec=nanoseconds % 10**9), frame_id=frame_id)
+
+    def image(nanoseconds, array, encoding, frame_id="camera_color_optical_frame"):
+        data = np.ascontiguousarray(array).view(np.uint8).reshape(-1)
+        step = array.shape[1] * array.itemsize * (array.shape[2] if array.ndim == 3 else 1)
+        return image_type(
+            header=header(nanoseconds, frame_id),
+            height=array.shape[0],
+            width=array.shape[1],
+            encoding=encoding,
+            is_bigendian=0,
+            step=step,
+            data=data,
+        )
+
+    plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+    with Writer(path, version=9, storage_plugin=plugin) as writer:
+        colour_topic = COLOUR + "/compressed" if colour == "jpeg" else COLOUR
+        colour_msgtype = compressed_type.__msgtype__ if colour == "jpeg" else image_type.__msgtype__
+        connections = {"colour": writer.add_connection(colour_topic, colour_msgtype, typestore=store)}
+        if depth:
+            connections["depth"] = writer.add_connection(DEPTH, image_type.__msgtype__, typestore=store)
+        if camera:
+            connections["info"] = writer.add_connection(INFO, info_type.__msgtype__, typestore=store)
+
+        def put(name, nanoseconds, msg):
+            writer.write(connections[name], nanoseconds, store.serialize_cdr(msg, msg.__msgtype__))
+
+        for index in range(frames):
+            stamp = frame_stamp_ns(index)
+            if camera:
+                info = info_type(
+                    header=header(stamp, "camera_color_optical_frame"),
+                    height=HEIGHT,
+                    width=WIDTH,
+                    distortion_model="plumb_bob",
+                    d=np.array(camera.get("d", [0.0] * 5), dtype=np.float64),
+                    k=np.array(camera["k"], dtype=np.float64),
+                    r=np.eye(3).reshape(-1),
+                    p=np.array(camera["p"], dtype=np.float64),
+                    binning_x=0,
+                    binning_y=0,
+                    roi=roi_type(x_offset=0, y_offset=0, height=0, width=0, do_rectify=False),
+                )
+                put("info", stamp - MS, info)
+            bgr = colour_bgr(index)
+            if colour == "jpeg":
+                ok, encoded = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 95])
+                assert ok
+                msg = compressed_type(header=header(stamp, "camera_color_optical_frame"), format="jpeg", data=encoded)
+            elif colour == "rgb8":
+                msg = image(stamp, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), "rgb8")
+            else:
+                msg = image(stamp, bgr, colour)
+            put("colour", stamp, msg)
+            if depth:
+                for offset, metres in ((3 * MS, depth_of_frame(index)), (60 * MS, 5.0)):
+                    if depth == "16UC1":
+                        array = np.full(depth_size, round(metres * 1000), dtype=np.uint16)
+                    else:
+                        array = np.full(depth_size, metres, dtype=np.float32)
+                    put("depth", stamp + offset + 2 * MS, image(stamp + offset, array, depth))
+    return path
+
+
+def expected_point(u: float, v: float, z: float, camera: dict, raw: bool) -> np.ndarray:
+    """Independent of pop_ros and OpenCV: the plumb_bob model inverted by fixed-point iteration (raw
+    images; R is the identity), then P's pinhole."""
+    p = np.array(camera["p"], dtype=np.float64).reshape(3, 4)[:, :3]
+    if raw:
+        k = np.array(camera["k"], dtype=np.float64).reshape(3, 3)
+        k1, k2, p1, p2, k3 = camera["d"]
+        xd, yd = (u - k[0, 2]) / k[0, 0], (v - k[1, 2]) / k[1, 1]
+
+        def distort(x, y):
+            r2 = x * x + y * y
+            radial = 1 + k1 * r2 + k2 * r2 * r2 + k3 * r2**3
+            return x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x), y * radial + p1 * (
+                r2 + 2 * y * y
+            ) + 2 * p2 * x * y
+
+        x, y = xd, yd
+        for _ in range(500):
+            dx, dy = distort(x, y)
+            x, y = x + (xd - dx), y + (yd - dy)
+        assert np.allclose(distort(x, y), (xd, yd), atol=1e-13, rtol=0)  # converged
+        u, v = p[0, 0] * x + p[0, 2], p[1, 1] * y + p[1, 2]
+    return np.array([(u - p[0, 2]) / p[0, 0] * z, (v - p[1, 2]) / p[1, 1] * z, z])
+
+
+@pytest.fixture(scope="module")
+def pointer():
+    from pop_ros.pipeline import PartPointer
+
+    return PartPointer.from_preset("tiny")
+
+
+@pytest.fixture
+def run(pointer, monkeypatch, capsys):
+    """Run a CLI (pop_ros.cli.bag's `main` or `teach_main`) in-process on the module's pointer;
+    returns (exit code, stdout, stderr)."""
+    from pop_ros.cli import bag
+    from pop_ros.pipeline import PartPointer
+
+    def shared(preset, library=None, **_overrides):
+        assert preset == "tiny"
+        from pop_ros.supports import SupportLibrary
+
+        pointer.library = library if library is not None else SupportLibrary()
+        pointer.clear_frame_cache()
+        return pointer
+
+    monkeypatch.setattr(PartPointer, "from_preset", staticmethod(shared))
+
+    def invoke(entry, *argv):
+        code = getattr(bag, entry)([*map(str, argv), "--preset", "tiny"])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return invoke
+
+
+def read_lines(folder: pathlib.Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()]
+
+
+def read_bag(path: pathlib.Path) -> dict[str, list]:
+    """topic -> [(log time ns, message)] of a results bag, read back with rosbags alone."""
+    from rosbags.rosbag2 import Reader
+
+    from pop_ros.recording import typestore
+
+    store = typestore()
+    topics: dict[str, list] = {}
+    with Reader(path) as reader:
+        for connection, log_ns, data in reader.messages():
+            topics.setdefault(connection.topic, []).append((log_ns, store.deserialize_cdr(data, connection.msgtype)))
+    return topics
+
+
+def stamp_ns(stamp) -> int:
+    return stamp.sec * 1_000_000_000 + stamp.nanosec
+
+
+CASES = {
+    # storage, colour, depth, camera, raw images, queries
+    "mcap-bgr8-16UC1-distorted-raw": ("mcap", "bgr8", "16UC1", DISTORTED, True, [QUERY, "rim of the mug"]),
+    "sqlite3-jpeg-32FC1-rectified": ("sqlite3", "jpeg", "32FC1", RECTIFIED, False, [QUERY]),
+    "sqlite3-rgb8-16UC1-distorted-raw": ("sqlite3", "rgb8", "16UC1", DISTORTED, True, [QUERY]),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_answer_is_located_in_its_own_depth_and_written_with_its_source_stamp(case, run, tmp_path):
+    storage, colour, depth, camera, raw, queries = CASES[case]
+    frames = 3
+    recording = write_bag(tmp_path / "rec", storage, frames, colour, depth, camera)
+    out = tmp_path / "out"
+    args = [recording, "--out", out, "--support-set", "mug_handle", "--library", LIBRARY, "--json"]
+    args += [a for q in queries for a in ("--query", q)] + (["--raw-images"] if raw else [])
+    code, stdout, stderr = run("main", *args)
+    assert code == 0, stderr
+    summary = json.loads(stdout)
+    assert summary["storage"] == storage and summary["frames"] == frames
+    assert summary["topics"]["colour"] == (COLOUR + "/compressed" if colour == "jpeg" else COLOUR)
+
+    lines = read_lines(out)
+    assert len(lines) == frames * len(queries)
+    for number, line in enumerate(lines):
+        index = number // len(queries)
+        assert line["query"] == queries[number % len(queries)]
+        assert line["stamp_sec"] * 10**9 + line["stamp_nanosec"] == frame_stamp_ns(index)
+        assert line["success"], line["reason"]
+        # Paired with its own depth (not the decoy 5 m wall, not a neighbour's), deprojected correctly.
+        want = expected_point(line["u"], line["v"], depth_of_frame(index), camera, raw)
+        np.testing.assert_allclose(line["xyz"], want, atol=2e-6)
+        # A wall facing the camera: the approach normal points straight back at it.
+        np.testing.assert_allclose(line["normal"], [0.0, 0.0, -1.0], atol=1e-6)
+
+    topics = read_bag(out / "bag")
+    assert set(topics) == {"/pop/result", "/pop/point", "/pop/pose", "/pop/markers", "/pop/heatmap"}
+    source_stamps = [frame_stamp_ns(n // len(queries)) for n in range(len(lines))]
+    for topic, messages in topics.items():
+        assert len(messages) == len(lines), topic
+        for (log_ns, msg), source_ns in zip(messages, source_stamps, strict=True):
+            header = msg.markers[0].header if topic == "/pop/markers" else msg.header
+            assert stamp_ns(header.stamp) == source_ns, topic  # the source image's stamp ...
+            assert header.frame_id == "camera_color_optical_frame", topic  # ... and frame
+            assert log_ns == source_ns, topic  # logged when the source frame was received
+    for (_, result), line in zip(topics["/pop/result"], lines, strict=True):
+        assert result.query == line["query"] and result.has_3d and result.has_pose
+        np.testing.assert_allclose([result.point.x, result.point.y, result.point.z], line["xyz"], atol=1e-12)
+    for (_, point), line in zip(topics["/pop/point"], lines, strict=True):
+        np.testing.assert_allclose([point.point.x, point.point.y, point.point.z], line["xyz"], atol=1e-12)
+    heatmap = topics["/pop/heatmap"][0][1]
+    assert (heatmap.encoding, heatmap.width, heatmap.height) == ("bgr8", WIDTH, HEIGHT)
+
+    video = cv2.VideoCapture(str(out / "heatmaps.mp4"))
+    assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == len(lines)
+    assert (int(video.get(cv2.CAP_PROP_FRAME_WIDTH)), int(video.get(cv2.CAP_PROP_FRAME_HEIGHT))) == (WIDTH, HEIGHT)
+    video.release()
+
+
+def test_sampling_every_at_and_rate(run, tmp_path):
+    recording = write_bag(tmp_path / "rec", "mcap", frames=6, depth=None, camera=None)
+    expected = {("--every", "2"): [0, 2, 4], ("--at", "0.05,0.3"): [1, 3], ("--rate", "4"): [0, 3, 5]}
+    for (flag, value), indices in expected.items():
+        out = tmp_path / f"out{flag}"
+        code, _, stderr = run("main", recording, "--out", out, "--query", QUERY, "--no-depth", flag, value)
+        assert code == 0, stderr
+        stamps = [line["stamp"] for line in read_lines(out)]
+        np.testing.assert_allclose(stamps, [frame_stamp_ns(i) * 1e-9 for i in indices], atol=1e-6, err_msg=flag)
+
+
+def test_the_node_gives_the_same_point_for_a_frame_of_the_recording(run, tmp_path):
+    """A real pop_node (in-process, tiny preset) fed this frame's camera_info and depth answers the
+    same pixel and the same 3D point as pop-bag for the same frame."""
+    import rclpy  # noqa: F401 - the node needs it
+    from rclpy.serialization import deserialize_message
+    from sensor_msgs.msg import CameraInfo, Image
+
+    from pop_ros.recording import Recording
+    from pop_ros.ros.node import PopNode
+    from pop_ros.ros_client import RosClient
+    from pop_ros_interfaces.srv import PointToPart
+
+    recording_path = write_bag(tmp_path / "rec", "mcap", 2, "bgr8", "16UC1", DISTORTED)
+    out = tmp_path / "out"
+    code, _, stderr = run(
+        "main", recording_path, "--out", out, "--query", QUERY, "--support-set", "mug_handle", "--library", LIBRARY,
+        "--raw-images", "--at", "0.1",
+    )  # fmt: skip
+    assert code == 0, stderr
+    [line] = read_lines(out)
+
+    # The recording's own messages of frame 1, as the node would receive them.
+    messages: dict[str, list] = {}
+    types = {COLOUR: Image, DEPTH: Image, INFO: CameraInfo}
+    for topic, _, data in Recording(recording_path).messages(types):
+        messages.setdefault(topic, []).append(deserialize_message(data, types[topic]))
+    colour, info, depth = messages[COLOUR][1], messages[INFO][1], messages[DEPTH][2]
+    assert depth.header.stamp.nanosec - colour.header.stamp.nanosec == pytest.approx(3_000_000, abs=2)
+
+    args = ["--ros-args", "--params-file", str(PARAMS_FILE), "-p", "preset:=tiny", "-p", "autostart:=false"]
+    args += ["-p", f"support_library:={LIBRARY}", "-p", "image_reliability:=reliable"]
+    args += ["-p", "image_is_rectified:=false", "-p", "max_frame_age:=0.0"]
+    ros = RosClient("bag_compare_client", args=args)
+    node = PopNode(context=ros.context, namespace="bag_compare")
+    try:
+        ros.add_node(node)
+        node.trigger_configure()
+        assert node.pointer is not None, node.configure_error
+        node.trigger_activate()
+
+        def holds_them() -> bool:
+            camera = node.camera
+            if camera.camera_info is None or camera.camera_info.header.stamp != info.header.stamp:
+                return False
+            return camera.depth_near(depth.header.stamp, 0.0)[0] is not None
+
+        deadline = time.monotonic() + 30
+        while not holds_them() and time.monotonic() < deadline:  # a message right after discovery can be lost
+            ros.publisher(CameraInfo, "/bag_compare/camera_info").publish(info)
+            ros.publisher(Image, "/bag_compare/depth").publish(depth)
+            time.sleep(0.05)
+        assert holds_them(), "the node did not receive the frame's camera_info and depth"
+        request = PointToPart.Request(query=QUERY, support_set="mug_handle", image=colour)
+        response = ros.call(PointToPart, "/bag_compare/pop_node/point_to_part", request)
+    finally:
+        ros.executor.remove_node(node)
+        node.destroy_node()
+        ros.close()
+    assert response.success, response.message
+    assert (response.u, response.v) == pytest.approx((line["u"], line["v"]), abs=1e-4)
+    assert response.has_3d and response.has_pose
+    node_xyz = [response.point.point.x, response.point.point.y, response.point.point.z]
+    np.testing.assert_allclose(line["xyz"], node_xyz, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(line["normal"], [response.normal.x, response.normal.y, response.normal.z], atol=1e-9)
+    assert response.point.header.stamp == colour.header.stamp
+
+
+@pytest.mark.parametrize("given", ["mcap file", "bag folder"])
+def test_a_truncated_recording_is_answered_up_to_the_cut(run, tmp_path, given):
+    frames = 8  # ~0.5 MB each: rosbags closes a 1 MiB chunk every two frames or so
+    recording = write_bag(tmp_path / "rec", "mcap", frames, "bgr8", "16UC1", RECTIFIED)
+    [mcap_file] = recording.glob("*.mcap")
+    data = mcap_file.read_bytes()
+    mcap_file.write_bytes(data[: len(data) * 6 // 10])  # a recorder killed mid-write: no summary, a torn chunk
+    cut = mcap_file if given == "mcap file" else recording  # the folder still has its metadata.yaml
+    out = tmp_path / "out"
+    code, stdout, stderr = run("main", cut, "--out", out, "--query", QUERY, "--json")
+    assert code == 0, stderr
+    assert "the recording is cut after" in stderr and "readable messages" in stderr
+    lines = read_lines(out)
+    assert 1 <= len(lines) < frames
+    for index, line in enumerate(lines):  # the first frames, in order, each in its own depth
+        assert line["stamp"] == pytest.approx(frame_stamp_ns(index) * 1e-9, abs=1e-6)
+        assert line["xyz"][2] == pytest.approx(depth_of_frame(index), abs=1e-6)  # 16UC1 mm as float32 m
+    assert json.loads(stdout)["cut"].startswith("the recording is cut after")
+    assert len(read_bag(out / "bag")["/pop/result"]) == len(lines)
+
+
+def test_a_recording_without_depth_names_the_topics_it_has(run, tmp_path):
+    recording = write_bag(tmp_path / "rec", "sqlite3", 2, depth=None)
+    code, _, stderr = run("main", recording, "--out", tmp_path / "out", "--query", QUERY)
+    assert code == 2
+    [message] = stderr.strip().splitlines()
+    assert message.startswith("error: no aligned depth topic found")
+    assert f"{COLOUR} (sensor_msgs/msg/Image)" in message and f"{INFO} (sensor_msgs/msg/CameraInfo)" in message
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+    # Asked for 2D answers, it gives them, each saying why there is no 3D point.
+    code, _, stderr = run("main", recording, "--out", tmp_path / "out2d", "--query", QUERY, "--no-depth")
+    assert code == 0, stderr
+    lines = read_lines(tmp_path / "out2d")
+    assert len(lines) == 2 and all(line["xyz"] is None for line in lines)
+    assert all(line["reason"] == "no 3D point: no depth received (depth_max_dt 0.05 s)" for line in lines)
+
+
+@pytest.mark.parametrize(
+    "bag_options, flags, error",
+    [
+        ({"camera": None}, [], "no camera_info topic found"),
+        ({"depth_size": (120, 200)}, [], "depth must be aligned to colour"),
+        ({"colour": "yuv422"}, [], "unsupported colour encoding 'yuv422'"),
+        ({}, ["--image-topic", "/nope"], "--image-topic /nope: no such topic; topics in"),
+        # The node's parameters, checked by the node's rules, from a flag or from its params file.
+        ({}, ["--depth-window", "4"], "depth_window must be odd"),
+        ({}, ["--params-file", "{tmp}/params.yaml"], "pose_window must be 0 (no pose) or an odd number >= 3, got 4"),
+    ],
+)
+def test_bad_recordings_get_one_line_errors(run, tmp_path, bag_options, flags, error):
+    (tmp_path / "params.yaml").write_text("/**:\n  ros__parameters:\n    pose_window: 4\n")
+    flags = [flag.format(tmp=tmp_path) for flag in flags]
+    recording = write_bag(tmp_path / "rec", "mcap", 1, **bag_options)
+    code, _, stderr = run("main", recording, "--out", tmp_path / "out", "--query", QUERY, *flags)
+    assert code == 2
+    [message] = stderr.strip().splitlines()
+    assert message.startswith("error: ") and error in message
+
+
+def test_ctrl_c_keeps_what_was_written(run, tmp_path, monkeypatch):
+    from pop_ros import bag_answers
+
+    recording = write_bag(tmp_path / "rec", "mcap", 3, "bgr8", "16UC1", RECTIFIED)
+    answer_frame = bag_answers.answer_frame
+    calls = []
+
+    def interrupted_on_the_second_frame(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return answer_frame(*args)
+
+    monkeypatch.setattr(bag_answers, "answer_frame", interrupted_on_the_second_frame)
+    out = tmp_path / "out"
+    code, _, stderr = run("main", recording, "--out", out, "--query", QUERY)
+    assert code == 130
+    assert "interrupted: kept the 1 answers written so far" in stderr
+    assert len(read_lines(out)) == 1
+    assert len(read_bag(out / "bag")["/pop/result"]) == 1  # the bag was closed properly: it reads back
+
+
+def test_pop_teach_adds_the_frame_to_a_writable_library(run, tmp_path):
+    from pop_ros.supports import SupportLibrary
+
+    recording = write_bag(tmp_path / "rec", "sqlite3", 3, "jpeg", depth=None, camera=None)
+    library_path = tmp_path / "lib" / "taught.yaml"
+    library_path.parent.mkdir()
+    shutil.copy(LIBRARY, library_path)
+    shutil.copytree(LIBRARY.parent / "images", library_path.parent / "images")  # the example's images
+    args = [recording, "--time", "0.15", "--click", "100.5,60", "--set", "wall", "--library", library_path]
+    code, stdout, stderr = run("teach_main", *args, "--query", "corner of the wall", "--json")
+    assert code == 0, stderr
+    summary = json.loads(stdout)
+    assert summary["num_exemplars"] == 1 and summary["stamp"] == pytest.approx(frame_stamp_ns(2) * 1e-9, abs=1e-6)
+
+    library = SupportLibrary.load(library_path)
+    assert library.errors == []
+    taught = library.get("wall")
+    assert taught.query == "corner of the wall" and len(taught.exemplars) == 1
+    assert taught.exemplars[0].click == (100.5, 60.0)
+    encoded = cv2.imencode(".jpg", colour_bgr(2), [cv2.IMWRITE_JPEG_QUALITY, 95])[1]
+    frame_rgb = cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(taught.exemplars[0].image, frame_rgb)  # the frame itself, stored losslessly
+    assert "mug_handle" in library.names()  # the rest of the library is kept
+    # A click outside the frame is refused with the reason, and nothing is written.
+    before = library_path.read_text()
+    code, _, stderr = run("teach_main", *args[:4], "400,10", *args[5:])
+    assert code == 2 and "outside its 320x240 image" in stderr
+    assert library_path.read_text() == before

@@ -1,0 +1,353 @@
+"""pop_ros.behaviours with real py_trees against a running pop_node (tiny preset, in-process).
+
+The node's pipeline is gated (an Event) where a test needs a query to be running for as long as it
+likes: ticks while the gate is shut happen before the answer can exist, so no timing bound is
+needed to show that update() never waits for the answer."""
+
+import operator
+import subprocess
+import sys
+import threading
+import time
+
+import cv2
+import numpy as np
+import py_trees
+import pytest
+from sensor_msgs.msg import CameraInfo, Image
+
+from pop_ros.behaviours import PointToPart, PointToParts, ServiceUnavailableError, TeachExemplar
+from pop_ros.image_conversion import from_array
+from pop_ros.paths import SAMPLE_DIR
+from pop_ros.ros_client import LIBRARY
+from pop_ros_interfaces.srv import PointToPart as PointToPartSrv
+
+Status = py_trees.common.Status
+NS = "bt"
+SERVICE = f"/{NS}/pop_node/point_to_part"
+WIDTH, HEIGHT, DEPTH_M = 160, 120, 1.25
+K = [150.0, 0.0, 80.0, 0.0, 150.0, 60.0, 0.0, 0.0, 1.0]
+SCENE = cv2.resize(cv2.imread(str(SAMPLE_DIR / "scene_0.png")), (WIDTH, HEIGHT), interpolation=cv2.INTER_AREA)
+
+
+def wait_for(predicate, timeout=30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return predicate()
+
+
+class Gate:
+    """Holds the node's queries inside the pipeline until opened; says when one is inside."""
+
+    def __init__(self, node):
+        self.open, self.entered, self.left = threading.Event(), threading.Event(), threading.Event()
+        self.open.set()
+        point = node.pointer.point
+
+        def gated(*args, **kwargs):
+            self.entered.set()
+            try:
+                assert self.open.wait(60), "the test never opened the gate"
+                return point(*args, **kwargs)
+            finally:
+                self.left.set()
+
+        node.pointer.point = gated
+
+    def shut(self):
+        self.open.clear()
+        self.entered.clear()
+        self.left.clear()
+
+
+@pytest.fixture
+def bt_node(inprocess):
+    """(ros client whose node runs the tree, pop_node, gate), with one camera frame + depth + camera_info."""
+    ros, node, _ = inprocess(NS, f"support_library:={LIBRARY}", "max_frame_age:=0.0", "busy_policy:=reject")
+    assert node.pointer is not None and node.active
+    publish_camera(ros, node)
+    py_trees.blackboard.Blackboard.clear()
+    yield ros, node, Gate(node)
+    py_trees.blackboard.Blackboard.clear()
+
+
+def publish_camera(ros, node):
+    """One camera cycle (camera_info, depth, colour, one stamp), again until the node has all three."""
+    for _ in range(50):
+        stamp = ros.now_stamp()
+        info = CameraInfo(width=WIDTH, height=HEIGHT, k=K, distortion_model="plumb_bob")
+        depth = from_array(np.full((HEIGHT, WIDTH), DEPTH_M, np.float32), "32FC1")
+        colour = from_array(SCENE, "bgr8")
+        for msg in (info, depth, colour):
+            msg.header.stamp, msg.header.frame_id = stamp, "bt_optical_frame"
+        ros.publisher(CameraInfo, f"/{NS}/camera_info").publish(info)
+        ros.publisher(Image, f"/{NS}/depth").publish(depth)
+        ros.publisher(Image, f"/{NS}/image").publish(colour)
+        if wait_for(lambda: node.camera.latest is not None and node.camera.camera_info is not None, 1.0):
+            if node.camera.depth.nearest(0, 1e12)[0]:
+                return
+    raise AssertionError("the node never received the camera frame")
+
+
+class GraspStub(py_trees.behaviour.Behaviour):
+    """Stands in for a grasp: succeeds with the point it found on the blackboard."""
+
+    def __init__(self, name="grasp stub", point_key="point"):
+        super().__init__(name)
+        self.blackboard = self.attach_blackboard_client(name=name)
+        self.blackboard.register_key(key=point_key, access=py_trees.common.Access.READ)
+        self.point_key, self.grasped = point_key, []
+
+    def update(self):
+        point = self.blackboard.get(self.point_key)
+        if point is None:
+            self.feedback_message = "no point to grasp"
+            return Status.FAILURE
+        self.grasped.append(point)
+        return Status.SUCCESS
+
+
+def tick_until(tree, done, period_s=0.1, timeout=60.0) -> list[float]:
+    """Tick at 1 / period_s Hz until `done()`; returns each tick's duration in seconds."""
+    durations = []
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f"tree still {tree.root.status} after {timeout} s"
+        started = time.perf_counter()
+        tree.tick()
+        durations.append(time.perf_counter() - started)
+        time.sleep(period_s)  # the tick rate, not a synchronisation
+    return durations
+
+
+def run_behaviour(behaviour, timeout=60.0) -> Status:
+    """Tick one behaviour until it is done (as its parent would, every 20 ms); returns its status."""
+    deadline = time.monotonic() + timeout
+    behaviour.tick_once()
+    while behaviour.status == Status.RUNNING:
+        assert time.monotonic() < deadline, f"{behaviour.name} still running after {timeout} s"
+        time.sleep(0.02)
+        behaviour.tick_once()
+    return behaviour.status
+
+
+def direct_answer(ros, query, support_set):
+    return ros.call(PointToPartSrv, SERVICE, PointToPartSrv.Request(query=query, support_set=support_set))
+
+
+def test_find_handle_then_grasp_reaches_success_with_the_services_point(bt_node):
+    ros, node, gate = bt_node
+    find = PointToPart("find handle", "handle of the mug", "mug_handle", service=SERVICE, require_3d=True)
+    grasp = GraspStub()
+    tree = py_trees.trees.BehaviourTree(
+        py_trees.composites.Sequence("pick handle", memory=True, children=[find, grasp])
+    )
+    tree.setup(node=ros.node, timeout=30)
+
+    gate.shut()
+    durations = tick_until(tree, gate.entered.is_set)  # ticks until the node is inside the query
+    assert tree.root.status == Status.RUNNING and find.status == Status.RUNNING
+    for _ in range(5):  # the node cannot answer while the gate is shut: these ticks cannot wait for it
+        started = time.perf_counter()
+        tree.tick()
+        durations.append(time.perf_counter() - started)
+        assert find.status == Status.RUNNING and not gate.left.is_set() and find.pending
+        time.sleep(0.1)
+    longest_ms = max(durations) * 1000.0
+    print(f"\nlongest tick while the query runs: {longest_ms:.2f} ms over {len(durations)} ticks")
+    gate.open.set()
+    tick_until(tree, lambda: tree.root.status != Status.RUNNING)
+    assert tree.root.status == Status.SUCCESS, find.feedback_message
+
+    expected = direct_answer(ros, "handle of the mug", "mug_handle")  # the same frame, asked directly
+    assert expected.success and expected.has_3d, expected.message
+    blackboard = py_trees.blackboard.Client(name="reader")
+    for key in ("point", "pose", "result"):
+        blackboard.register_key(key=key, access=py_trees.common.Access.READ)
+    point, result = blackboard.get("point"), blackboard.get("result")
+    assert (result.u, result.v) == (expected.u, expected.v)
+    assert (point.point.x, point.point.y, point.point.z) == (
+        expected.point.point.x,
+        expected.point.point.y,
+        expected.point.point.z,
+    )
+    assert point.point.z == pytest.approx(DEPTH_M) and point.header.frame_id == "bt_optical_frame"
+    assert grasp.grasped == [point]
+    assert (blackboard.get("pose") is None) == (not expected.has_pose)
+
+
+def test_failure_reasons_arrive_as_feedback_message(bt_node):
+    ros, node, gate = bt_node
+    unknown = PointToPart("unknown set", "lid", "no_such_set", service=SERVICE)
+    unknown.setup(node=ros.node)
+    run_behaviour(unknown)
+    assert unknown.status == Status.FAILURE
+    assert unknown.feedback_message.startswith("unknown support set 'no_such_set' (known: ")
+    reader = py_trees.blackboard.Client(name="reader")
+    reader.register_key(key="point", access=py_trees.common.Access.READ)
+    assert reader.get("point") is None  # a failure leaves no point to grasp
+
+    # busy: a direct query holds the node (busy_policy reject) while the behaviour asks.
+    gate.shut()
+    holding = ros.call_async(PointToPartSrv, SERVICE, PointToPartSrv.Request(query="lid", support_set="mug_handle"))
+    assert gate.entered.wait(30)
+    busy = PointToPart("busy", "lid", "mug_handle", service=SERVICE)
+    busy.setup(node=ros.node)
+    run_behaviour(busy)
+    gate.open.set()
+    assert busy.status == Status.FAILURE and busy.feedback_message.startswith("busy"), busy.feedback_message
+    assert ros.wait(holding).success
+
+    # The query from the blackboard: a key that is not set is a failure that says so.
+    from_board = PointToPart("from board", query_key="part", service=SERVICE)
+    from_board.setup(node=ros.node)
+    from_board.tick_once()
+    assert from_board.status == Status.FAILURE and from_board.feedback_message == (
+        "blackboard key 'part' (query) is not set"
+    )
+
+
+def test_preemption_mid_query_drops_it_and_a_new_query_works(bt_node):
+    ros, node, gate = bt_node
+    board = py_trees.blackboard.Client(name="test")
+    for key in ("stop", "part", "point", "result"):
+        board.register_key(key=key, access=py_trees.common.Access.WRITE)
+    board.stop, board.part = False, "handle of the mug"
+    stop = py_trees.behaviours.CheckBlackboardVariableValue(
+        "stop requested",
+        check=py_trees.common.ComparisonExpression(variable="stop", value=True, operator=operator.eq),
+    )
+    find = PointToPart("find part", query_key="part", support_set="mug_handle", service=SERVICE)
+    tree = py_trees.trees.BehaviourTree(py_trees.composites.Selector("root", memory=False, children=[stop, find]))
+    tree.setup(node=ros.node, timeout=30)
+    answered = []  # sequence numbers of answers that reached the behaviour's client
+    lookup = find.client.get_pending_request
+
+    def recording_lookup(sequence):
+        answered.append(sequence)
+        return lookup(sequence)
+
+    find.client.get_pending_request = recording_lookup
+
+    gate.shut()
+    tick_until(tree, gate.entered.is_set)
+    assert find.status == Status.RUNNING and find.pending
+    dropped = find._future
+    board.stop = True
+    tree.tick()  # the higher-priority branch pre-empts the query
+    assert find.status == Status.INVALID and not find.pending and dropped.cancelled()
+    assert find.feedback_message == "pre-empted: pending request dropped"
+    gate.open.set()
+    assert wait_for(lambda: len(answered) == 1)  # the late answer arrived ... and reached no one
+    assert not board.exists("point") and not board.exists("result")
+    assert find.client._pending_requests == {}  # rclpy keeps nothing for the dropped request
+
+    board.stop, board.part = False, "rim of the cup"
+    tick_until(tree, lambda: find.status in (Status.SUCCESS, Status.FAILURE))
+    assert find.status == Status.SUCCESS, find.feedback_message
+    assert len(answered) == 2 and find.client._pending_requests == {}
+    expected = direct_answer(ros, "rim of the cup", "mug_handle")
+    assert (board.result.u, board.result.v) == (expected.u, expected.v)
+    assert board.point.point.z == pytest.approx(DEPTH_M)
+
+
+def test_a_missing_node_fails_setup_with_its_message(bt_node):
+    ros, _, _ = bt_node
+    find = PointToPart("find handle", "handle", service="/nobody/pop_node/point_to_part", timeout_s=0.5)
+    tree = py_trees.trees.BehaviourTree(find)
+    with pytest.raises(ServiceUnavailableError) as failure:
+        tree.setup(node=ros.node, timeout=30)
+    assert str(failure.value) == (
+        "find handle: service /nobody/pop_node/point_to_part is not available after 0.5 s "
+        "(is pop_node running, in this ROS_DOMAIN_ID and namespace?)"
+    )
+    with pytest.raises(ServiceUnavailableError, match=r"setup\(\) needs the ROS node"):
+        PointToPart("no node").setup()
+
+
+def test_several_parts_one_result_each(bt_node):
+    ros, _, _ = bt_node
+    parts = PointToParts(
+        "parts",
+        ["handle of the mug", "lid"],
+        ["mug_handle", "no_such_set"],
+        point_keys=["handle_point", "lid_point"],
+        service=f"/{NS}/pop_node/point_to_parts",
+        require_all=False,
+    )
+    parts.setup(node=ros.node)
+    run_behaviour(parts)
+    assert parts.status == Status.SUCCESS, parts.feedback_message
+    reader = py_trees.blackboard.Client(name="reader")
+    for key in ("results", "handle_point", "lid_point"):
+        reader.register_key(key=key, access=py_trees.common.Access.READ)
+    results = reader.get("results")
+    assert [r.query for r in results] == ["handle of the mug", "lid"]
+    assert results[0].success and not results[1].success
+    assert results[1].message == "request 1: unknown support set 'no_such_set' (known: bottle_neck, mug_handle)"
+    expected = direct_answer(ros, "handle of the mug", "mug_handle")
+    assert (results[0].u, results[0].v) == (expected.u, expected.v)
+    assert reader.get("handle_point").point.z == pytest.approx(DEPTH_M) and reader.get("lid_point") is None
+
+    strict = PointToParts("strict", ["lid"], ["no_such_set"], service=f"/{NS}/pop_node/point_to_parts")
+    strict.setup(node=ros.node)
+    run_behaviour(strict)
+    assert (
+        strict.status == Status.FAILURE
+        and "'lid': request 0: unknown support set 'no_such_set'" in strict.feedback_message
+    )
+
+
+def test_teaching_a_clicked_pixel_then_pointing_with_the_new_set(bt_node):
+    ros, node, _ = bt_node
+    board = py_trees.blackboard.Client(name="test")
+    board.register_key(key="click", access=py_trees.common.Access.WRITE)
+    board.register_key(key="count", access=py_trees.common.Access.READ)
+    board.click = (40.0, 30.0)
+    teach = TeachExemplar(
+        "teach",
+        "bt_taught",
+        query="rim of the cup",
+        pixel_key="click",
+        count_key="count",
+        service=f"/{NS}/pop_node/add_exemplar",
+    )
+    find = PointToPart("find taught", support_set="bt_taught", service=SERVICE)
+    tree = py_trees.trees.BehaviourTree(
+        py_trees.composites.Sequence("teach then find", memory=True, children=[teach, find])
+    )
+    tree.setup(node=ros.node, timeout=30)
+    tick_until(tree, lambda: tree.root.status in (Status.SUCCESS, Status.FAILURE), period_s=0.02)
+    assert tree.root.status == Status.SUCCESS, (teach.feedback_message, find.feedback_message)
+    assert board.count == 1 and teach.feedback_message == "added to 'bt_taught'"
+    exemplar = node.pointer.library.get("bt_taught").exemplars[0]
+    assert exemplar.click == (40.0, 30.0)
+    np.testing.assert_array_equal(exemplar.image, cv2.cvtColor(SCENE, cv2.COLOR_BGR2RGB))  # the latest frame
+
+
+def run_example(*args):
+    command = [sys.executable, "-m", "pop_ros.examples.find_handle_tree", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_example_tree_finds_the_handle_and_prints_the_tree(bt_node):
+    ros, _, _ = bt_node
+    run = run_example("--namespace", f"/{NS}/pop_node", "--require-3d")
+    assert run.returncode == 0, run.stdout + run.stderr
+    expected = direct_answer(ros, "handle of the mug", "mug_handle")
+    assert "{-} pick handle [*]\n    --> find handle [*] -- waiting for /bt/pop_node/point_to_part" in run.stdout
+    assert "--> grasp (stub) [✓]" in run.stdout
+    point = expected.point.point
+    assert run.stdout.rstrip().endswith(
+        f"SUCCESS: would grasp at ({point.x:.3f}, {point.y:.3f}, {point.z:.3f}) m in bt_optical_frame"
+    )
+
+
+def test_example_tree_without_a_node_says_so():
+    run = run_example("--namespace", "/nobody/pop_node", "--timeout", "1")
+    assert run.returncode == 1
+    assert run.stderr.strip() == (
+        "error: find handle: service /nobody/pop_node/point_to_part is not available after 1 s "
+        "(is pop_node running, in this ROS_DOMAIN_ID and namespace?)"
+    )
