@@ -15,6 +15,13 @@ from pop_ros.core.fusion import (
     visual_similarity,
     visual_similarity_batch,
 )
+from pop_ros.core.regions import (
+    cell_centre_pixel,
+    instance_cells,
+    restrict_to_cells,
+    roi_cells,
+    validate_roi,
+)
 
 __all__ = [
     "AGGREGATIONS",
@@ -30,4 +37,9 @@ __all__ = [
     "text_prior",
     "visual_similarity",
     "visual_similarity_batch",
+    "cell_centre_pixel",
+    "instance_cells",
+    "restrict_to_cells",
+    "roi_cells",
+    "validate_roi",
 ]

@@ -278,8 +278,10 @@ def peak_score(
     final_map: torch.Tensor,
     visual_maps: torch.Tensor | Sequence[torch.Tensor] | None = None,
     text_prior: torch.Tensor | None = None,
+    cell: tuple[int, int] | None = None,
 ) -> float:
-    """Confidence that the part is visible, in [0, 1], at the peak of `final_map`.
+    """Confidence that the part is visible, in [0, 1], at the peak of `final_map` (or at `cell`, a
+    (row, col) of `final_map`: another instance's peak).
 
     With supports: the mean over the K supports of S_visual at the target patch that contains the
     predicted pixel, i.e. how well the chosen
@@ -290,7 +292,7 @@ def peak_score(
     Without supports (0-shot): the share of the smoothed text prior held by its peak cell, a
     concentration measure that is not comparable with the K-shot score.
     """
-    row, col = peak_cell(final_map)
+    row, col = peak_cell(final_map) if cell is None else (int(cell[0]), int(cell[1]))
 
     def value_at_peak(grid: torch.Tensor) -> float:
         # The cell of `grid` that contains the centre of the final map's peak cell.
