@@ -258,13 +258,22 @@ def test_every_answer_is_located_in_its_own_depth_and_written_with_its_source_st
     topics = read_bag(out / "bag")
     assert set(topics) == {"/pop/result", "/pop/point", "/pop/pose", "/pop/markers", "/pop/heatmap"}
     source_stamps = [frame_stamp_ns(n // len(queries)) for n in range(len(lines))]
+    frame_stamps = [frame_stamp_ns(index) for index in range(frames)]
     for topic, messages in topics.items():
-        assert len(messages) == len(lines), topic
-        for (log_ns, msg), source_ns in zip(messages, source_stamps, strict=True):
+        # Markers: one MarkerArray per frame holding every query's markers (as ~/point_to_parts
+        # publishes them), so RViz shows all parts of a frame; the other topics: one per answer.
+        stamps = frame_stamps if topic == "/pop/markers" else source_stamps
+        assert len(messages) == len(stamps), topic
+        for (log_ns, msg), source_ns in zip(messages, stamps, strict=True):
             header = msg.markers[0].header if topic == "/pop/markers" else msg.header
             assert stamp_ns(header.stamp) == source_ns, topic  # the source image's stamp ...
             assert header.frame_id == "camera_color_optical_frame", topic  # ... and frame
             assert log_ns == source_ns, topic  # logged when the source frame was received
+    for _, markers in topics["/pop/markers"]:
+        spheres = [marker for marker in markers.markers if marker.action == 0 and marker.type == 2]
+        ids = [(marker.ns, marker.id) for marker in markers.markers if marker.action == 0]
+        assert markers.markers[0].action == 3 and len(spheres) == len(queries)  # one DELETEALL, each query's point
+        assert len(ids) == len(set(ids))  # no query's marker replaces another's
     for (_, result), line in zip(topics["/pop/result"], lines, strict=True):
         assert result.query == line["query"] and result.has_3d and result.has_pose
         np.testing.assert_allclose([result.point.x, result.point.y, result.point.z], line["xyz"], atol=1e-12)
@@ -399,7 +408,7 @@ def test_a_recording_without_depth_names_the_topics_it_has(run, tmp_path):
     [
         ({"camera": None}, [], "no camera_info topic found"),
         ({"depth_size": (120, 200)}, [], "depth must be aligned to colour"),
-        ({"colour": "yuv422"}, [], "unsupported colour encoding 'yuv422'"),
+        ({"colour": "bayer_rggb8"}, [], "unsupported colour encoding 'bayer_rggb8'"),
         ({}, ["--image-topic", "/nope"], "--image-topic /nope: no such topic; topics in"),
         # The node's parameters, checked by the node's rules, from a flag or from its params file.
         ({}, ["--depth-window", "4"], "depth_window must be odd"),

@@ -103,7 +103,7 @@ def locate_parameters(args) -> dict:
     values = {}
     for name in LOCATE_PARAMETERS:
         value = getattr(args, name, None)
-        values[name] = value if value is not None else from_file.get(name, PARAMETERS[name][0])
+        values[name] = value if value is not None else from_file.get(name, PARAMETERS[name].default)
         problem = check_type(name, values[name]) or check_parameter(name, values[name])
         if problem:
             raise CliError(problem)
@@ -271,6 +271,7 @@ def _answer_frames(pointer, replay, requests, options, outputs, expected: int) -
                 counts["pipeline_ms"] += sum(result.timings_ms.get("total", 0.0) for result in results)
             for answer, result in answers:
                 outputs.write(answer, result, image, replay.recording, frame.log_ns)
+            outputs.write_markers([answer for answer, _ in answers], frame.log_ns)
             counts["frames"] += 1
             progress.update(1)
     return counts
