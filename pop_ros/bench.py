@@ -513,7 +513,8 @@ def main(argv: list[str] | None = None) -> int:
         from pop_ros.pipeline import PartPointer
 
         progress(f"loading preset {args.preset}")
-        pointer = PartPointer.from_preset(args.preset, device=args.device, dtype=args.dtype)
+        # Whole model: the benchmark also times native pointing, which generates.
+        pointer = PartPointer.from_preset(args.preset, device=args.device, dtype=args.dtype, trim=False)
     else:
         progress(f"building random-weight models of shape {args.shape} ({args.dtype})")
         pointer = build_shape_pointer(args.shape, args.device, args.dtype)

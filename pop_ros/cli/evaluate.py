@@ -139,6 +139,8 @@ def _evaluate(args, methods, progress, rank, world, local_rank, lock) -> dict:
         if rank == 0:
             lock.acquire()
         overrides = model_overrides(args)
+        if any(method.native or ("head_set", "all") in method.settings for method in methods):
+            overrides["trim"] = False  # native pointing generates; every-head ablations read every layer
         if world > 1 and torch.cuda.is_available() and overrides.get("device", "auto") in ("auto", "cuda"):
             overrides["device"] = f"cuda:{local_rank}"  # one GPU per rank
         model = model_configuration(args.preset, overrides, torch.cuda.is_available())

@@ -45,6 +45,13 @@ PARAMETERS = {
     "resolution": (0, "longer image side for the visual encoder, pixels; 0 = preset's", "configure"),
     "prompt_template": ("", "MLLM prompt containing {query}; empty = preset's ('Point to the {query}.')", "configure"),
     "trust_remote_code": (False, "let hub model code run; only for repositories you trust", "configure"),
+    "mllm_trim": (
+        True,
+        "load only the MLLM decoder layers up to the deepest localization head, no lm_head (head_set all then "
+        "refused); false = the whole model",
+        "configure",
+    ),
+    "mllm_quantization": ("none", "MLLM weight quantization: none | int8 (torchao, weight-only)", "configure"),
     "mllm_max_pixels": (
         -1,
         "cap on the MLLM's input pixels (aspect kept), independent of resolution; "
@@ -147,6 +154,7 @@ _CHOICES = {
     "retrieval": ("cls", "first"),
     "busy_policy": ("wait", "reject"),
     "dtype": ("", "auto", "float32", "bfloat16", "float16"),
+    "mllm_quantization": ("none", "int8"),
 }
 _MINIMUM = {
     "sigma": 0.0,
