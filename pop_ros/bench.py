@@ -498,10 +498,21 @@ def main(argv: list[str] | None = None) -> int:
         help="the node's image_reliability in the streaming run (default reliable; see README, DDS tuning)",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="only print what each preset needs in memory (real configs on the meta device; see docs/memory.md)",
+    )
     parser.add_argument("--serve-camera", metavar="TOPIC", help=argparse.SUPPRESS)  # the streaming run's camera
     args = parser.parse_args(argv)
     if args.serve_camera:
         return serve_camera(args.serve_camera, args.stream_seconds)
+    if args.memory:
+        from pop_ros.models.footprint import memory_report, memory_table
+
+        report = memory_report()
+        print(json.dumps(report, indent=2) if args.json else memory_table(report))
+        return 0
     if args.repeats < 1 or args.warmup < 0 or args.stream_seconds < 0:
         parser.error("--repeats must be >= 1, --warmup and --stream-seconds >= 0")
 

@@ -136,3 +136,30 @@ def test_cli_flags_map_to_the_configuration():
     assert model_overrides(parser.parse_args([])) == {}
     overrides = model_overrides(parser.parse_args(["--no-trim", "--mllm-quantization", "int8"]))
     assert overrides == {"trim": False, "mllm_quantization": "int8"}
+
+
+def test_dropped_layers_never_become_resident_when_loading_a_saved_checkpoint(tmp_path):
+    """Peak RSS of loading a saved 24-layer checkpoint in a fresh process, then reading every weight
+    the model holds: whole, and trimmed to layer 2 (3 layers kept)."""
+    from transformers import Qwen2_5_VLConfig
+
+    from pop_ros.models.load_rss import measure, save_random_checkpoint_in_child
+
+    text = {
+        "hidden_size": 256, "intermediate_size": 1536, "num_hidden_layers": 24, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "vocab_size": 128,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [8, 12, 12]},
+    }  # fmt: skip
+    vision = {"depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 256}
+    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision)
+    save_random_checkpoint_in_child(config, tmp_path, "float32")
+    whole = measure(tmp_path, "float32", trim=False)
+    trimmed = measure(tmp_path, "float32", trim=True, deepest=2)
+    assert (whole["decoder_layers"], trimmed["decoder_layers"]) == (24, 3)
+    dropped_bytes = whole["weight_bytes"] - trimmed["weight_bytes"]
+    assert dropped_bytes > 100 * 2**20  # 21 layers of ~5.5 MB: well above the measurement's noise
+    whole_growth = whole["peak_rss_bytes"] - whole["rss_before_load_bytes"]
+    trimmed_growth = trimmed["peak_rss_bytes"] - trimmed["rss_before_load_bytes"]
+    assert whole_growth >= 0.9 * whole["weight_bytes"]  # the measurement sees the weights a model holds
+    # The trimmed process never held the dropped layers, not even while loading.
+    assert trimmed_growth < trimmed["weight_bytes"] + 0.25 * dropped_bytes

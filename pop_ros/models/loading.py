@@ -147,7 +147,7 @@ def load_mllm(
     decoder layers 0..its deepest layer are built and loaded, without `lm_head` (see `trimming.py`).
     `quantization`: `none` or `int8` (see `quantization.py`)."""
     from pop_ros.models.processors import load_processor
-    from pop_ros.models.quantization import QuantizationError, check_quantization
+    from pop_ros.models.quantization import QuantizationError, check_quantization, quantize_model
 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
@@ -156,7 +156,8 @@ def load_mllm(
     started = time.perf_counter()
     try:
         processor = load_processor(source, trust_remote_code=trust_remote_code)
-        model = _mllm_from_pretrained(source, torch_dtype, trust_remote_code, trim_to_heads, quantization)
+        model = _mllm_from_pretrained(source, torch_dtype, trust_remote_code, trim_to_heads)
+        quantize_model(model, quantization)
     except (ModelLoadError, FileNotFoundError, QuantizationError):
         raise  # FileNotFoundError: a head file named in the configuration, reported as is
     except Exception as error:  # noqa: BLE001 - every loading failure becomes one clear message
@@ -180,17 +181,13 @@ def load_mllm(
     return adapter
 
 
-def _mllm_from_pretrained(source: str, torch_dtype, trust_remote_code: bool, trim_to_heads, quantization: str):
+def _mllm_from_pretrained(source: str, torch_dtype, trust_remote_code: bool, trim_to_heads):
     """The MLLM, whole or trimmed to the heads `trim_to_heads` names (see `load_mllm`)."""
     from transformers import AutoConfig, AutoModelForImageTextToText
 
-    from pop_ros.models.quantization import quantization_config
     from pop_ros.models.trimming import kept_layer_count, native_model_class, trim_config, trimmed_class
 
     kwargs = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code, "attn_implementation": "sdpa"}
-    quantized = quantization_config(quantization)
-    if quantized is not None:
-        kwargs["quantization_config"] = quantized
     if trim_to_heads is None:
         return AutoModelForImageTextToText.from_pretrained(source, **kwargs)
     config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)

@@ -2,11 +2,16 @@
 
 `int8`: every linear layer's weights stored as int8 with one float scale per output channel
 (torchao's `Int8WeightOnlyConfig`); activations and the attention POP reads stay in the model's
-dtype. Applied by transformers while the checkpoint loads (`TorchAoConfig`), so the float weights
-of a layer live only while that layer is converted. Runs on CUDA and on the CPU (pure PyTorch).
+dtype. Applied after the checkpoint loads into CPU memory and before the model moves to the GPU,
+so the GPU holds only the int8 weights (the CPU, and a Jetson's shared memory, briefly holds the
+float ones). Runs on CUDA and on the CPU (pure PyTorch). transformers' own `TorchAoConfig` path
+(quantize while loading) left Molmo2's converted (fused-in-checkpoint) weights unloaded here
+(transformers 5.24, torchao 0.18), so it is not used.
 """
 
 from __future__ import annotations
+
+import torch
 
 QUANTIZATIONS = ("none", "int8")
 
@@ -21,20 +26,23 @@ def check_quantization(name: str) -> str:
     return name
 
 
-def quantization_config(name: str):
-    """The `quantization_config` for `from_pretrained`, or None for `none`."""
+def quantize_model(model, name: str):
+    """Quantize `model`'s linear weights in place (before it moves to the GPU: the GPU never holds
+    the float copy); `none` leaves it as it is. lm_head (absent when trimmed) stays in float."""
     if check_quantization(name) == "none":
-        return None
+        return model
     try:
-        from torchao.quantization import Int8WeightOnlyConfig
+        from torchao.quantization import Int8WeightOnlyConfig, quantize_
     except ImportError as error:
         raise QuantizationError(
             f"mllm_quantization {name} needs torchao (pip install the version in requirements.txt): {error}"
         ) from error
-    from transformers import TorchAoConfig
 
-    # lm_head (absent when trimmed) and the embeddings stay in the model's dtype.
-    return TorchAoConfig(quant_type=Int8WeightOnlyConfig(), modules_to_not_convert=["lm_head"])
+    def is_quantized_linear(module, fqn: str) -> bool:
+        return isinstance(module, torch.nn.Linear) and not fqn.endswith("lm_head")
+
+    quantize_(model, Int8WeightOnlyConfig(), filter_fn=is_quantized_linear)
+    return model
 
 
 def bytes_per_weight(name: str, float_bytes: int) -> float:
