@@ -163,3 +163,13 @@ def test_dropped_layers_never_become_resident_when_loading_a_saved_checkpoint(tm
     assert whole_growth >= 0.9 * whole["weight_bytes"]  # the measurement sees the weights a model holds
     # The trimmed process never held the dropped layers, not even while loading.
     assert trimmed_growth < trimmed["weight_bytes"] + 0.25 * dropped_bytes
+
+
+def test_evaluation_key_ignores_trimming_but_not_quantization():
+    from pop_ros.evaluation.runner import model_configuration
+
+    plain = model_configuration("tiny", {}, cuda_available=False)
+    assert model_configuration("tiny", {"trim": False}, cuda_available=False) == plain  # equal predictions
+    assert "trim" not in plain and "mllm_quantization" not in plain  # keys of earlier runs still match
+    quantized = model_configuration("tiny", {"mllm_quantization": "int8"}, cuda_available=False)
+    assert quantized["mllm_quantization"] == "int8" and quantized != plain
