@@ -130,6 +130,25 @@ def _explain(spec: str, error: Exception, role: str) -> ModelLoadError:
     return ModelLoadError(f"could not load {role} model {spec!r}: {way_out}. Cause: {text.splitlines()[0][:300]}")
 
 
+def _import_torchao_quietly() -> None:
+    """transformers imports torchao (pinned for `mllm_quantization`) on every `from_pretrained` once it
+    is installed; on import it logs that its optional CUDA kernels (fp8, cutlass) and triton are
+    absent, and torch logs deprecation notes about its enums. None of that concerns int8 weight-only
+    quantization or an unquantized model: imported once here, those lines stay out of the log."""
+    loggers = [logging.getLogger(name) for name in ("torchao", "torchao.kernel.intmm", "torch.utils._pytree")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        import torchao.quantization  # noqa: F401
+        import transformers.quantizers.quantizer_torchao  # noqa: F401 - what from_pretrained imports
+    except ImportError:
+        pass
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
 def load_mllm(
     spec: str,
     device: str = "auto",
@@ -152,6 +171,7 @@ def load_mllm(
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     check_quantization(quantization)
+    _import_torchao_quietly()
     source = _local_or_hub(spec, "MLLM")
     started = time.perf_counter()
     try:
@@ -224,6 +244,7 @@ def load_visual(spec: str, device: str = "auto", dtype: str = "auto", resolution
     """The DINO patch-feature encoder at `spec` (hub id, folder, or `tiny:dinov3`)."""
     from transformers import AutoModel
 
+    _import_torchao_quietly()
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     source = _local_or_hub(spec, "visual")
