@@ -81,12 +81,6 @@ def trimmed_class(model_class: type) -> type:
     return type(model_class.__name__, (model_class,), namespace)
 
 
-def is_trimmed(model) -> bool:
-    return bool(getattr(type(model), "_pop_trimmed", False)) or hasattr(
-        model.config.get_text_config(), UNTRIMMED_LAYERS
-    )
-
-
 def native_model_class(config, trust_remote_code: bool) -> type | None:
     """The transformers class `AutoModelForImageTextToText` would build for `config`, or None when the
     model's code comes from the hub (then it is loaded whole: its layout is unknown here)."""
