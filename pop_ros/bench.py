@@ -566,10 +566,21 @@ def main(argv: list[str] | None = None) -> int:
         help="the node's image_reliability in the streaming run (default reliable; see README, DDS tuning)",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="only print what each preset needs in memory (real configs on the meta device; see docs/memory.md)",
+    )
     parser.add_argument("--serve-camera", metavar="TOPIC", help=argparse.SUPPRESS)  # the streaming run's camera
     args = parser.parse_args(argv)
     if args.serve_camera:
         return serve_camera(args.serve_camera, args.stream_seconds)
+    if args.memory:
+        from pop_ros.models.footprint import memory_report, memory_table
+
+        report = memory_report()
+        print(json.dumps(report, indent=2) if args.json else memory_table(report))
+        return 0
     if args.repeats < 1 or args.warmup < 0 or args.stream_seconds < 0:
         parser.error("--repeats must be >= 1, --warmup and --stream-seconds >= 0")
 
@@ -581,7 +592,8 @@ def main(argv: list[str] | None = None) -> int:
         from pop_ros.pipeline import PartPointer
 
         progress(f"loading preset {args.preset}")
-        pointer = PartPointer.from_preset(args.preset, device=args.device, dtype=args.dtype)
+        # Whole model: the benchmark also times native pointing, which generates.
+        pointer = PartPointer.from_preset(args.preset, device=args.device, dtype=args.dtype, trim=False)
     else:
         progress(f"building random-weight models of shape {args.shape} ({args.dtype})")
         pointer = build_shape_pointer(args.shape, args.device, args.dtype)

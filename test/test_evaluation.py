@@ -308,6 +308,8 @@ def test_pop_eval_end_to_end_writes_reports_and_resumes(datasets, tmp_path):
     assert len(rows) == 3 * 2 * 2 * 6
     native = [r for r in rows if r["method"] == "native"]
     assert all(r["hit"] == 0 and r["reason"] for r in native)  # random text: a miss with a reason
+    # pop-eval loads the whole MLLM when native pointing is asked for: the miss is the answer's, not trimming's.
+    assert not any("whole MLLM" in r["reason"] for r in native)
     assert all(r["hit"] in (0, 1) for r in rows)
     with (out / "predictions.csv").open() as handle:
         assert len(handle.readlines()) == len(rows) + 1

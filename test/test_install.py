@@ -44,9 +44,10 @@ PIP_ONLY = {
     "transformers": "transformers",
     "pycocotools": "pycocotools",
     "mcap": "mcap",
+    "torchao": "torchao",
 }
 # Imported directly but installed by transformers' own requirements.
-VIA_TRANSFORMERS = {"huggingface_hub": "huggingface-hub", "tokenizers": "tokenizers"}
+VIA_TRANSFORMERS = {"huggingface_hub": "huggingface-hub", "tokenizers": "tokenizers", "safetensors": "safetensors"}
 
 
 def imported_modules(folder: pathlib.Path) -> set[str]:
@@ -121,7 +122,7 @@ def test_pip_only_imports_are_listed_once_in_the_robot_requirements_at_the_teste
     tested = dict(
         line.split("==") for line in (SOURCE_ROOT / "requirements.txt").read_text().splitlines() if "==" in line
     )
-    for name in ("torch", "transformers", "pycocotools", "mcap"):
+    for name in ("torch", "transformers", "pycocotools", "mcap", "torchao"):
         assert robot[name] == f"=={tested[name]}", name
     # Modules we import that pip brings with transformers: transformers must really require them.
     transformers_requires = " ".join(importlib.metadata.requires("transformers") or []).lower()

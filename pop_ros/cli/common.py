@@ -38,6 +38,14 @@ def add_model_arguments(parser: argparse.ArgumentParser, visual: bool = True) ->
     group.add_argument(
         "--trust-remote-code", action="store_true", help="allow model code from the hub to run (off by default)"
     )
+    group.add_argument(
+        "--no-trim",
+        action="store_true",
+        help="load the whole MLLM (default: only the decoder layers up to the deepest localization head, no lm_head)",
+    )
+    group.add_argument(
+        "--mllm-quantization", choices=["none", "int8"], help="MLLM weight quantization (torchao); default none"
+    )
 
 
 def _non_negative_int(text: str) -> int:
@@ -61,10 +69,13 @@ def model_overrides(args) -> dict:
         "prompt": "prompt_template",
         "mllm_max_pixels": "mllm_max_pixels",
         "system_prompt": "system_prompt",
+        "mllm_quantization": "mllm_quantization",
     }
     overrides = {field: getattr(args, arg) for arg, field in names.items() if getattr(args, arg, None) is not None}
     if getattr(args, "trust_remote_code", False):
         overrides["trust_remote_code"] = True
+    if getattr(args, "no_trim", False):
+        overrides["trim"] = False
     return overrides
 
 

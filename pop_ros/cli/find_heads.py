@@ -74,7 +74,8 @@ def _run(args) -> dict:
         raise CliError("-k and --votes-per-sample must be >= 1")
     if args.out is not None and args.out.suffix.lower() not in (".yaml", ".yml"):
         raise CliError(f"--out {args.out}: a head file name ends in .yaml or .yml")
-    config = get_preset(args.preset).replace(**model_overrides(args))
+    # Discovery reads every head of every layer: the whole model, never trimmed.
+    config = get_preset(args.preset).replace(**{**model_overrides(args), "trim": False})
     pairs = read_pairs(args.data)[: args.limit] if args.limit else read_pairs(args.data)
     adapter = config.load_mllm()
     if adapter.head_layer_note:

@@ -172,6 +172,8 @@ def _plan(datasets, out, methods, preset, overrides, options, world, local_rank)
     """The model configuration and the episodes of every dataset and seed (ValueError if impossible)."""
     import torch
 
+    if any(method.native or ("head_set", "all") in method.settings for method in methods):
+        overrides["trim"] = False  # native pointing generates; every-head ablations read every layer
     if world > 1 and torch.cuda.is_available() and overrides.get("device", "auto") in ("auto", "cuda"):
         overrides["device"] = f"cuda:{local_rank}"  # one GPU per rank
     model = model_configuration(preset, overrides, torch.cuda.is_available())

@@ -125,8 +125,13 @@ def model_configuration(preset: str, overrides: dict, cuda_available: bool) -> d
     if heads_path is not None and not heads_path.is_file():
         raise FileNotFoundError(f"head file {heads_path} does not exist")
     # Every ModelConfig field is recorded, so a field added to the config is keyed without a change here;
-    # only the device is left out, and the file-valued fields are replaced by their identity.
-    fields = {name: value for name, value in dataclasses.asdict(config).items() if name not in ("device", "heads_file")}
+    # only the device and trimming (equal maps and points, tested) are left out, and the file-valued fields
+    # are replaced by their identity. No quantization keeps the key that runs before it existed had.
+    fields = {
+        name: value
+        for name, value in dataclasses.asdict(config).items()
+        if name not in ("device", "heads_file", "trim") and not (name == "mllm_quantization" and value == "none")
+    }
     return {
         "protocol": PROTOCOL_VERSION,
         "preset": preset,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -129,6 +130,25 @@ def _explain(spec: str, error: Exception, role: str) -> ModelLoadError:
     return ModelLoadError(f"could not load {role} model {spec!r}: {way_out}. Cause: {text.splitlines()[0][:300]}")
 
 
+def _import_torchao_quietly() -> None:
+    """transformers imports torchao (pinned for `mllm_quantization`) on every `from_pretrained` once it
+    is installed; on import it logs that its optional CUDA kernels (fp8, cutlass) and triton are
+    absent, and torch logs deprecation notes about its enums. None of that concerns int8 weight-only
+    quantization or an unquantized model: imported once here, those lines stay out of the log."""
+    loggers = [logging.getLogger(name) for name in ("torchao", "torchao.kernel.intmm", "torch.utils._pytree")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        import torchao.quantization  # noqa: F401
+        import transformers.quantizers.quantizer_torchao  # noqa: F401 - what from_pretrained imports
+    except ImportError:
+        pass
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
 def load_mllm(
     spec: str,
     device: str = "auto",
@@ -137,23 +157,29 @@ def load_mllm(
     trust_remote_code: bool = False,
     system_prompt: str = "",
     max_pixels: int = 0,
+    trim_to_heads: Callable[[int, int], Sequence[Sequence[int]]] | None = None,
+    quantization: str = "none",
 ) -> MLLMAdapter:
-    """The text-prior adapter for the MLLM at `spec` (hub id, folder, or `tiny:<family>`)."""
-    from transformers import AutoModelForImageTextToText
+    """The text-prior adapter for the MLLM at `spec` (hub id, folder, or `tiny:<family>`).
 
+    `trim_to_heads(num_layers, num_heads)` -> the (layer, head) list POP will read: when given, only
+    decoder layers 0..its deepest layer are built and loaded, without `lm_head` (see `trimming.py`).
+    `quantization`: `none` or `int8` (see `quantization.py`)."""
     from pop_ros.models.processors import load_processor
+    from pop_ros.models.quantization import QuantizationError, check_quantization, quantize_model
 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
+    check_quantization(quantization)
+    _import_torchao_quietly()
     source = _local_or_hub(spec, "MLLM")
     started = time.perf_counter()
     try:
         processor = load_processor(source, trust_remote_code=trust_remote_code)
-        model = AutoModelForImageTextToText.from_pretrained(
-            source, dtype=torch_dtype, trust_remote_code=trust_remote_code, attn_implementation="sdpa"
-        )
-    except ModelLoadError:
-        raise
+        model = _mllm_from_pretrained(source, torch_dtype, trust_remote_code, trim_to_heads)
+        quantize_model(model, quantization)
+    except (ModelLoadError, FileNotFoundError, QuantizationError):
+        raise  # FileNotFoundError: a head file named in the configuration, reported as is
     except Exception as error:  # noqa: BLE001 - every loading failure becomes one clear message
         raise _explain(spec, error, "MLLM") from error
     model.to(torch_device)
@@ -161,11 +187,13 @@ def load_mllm(
         model, processor, prompt_template=prompt_template, system_prompt=system_prompt, max_pixels=max_pixels
     )
     LOG.info(
-        "loaded MLLM %s (%s, %d layers x %d heads) on %s/%s in %.1f s",
+        "loaded MLLM %s (%s, %d layers x %d heads%s%s) on %s/%s in %.1f s",
         spec,
         adapter.family,
         adapter.num_layers,
         adapter.num_heads,
+        f", layers 0-{adapter.loaded_layers - 1} loaded" if adapter.loaded_layers < adapter.num_layers else "",
+        f", {quantization} weights" if quantization != "none" else "",
         torch_device,
         torch_dtype,
         time.perf_counter() - started,
@@ -173,10 +201,50 @@ def load_mllm(
     return adapter
 
 
+def _mllm_from_pretrained(source: str, torch_dtype, trust_remote_code: bool, trim_to_heads):
+    """The MLLM, whole or trimmed to the heads `trim_to_heads` names (see `load_mllm`)."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from pop_ros.models.trimming import kept_layer_count, native_model_class, trim_config, trimmed_class
+
+    kwargs = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code, "attn_implementation": "sdpa"}
+    if trim_to_heads is None:
+        return AutoModelForImageTextToText.from_pretrained(source, **kwargs)
+    config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    model_class = native_model_class(config, trust_remote_code)
+    if model_class is None:
+        LOG.warning("MLLM %s: its code is not in transformers, so it is loaded whole (no trimming)", source)
+        return AutoModelForImageTextToText.from_pretrained(source, **kwargs)
+    text_config = config.get_text_config()
+    whole = int(text_config.num_hidden_layers)
+    try:
+        heads = trim_to_heads(whole, int(text_config.num_attention_heads))
+    except ValueError as error:  # a malformed head file: its own message, not a loading failure
+        raise ModelLoadError(str(error)) from error
+    kept = kept_layer_count(heads)
+    trim_config(config, kept)
+    model, info = trimmed_class(model_class).from_pretrained(source, config=config, output_loading_info=True, **kwargs)
+    if info.get("missing_keys"):
+        missing = sorted(info["missing_keys"])
+        raise ModelLoadError(
+            f"trimmed loading of {source} left {len(missing)} weights unread (e.g. {missing[0]}); "
+            "load it whole (mllm_trim false / --no-trim) and report this"
+        )
+    LOG.info(
+        "MLLM trimmed for POP: decoder layers 0-%d of %d (the deepest localization head's layer is %d), no lm_head; "
+        "mllm_trim false (tools: --no-trim) loads it whole",
+        kept - 1,
+        whole,
+        kept - 1,
+    )
+    return model
+
+
 def load_visual(spec: str, device: str = "auto", dtype: str = "auto", resolution: int = 448) -> VisualEncoder:
     """The DINO patch-feature encoder at `spec` (hub id, folder, or `tiny:dinov3`)."""
     from transformers import AutoModel
 
+    _import_torchao_quietly()
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     source = _local_or_hub(spec, "visual")

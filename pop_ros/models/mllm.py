@@ -203,7 +203,9 @@ class MLLMAdapter:
         self.processor = processor
         self.prompt_template = prompt_template
         text_config = model.config.get_text_config()
-        self.num_layers = int(text_config.num_hidden_layers)
+        # A trimmed model (see trimming.py) holds layers 0..loaded_layers-1 of the checkpoint's num_layers.
+        self.loaded_layers = int(text_config.num_hidden_layers)
+        self.num_layers = int(getattr(text_config, "pop_untrimmed_num_hidden_layers", self.loaded_layers))
         self.num_heads = int(text_config.num_attention_heads)
         self._lock = threading.Lock()  # the capture state lives on the modules: one forward at a time
         self._set_text_attention(CAPTURE_IMPLEMENTATION)
@@ -292,9 +294,19 @@ class MLLMAdapter:
                     f"head ({layer}, {head}) is outside this model's {self.num_layers} layers x {self.num_heads} heads"
                 )
             by_layer.setdefault(int(layer), []).append(int(head))
+        if by_layer and max(by_layer) >= self.loaded_layers:
+            deepest = max(by_layer)
+            raise ValueError(self._trimmed_reason(f"head ({deepest}, {by_layer[deepest][0]})", deepest))
         if not by_layer:
             raise ValueError("at least one (layer, head) is needed")
         return by_layer
+
+    def _trimmed_reason(self, what: str, layer: int) -> str:
+        return (
+            f"{what} needs decoder layer {layer} but this MLLM was loaded trimmed to "
+            f"layers 0-{self.loaded_layers - 1} of {self.num_layers} (the deepest localization head at load); "
+            "reload with mllm_trim false (tools: --no-trim) to use deeper heads"
+        )
 
     @contextlib.contextmanager
     def _armed(self, by_layer: dict[int, list[int]], stop_early: bool, capture: bool = True):
@@ -436,6 +448,8 @@ class MLLMAdapter:
         tokenizes the same alone (the tokens after the image are tokenized on their own later)."""
         if not 0 <= int(depth) < self.num_layers:
             raise ValueError(f"depth {depth} is outside this model's {self.num_layers} layers")
+        if int(depth) >= self.loaded_layers:
+            raise ValueError(self._trimmed_reason(f"a frame prefix to depth {int(depth)}", int(depth)))
         split = self._split_prompt(query)
         if isinstance(split, str):
             return self._fallback(image_rgb, split)
@@ -574,6 +588,11 @@ class MLLMAdapter:
         stops at the model's end of turn, as the evaluation needs."""
         from PIL import Image
 
+        if self.loaded_layers < self.num_layers:
+            raise RuntimeError(
+                f"native pointing needs the whole MLLM, but it was loaded trimmed to layers 0-{self.loaded_layers - 1} "
+                "without lm_head; load it with mllm_trim false (tools: --no-trim)"
+            )
         text = self._chat_text(prompt_text)
         inputs = self.processor(
             images=[Image.fromarray(np.ascontiguousarray(cap_pixels(image_rgb, self.max_pixels)))],

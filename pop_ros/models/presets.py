@@ -13,6 +13,10 @@ import pathlib
 from pop_ros.models.prompts import DEFAULT_PROMPT
 from pop_ros.paths import heads_dirs, user_heads_dir
 
+# MLLM weight quantizations (models/quantization.py applies them); here so the node's parameter
+# table can name them without importing torch.
+QUANTIZATIONS = ("none", "int8")
+
 
 @dataclasses.dataclass
 class ModelConfig:
@@ -31,6 +35,11 @@ class ModelConfig:
     # System turn: "" = what the checkpoint's chat template does; "internvl-original" = the one
     # InternVL3's own chat() sends (the -hf template sends none); any other text is sent as is.
     system_prompt: str = ""
+    # Load only the decoder layers up to the deepest localization head, without lm_head (see
+    # models/trimming.py). Off for what needs the whole model: native pointing, head discovery.
+    trim: bool = True
+    # MLLM weight quantization: none | int8 (torchao; see models/quantization.py).
+    mllm_quantization: str = "none"
 
     def load_mllm(self):
         """The text-prior adapter this configuration names (see `loading.load_mllm`)."""
@@ -44,7 +53,24 @@ class ModelConfig:
             trust_remote_code=self.trust_remote_code,
             system_prompt=self.system_prompt,
             max_pixels=self.mllm_max_pixels,
+            trim_to_heads=self.text_prior_heads if self.trim else None,
+            quantization=self.mllm_quantization,
         )
+
+    def head_file(self) -> pathlib.Path | None:
+        """The head file a pointer on this configuration reads, or None when it uses the fallback."""
+        if self.heads_file:
+            return pathlib.Path(self.heads_file)
+        path = default_head_file(self.mllm)
+        return path if path.is_file() else None
+
+    def text_prior_heads(self, num_layers: int, num_heads: int) -> list[tuple[int, int]]:
+        """The (layer, head) list the text prior reads on a model of that size with the default
+        settings: the head file's, else the fallback (every head of the middle third)."""
+        from pop_ros.models.heads import fallback_heads, load_head_file
+
+        path = self.head_file()
+        return load_head_file(path, num_layers, num_heads) if path else fallback_heads(num_layers, num_heads)
 
     def load_visual(self):
         """The patch-feature encoder this configuration names (see `loading.load_visual`)."""

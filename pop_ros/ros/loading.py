@@ -45,6 +45,8 @@ def load_pointer(param: Callable[[str], object], logger, settings, library):
         mllm_max_pixels=None if param("mllm_max_pixels") < 0 else param("mllm_max_pixels"),
         system_prompt=param("system_prompt") or None,
         trust_remote_code=True if param("trust_remote_code") else None,
+        trim=None if param("mllm_trim") else False,
+        mllm_quantization=param("mllm_quantization"),
     )
     load_s = time.perf_counter() - started
     warm_started = time.perf_counter()

@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable, Mapping
 
 from pop_ros import pipeline
-from pop_ros.models.presets import PRESETS
+from pop_ros.models.presets import PRESETS, QUANTIZATIONS
 
 # Queries waiting for the running one each hold an executor thread: at most this many may wait,
 # and the executor has that many threads for queries plus RESERVED_THREADS that camera input,
@@ -174,6 +174,10 @@ _TABLE = [
     _spec("prompt_template", "", "MLLM prompt containing {query}; empty = preset's ('Point to the {query}.')",
           CONFIGURE, rule=_prompt_template, rule_text="contains `{query}`"),
     _spec("trust_remote_code", False, "let hub model code run; only for repositories you trust", CONFIGURE),
+    _spec("mllm_trim", True, "load only the MLLM decoder layers up to the deepest localization head, no lm_head "
+          "(head_set all then refused); false = the whole model", CONFIGURE),
+    _spec("mllm_quantization", "none", "MLLM weight quantization (int8: torchao, weight-only)", CONFIGURE,
+          choices=QUANTIZATIONS),
     _spec("mllm_max_pixels", -1, "cap on the MLLM's input pixels (aspect kept), independent of resolution; "
           "-1 = preset's (Qwen presets: 1003520), 0 = the checkpoint's own", CONFIGURE, minimum=-1),
     _spec("system_prompt", "", "MLLM system turn: empty = preset's (the chat template's default); "

@@ -1,0 +1,180 @@
+"""Trimmed MLLM loading (models/trimming.py): the same maps and points as the whole model, from a model
+that holds only decoder layers 0..deepest localization head and no lm_head."""
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from pop_ros.models.presets import get_preset
+from pop_ros.models.tiny import FAMILIES
+from test.conftest import random_image
+
+QUERIES = ("handle of the mug", "lid of the cup", "neck of the bottle")
+
+
+def _config(family: str, **changes):
+    return get_preset("tiny").replace(mllm=f"tiny:{family}", **changes)
+
+
+@pytest.fixture(scope="module")
+def pointer_pairs(tiny_visual):
+    """Per family: (whole, trimmed) pointers on the same tiny checkpoint and the same visual encoder."""
+    from pop_ros.pipeline import PartPointer
+
+    pairs = {}
+    for family in FAMILIES:
+        whole_config, trimmed_config = _config(family, trim=False), _config(family)
+        whole = PartPointer(tiny_visual, whole_config.load_mllm(), whole_config)
+        trimmed = PartPointer(tiny_visual, trimmed_config.load_mllm(), trimmed_config)
+        pairs[family] = whole, trimmed
+    return pairs
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_trimmed_model_holds_only_the_layers_up_to_the_fallback_heads(pointer_pairs, family):
+    whole, trimmed = pointer_pairs[family]
+    # Tiny checkpoints have 6 layers; the fallback heads are layers 2-3 (the middle third): 4 kept.
+    assert (whole.mllm.num_layers, whole.mllm.loaded_layers) == (6, 6)
+    assert (trimmed.mllm.num_layers, trimmed.mllm.loaded_layers) == (6, 4)
+    assert len(trimmed.mllm.decoder_layers()) == 4
+    assert not list(trimmed.mllm.model.lm_head.parameters())
+    whole_params = dict(whole.mllm.model.named_parameters())
+    dropped = sum(
+        value.numel()
+        for name, value in whole_params.items()
+        if name.startswith("lm_head.") or any(f"layers.{i}." in name and "language_model" in name for i in (4, 5))
+    )
+    trimmed_params = list(trimmed.mllm.model.parameters())
+    assert sum(p.numel() for p in trimmed_params) == sum(p.numel() for p in whole_params.values()) - dropped
+    assert dropped > 0
+    assert not any(p.is_meta for p in trimmed_params)  # every kept weight was read from the checkpoint
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_trimmed_maps_equal_whole_maps_exactly(pointer_pairs, family, rng):
+    whole, trimmed = pointer_pairs[family]
+    image = random_image(rng, 120, 160)
+    heads, _ = trimmed.text_heads()
+    assert heads == whole.text_heads()[0]  # both resolve the fallback against the whole layer count
+    for query in QUERIES[:2]:
+        expected = whole.mllm.head_maps(image, query, heads)
+        assert torch.equal(trimmed.mllm.head_maps(image, query, heads), expected)
+        assert torch.equal(
+            trimmed.mllm.head_maps_eager(image, query, heads), whole.mllm.head_maps_eager(image, query, heads)
+        )
+    # Per-frame prefix reuse: one prefix, several queries, each equal to the whole model's.
+    whole_prefix = whole.mllm.image_prefix(image, QUERIES[0], depth=3)
+    trimmed_prefix = trimmed.mllm.image_prefix(image, QUERIES[0], depth=3)
+    for query in QUERIES:
+        expected = whole.mllm.head_maps_from_prefix(whole_prefix, query, heads)
+        assert torch.equal(trimmed.mllm.head_maps_from_prefix(trimmed_prefix, query, heads), expected)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_trimmed_points_equal_whole_points_exactly(pointer_pairs, family, rng):
+    from pop_ros.pipeline import PointRequest
+
+    whole, trimmed = pointer_pairs[family]
+    image, support = random_image(rng, 120, 160), random_image(rng, 96, 128)
+    supports = [(support, (40.0, 30.0))]
+    for pointer in (whole, trimmed):
+        pointer.clear_frame_cache()
+    one = [p.point(image, QUERIES[0], supports=supports) for p in (whole, trimmed)]
+    # point_many: the frame's MLLM prefix is computed once and reused by every query.
+    many = [p.point_many(image, [PointRequest(q, supports=supports) for q in QUERIES]) for p in (whole, trimmed)]
+    pairs = [tuple(one)] + list(zip(*many, strict=True))
+    for expected, got in pairs:
+        assert (got.u, got.v, got.score) == (expected.u, expected.v, expected.score)
+        assert got.heatmap.dtype == expected.heatmap.dtype and np.array_equal(got.heatmap, expected.heatmap)
+
+
+def test_deeper_heads_than_loaded_are_refused_with_the_reason(pointer_pairs, rng):
+    from pop_ros.pipeline import PointerSettings
+
+    _, trimmed = pointer_pairs["qwen2_5_vl"]
+    image = random_image(rng, 64, 64)
+    with pytest.raises(ValueError, match=r"needs decoder layer 5 but this MLLM was loaded trimmed to layers 0-3 of 6"):
+        trimmed.mllm.head_maps(image, QUERIES[0], [(2, 0), (5, 1)])
+    with pytest.raises(ValueError, match="mllm_trim false"):
+        trimmed.mllm.image_prefix(image, QUERIES[0], depth=4)
+    with pytest.raises(RuntimeError, match="native pointing needs the whole MLLM"):
+        trimmed.mllm.generate_text(image, "Point to the lid.", max_new_tokens=2)
+    # The every-head ablation needs layers 4-5: refused, not answered from a shorter model.
+    settings = trimmed.settings
+    try:
+        trimmed.settings = PointerSettings(head_set="all")
+        with pytest.raises(ValueError, match="loaded trimmed"):
+            trimmed.point(image, QUERIES[0])
+    finally:
+        trimmed.settings = settings
+
+
+def test_head_file_sets_the_kept_depth(tmp_path, tiny_visual):
+    from pop_ros.models.trimming import UNTRIMMED_LAYERS
+
+    path = tmp_path / "heads.yaml"
+    path.write_text(yaml.safe_dump({"heads": [[1, 0], [2, 3]]}))
+    adapter = _config("internvl", heads_file=str(path)).load_mllm()
+    assert (adapter.num_layers, adapter.loaded_layers) == (6, 3)
+    assert getattr(adapter.model.config.get_text_config(), UNTRIMMED_LAYERS) == 6
+    # A head file naming a layer the checkpoint does not have fails the load with the file's reason.
+    path.write_text(yaml.safe_dump({"heads": [[7, 0]]}))
+    from pop_ros.models.loading import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="outside the model's 6 x 4 heads"):
+        _config("internvl", heads_file=str(path)).load_mllm()
+
+
+def test_cli_flags_map_to_the_configuration():
+    import argparse
+
+    from pop_ros.cli.common import add_model_arguments, model_overrides
+
+    parser = argparse.ArgumentParser()
+    add_model_arguments(parser)
+    assert model_overrides(parser.parse_args([])) == {}
+    overrides = model_overrides(parser.parse_args(["--no-trim", "--mllm-quantization", "int8"]))
+    assert overrides == {"trim": False, "mllm_quantization": "int8"}
+
+
+def test_dropped_layers_never_become_resident_when_loading_a_saved_checkpoint(tmp_path):
+    """Peak RSS of loading a saved 48-layer bf16 checkpoint as float32 in a fresh process, then
+    reading every weight the model holds: whole, and trimmed to layer 2 (3 layers kept).
+
+    Loading bf16 as float32 converts every weight the model keeps into new (anonymous) memory, so
+    weights that were materialised, even briefly, show in the peak. The checkpoint's file pages may
+    also count where the kernel maps them (page cache), so at most the whole file is allowed on top."""
+    from transformers import Qwen2_5_VLConfig
+
+    from pop_ros.models.load_rss import measure, save_random_checkpoint_in_child
+
+    text = {
+        "hidden_size": 256, "intermediate_size": 1536, "num_hidden_layers": 48, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "vocab_size": 128,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [8, 12, 12]},
+    }  # fmt: skip
+    vision = {"depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 256}
+    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision)
+    save_random_checkpoint_in_child(config, tmp_path, "bfloat16")
+    file_bytes = sum(path.stat().st_size for path in tmp_path.glob("*.safetensors"))
+    trimmed = measure(tmp_path, "float32", trim=True, deepest=2)
+    whole = measure(tmp_path, "float32", trim=False)
+    assert (whole["decoder_layers"], trimmed["decoder_layers"]) == (48, 3)
+    dropped_bytes = whole["weight_bytes"] - trimmed["weight_bytes"]  # float32: twice their bytes on disk
+    assert dropped_bytes > 1.8 * file_bytes * 0.9
+    whole_growth = whole["peak_rss_bytes"] - whole["rss_before_load_bytes"]
+    trimmed_growth = trimmed["peak_rss_bytes"] - trimmed["rss_before_load_bytes"]
+    assert whole_growth >= 0.9 * whole["weight_bytes"], whole  # the measurement sees the weights a model holds
+    # Had the dropped layers been converted (materialised), the trimmed peak would hold them too.
+    assert trimmed_growth < trimmed["weight_bytes"] + file_bytes, (trimmed, file_bytes)
+
+
+def test_evaluation_key_ignores_trimming_but_not_quantization():
+    from pop_ros.evaluation.runner import model_configuration
+
+    plain = model_configuration("tiny", {}, cuda_available=False)
+    assert model_configuration("tiny", {"trim": False}, cuda_available=False) == plain  # equal predictions
+    assert "trim" not in plain and "mllm_quantization" not in plain  # keys of earlier runs still match
+    quantized = model_configuration("tiny", {"mllm_quantization": "int8"}, cuda_available=False)
+    assert quantized["mllm_quantization"] == "int8" and quantized != plain
