@@ -80,7 +80,7 @@ bench: setup
 
 # The GPU test machine: a stock image (its python3 holds CUDA torch and torchvision), no .venv, no ROS,
 # no network. `device-wheels` runs here (PyPI); `device-check` runs there with build/device-wheels
-# carried beside the working tree (README, "Performance on a GPU").
+# carried beside the working tree (docs/development.md, "Device check on a GPU").
 device-wheels: setup
 	$(PY) tools/device_check.py --download-wheels
 

@@ -563,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
         "--stream-reliability",
         default="reliable",
         choices=["reliable", "best_effort"],
-        help="the node's image_reliability in the streaming run (default reliable; see README, DDS tuning)",
+        help="the node's image_reliability in the streaming run (default reliable; see docs/interfaces.md, DDS tuning)",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument(

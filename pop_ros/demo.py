@@ -95,7 +95,7 @@ def run_demo(preset: str, out: pathlib.Path, seconds: float) -> list[dict]:
     if not scenes:
         raise RuntimeError(f"no sample scenes in {SAMPLE_DIR}")
     # Raw frames above the host's UDP receive buffer are lost best-effort between processes on an
-    # untuned machine (README: DDS tuning); this camera publishes reliably, so the node listens so.
+    # untuned machine (docs/interfaces.md: DDS tuning); this camera publishes reliably, so the node listens so.
     node = NodeProcess(
         "-p", f"preset:={preset}", "-p", f"support_library:={LIBRARY}", "-p", "image_reliability:=reliable",
         log_path=out / "node.log",

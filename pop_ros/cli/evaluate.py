@@ -32,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
         help="paco: train, val or test; instructpart: test, train200..train1800 or all; "
         "default test for both (PartImageNet++ reads all its class files)",
     )
-    parser.add_argument("--methods", default=",".join(m.name for m in MAIN_METHODS), help="comma list; see README")
+    parser.add_argument(
+        "--methods", default=",".join(m.name for m in MAIN_METHODS), help="comma list (docs/evaluation.md)"
+    )
     parser.add_argument(
         "--ablations", action="store_true", help="also run " + ", ".join(m.name for m in ABLATION_METHODS)
     )

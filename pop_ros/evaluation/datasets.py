@@ -1,6 +1,6 @@
 """The paper's three part datasets, read in their published formats, turned into pointing episodes.
 
-Checked against each release's own description (see README "Evaluation" for the folder layouts):
+Checked against each release's own description (docs/evaluation.md has the folder layouts):
 - PACO-LVIS: one LVIS-style JSON (`annotations/paco_lvis_v1_{split}.json`, splits train/val/test):
   `images` (with `file_name` such as `val2017/000000012345.jpg`, relative to `images/`),
   `categories` (objects like "mug", parts like "mug:handle"; LVIS names carry a sense suffix such as

@@ -131,7 +131,7 @@ class CameraInput:
             self.node.get_logger().warning(
                 f"{publishers} publisher(s) on {topic} but no frame received yet; large frames "
                 "over best_effort are often dropped by DDS between processes: raise the socket buffers "
-                "(README: DDS tuning) or set image_reliability: reliable",
+                "(docs/interfaces.md, DDS tuning) or set image_reliability: reliable",
                 throttle_duration_sec=30.0,
             )
 
