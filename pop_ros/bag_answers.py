@@ -17,10 +17,10 @@ from collections.abc import Callable, Iterator, Sequence
 import cv2
 import numpy as np
 
-from pop_ros import geometry
 from pop_ros.image_conversion import ImageConversionError, compressed_to_rgb8, to_depth_m, to_rgb8
 from pop_ros.locate import LocateSettings, locate_pixel, score_note, stamp_seconds
 from pop_ros.recording import COMPRESSED_IMAGE, CameraTopics, Recording, RecordingError
+from pop_ros.stamps import StampBuffer
 
 # A chosen colour frame waits for later depth this long (log time) before it is answered: a depth image
 # stamped like the frame is often received just after it. Answering happens as soon as a depth stamped
@@ -110,7 +110,7 @@ class Replay:
     def __init__(self, recording: Recording, topics: CameraTopics, sampling: Sampling, depth_max_dt: float):
         self.recording, self.topics = recording, topics
         self.choose = sampling.chooser(recording.start_ns)
-        self.depth = geometry.StampBuffer(DEPTH_BUFFER)
+        self.depth = StampBuffer(DEPTH_BUFFER)
         self.camera_info = None
         self.depth_max_dt = depth_max_dt
         self.colour_count = 0
@@ -212,7 +212,7 @@ def answer_frame(pointer, frame: Frame, image_rgb, requests, replay: Replay, opt
     """The node's Answers for every request on one frame (`point_many`: the frame's work is shared),
     each with its result (None for a failed request)."""
     from pop_ros.pipeline import PointerError
-    from pop_ros.ros.node import Answer
+    from pop_ros.ros.answers import Answer, Outcome
 
     header = frame.msg.header
     try:
@@ -222,10 +222,12 @@ def answer_frame(pointer, frame: Frame, image_rgb, requests, replay: Replay, opt
     answers = []
     for request, result in zip(requests, results, strict=True):
         if isinstance(result, PointerError):
-            failed = Answer(False, str(result), header, query=request.query, support_set=request.support_set or "")
+            failed = Answer(
+                Outcome.BAD_REQUEST, str(result), header, query=request.query, support_set=request.support_set or ""
+            )
             answers.append((failed, None))
             continue
-        answer = Answer(True, "", header, u=result.u, v=result.v, score=result.score, query=result.query)
+        answer = Answer(Outcome.OK, "", header, u=result.u, v=result.v, score=result.score, query=result.query)
         answer.support_set = result.support_set
         placement = locate_pixel(
             replay.camera_info,
@@ -240,7 +242,7 @@ def answer_frame(pointer, frame: Frame, image_rgb, requests, replay: Replay, opt
         notes = placement.apply(answer)
         rejection = score_note(result.score, options.min_score)
         if rejection:
-            answer.success = False
+            answer.outcome = Outcome.REJECTED
             notes.insert(0, rejection)
         answer.message = "; ".join(notes) or "ok"
         answer.total_ms = result.timings_ms.get("total", 0.0) + result.shared_timings_ms.get("total", 0.0)
@@ -309,7 +311,7 @@ class ResultFiles:
             put("/pop/point", point)
         if answer.success and answer.has_pose:
             put("/pop/pose", NodeOutputs.pose_message(answer))
-        put("/pop/markers", NodeOutputs.markers_message(answer))
+        put("/pop/markers", NodeOutputs.markers_message([answer]))
         if result is not None:
             picture = overlay(image_rgb, result.heatmap, (answer.u, answer.v))
             if answer.success:

@@ -2,7 +2,7 @@
 `_locate` without ROS, so that pop-bag (and the node, once wired to it) compute the same thing.
 
 Inputs are what the node holds at answer time: the latest camera_info (anything shaped like
-sensor_msgs/CameraInfo), a `geometry.StampBuffer` of recent depth images (anything shaped like a
+sensor_msgs/CameraInfo), a `stamps.StampBuffer` of recent depth images (anything shaped like a
 sensor_msgs/Image, REP-118 encodings) and the colour image's stamp. Every failure is a note, never
 an exception, worded exactly as the node words it."""
 
@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pop_ros import geometry
 from pop_ros.camera_model import CameraModel
 from pop_ros.image_conversion import ImageConversionError, to_depth_m
+from pop_ros.stamps import StampBuffer
 
 # A colour/depth stamp gap larger than this is not a late frame but two different clocks.
 IMPOSSIBLE_STAMP_GAP_S = 60.0
@@ -72,7 +73,7 @@ class Placement:
 
 def locate_pixel(
     camera_info,
-    depth_buffer: geometry.StampBuffer,
+    depth_buffer: StampBuffer,
     stamp,
     u: float,
     v: float,

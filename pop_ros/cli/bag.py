@@ -103,7 +103,7 @@ def locate_parameters(args) -> dict:
     values = {}
     for name in LOCATE_PARAMETERS:
         value = getattr(args, name, None)
-        values[name] = value if value is not None else from_file.get(name, PARAMETERS[name][0])
+        values[name] = value if value is not None else from_file.get(name, PARAMETERS[name].default)
         problem = check_type(name, values[name]) or check_parameter(name, values[name])
         if problem:
             raise CliError(problem)
