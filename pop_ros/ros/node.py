@@ -391,11 +391,17 @@ def main(args=None) -> None:
     from pop_ros.ros.usage import exit_if_help
 
     exit_if_help((sys.argv if args is None else args)[1:])
-    # rclpy's own handler (installed by init, on top of these) shuts the context down, which ends
-    # spin(); it then calls these, so the log can say which signal it was.
+    # rclpy's own handler (installed by init, on top of this one) shuts the context down, which ends
+    # spin(); it then calls this one, which names the signal for the log and raises KeyboardInterrupt
+    # so that a signal during a long model load ends it too.
     received: list[str] = []
+
+    def interrupted(number, _frame):
+        received.append(signal.Signals(number).name)
+        raise KeyboardInterrupt
+
     for signal_number in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signal_number, lambda number, _frame: received.append(signal.Signals(number).name))
+        signal.signal(signal_number, interrupted)
     rclpy.init(args=args)
     node = PopNode()
     executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS)
@@ -426,6 +432,8 @@ def stop(node: PopNode, executor, reason: str) -> None:
     new library). The interpreter's own teardown of torch and transformers objects took ~4 s of
     garbage collection at exit; the process exits without it (os._exit), after flushing the logs."""
     started = time.perf_counter()
+    for signal_number in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not interrupt this
+        signal.signal(signal_number, signal.SIG_IGN)
     # Not the node's own logger: after SIGINT its /rosout publisher is gone with the context.
     logger = rclpy.logging.get_logger(f"{node.get_name()}.shutdown")
     logger.info(f"stopping: {reason}")
