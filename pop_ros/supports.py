@@ -19,14 +19,18 @@ any moment leaves a YAML that loads with either the old or the new content:
 
 1. a taught image is written as a lossless PNG under `<yaml stem>_images/<set folder>/` beside the
    YAML (temporary file, fsync, then a hard link to its final name, which never replaces an
-   existing file), before any YAML refers to it;
+   existing file), before any YAML refers to it. Images are stored once per content: an image
+   whose pixels equal one already stored under `<yaml stem>_images/` (found by the SHA-256 of its
+   pixels) is not written again, its exemplar refers to that file (three clicks on one frame: one
+   file, also across sets). Libraries written before, with one file per click, load as they are;
 2. the new YAML is written to a temporary file in the same folder and fsynced;
 3. the current YAML is copied to `<yaml>.bak` (itself written atomically): the previous version;
 4. `os.replace` puts the new YAML in place, and the folder is fsynced.
 
 The YAML is rewritten from the document as loaded, changed only where the edit applies, so sets
 and entries that failed to load are kept as they were (comments are not kept; `.bak` has the
-previous version). Images of removed exemplars stay on disk: the backup still refers to them.
+previous version). Images of removed exemplars stay on disk: the backup (or another exemplar
+sharing the image) may still refer to them.
 """
 
 from __future__ import annotations
@@ -127,6 +131,13 @@ def validate_set_name(name) -> str:
     return name
 
 
+def pixel_digest(image: np.ndarray) -> str:
+    """SHA-256 of an image's shape and pixels: equal for equal images, whatever file they came from."""
+    digest = hashlib.sha256(repr(image.shape).encode("ascii"))
+    digest.update(np.ascontiguousarray(image).tobytes())
+    return digest.hexdigest()
+
+
 def set_folder_name(name: str) -> str:
     """The folder of a set's images: a readable ASCII slug plus a hash of the exact name, so that no
     name can leave the images folder ('../', '/', '.') and different names (also differing only in
@@ -201,6 +212,8 @@ class SupportLibrary:
         self._document = document if document is not None else {"sets": {}}  # the YAML as on disk
         self._lock = threading.Lock()  # guards `sets` (short holds)
         self._write_lock = threading.Lock()  # one change at a time, held through its disk writes
+        # Stored images by pixel digest (see `_stored_image`); built at the first addition.
+        self._images_by_digest: dict[str, pathlib.Path] | None = None
 
     @classmethod
     def load(cls, path: pathlib.Path | str, writable: bool = False) -> SupportLibrary:
@@ -302,7 +315,7 @@ class SupportLibrary:
                 elif query or current is None:
                     entry["query"] = query or (entry.get("query") if isinstance(entry.get("query"), str) else "")
                 steps = _WriteSteps()
-                image_path = self._write_image(name, image, steps)
+                image_path = self._stored_image(image) or self._write_image(name, image, steps)
                 relative = image_path.relative_to(self.path.parent).as_posix()
                 entry["exemplars"].append({"image": relative, "click": [click[0], click[1]]})
                 exemplar = Exemplar(image.copy(), click, str(image_path), entry=len(entry["exemplars"]) - 1)
@@ -396,7 +409,30 @@ class SupportLibrary:
                 return key
         return name
 
+    def _stored_image(self, image: np.ndarray) -> pathlib.Path | None:
+        """The file under `images_dir` that already holds exactly `image`'s pixels, else None.
+        Called with the write lock held. Only files this library's writer made (under `images_dir`,
+        never replaced once written) are reused; the index starts from the loaded exemplars."""
+        if self._images_by_digest is None:
+            self._images_by_digest = {}
+            images_dir = self.images_dir.resolve()
+            for support_set in self.sets.values():
+                for exemplar in support_set.exemplars:
+                    source = pathlib.Path(exemplar.source)
+                    if exemplar.entry is not None and images_dir in source.parents:
+                        self._images_by_digest.setdefault(pixel_digest(exemplar.image), source)
+        path = self._images_by_digest.get(pixel_digest(image))
+        return path if path is not None and path.is_file() else None
+
     def _write_image(self, name: str, image: np.ndarray, steps: _WriteSteps) -> pathlib.Path:
+        """A new PNG of `image` in the set's folder (never replacing an existing file), indexed by its
+        pixel digest so that the same image is not written again."""
+        final = self._write_png(name, image, steps)
+        if self._images_by_digest is not None:
+            self._images_by_digest[pixel_digest(image)] = final
+        return final
+
+    def _write_png(self, name: str, image: np.ndarray, steps: _WriteSteps) -> pathlib.Path:
         """A new PNG of `image` in the set's folder; never replaces an existing file."""
         ok, encoded = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
         if not ok:

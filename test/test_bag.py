@@ -408,7 +408,7 @@ def test_a_recording_without_depth_names_the_topics_it_has(run, tmp_path):
     [
         ({"camera": None}, [], "no camera_info topic found"),
         ({"depth_size": (120, 200)}, [], "depth must be aligned to colour"),
-        ({"colour": "bayer_rggb8"}, [], "unsupported colour encoding 'bayer_rggb8'"),
+        ({"colour": "bayer_rggb8"}, [], "unsupported colour encoding 'bayer_rggb8'"),  # yuv422 is supported now
         ({}, ["--image-topic", "/nope"], "--image-topic /nope: no such topic; topics in"),
         # The node's parameters, checked by the node's rules, from a flag or from its params file.
         ({}, ["--depth-window", "4"], "depth_window must be odd"),

@@ -277,3 +277,80 @@ def test_writable_needs_a_library_and_a_new_library_file_is_created(inprocess, t
     )
     assert not removed.success and "is the continuous_support_set" in removed.message
     assert "lid" in SupportLibrary.load(library).names()
+
+
+# ---- a click names its frame by stamp ----------------------------------------------------------------------
+def stamped_click(ros, topic, results, u, v, stamp):
+    """A PointStamped click whose header names the clicked frame; the answer on ~/teach_result."""
+    count = len(results)
+    message = PointStamped(point=Point(x=float(u), y=float(v)))
+    message.header.stamp, message.header.frame_id = stamp, "cam_color_optical_frame"
+    ros.publisher(PointStamped, topic, qos=10).publish(message)
+    deadline = time.monotonic() + 30
+    while len(results) == count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(results) > count, "no answer on ~/teach_result"
+    return results[-1]
+
+
+def test_a_stamped_click_teaches_the_frame_it_names_stored_once_and_logged(inprocess, tmp_path, capfd):
+    from builtin_interfaces.msg import Time
+
+    from pop_ros.ros.camera import FRAME_HISTORY
+
+    library = tmp_path / "taught.yaml"
+    ros, node, _ = inprocess(
+        "stamped", f"support_library:={library}", "library_writable:=true", "teach_set:=lid", "max_frame_age:=1.0"
+    )
+    results = ros.collect(TeachResult, "/stamped/pop_node/teach_result")
+    now = ros.now_stamp()
+    # Three frames of a moving camera, 5, 4 and 3 s old (older than max_frame_age), the clicked one first.
+    frames = {age: (Time(sec=now.sec - age, nanosec=now.nanosec), image) for age, image in
+              ((5, SCENE), (4, FLIPPED), (3, scene(1)))}  # fmt: skip
+    for stamp, image in frames.values():
+        node.camera.on_image(colour_msg(stamp, image=image))  # the subscription's callback, in order
+    clicked_stamp = frames[5][0]
+
+    for u, v in ((10, 20), (30, 40), (50, 60)):
+        result = stamped_click(ros, "/stamped/pop_node/teach_click", results, u, v, clicked_stamp)
+        assert result.success, result.message
+        assert same_stamp(result.header.stamp, clicked_stamp)
+    taught = node.pointer.library.get("lid").exemplars
+    assert [e.click for e in taught] == [(10.0, 20.0), (30.0, 40.0), (50.0, 60.0)]
+    for exemplar in taught:  # the clicked frame, not the latest one
+        np.testing.assert_array_equal(exemplar.image, SCENE)
+    stored = sorted((tmp_path / "taught_images").rglob("*.png"))
+    assert len(stored) == 1 and {e.source for e in taught} == {str(stored[0])}  # one file for three clicks
+    stamp_text = f"{clicked_stamp.sec}.{clicked_stamp.nanosec:09d}"
+    log = capfd.readouterr().err
+    assert (
+        f"teach_click: added exemplar 2 of 'lid' at (50.0, 60.0) on the clicked frame (stamp {stamp_text}, 320x240); "
+        f"'lid' has 3 exemplars; saved to {library}"
+    ) in log
+
+    # A stamp between two kept frames, one older than all, one newer: refused, each with its reason.
+    between = Time(sec=now.sec - 5, nanosec=(now.nanosec + 1) % 1_000_000_000)
+    if between.nanosec == 0:
+        between.sec += 1
+    refused = stamped_click(ros, "/stamped/pop_node/teach_click", results, 5, 5, between)
+    assert not refused.success and "no kept frame has exactly that stamp" in refused.message, refused.message
+    older = Time(sec=now.sec - 60, nanosec=0)
+    refused = stamped_click(ros, "/stamped/pop_node/teach_click", results, 5, 5, older)
+    assert not refused.success and "older than the last 3 frames kept" in refused.message, refused.message
+    newer = Time(sec=now.sec + 60, nanosec=0)
+    refused = stamped_click(ros, "/stamped/pop_node/teach_click", results, 5, 5, newer)
+    assert not refused.success and "newer than every frame received" in refused.message, refused.message
+    # Stamp zero: the latest frame, as before, so max_frame_age applies (it is 3 s old).
+    refused = click_once(ros, "/stamped/pop_node/teach_click", results, 5, 5)
+    assert not refused.success and "stale" in refused.message, refused.message
+
+    # The history holds the last FRAME_HISTORY frames: the first frame is gone after that many more.
+    for index in range(FRAME_HISTORY):
+        node.camera.on_image(colour_msg(Time(sec=now.sec - 2, nanosec=index), image=FLIPPED))
+    refused = stamped_click(ros, "/stamped/pop_node/teach_click", results, 5, 5, clicked_stamp)
+    assert not refused.success and f"older than the last {FRAME_HISTORY} frames kept" in refused.message
+    last = stamped_click(ros, "/stamped/pop_node/teach_click", results, 7, 8, Time(sec=now.sec - 2, nanosec=0))
+    assert last.success and last.num_exemplars == 4, last.message
+    np.testing.assert_array_equal(node.pointer.library.get("lid").exemplars[-1].image, FLIPPED)
+    assert len(list((tmp_path / "taught_images").rglob("*.png"))) == 2
+    assert SupportLibrary.load(library).errors == []

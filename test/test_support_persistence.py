@@ -124,6 +124,65 @@ def test_additions_persist_with_a_backup_and_never_overwrite_images(tmp_path, rn
     assert len(reloaded.errors) == 2  # the missing image and the empty set, as before
 
 
+def test_one_frame_clicked_three_times_is_one_image_file_also_after_a_reload_and_across_sets(tmp_path, rng):
+    path = tmp_path / "library.yaml"
+    library = SupportLibrary.load(path, writable=True)
+    frame, other = random_image(rng, 30, 40), random_image(rng, 30, 40)
+    for click in ((1, 2), (3, 4), (5, 6)):
+        library.add_exemplar("mug", frame.copy(), click, query="handle")  # a copy: equal pixels, not the object
+    stored = sorted(tmp_path.joinpath("library_images").rglob("*.png"))
+    assert len(stored) == 1
+    document = yaml.safe_load(path.read_text())
+    relative = stored[0].relative_to(tmp_path).as_posix()
+    assert [e["image"] for e in document["sets"]["mug"]["exemplars"]] == [relative] * 3
+    library.add_exemplar("mug", other, (7, 8))  # another frame: its own file
+    assert len(list(tmp_path.joinpath("library_images").rglob("*.png"))) == 2
+    # A restarted node finds the stored frame again, also for another set.
+    reopened = SupportLibrary.load(path, writable=True)
+    reopened.add_exemplar("rim", frame, (9, 10), query="rim")
+    assert len(list(tmp_path.joinpath("library_images").rglob("*.png"))) == 2
+    reloaded = SupportLibrary.load(path)
+    assert reloaded.errors == []
+    assert [e.click for e in reloaded.get("mug").exemplars] == [(1, 2), (3, 4), (5, 6), (7, 8)]
+    for exemplar in reloaded.get("mug").exemplars[:3] + reloaded.get("rim").exemplars:
+        np.testing.assert_array_equal(exemplar.image, frame)
+        assert exemplar.source == str(stored[0].resolve())
+
+
+def test_a_library_with_one_file_per_click_still_loads_and_grows(tmp_path, rng):
+    """Written before images were stored once: two identical files for two clicks on one frame."""
+    frame = random_image(rng, 20, 30)
+    folder = tmp_path / "library_images" / set_folder_name("mug")
+    write_png(folder / "0000.png", frame)
+    write_png(folder / "0001.png", frame)
+    images = f"library_images/{folder.name}"
+    (tmp_path / "library.yaml").write_text(
+        f"sets:\n  mug:\n    query: handle\n    exemplars:\n"
+        f"      - {{image: {images}/0000.png, click: [1, 1]}}\n      - {{image: {images}/0001.png, click: [2, 2]}}\n"
+    )
+    library = SupportLibrary.load(tmp_path / "library.yaml", writable=True)
+    assert library.errors == [] and [e.click for e in library.get("mug").exemplars] == [(1, 1), (2, 2)]
+    library.add_exemplar("mug", frame, (3, 3))  # the same frame again: one of the existing files
+    library.add_exemplar("mug", random_image(rng, 20, 30), (4, 4))
+    assert sorted(p.name for p in folder.iterdir()) == ["0000.png", "0001.png", "0002.png"]
+    entries = yaml.safe_load((tmp_path / "library.yaml").read_text())["sets"]["mug"]["exemplars"]
+    assert entries[2]["image"] in (f"{images}/0000.png", f"{images}/0001.png")
+    assert entries[3]["image"] == f"{images}/0002.png"
+    assert [e.click for e in SupportLibrary.load(tmp_path / "library.yaml").get("mug").exemplars] == [
+        (1, 1), (2, 2), (3, 3), (4, 4)
+    ]  # fmt: skip
+
+
+def test_a_stored_image_deleted_by_hand_is_written_again(tmp_path, rng):
+    library = SupportLibrary.load(tmp_path / "library.yaml", writable=True)
+    frame = random_image(rng, 20, 30)
+    first = pathlib.Path(library.add_exemplar("mug", frame, (1, 1)).exemplars[-1].source)
+    first.unlink()
+    library.add_exemplar("mug", frame, (2, 2))
+    assert first.is_file()  # written again (the freed name is taken again)
+    np.testing.assert_array_equal(SupportLibrary.load(tmp_path / "library.yaml").get("mug").exemplars[1].image, frame)
+
+
 def test_images_are_stored_where_hard_links_are_not_supported(tmp_path, rng, monkeypatch):
     path = tmp_path / "library.yaml"
     library = SupportLibrary.load(path, writable=True)

@@ -16,9 +16,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-SIMILARITY_MODES = ("bidirectional", "forward", "backward")
-AGGREGATIONS = ("sum", "mean", "max")
-SHOT_COMBINATIONS = ("mean", "product")
+from pop_ros.choices import AGGREGATIONS, SHOT_COMBINATIONS, SIMILARITY_MODES  # noqa: F401 (re-exported)
 
 # Upper bound on the float32 elements of one (K, N_s, chunk) support x target similarity block:
 # 2**24 elements = 64 MiB. A 64x64 target against K=10 64x64 supports would need 640 MiB at once.

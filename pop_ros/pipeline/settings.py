@@ -1,6 +1,6 @@
-"""PointerSettings and the choices and limits of every setting, in one place.
+"""PointerSettings, checked against the choices and limits in `pop_ros.choices`.
 
-The ROS parameter table imports these constants, so the node and the pipeline cannot disagree on
+The ROS parameter table offers the same constants, so the node and the pipeline cannot disagree on
 what a setting accepts. A `PointerSettings` is frozen: `PartPointer` reads its `settings` once per
 call and uses that one snapshot throughout, so a change from another thread (ros2 param set)
 applies to the next call and never to half of one.
@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 
-from pop_ros.core import AGGREGATIONS, SHOT_COMBINATIONS, SIMILARITY_MODES
-
-RETRIEVALS = ("cls", "first")
-HEAD_SETS = ("selected", "all")
-# A part is named in a few words; a longer query only costs prefill time (and GPU memory).
-MAX_QUERY_CHARS = 2000
-# Each cached frame holds its DINO features and the MLLM's keys/values of the image: GPU memory.
-MAX_FRAME_CACHE_SIZE = 64
+from pop_ros.choices import (
+    AGGREGATIONS,
+    HEAD_SETS,
+    MAX_FRAME_CACHE_SIZE,
+    MAX_QUERY_CHARS,
+    RETRIEVALS,
+    SHOT_COMBINATIONS,
+    SIMILARITY_MODES,
+)
 
 __all__ = [
     "AGGREGATIONS",

@@ -12,9 +12,17 @@ callback goes through `PopNode.guarded`, so no exception ends the process.
 
 Run: `ros2 run pop_ros pop_node --ros-args --params-file config/pop_ros.yaml`
  or: `python -m pop_ros.ros.node --ros-args --params-file config/pop_ros.yaml`
+(`--help` prints the parameters and exits, before rclpy or torch is imported: `usage.py`.)
 """
 
 from __future__ import annotations
+
+import sys
+
+if __name__ == "__main__":  # `python -m pop_ros.ros.node --help`: answered before the imports below
+    from pop_ros.ros.usage import exit_if_help
+
+    exit_if_help(sys.argv[1:])
 
 import collections
 import contextlib
@@ -22,6 +30,8 @@ import dataclasses
 import functools
 import gc
 import logging
+import os
+import signal
 import time
 import traceback
 from collections.abc import Iterator
@@ -377,10 +387,26 @@ def _unknown_set(name: str, known: list[str]) -> str | None:
 
 
 def main(args=None) -> None:
+    """Run pop_node until SIGINT (Ctrl-C) or an external shutdown; `args` as `rclpy.init` takes them."""
+    from pop_ros.ros.usage import exit_if_help
+
+    exit_if_help((sys.argv if args is None else args)[1:])
+    # rclpy's own handler (installed by init, on top of this one) shuts the context down, which ends
+    # spin(); it then calls this one, which names the signal for the log and raises KeyboardInterrupt
+    # so that a signal during a long model load ends it too.
+    received: list[str] = []
+
+    def interrupted(number, _frame):
+        received.append(signal.Signals(number).name)
+        raise KeyboardInterrupt
+
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signal_number, interrupted)
     rclpy.init(args=args)
     node = PopNode()
     executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS)
     executor.add_node(node)
+    reason = "the executor stopped"
     try:
         if node.param("autostart") is True:
             if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
@@ -397,9 +423,29 @@ def main(args=None) -> None:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
+        stop(node, executor, " and ".join(received) or reason)
+
+
+def stop(node: PopNode, executor, reason: str) -> None:
+    """Stop the node and end the process at once, with a log line. A query still running is not
+    waited for (a support-library write is atomic: a process ended mid-write leaves the old or the
+    new library). The interpreter's own teardown of torch and transformers objects took ~4 s of
+    garbage collection at exit; the process exits without it (os._exit), after flushing the logs."""
+    started = time.perf_counter()
+    for signal_number in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not interrupt this
+        signal.signal(signal_number, signal.SIG_IGN)
+    # Not the node's own logger: after SIGINT its /rosout publisher is gone with the context.
+    logger = rclpy.logging.get_logger(f"{node.get_name()}.shutdown")
+    logger.info(f"stopping: {reason}")
+    node.active = False
+    executor.shutdown(timeout_sec=0.5)
+    node.destroy_node()
+    rclpy.try_shutdown()
+    logger.info(f"stopped in {time.perf_counter() - started:.2f} s")
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -3,20 +3,23 @@
 Each entry is a `ParameterSpec`: name, default (its type is the parameter's type), description,
 whether `ros2 param set` takes effect at once (runtime) or the value is read at configure (refused
 while configured, with that reason), and its choices or limits. Choices and limits that the pipeline
-also checks come from the pipeline's own constants, so the two cannot disagree.
+also checks come from `pop_ros.choices`, the pipeline's own constants, which import nothing heavy (the
+table loads without torch, for `pop_node --help`).
 
-`python -m pop_ros.ros.parameters > docs/parameters.md` writes the reference page.
+`python -m pop_ros.ros.parameters > docs/parameters.md` writes the reference page, and
+`python -m pop_ros.ros.parameters --yaml > config/pop_ros.yaml` the shipped params file.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import pathlib
 import re
 from collections.abc import Callable, Mapping
 
-from pop_ros import pipeline
+from pop_ros import choices
 from pop_ros.models.presets import PRESETS, QUANTIZATIONS
 
 # Queries waiting for the running one each hold an executor thread: at most this many may wait,
@@ -200,19 +203,21 @@ _TABLE = [
     _spec("image_is_rectified", True, "true: images are rectified (intrinsics from camera_info P, K when P is all "
           "zero); false: raw images, pixels undistorted with K, D, R, P (plumb_bob, rational_polynomial, "
           "equidistant) before deprojection", RUNTIME),
-    _spec("similarity", "bidirectional", "visual correspondence", RUNTIME, choices=tuple(pipeline.SIMILARITY_MODES)),
-    _spec("aggregation", "sum", "how head maps combine", RUNTIME, choices=tuple(pipeline.AGGREGATIONS)),
+    _spec("similarity", "bidirectional", "visual correspondence", RUNTIME,
+          choices=choices.SIMILARITY_MODES),
+    _spec("aggregation", "sum", "how head maps combine", RUNTIME, choices=choices.AGGREGATIONS),
     _spec("head_set", "selected", "selected (calibrated heads or fallback) | all (every head; ablation)", RUNTIME,
-          choices=tuple(pipeline.HEAD_SETS)),
+          choices=choices.HEAD_SETS),
     _spec("sigma", 1.0, "Gaussian smoothing of each head map, LLM-token units", RUNTIME, minimum=0.0),
-    _spec("shots_combination", "mean", "how K visual maps combine", RUNTIME, choices=tuple(pipeline.SHOT_COMBINATIONS)),
+    _spec("shots_combination", "mean", "how K visual maps combine", RUNTIME,
+          choices=choices.SHOT_COMBINATIONS),
     _spec("upsample", 2, "upsampling of the fused map before the argmax", RUNTIME, minimum=1),
     _spec("max_shots", 3, "K: at most this many exemplars per query", RUNTIME, minimum=1),
     _spec("retrieval", "cls", "which K exemplars: cls (closest by DINO [CLS]) | first", RUNTIME,
-          choices=tuple(pipeline.RETRIEVALS)),
+          choices=choices.RETRIEVALS),
     _spec("use_text", True, "false = visual-only ablation (needs a support set)", RUNTIME),
     _spec("frame_cache_size", 2, "latest N frames (by stamp + frame_id) whose image features and MLLM image prefix "
-          "further queries reuse; 0 = none", RUNTIME, minimum=0, maximum=pipeline.MAX_FRAME_CACHE_SIZE),
+          "further queries reuse; 0 = none", RUNTIME, minimum=0, maximum=choices.MAX_FRAME_CACHE_SIZE),
     _spec("min_score", 0.0, "answers with a lower score fail with 'part not visible' (0 = never)", RUNTIME,
           minimum=0.0),
     _spec("max_frame_age", 1.0, "refuse camera frames older than this, seconds (0 = no limit)", RUNTIME,
@@ -300,5 +305,43 @@ def render_markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
+# Notes the shipped params file adds after a value (the file is otherwise the table's rendering).
+YAML_NOTES = {
+    "support_library": "e.g. the example: <share>/config/supports/library.yaml (the launch file sets it)",
+    "library_writable": "the shipped example stays read-only; point support_library at your own YAML (it may not "
+    "exist yet)",
+}
+
+
+def yaml_value(value: Value) -> str:
+    """A default as YAML writes it (strings double-quoted, JSON escapes being valid YAML ones)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    return repr(value)
+
+
+def render_yaml() -> str:
+    """The shipped params file (config/pop_ros.yaml is this text): every parameter with its default,
+    its description, limits and when it applies as the comment above it."""
+    lines = [
+        "# pop_node parameters. Every parameter the node declares is here with its default.",
+        "# Generated from pop_ros/ros/parameters.py (python -m pop_ros.ros.parameters --yaml > config/pop_ros.yaml).",
+        "# [configure]: read when the node configures (ros2 param set is refused while configured).",
+        "# [runtime]: ros2 param set takes effect at once (invalid values are refused with the reason).",
+        "/**:",
+        "  ros__parameters:",
+    ]
+    for spec in PARAMETERS.values():
+        limits = f" ({spec.limits_text().replace('`', '')})" if spec.limits_text() else ""
+        note = f"  # {YAML_NOTES[spec.name]}" if spec.name in YAML_NOTES else ""
+        lines.append(f"    # {spec.description}{limits} [{spec.when}]")
+        lines.append(f"    {spec.name}: {yaml_value(spec.default)}{note}")
+    return "\n".join(lines) + "\n"
+
+
 if __name__ == "__main__":
-    print(render_markdown(), end="")
+    import sys
+
+    print(render_yaml() if "--yaml" in sys.argv[1:] else render_markdown(), end="")

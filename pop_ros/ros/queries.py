@@ -7,18 +7,14 @@ node's work slot (the pointer read once, inside it), then the answer: its 3D poi
 
 from __future__ import annotations
 
-import math
 import time
 
-from pop_ros import geometry
-from pop_ros.camera_model import CameraModel
-from pop_ros.image_conversion import ImageConversionError, to_depth_m
+from pop_ros.image_conversion import ImageConversionError
+from pop_ros.locate import LocateSettings, locate_pixel
 from pop_ros.ros.answers import Answer, Outcome
-from pop_ros.ros.camera import Frame, NoFrameError, is_empty_image, stamp_seconds
+from pop_ros.ros.camera import Frame, NoFrameError, is_empty_image
+from pop_ros.ros.teaching import added_text
 from pop_ros_interfaces.srv import AddExemplar, ListSupportSets, PointToPart, PointToParts
-
-# A colour/depth stamp gap larger than this is not a late frame but two different clocks.
-IMPOSSIBLE_STAMP_GAP_S = 60.0
 
 
 def image_outcome(error: ImageConversionError) -> Outcome:
@@ -116,48 +112,22 @@ class Queries:
         return answer
 
     def locate(self, answer: Answer, image_size, header) -> list[str]:
-        """Fill `answer`'s 3D point and approach pose for its (u, v); returns the notes on what is missing."""
+        """Fill `answer`'s 3D point and approach pose for its (u, v) (`pop_ros.locate`, which pop-bag
+        shares); returns the notes on what is missing."""
         node, camera = self.node, self.node.camera
-        info = camera.camera_info
-        if info is None:
-            return [f"no 3D point: no camera_info received on {node.resolve_topic_name('camera_info')}"]
-        if stamp_seconds(header.stamp) == 0:
-            node.health.depth_lookup(False)
-            return ["no 3D point: the image has stamp 0, so no depth can be paired by time (set header.stamp)"]
-        depth_msg, gap = camera.depth_near(header.stamp, float(node.param("depth_max_dt")))
-        node.health.depth_lookup(depth_msg is not None)
-        if depth_msg is None:
-            if math.isinf(gap):
-                detail = "no depth received"
-            elif gap > IMPOSSIBLE_STAMP_GAP_S:
-                detail = (
-                    f"impossible stamp difference: the nearest depth is {gap:.0f} s away, so colour and depth "
-                    "stamps come from different clocks (check the drivers and use_sim_time)"
-                )
-            else:
-                detail = f"nearest depth is {gap:.3f} s away"
-            return [f"no 3D point: {detail} (depth_max_dt {node.param('depth_max_dt')} s)"]
-        try:
-            depth_m = to_depth_m(depth_msg)
-        except ImageConversionError as error:
-            return [f"no 3D point: depth image: {error}"]
-        location = geometry.locate(
-            CameraModel.from_camera_info(info, rectified=bool(node.param("image_is_rectified"))),
-            depth_m,
+        placement = locate_pixel(
+            camera.camera_info,
+            camera.depth,
+            header.stamp,
             answer.u,
             answer.v,
             image_size,
-            int(node.param("depth_window")),
-            int(node.param("pose_window")),
-            float(node.param("pose_inlier_distance")),
-            float(node.param("pose_min_inlier_ratio")),
+            LocateSettings.from_parameters(node.param),
+            node.resolve_topic_name("camera_info"),
         )
-        if not location.has_3d:
-            return [f"no 3D point: {location.why_not_3d}"]
-        answer.has_3d, answer.xyz = True, location.xyz
-        answer.has_pose, answer.normal, answer.orientation = location.has_pose, location.normal, location.orientation
-        answer.fit_rms_m, answer.fit_inlier_ratio = location.fit_rms_m, location.fit_inlier_ratio
-        return [] if location.has_pose else [f"no pose: {location.why_no_pose}"]
+        if placement.depth_paired is not None:
+            node.health.depth_lookup(placement.depth_paired)
+        return placement.apply(answer)
 
     # ---- services ----------------------------------------------------------------------------------------
     def on_point_to_part(self, request, response):
@@ -253,7 +223,7 @@ class Queries:
         problem = node.not_ready_reason()
         if not problem:
             try:
-                image, _ = node.camera.target_image(request.image, float(node.param("max_frame_age")))
+                image, header = node.camera.target_image(request.image, float(node.param("max_frame_age")))
                 with node.models() as held:
                     if held.pointer is None:
                         raise SupportError(held.reason)
@@ -262,17 +232,21 @@ class Queries:
                         request.support_set, image, (request.u, request.v), request.query
                     )
                 response.num_exemplars = len(updated.exemplars)
+                added = added_text(request.support_set, request.u, request.v, header, updated, held.pointer.library)
+                node.get_logger().info(f"add_exemplar: {added}")
             except (SupportError, ImageConversionError, ValueError) as error:
                 problem = str(error)
         response.success = not problem
-        response.message = problem or f"added to {request.support_set!r}"
+        response.message = problem or f"added to {request.support_set!r}"  # behaviour trees compare this text
         return response
 
     def on_list_support_sets(self, request, response):
         from pop_ros.supports import SupportError
 
         pointer = self.node.pointer
-        if pointer is None:
+        if pointer is None:  # an unconfigured node must not look like an empty library
+            response.success = False
+            response.message = self.node.not_ready_reason() or "node is not configured"
             return response
         library = pointer.library
         for name in library.names():
@@ -285,4 +259,10 @@ class Queries:
             response.num_exemplars.append(len(support_set.exemplars))
             response.storage.append(storage)
             response.writable.append(library.writable)
+        response.success = True
+        where = str(library.path) if library.path is not None else "memory (no support_library)"
+        count = len(response.names)
+        response.message = f"{count} set{'' if count == 1 else 's'} from {where}"
+        if library.errors:
+            response.message += f"; {len(library.errors)} entries failed to load (see the log at configure)"
         return response

@@ -1,8 +1,12 @@
 """Teaching and editing the support library from ROS.
 
-- `~/teach_click` (geometry_msgs/PointStamped, pixels of the latest frame in x, y) and
-  `~/teach_click_point` (geometry_msgs/Point, what rqt_image_view's "publish click location"
-  emits) add the clicked frame as an exemplar of the set named by `teach_set`;
+- `~/teach_click` (geometry_msgs/PointStamped, pixels in x, y) and `~/teach_click_point`
+  (geometry_msgs/Point, what rqt_image_view's "publish click location" emits) add the clicked frame
+  as an exemplar of the set named by `teach_set`. A PointStamped whose header stamp is not zero
+  names its frame: the click is applied to the colour frame with exactly that stamp while it is
+  among the last FRAME_HISTORY frames (camera.py; max_frame_age does not apply, the frame is named),
+  else refused with the reason. Stamp zero, and every Point, take the latest frame (max_frame_age
+  applies). The same frame clicked several times is stored once (supports.py);
 - each click is answered on `~/teach_result` (pop_ros_interfaces/TeachResult) and in the log, and a
   crop around the click goes to `~/teach_preview` (sensor_msgs/Image rgb8) so the operator sees
   what was taken;
@@ -47,13 +51,15 @@ class Teaching:
 
     # ---- clicks -----------------------------------------------------------------------------------------
     def on_click(self, msg: PointStamped) -> None:
-        self.teach(msg.point.x, msg.point.y)
+        stamp = msg.header.stamp
+        self.teach(msg.point.x, msg.point.y, None if stamp.sec == 0 and stamp.nanosec == 0 else stamp)
 
     def on_click_point(self, msg: Point) -> None:
         self.teach(msg.x, msg.y)
 
-    def teach(self, u: float, v: float) -> TeachResult:
-        """Add the latest frame with the click (u, v) to `teach_set`; answers on ~/teach_result and the log."""
+    def teach(self, u: float, v: float, stamp=None) -> TeachResult:
+        """Add the frame stamped `stamp` (None: the latest frame) with the click (u, v) to `teach_set`;
+        answers on ~/teach_result and the log."""
         from pop_ros.supports import SupportError
 
         node = self.node
@@ -66,7 +72,10 @@ class Teaching:
                 raise SupportError(problem)
             if not set_name:
                 raise SupportError("teach_set is empty: set it to the support set that clicks should teach")
-            image, result.header = node.camera.target_image(Image(), float(node.param("max_frame_age")))
+            if stamp is None:
+                image, result.header = node.camera.target_image(Image(), float(node.param("max_frame_age")))
+            else:  # the frame the operator clicked on, however old: no max_frame_age
+                image, result.header = node.camera.target_image(Image(), 0.0, node.camera.frame_at(stamp))
             with node.models() as held:  # bounded like every query: camera threads stay free
                 if held.outcome is Outcome.BUSY:
                     raise SupportError(f"{held.reason.removesuffix('; try again')}; click again")
@@ -74,10 +83,8 @@ class Teaching:
                     raise SupportError(held.reason)
                 updated = held.pointer.add_exemplar(set_name, image, (u, v), node.param("teach_query"))
             result.success, result.num_exemplars = True, len(updated.exemplars)
-            result.message = (
-                f"added exemplar {len(updated.exemplars) - 1} of {set_name!r} at ({u:.1f}, {v:.1f}) "
-                f"in a {image.shape[1]}x{image.shape[0]} frame; {kept_where(held.pointer.library)}"
-            )
+            which = "the latest frame" if stamp is None else "the clicked frame"
+            result.message = added_text(set_name, u, v, result.header, updated, held.pointer.library, which)
             node.get_logger().info(f"teach_click: {result.message}")
         except (SupportError, ImageConversionError, ValueError) as error:
             result.success, result.message = False, f"click not taught: {error}"
@@ -141,6 +148,18 @@ class Teaching:
             lambda updated: f"default query of {request.support_set!r} is now {updated.query!r}",
         )
         return response
+
+
+def added_text(set_name: str, u: float, v: float, header, updated, library, which: str = "the frame") -> str:
+    """What an added exemplar is, for the answer and the log: set, click, the frame's stamp, the
+    set's exemplar count and where it is kept."""
+    stamp = header.stamp
+    image = updated.exemplars[-1].image
+    return (
+        f"added exemplar {len(updated.exemplars) - 1} of {set_name!r} at ({u:.1f}, {v:.1f}) on {which} "
+        f"(stamp {stamp.sec}.{stamp.nanosec:09d}, {image.shape[1]}x{image.shape[0]}); {set_name!r} has "
+        f"{len(updated.exemplars)} exemplar{'' if len(updated.exemplars) == 1 else 's'}; {kept_where(library)}"
+    )
 
 
 def kept_where(library) -> str:
