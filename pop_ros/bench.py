@@ -1,6 +1,7 @@
 """pop-bench: where a query's time goes, and POP against the model's own pointing, side by side.
 
     pop-bench                      # Qwen2.5-VL-3B's exact shape, random weights, plus a streaming run
+    pop-bench --quick              # a first look: 1 repeat, a 320x240 image, 10 s of streaming
     pop-bench --preset tiny --repeats 3 --stream-seconds 10   # a quick smoke run
     pop-bench --json > bench.json
 
@@ -8,7 +9,8 @@
 Qwen2.5-VL-3B-Instruct (3.75B parameters) and DINOv3 ViT-B/16, so the *ratios* mean what they would
 with the real checkpoints (random weights change no FLOP). Every comparison runs in the same process
 on the same models and the same 640x480 image. Absolute times depend on the machine; the report
-names the device.
+names the device, the CPU's capability and the dtype (`--dtype auto`: bf16 only where the hardware
+runs it natively; emulated bf16 would time the emulation, not the method). See docs/performance.md.
 """
 
 from __future__ import annotations
@@ -64,10 +66,64 @@ def peak_memory_detail_mb(device: torch.device) -> dict:
     return detail
 
 
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"CPU ({cpu_model()}, {torch.get_num_threads()} threads)"
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_capability() -> dict:
+    """What torch's CPU kernels can use here: its dispatch level (DEFAULT, AVX2, AVX512, ...) and
+    whether bf16 arithmetic is native (AVX512-BF16 or AMX); else bf16 matmuls are emulated."""
+    flags = cpu_flags()
+
+    def probe(name: str, flag: str) -> bool:
+        check = getattr(torch.cpu, name, None)  # torch's own cpuinfo probe, where this torch has it
+        return bool(check()) if callable(check) else flag in flags
+
+    avx512_bf16 = probe("_is_avx512_bf16_supported", "avx512_bf16")
+    amx = probe("_is_amx_tile_supported", "amx_bf16")
+    return {
+        "model": cpu_model(),
+        "torch_capability": torch.backends.cpu.get_cpu_capability(),
+        "avx512_bf16": avx512_bf16,
+        "amx": amx,
+        "native_bf16": avx512_bf16 or amx,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def choose_dtype(requested: str, device: torch.device, capability: dict) -> tuple[str, str]:
+    """(dtype name, why): `auto` is bf16 on CUDA and on a CPU with native bf16, else float32."""
+    if requested != "auto":
+        return requested, "asked for"
+    if device.type == "cuda":
+        return "bfloat16", "auto: CUDA"
+    if capability["native_bf16"]:
+        return "bfloat16", "auto: the CPU has native bf16 (AVX512-BF16/AMX)"
+    return "float32", f"auto: no native bf16 on this CPU ({capability['torch_capability']}): bf16 would be emulated"
 
 
 # ---- models -------------------------------------------------------------------------------------------
@@ -111,8 +167,9 @@ SHAPES = {
 }  # fmt: skip
 
 
-def build_shape_pointer(shape: str, device: str, dtype: str):
-    """A PartPointer on random-weight models with a real model's shape (nothing downloaded)."""
+def build_shape_pointer(shape: str, device: str, dtype: str, seed: int = 0):
+    """A PartPointer on random-weight models with a real model's shape (nothing downloaded), built
+    on the meta device and filled from one seeded generator (about a minute for the 3B shape)."""
     from transformers import (
         DINOv3ViTConfig,
         DINOv3ViTModel,
@@ -127,6 +184,7 @@ def build_shape_pointer(shape: str, device: str, dtype: str):
     from pop_ros.models.mllm import adapter_for
     from pop_ros.models.presets import ModelConfig
     from pop_ros.models.processors import build_processor, torchvision_works
+    from pop_ros.models.random_weights import build_random
     from pop_ros.models.tiny import CHAT_TEMPLATES, build_tokenizer
     from pop_ros.models.visual import VisualEncoder
     from pop_ros.pipeline import PartPointer
@@ -151,45 +209,57 @@ def build_shape_pointer(shape: str, device: str, dtype: str):
     )
     visual_config = DINOv3ViTConfig(**dino_config, patch_size=16, num_register_tokens=4)
     started = time.perf_counter()
-    torch.manual_seed(0)
-    # Built where they run: random initialisation of 8B parameters on a CPU alone takes minutes.
-    with torch.device(torch_device):
-        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch_dtype, attn_implementation="sdpa")
-        dino = DINOv3ViTModel._from_config(visual_config, dtype=torch_dtype)
+    # transformers' own initialisation of 3.75B parameters on a CPU takes 20 minutes; a seeded
+    # uniform fill of the same tensors takes about one.
+    model = build_random(
+        Qwen2_5_VLForConditionalGeneration, config, torch_device, torch_dtype, seed, attn_implementation="sdpa"
+    )
+    dino = build_random(DINOv3ViTModel, visual_config, torch_device, torch_dtype, seed + 1)
     # The image processor users get: AutoProcessor picks the torchvision one where torchvision imports.
     image_processor = Qwen2VLImageProcessor() if torchvision_works() else Qwen2VLImageProcessorPil()
     processor = build_processor(Qwen2_5_VLProcessor, image_processor, tokenizer, CHAT_TEMPLATES["qwen2_5_vl"])
-    mllm = adapter_for(model.to(torch_device), processor)
-    visual = VisualEncoder(dino.to(torch_device), resolution=448)
+    mllm = adapter_for(model, processor)
+    visual = VisualEncoder(dino, resolution=448)
     model_config = ModelConfig(mllm=f"shape:{shape}", visual=f"shape:{visual_name}", random_weights=True)
     pointer = PartPointer(visual, mllm, model_config, name=f"shape:{shape}")
     pointer.load_timings_s = {"build": time.perf_counter() - started}
     return pointer
 
 
-def bench_images(count: int) -> tuple[np.ndarray, list[tuple[np.ndarray, tuple[float, float]]]]:
-    """A 640x480 target and `count` distinct 640x480 supports (sample images, flipped and shifted)."""
+IMAGE_SIZE = (640, 480)  # (width, height): a usual camera frame
+QUICK_IMAGE_SIZE = (320, 240)  # --quick
+
+
+def bench_images(
+    count: int, size: tuple[int, int] = IMAGE_SIZE
+) -> tuple[np.ndarray, list[tuple[np.ndarray, tuple[float, float]]]]:
+    """A target and `count` distinct supports, all `size` (width, height) (sample images, flipped
+    and shifted)."""
     from pop_ros.paths import SAMPLE_DIR, config_dir
     from pop_ros.supports import SupportLibrary, read_rgb
 
+    width, height = size
     # The shipped library, found without rclpy: the model benchmarks also run where ROS is absent.
-    target = cv2.resize(read_rgb(SAMPLE_DIR / "scene_0.png"), (640, 480))
+    target = cv2.resize(read_rgb(SAMPLE_DIR / "scene_0.png"), (width, height))
     exemplars = SupportLibrary.load(config_dir() / "supports" / "library.yaml").get("mug_handle").exemplars
     supports = []
     for index in range(count):
         exemplar = exemplars[index % len(exemplars)]
-        image = cv2.resize(exemplar.image, (640, 480))
-        # The same pixel after a 2x resize (ROS pixel coordinates: centres at integers).
-        u, v = (exemplar.click[0] + 0.5) * 2 - 0.5, (exemplar.click[1] + 0.5) * 2 - 0.5
+        scale_u, scale_v = width / exemplar.image.shape[1], height / exemplar.image.shape[0]
+        image = cv2.resize(exemplar.image, (width, height))
+        # The same pixel after the resize (ROS pixel coordinates: centres at integers).
+        u, v = (exemplar.click[0] + 0.5) * scale_u - 0.5, (exemplar.click[1] + 0.5) * scale_v - 0.5
         shift = 4 * (index // len(exemplars))
         image = np.roll(image, shift, axis=1)  # a distinct image (cache key), same part
-        supports.append((image, (min(u + shift, 639.0), v)))
+        supports.append((image, (min(u + shift, width - 1.0), v)))
     return target, supports
 
 
-def timed(function, repeats: int, device: torch.device) -> list[float]:
+def timed(function, repeats: int, device: torch.device, label: str = "", progress=None) -> list[float]:
+    """Wall times (ms) of `repeats` calls; with `progress`, one line per call: `label n/N` and the
+    running median, so a slow machine shows at once."""
     times = []
-    for _ in range(repeats):
+    for index in range(repeats):
         if device.type == "cuda":
             torch.cuda.synchronize()
         started = time.perf_counter()
@@ -197,17 +267,24 @@ def timed(function, repeats: int, device: torch.device) -> list[float]:
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append((time.perf_counter() - started) * 1000.0)
+        if progress is not None:
+            progress(f"  {label} {index + 1}/{repeats}: {times[-1]:.0f} ms (median {statistics.median(times):.0f} ms)")
     return times
 
 
-def run_model_benchmarks(pointer, repeats: int, warmup: int, progress) -> dict:
+def run_model_benchmarks(pointer, repeats: int, warmup: int, progress, image_size=IMAGE_SIZE) -> dict:
     device = pointer.visual.device
     adapter = pointer.mllm
-    target, supports = bench_images(10)
+    target, supports = bench_images(10, image_size)
     heads, _ = pointer.text_heads()
-    for image, _ in supports:  # cached support features, as in use
+    progress("support features of 10 images (cached, as in use)")
+    for image, _ in supports:
         pointer.support_features([image])
-    results: dict = {"device": device_name(device), "dtype": str(next(adapter.model.parameters()).dtype)}
+    results: dict = {
+        "device": device_name(device),
+        "dtype": str(next(adapter.model.parameters()).dtype),
+        "image": list(image_size),
+    }
     results["model"] = {
         "mllm": pointer.model_config.mllm,
         "layers": adapter.num_layers,
@@ -220,83 +297,134 @@ def run_model_benchmarks(pointer, repeats: int, warmup: int, progress) -> dict:
         pointer.clear_frame_cache()  # a fresh frame each time: these rows time the whole query
         return pointer.point(target, QUERY, supports=supports[:k], shots=k)
 
-    for _ in range(warmup):
+    for index in range(warmup):
+        progress(f"warm-up {index + 1}/{warmup}: a query, both eager paths, native pointing (2 tokens)")
         query(1)
         adapter.head_maps_eager(target, QUERY, heads)
         adapter.head_maps_naive(target, QUERY, heads)
         adapter.generate_text(target, QUERY, max_new_tokens=2)
-    progress("per-stage timings")
-    stage_times: dict[str, list[float]] = {}
-    for _ in range(repeats):
-        for stage, value in query(1).timings_ms.items():
-            stage_times.setdefault(stage, []).append(value)
-    results["stages_ms"] = {stage: summary(values) for stage, values in stage_times.items()}
-    total = statistics.median(stage_times["total"])
-    model_stages = ("visual_forward", "mllm_prefix", "mllm_prefill", "frame_overlapped")
-    model_time = sum(statistics.median(stage_times[name]) for name in model_stages if name in stage_times)
-    results["overhead_fraction"] = (total - model_time) / total
+    stages, one_shot = run_stages(query, repeats, device, progress)
+    results.update(stages)
+    results.update(run_text_prior(adapter, target, heads, repeats, device, progress))
 
-    progress("text prior: fast path vs eager output_attentions (everywhere, and text layers only)")
-    prepared = adapter.prepare(target, QUERY)
-    fast = timed(lambda: adapter.head_maps(target, QUERY, heads, prepared=prepared), repeats, device)
-    eager = timed(lambda: adapter.head_maps_eager(target, QUERY, heads, prepared=prepared), repeats, device)
-    naive = timed(lambda: adapter.head_maps_naive(target, QUERY, heads, prepared=prepared), repeats, device)
-    # The floor both paths share: the vision tower, the embeddings and layer 0 (a head in layer 0
-    # stops the forward right there). What the fast path saves is in the layers above it.
-    floor = timed(lambda: adapter.head_maps(target, QUERY, [(0, 0)], prepared=prepared), repeats, device)
-    results["text_prior_ms"] = {
-        "fast": summary(fast),
-        "eager_everywhere": summary(naive),  # whole model eager, output_attentions, all logits
-        "eager": summary(eager),  # only the text layers eager, last-position logits
-        "shared_floor": summary(floor),
-    }
-    results["ratio_fast_vs_eager"] = statistics.median(fast) / statistics.median(naive)
-    results["ratio_fast_vs_eager_text_only"] = statistics.median(fast) / statistics.median(eager)
-    above_floor = statistics.median(eager) - statistics.median(floor)
-    results["ratio_fast_vs_eager_above_floor"] = (statistics.median(fast) - statistics.median(floor)) / above_floor
-
-    progress(f"POP query vs native pointing ({NATIVE_NEW_TOKENS} new tokens)")
+    progress(f"native pointing ({NATIVE_NEW_TOKENS} new tokens), against the 1-shot queries above")
     from pop_ros.evaluation.native import NATIVE_PROMPTS
 
     prompt = NATIVE_PROMPTS.get(adapter.family, "Point to the {query}.").format(query=QUERY)
-    pop = timed(lambda: query(1), repeats, device)
-    native = timed(lambda: adapter.generate_text(target, prompt, max_new_tokens=NATIVE_NEW_TOKENS), repeats, device)
-    results["query_ms"] = {"pop_1shot": summary(pop), "native_pointing": summary(native)}
-    results["ratio_pop_vs_native"] = statistics.median(pop) / statistics.median(native)
+    native = timed(
+        lambda: adapter.generate_text(target, prompt, max_new_tokens=NATIVE_NEW_TOKENS),
+        repeats,
+        device,
+        "native pointing",
+        progress,
+    )
+    results["query_ms"] = {"pop_1shot": summary(one_shot), "native_pointing": summary(native)}
+    results["ratio_pop_vs_native"] = statistics.median(one_shot) / statistics.median(native)
 
-    progress("K = 1, 3, 10 supports (cached features)")
-    by_k = {k: timed(lambda k=k: query(k), repeats, device) for k in (1, 3, 10)}
+    progress("K = 3, 10 supports (cached features; K = 1: the 1-shot queries above)")
+    by_k = {1: one_shot}
+    by_k |= {k: timed(lambda k=k: query(k), repeats, device, f"K={k}", progress) for k in (3, 10)}
     results["k_shots_ms"] = {str(k): summary(v) for k, v in by_k.items()}
     results["ratio_k10_vs_k1"] = statistics.median(by_k[10]) / statistics.median(by_k[1])
 
-    progress(f"many parts on one frame: a second query, and {len(MANY_QUERIES)} queries in one call")
-    results.update(run_many_parts(pointer, target, supports, repeats))
+    progress(f"many parts on one frame: a second query, {len(MANY_QUERIES)} queries batched and one by one")
+    results.update(run_many_parts(pointer, target, supports, repeats, progress))
     results["peak_memory_mb"] = peak_memory_mb(device)
     return results
 
 
-def run_many_parts(pointer, target, supports, repeats: int) -> dict:
-    """Per-frame reuse: a first query on a fresh frame, a second query on the same frame, and
-    MANY_QUERIES in one point_many call on a fresh frame (1-shot, cached support features)."""
+def run_stages(query, repeats: int, device: torch.device, progress) -> tuple[dict, list[float]]:
+    """`repeats` fresh-frame 1-shot queries: their stage medians and overhead fraction, and their
+    wall times (the 1-shot row of the later comparisons: POP vs native, K = 1)."""
+    progress(f"per-stage timings: {repeats} fresh-frame 1-shot queries")
+    stage_times: dict[str, list[float]] = {}
+
+    def one_query():
+        for stage, value in query(1).timings_ms.items():
+            stage_times.setdefault(stage, []).append(value)
+
+    wall = timed(one_query, repeats, device, "1-shot query", progress)
+    total = statistics.median(stage_times["total"])
+    model_stages = ("visual_forward", "mllm_prefix", "mllm_prefill", "frame_overlapped")
+    model_time = sum(statistics.median(stage_times[name]) for name in model_stages if name in stage_times)
+    stages = {stage: summary(values) for stage, values in stage_times.items()}
+    return {"stages_ms": stages, "overhead_fraction": (total - model_time) / total}, wall
+
+
+def run_text_prior(adapter, target, heads, repeats: int, device: torch.device, progress) -> dict:
+    """The text prior by the fast path against eager `output_attentions` (everywhere, and in the
+    text layers only), and the floor both must run."""
+    progress("text prior: fast path vs eager output_attentions (everywhere, and text layers only)")
+    prepared = adapter.prepare(target, QUERY)
+    fast = timed(lambda: adapter.head_maps(target, QUERY, heads, prepared=prepared), repeats, device, "fast", progress)
+    eager = timed(
+        lambda: adapter.head_maps_eager(target, QUERY, heads, prepared=prepared), repeats, device, "eager", progress
+    )
+    naive = timed(
+        lambda: adapter.head_maps_naive(target, QUERY, heads, prepared=prepared),
+        repeats,
+        device,
+        "eager everywhere",
+        progress,
+    )
+    # The floor both paths share: the vision tower, the embeddings and layer 0 (a head in layer 0
+    # stops the forward right there). What the fast path saves is in the layers above it.
+    floor = timed(
+        lambda: adapter.head_maps(target, QUERY, [(0, 0)], prepared=prepared), repeats, device, "floor", progress
+    )
+    above_floor = statistics.median(eager) - statistics.median(floor)
+    return {
+        "text_prior_ms": {
+            "fast": summary(fast),
+            "eager_everywhere": summary(naive),  # whole model eager, output_attentions, all logits
+            "eager": summary(eager),  # only the text layers eager, last-position logits
+            "shared_floor": summary(floor),
+        },
+        "ratio_fast_vs_eager": statistics.median(fast) / statistics.median(naive),
+        "ratio_fast_vs_eager_text_only": statistics.median(fast) / statistics.median(eager),
+        "ratio_fast_vs_eager_above_floor": (statistics.median(fast) - statistics.median(floor)) / above_floor,
+    }
+
+
+def run_many_parts(pointer, target, supports, repeats: int, progress=None) -> dict:
+    """Per-frame reuse: a first query on a fresh frame, a second query on the same frame, MANY_QUERIES
+    in one point_many call on a fresh frame (their own tokens in one batch), and the same queries
+    one by one on a fresh frame (one pass each: what point_many did before batching). 1-shot, cached
+    support features."""
     from pop_ros.pipeline import PointRequest
 
     device = pointer.visual.device
-    first, second, many = [], [], []
+    first, second, many, one_by_one = [], [], [], []
     requests = [PointRequest(q, supports=supports[:1], shots=1) for q in MANY_QUERIES]
-    for _ in range(repeats):
+
+    def each_alone():
+        for q in MANY_QUERIES:  # the first builds the frame, the others reuse it
+            pointer.point(target, q, supports=supports[:1], shots=1)
+
+    for index in range(repeats):
         pointer.clear_frame_cache()
         first += timed(lambda: pointer.point(target, MANY_QUERIES[0], supports=supports[:1], shots=1), 1, device)
         second += timed(lambda: pointer.point(target, MANY_QUERIES[1], supports=supports[:1], shots=1), 1, device)
         pointer.clear_frame_cache()
         many += timed(lambda: pointer.point_many(target, requests), 1, device)
+        pointer.clear_frame_cache()
+        one_by_one += timed(each_alone, 1, device)
+        if progress is not None:
+            progress(
+                f"  many parts {index + 1}/{repeats}: medians first {statistics.median(first):.0f} ms, second "
+                f"{statistics.median(second):.0f} ms, {len(MANY_QUERIES)} batched {statistics.median(many):.0f} ms, "
+                f"{len(MANY_QUERIES)} one by one {statistics.median(one_by_one):.0f} ms"
+            )
     return {
         "many_parts_ms": {
             "first_query": summary(first),
             "second_query": summary(second),
             "five_queries": summary(many),
+            "five_queries_unbatched": summary(one_by_one),
         },
         "ratio_second_vs_first_query": statistics.median(second) / statistics.median(first),
         "ratio_5_queries_vs_1": statistics.median(many) / statistics.median(first),
+        "ratio_5_queries_vs_1_unbatched": statistics.median(one_by_one) / statistics.median(first),
     }
 
 
@@ -408,16 +536,25 @@ TARGETS = {
     "ratio_k10_vs_k1": 1.3,
     "overhead_fraction": 0.10,
     "ratio_second_vs_first_query": 0.15,  # a second query on the same frame, over the first
-    "ratio_5_queries_vs_1": 1.5,  # 5 queries on one frame (point_many), over 1 query
+    "ratio_5_queries_vs_1": 1.05,  # 5 queries on one frame (point_many: one batch), over 1 query
 }
+# Reported beside the targets, for comparison only.
+INFORMATIVE = {"ratio_5_queries_vs_1_unbatched": "the same 5 queries one by one (one pass each)"}
 
 
 def table(report: dict) -> str:
     lines = []
     models = report.get("models")
+    dtype, cpu = report.get("dtype"), report.get("cpu")
+    if dtype and cpu:
+        lines.append(
+            f"dtype {dtype['chosen']} ({dtype['reason']}); CPU {cpu['model']}: torch capability "
+            f"{cpu['torch_capability']}, native bf16 {'yes' if cpu['native_bf16'] else 'no'}"
+        )
     if models:
         lines += [
-            f"Device: {models['device']}, {models['dtype']}; MLLM {models['model']['mllm']} "
+            f"Device: {models['device']}, {models['dtype']}, image {models['image'][0]}x{models['image'][1]}; "
+            f"MLLM {models['model']['mllm']} "
             f"({models['model']['layers']} layers, text prior from {models['model']['text_prior_heads']} heads, "
             f"deepest in layer {models['model']['deepest_head_layer']}); repeats per row: "
             f"{models['stages_ms']['total']['n']}",
@@ -430,6 +567,9 @@ def table(report: dict) -> str:
         for key, target in TARGETS.items():
             value = models[key]
             lines.append(f"| {key} | {value:.3f} | <= {target} | {'yes' if value <= target else 'NO'} |")
+        for key, meaning in INFORMATIVE.items():
+            if key in models:
+                lines.append(f"| {key} ({meaning}) | {models[key]:.3f} | | |")
         text, query, shots = models["text_prior_ms"], models["query_ms"], models["k_shots_ms"]
         lines += [
             "",
@@ -449,7 +589,8 @@ def table(report: dict) -> str:
             lines.append(
                 f"one frame, many parts: first query {many['first_query']['median']:.1f} ms, a second query on the "
                 f"same frame {many['second_query']['median']:.1f} ms, {len(MANY_QUERIES)} queries in one call "
-                f"{many['five_queries']['median']:.1f} ms"
+                f"{many['five_queries']['median']:.1f} ms (one by one: "
+                f"{many['five_queries_unbatched']['median']:.1f} ms)"
             )
     stream = report.get("streaming")
     if stream:
@@ -483,10 +624,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), help="benchmark a preset's models instead of --shape")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="bfloat16", help="default bfloat16 (also on CPUs with bf16 units)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per row after warm-up (default 5)")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        help="auto (default): bfloat16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else float32; "
+        "or float32, bfloat16, float16",
+    )
+    parser.add_argument("--quick", action="store_true", help="a first look: 1 repeat, a 320x240 image, 10 s streaming")
+    parser.add_argument("--repeats", type=int, help="timed repeats per row after warm-up (default 3; --quick 1)")
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--stream-seconds", type=float, default=60.0, help="streaming run length; 0 = skip")
+    parser.add_argument("--stream-seconds", type=float, help="streaming run length; 0 = skip (default 60; --quick 10)")
     parser.add_argument(
         "--stream-preset", default="tiny", choices=sorted(PRESETS), help="the node's preset (default tiny)"
     )
@@ -500,6 +647,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--serve-camera", metavar="TOPIC", help=argparse.SUPPRESS)  # the streaming run's camera
     args = parser.parse_args(argv)
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 3
+    if args.stream_seconds is None:
+        args.stream_seconds = 10.0 if args.quick else 60.0
     if args.serve_camera:
         return serve_camera(args.serve_camera, args.stream_seconds)
     if args.repeats < 1 or args.warmup < 0 or args.stream_seconds < 0:
@@ -508,23 +659,38 @@ def main(argv: list[str] | None = None) -> int:
     def progress(message: str) -> None:
         print(f"[pop-bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
+    from pop_ros.models.loading import resolve_device
+
     report: dict = {"command": " ".join(["pop-bench", *(argv if argv is not None else sys.argv[1:])])}
+    report["cpu"] = cpu_capability()
+    dtype, reason = choose_dtype(args.dtype, resolve_device(args.device), report["cpu"])
+    report["dtype"] = {"requested": args.dtype, "chosen": dtype, "reason": reason}
+    progress(
+        f"CPU {report['cpu']['model']}: torch capability {report['cpu']['torch_capability']}, native bf16 "
+        f"{'yes' if report['cpu']['native_bf16'] else 'no'}; dtype {dtype} ({reason})"
+    )
+    started = time.perf_counter()
     if args.preset:
         from pop_ros.pipeline import PartPointer
 
         progress(f"loading preset {args.preset}")
-        pointer = PartPointer.from_preset(args.preset, device=args.device, dtype=args.dtype)
+        pointer = PartPointer.from_preset(args.preset, device=args.device, dtype=dtype)
     else:
-        progress(f"building random-weight models of shape {args.shape} ({args.dtype})")
-        pointer = build_shape_pointer(args.shape, args.device, args.dtype)
+        progress(f"building random-weight models of shape {args.shape} ({dtype})")
+        pointer = build_shape_pointer(args.shape, args.device, dtype)
+    report["load_s"] = time.perf_counter() - started
+    progress(f"models ready in {report['load_s']:.0f} s")
     loaded_memory_mb = memory_in_use_mb(pointer.visual.device)
-    report["models"] = run_model_benchmarks(pointer, args.repeats, args.warmup, progress)
+    image_size = QUICK_IMAGE_SIZE if args.quick else IMAGE_SIZE
+    report["models"] = run_model_benchmarks(pointer, args.repeats, args.warmup, progress, image_size)
     report["memory_mb"] = {"models_loaded": loaded_memory_mb, **peak_memory_detail_mb(pointer.visual.device)}
     del pointer
     if args.stream_seconds > 0:
         report["streaming"] = run_streaming(
             args.stream_preset, args.stream_seconds, args.stream_rate, progress, args.stream_reliability
         )
+    report["wall_s"] = time.perf_counter() - started
+    progress(f"done in {report['wall_s']:.0f} s")
     print(json.dumps(report, indent=2) if args.json else table(report))
     return 0
 

@@ -584,13 +584,21 @@ class PartPointer:
             key = self._frame_key(image_rgb, frame_key)
             shared.lap("frame_lookup")
             frame, reused = self._frame(image_rgb, key, text_query, shared)
+            head_maps = [None] * len(valid)  # every query's own tokens through the layers as one batch
+            if text_query is not None:
+                head_maps = self.mllm.head_maps_from_prefix_batch(
+                    frame.prefix, [r.query for r in valid], self.text_heads()[0]
+                )
+                shared.lap("mllm_prefill_batch")
+            maps_of = {id(request): maps for request, maps in zip(valid, head_maps, strict=True)}
             shared_timings = shared.report()
             results: list[PointResult | PointerError] = []
             for request in resolved:
                 if isinstance(request, PointerError):
                     results.append(request)
                     continue
-                result = self._answer(image_rgb, frame, request, _Timer(shared._synchronize), reused)
+                timer = _Timer(shared._synchronize)
+                result = self._answer(image_rgb, frame, request, timer, reused, maps_of[id(request)])
                 result.shared_timings_ms = shared_timings
                 results.append(result)
             return results
@@ -615,8 +623,11 @@ class PartPointer:
         self._check_size(image_rgb, "target")  # before any model runs
 
     @torch.inference_mode()
-    def _answer(self, image_rgb, frame: _Frame, request: _Resolved, timer: _Timer, reused: bool) -> PointResult:
-        """One request on a frame whose shared state is ready; laps into `timer`."""
+    def _answer(
+        self, image_rgb, frame: _Frame, request: _Resolved, timer: _Timer, reused: bool, head_maps=None
+    ) -> PointResult:
+        """One request on a frame whose shared state is ready; laps into `timer`. `head_maps`: the
+        request's text-branch maps when already computed (point_many's batch)."""
         timer.restart()
         height, width = image_rgb.shape[:2]
         target = frame.target
@@ -648,8 +659,9 @@ class PartPointer:
         prior = None
         if self.settings.use_text:
             heads, aggregation = self.text_heads()
-            head_maps = self.mllm.head_maps_from_prefix(frame.prefix, request.query, heads)
-            timer.lap("mllm_prefill")  # this query's own tokens, up to the deepest localization head
+            if head_maps is None:
+                head_maps = self.mllm.head_maps_from_prefix(frame.prefix, request.query, heads)
+                timer.lap("mllm_prefill")  # this query's own tokens, up to the deepest localization head
             # sigma is in LLM tokens; Molmo2's map is on its patch grid (2 cells per token).
             sigma = self.settings.sigma * self.mllm.cells_per_token
             prior = core.text_prior(head_maps.to(target.grid.device), sigma=sigma, aggregation=aggregation)
