@@ -297,12 +297,15 @@ def run_model_benchmarks(pointer, repeats: int, warmup: int, progress, image_siz
         pointer.clear_frame_cache()  # a fresh frame each time: these rows time the whole query
         return pointer.point(target, QUERY, supports=supports[:k], shots=k)
 
+    warmups = {
+        "a query": lambda: query(1),
+        "eager in the text layers": lambda: adapter.head_maps_eager(target, QUERY, heads),
+        "eager everywhere": lambda: adapter.head_maps_naive(target, QUERY, heads),
+        "native pointing (2 tokens)": lambda: adapter.generate_text(target, QUERY, max_new_tokens=2),
+    }
     for index in range(warmup):
-        progress(f"warm-up {index + 1}/{warmup}: a query, both eager paths, native pointing (2 tokens)")
-        query(1)
-        adapter.head_maps_eager(target, QUERY, heads)
-        adapter.head_maps_naive(target, QUERY, heads)
-        adapter.generate_text(target, QUERY, max_new_tokens=2)
+        for name, function in warmups.items():
+            progress(f"  warm-up {index + 1}/{warmup}: {name} {timed(function, 1, device)[0]:.0f} ms")
     stages, one_shot = run_stages(query, repeats, device, progress)
     results.update(stages)
     results.update(run_text_prior(adapter, target, heads, repeats, device, progress))
