@@ -68,7 +68,11 @@ def materialise(model: nn.Module, device: torch.device | str, dtype: torch.dtype
                 target_dtype = dtype if param.is_floating_point() else param.dtype
                 tensor = torch.empty(param.shape, dtype=target_dtype, device=device)
                 _fill(tensor, f"{module_name}.{name}", generator)
-                real = made[id(param)] = nn.Parameter(tensor, requires_grad=False)
+                # requires_grad as declared (True), as from_pretrained leaves it: torch's CPU matmul
+                # of a (1, 1, K) input by a frozen (N, K) weight takes a bmm path that first copies the
+                # whole transposed weight (seconds for a 152k-vocabulary lm_head), a cost real
+                # checkpoints do not pay.
+                real = made[id(param)] = nn.Parameter(tensor, requires_grad=param.requires_grad)
             module._parameters[name] = real
     for module in model.modules():
         for name, buffer in list(module._buffers.items()):
