@@ -18,8 +18,10 @@ before the query text, so the vision tower and the keys/values of every token up
 image (layers 0..deepest chosen layer) depend on the frame only. They are computed once per frame;
 each query then runs only its own text tokens through those layers, with the positions the full
 prompt would give them (Qwen: 1-D text positions shifted by the prefix's mRoPE delta; Molmo2 and
-InternVL: 1-D positions after the prefix). A layout that puts query text before the image (a custom
-chat template) is detected and answered by the full prefill, with one warning in the log.
+InternVL: 1-D positions after the prefix). Several queries on one frame run as one batch
+(`head_maps_from_prefix_batch`: right-padded, padding masked, the prefix's keys/values expanded per
+row). A layout that puts query text before the image (a custom chat template) is detected and
+answered by the full prefill, with one warning in the log.
 """
 
 from __future__ import annotations
