@@ -13,7 +13,7 @@ import torch
 
 from pop_ros.models.tiny import FAMILIES, HYBRID_FAMILIES
 from pop_ros.pipeline import PartPointer, PointerError, PointerSettings, PointRequest
-from test.conftest import random_image
+from test.conftest import heads_on, random_image
 
 HEADS = [(1, 0), (2, 3), (4, 1), (4, 2)]
 QUERIES = ["handle of the mug", "neck of the bottle", "lid", "a part of the cup in the image"]
@@ -51,6 +51,52 @@ def test_prefix_maps_equal_single_queries(tiny_adapters, rng, family):
         del inner.get_image_features
     assert prefix.depth == 5 and calls == []
     torch.testing.assert_close(deep, adapter.head_maps(image, "lid", [(5, 3), (0, 1)]), atol=1e-5, rtol=0)
+
+
+def _layer_batches(adapter):
+    """A recorder of each call's batch size and token count at decoder layer 0 (the layers' input)."""
+    seen = []
+    handle = adapter.decoder_layers()[0].register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(
+            tuple(kwargs.get("hidden_states", args[0] if args else None).shape[:2])
+        ),
+        with_kwargs=True,
+    )
+    return seen, handle
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batched_queries_equal_separate_calls_in_one_pass(tiny_adapters, rng, family):
+    # Queries of 1 to 7 words: the batch is right-padded, and padding must change nothing.
+    adapter = tiny_adapters[family]
+    heads = heads_on(adapter, HEADS)  # Qwen3.5: its full-attention layers
+    image = random_image(rng, 300, 500)
+    prefix = adapter.image_prefix(image, QUERIES[0], depth=max(layer for layer, _ in heads))
+    seen, handle = _layer_batches(adapter)
+    try:
+        batched = adapter.head_maps_from_prefix_batch(prefix, QUERIES, heads)
+    finally:
+        handle.remove()
+    assert [size for size, _ in seen] == [len(QUERIES)]  # one pass through the layers, all queries in it
+    assert len(batched) == len(QUERIES)
+    for query, maps in zip(QUERIES, batched, strict=True):
+        torch.testing.assert_close(maps, adapter.head_maps_from_prefix(prefix, query, heads), atol=1e-5, rtol=0)
+        torch.testing.assert_close(maps, adapter.head_maps(image, query, heads), atol=1e-5, rtol=0)
+    # The queries' maps differ from each other: equality above is not the same map four times.
+    assert float((batched[0] - batched[2]).abs().max()) > 1e-4
+
+
+def test_point_many_runs_its_queries_in_one_batch(rng):
+    pointer = PartPointer.from_preset("tiny")
+    seen, handle = _layer_batches(pointer.mllm)
+    try:
+        results = pointer.point_many(random_image(rng, 120, 160), [("lid", None), ("", None), ("neck of it", None)])
+    finally:
+        handle.remove()
+    assert [type(r).__name__ for r in results] == ["PointResult", "PointerError", "PointResult"]
+    # The frame's prefix (one row, the image and the text before the query), then both valid queries at once.
+    assert [size for size, _ in seen] == [1, 2] and seen[0][1] > seen[1][1]
+    assert "mllm_prefill_batch" in results[0].shared_timings_ms
 
 
 def _qwen_sibling(model_type):
@@ -100,9 +146,11 @@ def test_prefix_maps_equal_single_queries_on_qwen_siblings(rng, model_type):
     image = random_image(rng, 300, 500)
     prefix = adapter.image_prefix(image, "lid", depth=4)
     assert prefix.reusable, prefix.reason
-    for query in QUERIES[:2]:
+    batched = adapter.head_maps_from_prefix_batch(prefix, QUERIES[:3], HEADS)  # 4, 3 and 1 words: padded
+    for query, maps in zip(QUERIES[:3], batched, strict=True):
         single = adapter.head_maps(image, query, HEADS)
         torch.testing.assert_close(adapter.head_maps_from_prefix(prefix, query, HEADS), single, atol=1e-5, rtol=0)
+        torch.testing.assert_close(maps, single, atol=1e-5, rtol=0)
         torch.testing.assert_close(single, adapter.head_maps_eager(image, query, HEADS), atol=1e-6, rtol=0)
 
 

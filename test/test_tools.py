@@ -8,22 +8,47 @@ import subprocess
 import sys
 
 import cv2
+import pytest
+import torch
+
+
+def _median(row: dict) -> float:
+    assert row["n"] >= 1 and math.isfinite(row["median"]) and row["median"] > 0
+    return row["median"]
 
 
 def test_pop_bench_smoke_run_reports_every_comparison():
     completed = subprocess.run(
-        [sys.executable, "-m", "pop_ros.bench", "--preset", "tiny", "--dtype", "float32", "--repeats", "1",
-         "--warmup", "0", "--stream-seconds", "6", "--json"],
+        [sys.executable, "-m", "pop_ros.bench", "--preset", "tiny", "--dtype", "float32", "--repeats", "3",
+         "--warmup", "1", "--stream-seconds", "6", "--json"],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr
     report = json.loads(completed.stdout)
+    assert report["dtype"] == {"requested": "float32", "chosen": "float32", "reason": "asked for"}
     models = report["models"]
-    for key in ("ratio_fast_vs_eager", "ratio_pop_vs_native", "ratio_k10_vs_k1", "overhead_fraction"):
-        assert math.isfinite(models[key]) and models[key] > 0, key
-    assert set(models["k_shots_ms"]) == {"1", "3", "10"}
-    for path in ("shared_floor", "eager"):
-        assert math.isfinite(models["text_prior_ms"][path]["median"]) and models["text_prior_ms"][path]["median"] > 0
+    assert models["dtype"] == "torch.float32" and models["image"] == [640, 480]
+    # Each ratio is the quotient of the two rows it names (computed here from the report's medians).
+    text, query, shots = models["text_prior_ms"], models["query_ms"], models["k_shots_ms"]
+    many = models["many_parts_ms"]
+    expected = {
+        "ratio_fast_vs_eager": _median(text["fast"]) / _median(text["eager_everywhere"]),
+        "ratio_fast_vs_eager_text_only": _median(text["fast"]) / _median(text["eager"]),
+        "ratio_pop_vs_native": _median(query["pop_1shot"]) / _median(query["native_pointing"]),
+        "ratio_k10_vs_k1": _median(shots["10"]) / _median(shots["1"]),
+        "ratio_second_vs_first_query": _median(many["second_query"]) / _median(many["first_query"]),
+        "ratio_5_queries_vs_1": _median(many["five_queries"]) / _median(many["first_query"]),
+        "ratio_5_queries_vs_1_unbatched": _median(many["five_queries_unbatched"]) / _median(many["first_query"]),
+    }
+    for key, value in expected.items():
+        assert models[key] == pytest.approx(value, rel=1e-9), key
+    assert set(shots) == {"1", "3", "10"} and all(row["n"] == 3 for row in shots.values())
+    # The overhead is a fraction of the query: the model stages are part of the total, never more.
+    assert 0 <= models["overhead_fraction"] < 1
+    # A query on a cached frame skips the DINO forward and the vision tower: far cheaper than the first.
+    assert models["ratio_second_vs_first_query"] < 0.8
+    # Native pointing generates 24 tokens through every layer; POP stops at the deepest head.
+    assert models["ratio_pop_vs_native"] < 1
     stream = report["streaming"]
     assert stream["frames_received"] > 0 and stream["queries_processed"] > 0
     assert stream["distinct_frames_processed"] == stream["queries_processed"]  # no frame twice
@@ -60,3 +85,74 @@ def test_demo_streams_scenes_and_writes_results(tmp_path):
     page = (out / "index.html").read_text()
     assert all(f"src='{p.name}'" in page for p in pictures) and "RANDOM WEIGHTS" in page
     assert cv2.imread(str(out / "contact_sheet.png")) is not None
+
+
+def _expected_auto_dtype() -> str:
+    """bf16 where the CPU does bf16 arithmetic natively (its cpuinfo flags), else float32."""
+    flags = set()
+    with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    return "bfloat16" if flags & {"avx512_bf16", "amx_bf16"} else "float32"
+
+
+def test_pop_bench_quick_shape_run_picks_a_native_dtype():
+    completed = subprocess.run(
+        [sys.executable, "-m", "pop_ros.bench", "--shape", "tiny", "--quick", "--stream-seconds", "0", "--json"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    report = json.loads(completed.stdout)
+    chosen = _expected_auto_dtype()
+    assert report["dtype"]["requested"] == "auto" and report["dtype"]["chosen"] == chosen
+    assert report["cpu"]["native_bf16"] == (chosen == "bfloat16")
+    assert report["cpu"]["torch_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert f"dtype {chosen}" in completed.stderr and "torch capability" in completed.stderr  # printed too
+    models = report["models"]
+    assert models["dtype"] == f"torch.{chosen}" and models["image"] == [320, 240]  # --quick: the small image
+    assert models["stages_ms"]["total"]["n"] == 1 and "streaming" not in report
+    for key in (
+        "ratio_fast_vs_eager",
+        "ratio_pop_vs_native",
+        "ratio_k10_vs_k1",
+        "overhead_fraction",
+        "ratio_second_vs_first_query",
+        "ratio_5_queries_vs_1",
+        "ratio_5_queries_vs_1_unbatched",
+    ):
+        assert math.isfinite(models[key]), key  # fmt: skip
+    assert "1-shot query 1/1" in completed.stderr and "many parts 1/1" in completed.stderr  # progress per repeat
+    assert report["wall_s"] > 0 and report["load_s"] > 0
+
+
+def test_shape_models_are_seeded_tied_and_complete():
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from pop_ros.bench import SHAPES
+    from pop_ros.models.random_weights import build_random
+
+    text, vision, _, _ = SHAPES["tiny"]
+    config = Qwen2_5_VLConfig(text_config={**text, "tie_word_embeddings": True}, vision_config=dict(vision))
+    first = build_random(Qwen2_5_VLForConditionalGeneration, config, "cpu", torch.float32, seed=7)
+    again = build_random(Qwen2_5_VLForConditionalGeneration, config, "cpu", torch.float32, seed=7)
+    other = build_random(Qwen2_5_VLForConditionalGeneration, config, "cpu", torch.float32, seed=8)
+    assert first.lm_head.weight is first.model.language_model.embed_tokens.weight  # tied: one tensor
+    assert not any(p.is_meta for p in first.parameters())
+    first_state, again_state = first.state_dict(), again.state_dict()
+    assert all(torch.equal(first_state[k], again_state[k]) for k in first_state)
+    q_proj = "model.language_model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(first_state[q_proj], other.state_dict()[q_proj])
+    assert 0.01 < float(first_state[q_proj].std()) < 0.03  # the 0.02 spread of transformers' init
+    assert torch.equal(first_state["model.language_model.norm.weight"], torch.ones(text["hidden_size"]))
+    # Buffers computed at construction (RoPE frequencies) are the real ones, not meta leftovers.
+    reference = Qwen2_5_VLForConditionalGeneration(config)
+    # As a normally built (or from_pretrained) model: torch's CPU matmul runs slow paths for frozen weights.
+    assert [p.requires_grad for p in first.parameters()] == [p.requires_grad for p in reference.parameters()]
+    for name, buffer in reference.named_buffers():
+        torch.testing.assert_close(dict(first.named_buffers())[name], buffer, atol=0, rtol=0)
+    ids = torch.arange(8)[None]
+    with torch.no_grad():
+        logits = first(input_ids=ids).logits
+    assert logits.shape == (1, 8, text["vocab_size"]) and bool(torch.isfinite(logits).all())

@@ -18,8 +18,10 @@ before the query text, so the vision tower and the keys/values of every token up
 image (layers 0..deepest chosen layer) depend on the frame only. They are computed once per frame;
 each query then runs only its own text tokens through those layers, with the positions the full
 prompt would give them (Qwen: 1-D text positions shifted by the prefix's mRoPE delta; Molmo2 and
-InternVL: 1-D positions after the prefix). A layout that puts query text before the image (a custom
-chat template) is detected and answered by the full prefill, with one warning in the log.
+InternVL: 1-D positions after the prefix). Several queries on one frame run as one batch
+(`head_maps_from_prefix_batch`: right-padded, padding masked, the prefix's keys/values expanded per
+row). A layout that puts query text before the image (a custom chat template) is detected and
+answered by the full prefill, with one warning in the log.
 """
 
 from __future__ import annotations
@@ -68,7 +70,9 @@ class _StopForward(Exception):
 class _CaptureState:
     heads: torch.Tensor | None  # (n,) query-head indices to keep; None: capture nothing (prefix runs)
     stop: bool  # stop the forward after this layer
-    result: torch.Tensor | None = None  # (n, S) last-token attention over all tokens
+    # (B,) position of each batch row's last real token (right padding); None: the last position
+    last_index: torch.Tensor | None = None
+    result: torch.Tensor | None = None  # (B, n, S) each row's last-token attention over all tokens
 
 
 def _capture_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -83,21 +87,25 @@ def _capture_attention(module, query, key, value, attention_mask, scaling=None, 
         # A prefix run: this layer's keys/values are already in the cache; nothing later is needed.
         raise _StopForward
     if state is not None and state.heads is not None:
-        num_heads, num_kv_heads = query.shape[1], key.shape[1]
+        batch, num_heads, length = query.shape[:3]
+        num_kv_heads = key.shape[1]
         heads = state.heads.to(query.device)
         kv_heads = heads // (num_heads // num_kv_heads)  # GQA: query head h reads kv head h // group
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        q_last = query[0, heads, -1:, :].float()  # (n, 1, D)
-        keys = key[0, kv_heads].float()  # (n, S, D)
-        logits = (q_last @ keys.transpose(-1, -2))[:, 0, :] * scale  # (n, S)
+        rows = torch.arange(batch, device=query.device)
+        last = torch.full((batch,), length - 1, device=query.device)
+        if state.last_index is not None:
+            last = state.last_index.to(query.device)
+        q_last = query[rows[:, None], heads[None, :], last[:, None]].float()  # (B, n, D)
+        keys = key[:, kv_heads].float()  # (B, n, S, D)
+        logits = (q_last[:, :, None, :] @ keys.transpose(-1, -2))[:, :, 0, :] * scale  # (B, n, S)
         if attention_mask is not None:
-            last_row = (
-                attention_mask[0, 0, -1, : logits.shape[-1]] if attention_mask.dim() == 4 else attention_mask[0, -1]
-            )
-            if last_row.dtype == torch.bool:
-                logits = logits.masked_fill(~last_row, float("-inf"))
+            mask = attention_mask if attention_mask.dim() == 4 else attention_mask[:, None]  # (B|1, 1, T, S)
+            mask = mask.expand(batch, -1, -1, -1)[rows, 0, last, : logits.shape[-1]][:, None, :]  # (B, 1, S)
+            if mask.dtype == torch.bool:
+                logits = logits.masked_fill(~mask, float("-inf"))
             else:
-                logits = logits + last_row.float()
+                logits = logits + mask.float()
         state.result = torch.softmax(logits, dim=-1)
         if state.stop:
             raise _StopForward
@@ -309,14 +317,22 @@ class MLLMAdapter:
         )
 
     @contextlib.contextmanager
-    def _armed(self, by_layer: dict[int, list[int]], stop_early: bool, capture: bool = True):
+    def _armed(
+        self,
+        by_layer: dict[int, list[int]],
+        stop_early: bool,
+        capture: bool = True,
+        last_index: torch.Tensor | None = None,
+    ):
+        """Capture state on the chosen layers for one forward; `last_index (B,)`: each batch row's
+        last real token (right-padded batches), None: the last position of every row."""
         layers = self.decoder_layers()
         deepest = max(by_layer)
         states = {}
         try:
             for layer_index, heads in by_layer.items():
                 chosen = torch.tensor(heads) if capture else None
-                state = _CaptureState(heads=chosen, stop=stop_early and layer_index == deepest)
+                state = _CaptureState(heads=chosen, stop=stop_early and layer_index == deepest, last_index=last_index)
                 layers[layer_index].self_attn._pop_capture = state
                 states[layer_index] = state
             yield states
@@ -340,7 +356,7 @@ class MLLMAdapter:
                 self._forward(prepared.model_inputs)
             except _StopForward:
                 pass
-            rows = {layer: state.result for layer, state in states.items()}
+            rows = {layer: None if state.result is None else state.result[0] for layer, state in states.items()}
         return self._maps_from_rows(rows, by_layer, heads, prepared.image_positions, prepared.grid)
 
     def _maps_from_rows(self, rows, by_layer, heads, image_positions, grid) -> torch.Tensor:
@@ -537,46 +553,83 @@ class MLLMAdapter:
             kept.append((layer.keys, layer.values))
         return kept
 
-    def _query_cache(self, prefix: ImagePrefix):
-        """A fresh cache holding the prefix's state; a query appends to it, never to the prefix."""
+    def _query_cache(self, prefix: ImagePrefix, batch: int = 1):
+        """A fresh cache holding the prefix's keys/values once per batch row (`expand`: no copy until
+        a layer appends the queries' own keys); the queries append to it, never to the prefix."""
         from transformers import DynamicCache
 
-        return DynamicCache(ddp_cache_data=prefix.keys_values, config=self.model.config.get_text_config())
+        expanded = [
+            (keys.expand(batch, -1, -1, -1), values.expand(batch, -1, -1, -1)) for keys, values in prefix.keys_values
+        ]
+        return DynamicCache(ddp_cache_data=expanded, config=self.model.config.get_text_config())
 
     @torch.inference_mode()
     def head_maps_from_prefix(self, prefix: ImagePrefix, query: str, heads: Sequence[Sequence[int]]) -> torch.Tensor:
         """`(N, H_l, W_l)` maps of `heads` for `query` on the prefix's frame: only the query's own
         tokens run (layers 0..deepest head); equal to `head_maps` on the whole prompt."""
-        if not isinstance(query, str) or not query.strip():
-            raise ValueError("query must be a non-empty string")
+        return self.head_maps_from_prefix_batch(prefix, [query], heads)[0]
+
+    @torch.inference_mode()
+    def head_maps_from_prefix_batch(
+        self, prefix: ImagePrefix, queries: Sequence[str], heads: Sequence[Sequence[int]]
+    ) -> list[torch.Tensor]:
+        """One `(N, H_l, W_l)` map stack per query, in order: all queries' own tokens go through the
+        layers as ONE batch (right-padded, padding masked out), each row attending to its copy of
+        the prefix's keys/values, with the positions its own prompt would give it. Equal to
+        `head_maps_from_prefix` per query; a query whose prompt cannot reuse the prefix runs alone."""
+        for query in queries:
+            if not isinstance(query, str) or not query.strip():
+                raise ValueError("query must be a non-empty string")
         by_layer = self._heads_tensor(heads)
         if not prefix.reusable:
-            return self.head_maps(prefix.image_rgb, query, heads)
-        split = self._split_prompt(query)
-        if isinstance(split, str) or split[0] != prefix.head_text:
-            reason = split if isinstance(split, str) else "the text before the image depends on the query"
-            self._fallback(prefix.image_rgb, reason)
-            return self.head_maps(prefix.image_rgb, query, heads)
-        query_ids = self._tail_ids(split[1])  # (S,)
-        count = query_ids.numel()
+            return [self.head_maps(prefix.image_rgb, query, heads) for query in queries]
+        maps: list[torch.Tensor | None] = [None] * len(queries)
+        batched: dict[int, torch.Tensor] = {}  # query index -> its own token ids (S_i,)
+        for index, query in enumerate(queries):
+            split = self._split_prompt(query)
+            if isinstance(split, str) or split[0] != prefix.head_text:
+                reason = split if isinstance(split, str) else "the text before the image depends on the query"
+                self._fallback(prefix.image_rgb, reason)
+                maps[index] = self.head_maps(prefix.image_rgb, query, heads)
+            else:
+                batched[index] = self._tail_ids(split[1])
+        if batched:
+            rows = self._run_query_batch(prefix, list(batched.values()), by_layer)  # layer -> (B, n, S)
+            for row_index, index in enumerate(batched):
+                own = {layer: None if found is None else found[row_index] for layer, found in rows.items()}
+                maps[index] = self._maps_from_rows(own, by_layer, heads, prefix.image_positions, prefix.grid)
+        return maps  # type: ignore[return-value]
+
+    def _run_query_batch(self, prefix: ImagePrefix, token_ids: list[torch.Tensor], by_layer) -> dict:
+        """Run B queries' tokens (right-padded to T) after the prefix; `{layer: (B, n, S) rows}`."""
+        batch, lengths = len(token_ids), torch.tensor([ids.numel() for ids in token_ids])
+        width = int(lengths.max())
+        pad_id = getattr(self.processor.tokenizer, "pad_token_id", None) or 0  # masked out: any id will do
+        input_ids = torch.full((batch, width), int(pad_id), dtype=torch.long, device=self.device)  # (B, T)
+        attention_mask = torch.zeros((batch, prefix.length + width), dtype=torch.long, device=self.device)
+        attention_mask[:, : prefix.length] = 1  # every row sees the whole prefix ...
+        for row, ids in enumerate(token_ids):
+            input_ids[row, : ids.numel()] = ids
+            attention_mask[row, prefix.length : prefix.length + ids.numel()] = 1  # ... and its own tokens only
+        # Right padding: row b's token i sits at the position it has alone, whatever the others' lengths.
+        positions = self._query_positions(prefix, width)  # (..., 1, T)
+        positions = positions.expand(*positions.shape[:-2], batch, width)  # (..., B, T)
         with self._lock:
             if max(by_layer) > prefix.depth:
                 self._run_prefix(prefix, max(by_layer))
-            cache = self._query_cache(prefix)
-            attention_mask = torch.ones((1, prefix.length + count), dtype=torch.long, device=self.device)
-            with self._armed(by_layer, stop_early=True) as states:
+            cache = self._query_cache(prefix, batch)
+            with self._armed(by_layer, stop_early=True, last_index=lengths - 1) as states:
                 try:
                     self.model.model(
-                        input_ids=query_ids[None],
+                        input_ids=input_ids,
                         attention_mask=attention_mask,
-                        position_ids=self._query_positions(prefix, count),
+                        position_ids=positions,
                         cache=cache,
                         use_cache=True,
                     )
                 except _StopForward:
                     pass
-                rows = {layer: state.result for layer, state in states.items()}
-        return self._maps_from_rows(rows, by_layer, heads, prefix.image_positions, prefix.grid)
+                return {layer: state.result for layer, state in states.items()}
 
     @torch.inference_mode()
     def generate_text(

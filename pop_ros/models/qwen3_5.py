@@ -108,19 +108,23 @@ class Qwen3_5Adapter(QwenVLAdapter):
                 kept.append(("state", layer.conv_states[0], layer.recurrent_states[0]))
         return kept
 
-    def _query_cache(self, prefix: ImagePrefix):
-        """A fresh cache holding copies of the prefix state: DeltaNet layers update their conv and
-        recurrent states in place, so the frame's own tensors must never enter a query's forward."""
+    def _query_cache(self, prefix: ImagePrefix, batch: int = 1):
+        """A fresh cache holding copies of the prefix state, once per batch row: DeltaNet layers
+        update their conv and recurrent states in place, so the frame's own tensors must never enter
+        a query's forward. Right-padded rows are safe here: a row's padding comes after its last
+        real token, which the recurrence and the causal conv never see."""
         from transformers import DynamicCache
 
         cache = DynamicCache(config=self.model.config.get_text_config())
         for index, (kind, first, second) in enumerate(prefix.keys_values):
             layer = cache.layers[index]
+            rows = (batch,) + (-1,) * (first.dim() - 1)
             if kind == "kv":
-                layer.update(first, second)  # concatenation: new tensors, the prefix's stay as they are
+                # Concatenation: new tensors, the prefix's stay as they are.
+                layer.update(first.expand(rows), second.expand((batch,) + (-1,) * (second.dim() - 1)))
             else:
-                layer.update_conv_state(first)  # copied into a new static buffer
-                layer.update_recurrent_state(second)  # likewise
+                layer.update_conv_state(first.expand(rows))  # copied into a new static buffer
+                layer.update_recurrent_state(second.expand((batch,) + (-1,) * (second.dim() - 1)))  # likewise
         return cache
 
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from pop_ros import core
-from pop_ros.models.mllm import ImagePrefix, MLLMAdapter
+from pop_ros.models.mllm import MLLMAdapter
 from pop_ros.models.visual import VisualFeatures
 from pop_ros.pipeline.api import Support, from_core_pixel, to_core_pixel
 from pop_ros.pipeline.settings import PointerSettings
@@ -44,16 +44,10 @@ def visual_maps(
 
 
 def text_prior(
-    mllm: MLLMAdapter,
-    prefix: ImagePrefix,
-    query: str,
-    heads: list[tuple[int, int]],
-    aggregation: str,
-    sigma_tokens: float,
-    device: torch.device,
+    mllm: MLLMAdapter, head_maps: torch.Tensor, aggregation: str, sigma_tokens: float, device: torch.device
 ) -> torch.Tensor:
-    """(H_l, W_l) text prior: the heads' attention from the query to the image, smoothed, aggregated."""
-    head_maps = mllm.head_maps_from_prefix(prefix, query, heads)  # (N, H_l, W_l)
+    """(H_l, W_l) text prior from the heads' `(N, H_l, W_l)` attention maps of the query to the
+    image: smoothed, aggregated."""
     # sigma is in LLM tokens; Molmo2's map is on its patch grid (2 cells per token).
     sigma = sigma_tokens * mllm.cells_per_token
     return core.text_prior(head_maps.to(device), sigma=sigma, aggregation=aggregation)

@@ -260,6 +260,13 @@ class PartPointer:
             frame_timer.lap("frame_lookup")
             capacity, overlap = settings.frame_cache_size, settings.overlap
             frame, reused = self.frames.get(image_rgb, cache_key, text_query, depth, capacity, overlap, frame_timer)
+            head_maps: list[torch.Tensor | None] = [None] * len(valid)
+            if text_query is not None:
+                # Every query's own tokens through the layers as one batch (point: a batch of one),
+                # each attending to the frame's prefix; up to the deepest localization head.
+                head_maps = self.mllm.head_maps_from_prefix_batch(frame.prefix, [r.query for r in valid], heads)
+                frame_timer.lap("mllm_prefill_batch" if shared else "mllm_prefill")
+            maps_of = {id(request): maps for request, maps in zip(valid, head_maps, strict=True)}
             shared_timings = frame_timer.report() if shared else {}
             results: list[PointResult | PointerError] = []
             for request in resolved:
@@ -267,7 +274,7 @@ class PartPointer:
                     results.append(request)
                     continue
                 timer = Timer(synchronize) if shared else frame_timer
-                result = self._answer(image_rgb, frame, request, settings, (heads, aggregation), timer)
+                result = self._answer(image_rgb, frame, request, settings, (maps_of[id(request)], aggregation), timer)
                 result.shared_timings_ms, result.frame_reused = shared_timings, reused
                 results.append(result)
             return results
@@ -279,10 +286,11 @@ class PartPointer:
         frame: FrameFeatures,
         request: ResolvedRequest,
         settings: PointerSettings,
-        heads_and_aggregation: tuple[list[tuple[int, int]], str],
+        head_maps_and_aggregation: tuple[torch.Tensor | None, str],
         timer: Timer,
     ) -> PointResult:
-        """One request on a frame whose features are ready; laps into `timer`."""
+        """One request on a frame whose features (and this request's `(N, H_l, W_l)` head maps, when
+        the text prior is used) are ready; laps into `timer`."""
         timer.restart()
         image_size = image_rgb.shape[:2]
         maps = None  # (K, H_t, W_t)
@@ -297,12 +305,9 @@ class PartPointer:
             timer.lap("similarity")
         prior = None  # (H_l, W_l)
         if settings.use_text:
-            heads, aggregation = heads_and_aggregation
+            head_maps, aggregation = head_maps_and_aggregation
             device = frame.target.grid.device
-            prior = fusion.text_prior(
-                self.mllm, frame.prefix, request.query, heads, aggregation, settings.sigma, device
-            )
-            timer.lap("mllm_prefill")  # this query's own tokens, up to the deepest localization head
+            prior = fusion.text_prior(self.mllm, head_maps, aggregation, settings.sigma, device)  # lapped in "fusion"
         u, v, score, final = fusion.fuse_to_point(prior, maps, settings, image_size)
         timer.lap("fusion")
         heatmap = fusion.heatmap_at(final, image_size)
