@@ -173,7 +173,12 @@ def test_mask_cloud_and_grasp_published_with_the_source_header_and_nothing_when_
     # Rejected: nothing on the three topics for its stamp (the next accepted answer's arrive after it).
     node.set_parameters([Parameter("min_score", value=2.0)])
     rejected, rejected_stamp = ask(ros, node, "partout", to_msg(INFO, "part_frame"), flat, scene(0))
-    assert not rejected.success and not rejected.part_mask.data
+    assert not rejected.success and not rejected.has_grasp
+    asked = point_request(rejected_stamp, return_region=True)  # even when asked for: no region when rejected
+    asked.depth, asked.camera_info = from_array(flat, "32FC1"), to_msg(INFO, "part_frame")
+    rejected_with_region = ros.call(PointToPart, "/partout/pop_node/point_to_part", asked)
+    assert not rejected_with_region.success and "part not visible" in rejected_with_region.message
+    assert not rejected_with_region.part_mask.data and not rejected_with_region.part_cloud.data
     node.set_parameters([Parameter("min_score", value=0.0)])
     accepted, accepted_stamp = ask(ros, node, "partout", to_msg(INFO, "part_frame"), flat, scene(0))
     assert wait_for(lambda: any(m.header.stamp == accepted_stamp for m in grasps), 5)
