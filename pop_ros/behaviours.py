@@ -176,7 +176,9 @@ class PointToPart(_ServiceBehaviour):
     whole `PointToPart.Response`. With `require_3d`, an answer without a 3D point is a FAILURE.
     FAILURE: `feedback_message` is the node's reason; point and pose are None, the result is kept.
     `query_key` / `support_set_key` (when given) read the query / set from the blackboard at each
-    initialise(), so one tree serves many parts."""
+    initialise(), so one tree serves many parts. `max_instances` > 1 asks for every copy (the
+    response's `instances`, best first); `roi` (x, y, width, height) restricts the answer to a box
+    (docs/grasping.md). The response also carries the grasp frame (`has_grasp`, `grasp`)."""
 
     srv_type = srv.PointToPart
 
@@ -193,9 +195,12 @@ class PointToPart(_ServiceBehaviour):
         query_key: str | None = None,
         support_set_key: str | None = None,
         require_3d: bool = False,
+        max_instances: int = 0,
+        roi: tuple[int, int, int, int] | None = None,
     ):
         super().__init__(name, service, timeout_s)
         self.query, self.support_set = query, support_set
+        self.max_instances, self.roi = int(max_instances), roi
         self.point_key, self.pose_key, self.result_key = point_key, pose_key, result_key
         self.query_key, self.support_set_key = query_key, support_set_key
         self.require_3d = require_3d
@@ -210,7 +215,11 @@ class PointToPart(_ServiceBehaviour):
         support_set = self._read(self.support_set_key, "support set") if self.support_set_key else self.support_set
         if not isinstance(query, str) or not isinstance(support_set, str):
             raise _Refused(f"query and support set must be strings, got {query!r} and {support_set!r}")
-        return srv.PointToPart.Request(query=query, support_set=support_set)
+        request = srv.PointToPart.Request(query=query, support_set=support_set, max_instances=self.max_instances)
+        if self.roi is not None:
+            roi = request.roi
+            roi.x_offset, roi.y_offset, roi.width, roi.height = (int(value) for value in self.roi)
+        return request
 
     def _on_answer(self, response) -> Status:
         self.blackboard.set(self.result_key, response)

@@ -11,3 +11,5 @@ HEAD_SETS = ("selected", "all")  # calibrated heads (or the fallback) | every he
 RETRIEVALS = ("cls", "first")  # which K exemplars of a set: closest by DINO [CLS] | in order
 MAX_QUERY_CHARS = 2000  # a part is named in a few words; a longer query only costs prefill time
 MAX_FRAME_CACHE_SIZE = 64  # frames whose DINO features and MLLM prefix are kept (GPU memory)
+MAX_INSTANCES = 64  # several instances per query: a bound on the work and the answer's size
+MAX_INSTANCE_RADIUS = 1000.0  # suppression radius in patches: wider than any image's patch grid is pointless

@@ -58,6 +58,9 @@ class Placement:
     location: geometry.Location | None
     notes: list[str]
     depth_paired: bool | None = None
+    # The depth (metres) and camera model the point came from, for the part's cloud; None without them.
+    depth_m: object = None
+    model: CameraModel | None = None
 
     def apply(self, answer) -> list[str]:
         """Copy the 3D point and pose into `answer` (the node's Answer, or anything with its fields);
@@ -101,12 +104,29 @@ def locate_pixel(
         else:
             detail = f"nearest depth is {gap:.3f} s away"
         return Placement(None, [f"no 3D point: {detail} (depth_max_dt {settings.depth_max_dt} s)"], False)
+    return locate_in_depth(camera_info, depth_msg, u, v, image_size, settings)
+
+
+def locate_in_depth(camera_info, depth_msg, u: float, v: float, image_size: tuple[int, int], settings) -> Placement:
+    """The 3D point and approach pose of colour pixel (u, v) in this depth image (anything shaped like
+    sensor_msgs/Image, aligned to the colour image) and camera_info: the checks and camera model of
+    `locate_pixel` once its depth is paired (a request that carries its own depth starts here)."""
     try:
         depth_m = to_depth_m(depth_msg)
     except ImageConversionError as error:
         return Placement(None, [f"no 3D point: depth image: {error}"], True)
+    try:
+        model = CameraModel.from_camera_info(camera_info, rectified=settings.image_is_rectified)
+    except ValueError as error:  # CameraModelError is a ValueError; so is a malformed matrix
+        return Placement(None, [f"no 3D point: camera_info: {error}"], True)
+    return locate_with(model, depth_m, u, v, image_size, settings)
+
+
+def locate_with(model: CameraModel, depth_m, u: float, v: float, image_size: tuple[int, int], settings) -> Placement:
+    """`locate_in_depth` on a converted depth image `depth_m (H_d, W_d)` and a camera model (several
+    instances of one answer share them)."""
     location = geometry.locate(
-        CameraModel.from_camera_info(camera_info, rectified=settings.image_is_rectified),
+        model,
         depth_m,
         u,
         v,
@@ -117,8 +137,9 @@ def locate_pixel(
         settings.pose_min_inlier_ratio,
     )
     if not location.has_3d:
-        return Placement(location, [f"no 3D point: {location.why_not_3d}"], True)
-    return Placement(location, [] if location.has_pose else [f"no pose: {location.why_no_pose}"], True)
+        return Placement(location, [f"no 3D point: {location.why_not_3d}"], True, depth_m, model)
+    notes = [] if location.has_pose else [f"no pose: {location.why_no_pose}"]
+    return Placement(location, notes, True, depth_m, model)
 
 
 def score_note(score: float, min_score: float) -> str:

@@ -163,3 +163,30 @@ def inprocess():
         ros.executor.remove_node(node)
         node.destroy_node()
         ros.close()
+
+
+@pytest.fixture
+def constructed_visual_map(monkeypatch):
+    """Replace the pipeline's visual similarity map (the rest of the path stays real): `set({(row, col):
+    value})` makes every support's (K, H_t, W_t) map zero but for those patches of the target's visual
+    grid. Returns a dict whose "shape" is (H_t, W_t) once a query has run. Random tiny models cannot make
+    two copies of an object look alike; this puts the copies where a test needs them."""
+    import torch
+
+    from pop_ros.pipeline import fusion
+
+    original = fusion.visual_maps
+    grid = {}
+
+    def set_cells(cells):
+        def constructed(supports, features, chosen, target, mode):
+            maps = torch.zeros_like(original(supports, features, chosen, target, mode))  # (K, H_t, W_t)
+            for (row, col), value in cells.items():
+                maps[:, row, col] = value
+            grid["shape"] = tuple(maps.shape[1:])
+            return maps
+
+        monkeypatch.setattr(fusion, "visual_maps", constructed)
+        return grid
+
+    return set_cells

@@ -351,3 +351,11 @@ def test_example_tree_without_a_node_says_so():
         "error: find handle: service /nobody/pop_node/point_to_part is not available after 1 s "
         "(is pop_node running, in this ROS_DOMAIN_ID and namespace?)"
     )
+
+
+def test_point_to_part_asks_for_instances_and_a_region_of_interest():
+    plain = PointToPart("plain", "handle", "mug_handle")._request()
+    assert plain.max_instances == 0 and (plain.roi.width, plain.roi.height) == (0, 0)  # today's request
+    boxed = PointToPart("boxed", "handle", "mug_handle", max_instances=3, roi=(10, 20, 30, 40))._request()
+    assert boxed.max_instances == 3
+    assert (boxed.roi.x_offset, boxed.roi.y_offset, boxed.roi.width, boxed.roi.height) == (10, 20, 30, 40)

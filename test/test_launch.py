@@ -154,6 +154,7 @@ def test_rviz_config_shows_the_launch_file_s_default_topics(launch):
     topics = {d["Class"].split("/")[-1]: d["Topic"]["Value"] for d in rviz["Displays"] if "Topic" in d}
     assert topics["MarkerArray"] == "/pop_node/markers" and topics["Pose"] == "/pop_node/pose"
     assert topics["PointStamped"] == "/pop_node/point"
+    assert topics["PointCloud2"] == "/pop_node/part_cloud"
     images = {d["Topic"]["Value"] for d in rviz["Displays"] if d["Class"].endswith("/Image")}
     assert images == {f"{launch.DEFAULT_CAMERA}/image_raw", "/pop_node/heatmap"}
     assert rviz["Global Options"]["Fixed Frame"] == "camera_color_optical_frame"

@@ -37,9 +37,9 @@ def recording_frames(node):
     """The frame ids of the camera frames the pipeline is asked about, in order."""
     keys, point = [], node.pointer.point
 
-    def recorded(image, query, support_set=None, frame_key=None):
+    def recorded(image, query, support_set=None, frame_key=None, **options):
         keys.append(frame_key.split("@")[0])
-        return point(image, query, support_set=support_set, frame_key=frame_key)
+        return point(image, query, support_set=support_set, frame_key=frame_key, **options)
 
     node.pointer.point = recorded
     return keys

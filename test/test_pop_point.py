@@ -172,3 +172,72 @@ def test_help_documents_query_at_set_and_pairing():
     assert "--query QUERY[@SET]" in completed.stdout
     assert "once per --query (paired in order)" in " ".join(completed.stdout.split())
     assert '--query "handle of the mug@mug_handle"' in completed.stdout  # the example in the epilog
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--max-instances", "-1"], "error: --max-instances must be in [0, 64], got -1"),
+        (["--depth", "{d}/depth.png"], "error: --depth needs --camera-info"),
+        (["--camera-info", "{d}/camera.yaml"], "error: --camera-info needs --depth"),
+        (["--cloud-out", "{d}/c.ply"], "error: --cloud-out needs --depth and --camera-info"),
+        (["--depth", "{d}/depth.png", "--camera-info", "{d}/camera.yaml", "--cloud-out", "{d}/c.xyz"],
+         "error: --cloud-out {d}/c.xyz: needs a cloud file name ending in .ply, .pcd"),
+        (["--roi", "1,2,3"], "error: --roi '1,2,3': expected X,Y,W,H"),
+        (["--roi", "5,5,0,10"], "error: --roi '5,5,0,10': the region of interest has zero area"),
+        (["--roi", "90,5,10,10"], "error: --roi '90,5,10,10': the region of interest lies outside the 80x60 target"),
+        (["--depth", "{d}/depth.png", "--camera-info", "{d}/bad_camera.yaml"],
+         "error: --camera-info {d}/bad_camera.yaml: no camera_matrix (or k)"),
+        (["--out", "{d}/missing"], "error: --out {d}/missing: not a folder"),
+    ],
+)  # fmt: skip
+def test_region_argument_mistakes_are_one_line_before_any_model_loads(files, args, message):
+    import numpy as np
+
+    cv2.imwrite(str(files / "depth.png"), np.full((60, 80), 1000, np.uint16))
+    (files / "camera.yaml").write_text(CAMERA_YAML.format(w=80, h=60))
+    (files / "bad_camera.yaml").write_text("image_width: 80\n")
+    args = [a.replace("{d}", str(files)) for a in args]
+    status, stdout, stderr = pop_point_without_models(
+        "--preset", "qwen2.5-vl-7b", "--target", f"{files}/target.png", "--query", "lid", *args
+    )
+    assert status == 0 and stdout == "exit=2 torch_imported=False", (stdout, stderr)
+    assert stderr.startswith(message.replace("{d}", str(files))), stderr
+
+
+CAMERA_YAML = """image_width: {w}
+image_height: {h}
+camera_name: test
+camera_matrix: {{rows: 3, cols: 3, data: [300.0, 0, 159.5, 0, 300.0, 119.5, 0, 0, 1]}}
+distortion_model: plumb_bob
+distortion_coefficients: {{rows: 1, cols: 5, data: [0, 0, 0, 0, 0]}}
+"""
+
+
+def test_depth_camera_info_instances_roi_and_region_files(tmp_path, capsys):
+    """On a flat depth at 1.2 m: each instance's 3D point is the pinhole deprojection of its pixel, the
+    answer lies in the ROI, the mask holds the answer pixel and the cloud's points lie on the plane."""
+    import numpy as np
+
+    from pop_ros.cli import point
+
+    cv2.imwrite(str(tmp_path / "depth.png"), np.full((240, 320), 1200, np.uint16))  # 16UC1 millimetres
+    (tmp_path / "camera.yaml").write_text(CAMERA_YAML.format(w=320, h=240))
+    args = ["--preset", "tiny", "--target", str(SAMPLE_DIR / "scene_0.png"), "--library", str(LIBRARY), "--json",
+            "--support-set", "mug_handle", "--max-instances", "3", "--roi", "160,0,160,240",
+            "--depth", str(tmp_path / "depth.png"), "--camera-info", str(tmp_path / "camera.yaml"),
+            "--out", str(tmp_path)]  # fmt: skip
+    assert point.main(args) == 0
+    output = json.loads(capsys.readouterr().out)
+    assert 160 <= output["u"] < 320 and output["instances"][0]["u"] == output["u"]
+    for instance in output["instances"]:
+        expected = [(instance["u"] - 159.5) * 1.2 / 300.0, (instance["v"] - 119.5) * 1.2 / 300.0, 1.2]
+        assert instance["point_m"] == pytest.approx(expected, abs=1e-5)
+    assert output["point_m"] == output["instances"][0]["point_m"]
+    mask = cv2.imread(output["mask_png"], cv2.IMREAD_GRAYSCALE)
+    assert mask.shape == (240, 320) and mask[round(output["v"]), round(output["u"])] == 255
+    lines = (tmp_path / "cloud.ply").read_text().splitlines()
+    count = int(next(line for line in lines if line.startswith("element vertex")).split()[-1])
+    assert count == output["cloud_points"] == int((mask > 0).sum())
+    z = [float(line.split()[2]) for line in lines[lines.index("end_header") + 1 :]]
+    assert z == pytest.approx([1.2] * count, abs=1e-6)

@@ -8,6 +8,7 @@ latest `frame_cache_size` frames (`frames`). Settings, their choices and limits:
 """
 
 from pop_ros.pipeline.api import (
+    Instance,
     PointerError,
     PointRequest,
     PointResult,
@@ -21,6 +22,8 @@ from pop_ros.pipeline.settings import (
     AGGREGATIONS,
     HEAD_SETS,
     MAX_FRAME_CACHE_SIZE,
+    MAX_INSTANCE_RADIUS,
+    MAX_INSTANCES,
     MAX_QUERY_CHARS,
     RETRIEVALS,
     SHOT_COMBINATIONS,
@@ -32,6 +35,9 @@ __all__ = [
     "AGGREGATIONS",
     "HEAD_SETS",
     "MAX_FRAME_CACHE_SIZE",
+    "MAX_INSTANCES",
+    "MAX_INSTANCE_RADIUS",
+    "Instance",
     "MAX_QUERY_CHARS",
     "RANDOM_WEIGHTS_BANNER",
     "RETRIEVALS",

@@ -41,6 +41,17 @@ class PointRequest:
     support_set: str | None = None
     supports: Sequence[Support] | None = None
     shots: int | None = None  # K: at most this many supports (default: the settings' max_shots)
+    max_instances: int = 1  # up to this many answers (local maxima of the fused map), best first; 0 = 1
+    roi: Sequence[int] | None = None  # (x, y, width, height) pixels: the answer lies inside; None = whole image
+
+
+@dataclasses.dataclass(frozen=True)
+class Instance:
+    """One answer of a query: a peak of the fused map (instances[0] is the single answer)."""
+
+    u: float  # ROS pixel convention, as PointResult
+    v: float
+    score: float  # core.peak_score at this peak
 
 
 @dataclasses.dataclass
@@ -58,6 +69,9 @@ class PointResult:
     # `timings_ms` then holds this request's own stages only. point(): {} (all in `timings_ms`).
     shared_timings_ms: dict[str, float] = dataclasses.field(default_factory=dict)
     frame_reused: bool = False  # the frame's DINO features / MLLM prefix came from the frame cache
+    # Every instance, best first; instances[0] is (u, v, score) above. Empty only for results built by hand.
+    instances: list[Instance] = dataclasses.field(default_factory=list)
+    roi: tuple[int, int, int, int] | None = None  # the region the answer was searched in (clipped), or None
 
     def as_dict(self) -> dict:
         return {
@@ -72,6 +86,8 @@ class PointResult:
             "shared_timings_ms": self.shared_timings_ms,
             "frame_reused": self.frame_reused,
             "image_size": list(self.heatmap.shape),
+            "instances": [dataclasses.asdict(instance) for instance in self.instances],
+            "roi": list(self.roi) if self.roi is not None else None,
         }
 
 

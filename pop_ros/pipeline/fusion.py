@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from pop_ros import core
 from pop_ros.models.mllm import MLLMAdapter
 from pop_ros.models.visual import VisualFeatures
-from pop_ros.pipeline.api import Support, from_core_pixel, to_core_pixel
+from pop_ros.pipeline.api import Instance, Support, from_core_pixel, to_core_pixel
 from pop_ros.pipeline.settings import PointerSettings
 
 
@@ -53,23 +53,64 @@ def text_prior(
     return core.text_prior(head_maps.to(device), sigma=sigma, aggregation=aggregation)
 
 
-def fuse_to_point(
-    prior: torch.Tensor | None, maps: torch.Tensor | None, settings: PointerSettings, image_size: tuple[int, int]
-) -> tuple[float, float, float, torch.Tensor]:
-    """(u, v, score, the fused map (H', W')) from the text prior and the (K, H_t, W_t) visual maps."""
+def fuse_to_instances(
+    prior: torch.Tensor | None,
+    maps: torch.Tensor | None,
+    settings: PointerSettings,
+    image_size: tuple[int, int],
+    visual_grid_w: int,
+    max_instances: int = 1,
+    roi: tuple[int, int, int, int] | None = None,
+) -> tuple[list[Instance], torch.Tensor]:
+    """(the instances best first, the fused map (H', W')) from the text prior and the (K, H_t, W_t)
+    visual maps. Instance 0 is the map's global argmax (inside `roi (x, y, w, h)` when given); the
+    others are its local maxima, `settings.instance_radius` patches of the `visual_grid_w`-wide
+    visual grid apart."""
     final = core.fuse(
         prior,
         maps if maps is not None else [],
         shot_combination=settings.shot_combination,
         upsample=int(settings.upsample),
     )
-    u, v = from_core_pixel(core.peak_to_pixel(final, image_size))
-    return u, v, core.peak_score(final, maps, prior), final
+    return read_instances(final, maps, prior, settings, image_size, visual_grid_w, max_instances, roi), final
 
 
-def heatmap_at(final: torch.Tensor, image_size: tuple[int, int]) -> np.ndarray:
-    """The fused map resized to `image_size (H, W)`, clamped at 0 and scaled to peak 1: float32."""
+def read_instances(
+    final: torch.Tensor,
+    maps: torch.Tensor | None,
+    prior: torch.Tensor | None,
+    settings: PointerSettings,
+    image_size: tuple[int, int],
+    visual_grid_w: int,
+    max_instances: int = 1,
+    roi: tuple[int, int, int, int] | None = None,
+) -> list[Instance]:
+    """The instances of a fused map `final (H', W')`: pixel and score of each peak, best first."""
+    search = final
+    if roi is not None:
+        search = core.restrict_to_cells(final, core.roi_cells(final.shape, image_size, roi))
+    # One patch of the visual grid spans final.shape[1] / visual_grid_w cells of the fused map.
+    radius_cells = float(settings.instance_radius) * final.shape[1] / max(int(visual_grid_w), 1)
+    cells = core.instance_cells(search, max(int(max_instances), 1), radius_cells, float(settings.instance_min_relative))
+    instances = []
+    for cell in cells:
+        u, v = from_core_pixel(core.cell_centre_pixel(cell, final.shape, image_size))
+        instances.append(Instance(u, v, core.peak_score(final, maps, prior, cell=cell)))
+    return instances
+
+
+def heatmap_at(
+    final: torch.Tensor, image_size: tuple[int, int], roi: tuple[int, int, int, int] | None = None
+) -> np.ndarray:
+    """The fused map resized to `image_size (H, W)`, clamped at 0 and scaled to peak 1: float32.
+    With `roi (x, y, w, h)`: zero outside it and scaled to its peak inside (what was searched)."""
     heatmap = F.interpolate(final[None, None], size=tuple(image_size), mode="bilinear", align_corners=False)[0, 0]
+    heatmap = heatmap.clamp_min(0)
+    if roi is not None:
+        x, y, width, height = roi
+        inside = torch.zeros_like(heatmap, dtype=torch.bool)
+        inside[y : y + height, x : x + width] = True
+        heatmap = heatmap.masked_fill(~inside, 0.0)
     peak = float(heatmap.max())
-    heatmap = heatmap.clamp_min(0) / peak if peak > 0 else heatmap.clamp_min(0)
+    heatmap = heatmap / peak if peak > 0 else heatmap
     return heatmap.cpu().numpy().astype(np.float32)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from pop_ros import core
 from pop_ros.models.mllm import ImageLimits, MLLMAdapter
 from pop_ros.models.presets import ModelConfig
 from pop_ros.models.visual import VisualEncoder
@@ -30,7 +31,7 @@ from pop_ros.pipeline.api import (
 )
 from pop_ros.pipeline.frames import FrameFeatures, FrameStore, frame_cache_key
 from pop_ros.pipeline.loading import calibrated_heads, load_models, resolve_model_config, text_heads
-from pop_ros.pipeline.settings import MAX_QUERY_CHARS, PointerSettings
+from pop_ros.pipeline.settings import MAX_INSTANCES, MAX_QUERY_CHARS, PointerSettings
 from pop_ros.pipeline.support_features import SupportFeatures
 from pop_ros.supports import SupportError, SupportLibrary, SupportSet, validate_click, validate_image
 
@@ -43,6 +44,8 @@ class ResolvedRequest:
     support_set: SupportSet | None  # the library set as it was when resolved; None: explicit supports
     supports: list[Support]  # the set's exemplars as (image, click), or the explicit supports
     max_shots: int  # K
+    max_instances: int = 1
+    roi: tuple[int, int, int, int] | None = None  # validated and clipped to the image
 
 
 class PartPointer:
@@ -169,15 +172,22 @@ class PartPointer:
         supports: Sequence[Support] | None = None,
         shots: int | None = None,
         frame_key: str | None = None,
+        max_instances: int = 1,
+        roi=None,
     ) -> PointResult:
         """Point at `query` in `image_rgb` ((H, W, 3) uint8 RGB) guided by a named support set or by
         explicit (image, (u, v)) supports; `shots` caps K (default `settings.max_shots`).
 
         A frame seen among the latest `frame_cache_size` (same content, or the same `frame_key`: a
-        caller's unique frame id such as stamp + frame_id) reuses its DINO features and MLLM prefix."""
+        caller's unique frame id such as stamp + frame_id) reuses its DINO features and MLLM prefix.
+        `max_instances`: up to this many answers in `result.instances` (local maxima, best first;
+        instances[0] is the single answer). `roi (x, y, width, height)`: the answer lies inside it
+        (the MLLM still sees the whole image); a zero-area region or one outside the image is refused."""
         settings = self._settings  # the one snapshot this call uses
         self._validate_target(image_rgb, settings)
-        request = self._resolve(PointRequest(query, support_set, supports, shots), settings)
+        request = self._resolve(
+            PointRequest(query, support_set, supports, shots, max_instances, roi), settings, image_rgb.shape[:2]
+        )
         return self._answer_all(image_rgb, [request], frame_key, settings, shared=False)[0]
 
     def point_many(
@@ -197,15 +207,15 @@ class PartPointer:
         resolved: list[ResolvedRequest | PointerError] = []
         for index, request in enumerate(requests):
             try:
-                resolved.append(self._resolve(_as_point_request(request), settings))
+                resolved.append(self._resolve(_as_point_request(request), settings, image_rgb.shape[:2]))
             except PointerError as error:
                 resolved.append(PointerError(f"request {index}: {error}"))
         if not any(isinstance(request, ResolvedRequest) for request in resolved):
             return resolved  # type: ignore[return-value]
         return self._answer_all(image_rgb, resolved, frame_key, settings, shared=True)
 
-    def _resolve(self, request: PointRequest, settings: PointerSettings) -> ResolvedRequest:
-        """Validate one request (PointerError with the reason otherwise)."""
+    def _resolve(self, request: PointRequest, settings: PointerSettings, image_size) -> ResolvedRequest:
+        """Validate one request for a target of `image_size (H, W)` (PointerError with the reason otherwise)."""
         query, set_name, explicit = request.query, request.support_set, request.supports
         if set_name and explicit:
             raise PointerError("give a support set name or explicit supports, not both")
@@ -237,7 +247,16 @@ class PartPointer:
         max_shots = settings.max_shots if request.shots is None else int(request.shots)
         if max_shots < 1:
             raise PointerError(f"shots must be >= 1, got {request.shots}")
-        return ResolvedRequest(query, chosen, supports, max_shots)
+        max_instances = int(request.max_instances or 1)
+        if not 1 <= max_instances <= MAX_INSTANCES:
+            raise PointerError(f"max_instances must be in [0, {MAX_INSTANCES}], got {request.max_instances}")
+        roi = None
+        if request.roi is not None:
+            try:
+                roi = core.validate_roi(request.roi, image_size)
+            except (TypeError, ValueError) as error:
+                raise PointerError(str(error)) from error
+        return ResolvedRequest(query, chosen, supports, max_shots, max_instances, roi)
 
     def _answer_all(
         self,
@@ -308,20 +327,25 @@ class PartPointer:
             head_maps, aggregation = head_maps_and_aggregation
             device = frame.target.grid.device
             prior = fusion.text_prior(self.mllm, head_maps, aggregation, settings.sigma, device)  # lapped in "fusion"
-        u, v, score, final = fusion.fuse_to_point(prior, maps, settings, image_size)
+        instances, final = fusion.fuse_to_instances(
+            prior, maps, settings, image_size, frame.target.grid.shape[1], request.max_instances, request.roi
+        )
         timer.lap("fusion")
-        heatmap = fusion.heatmap_at(final, image_size)
+        heatmap = fusion.heatmap_at(final, image_size, request.roi)
         timer.lap("heatmap")
+        best = instances[0]
         return PointResult(
-            u=u,
-            v=v,
-            score=score,
+            u=best.u,
+            v=best.v,
+            score=best.score,
             heatmap=heatmap,
             timings_ms=timer.report(),
             query=request.query,
             support_set=request.support_set.name if request.support_set is not None else "",
             num_shots=0 if maps is None else int(maps.shape[0]),
             used_text=prior is not None,
+            instances=instances,
+            roi=request.roi,
         )
 
 

@@ -14,6 +14,8 @@ from pop_ros.choices import (
     AGGREGATIONS,
     HEAD_SETS,
     MAX_FRAME_CACHE_SIZE,
+    MAX_INSTANCE_RADIUS,
+    MAX_INSTANCES,
     MAX_QUERY_CHARS,
     RETRIEVALS,
     SHOT_COMBINATIONS,
@@ -24,6 +26,8 @@ __all__ = [
     "AGGREGATIONS",
     "HEAD_SETS",
     "MAX_FRAME_CACHE_SIZE",
+    "MAX_INSTANCES",
+    "MAX_INSTANCE_RADIUS",
     "MAX_QUERY_CHARS",
     "RETRIEVALS",
     "SHOT_COMBINATIONS",
@@ -49,6 +53,13 @@ class PointerSettings:
     use_text: bool = True  # False = visual-only ablation
     frame_cache_size: int = 2  # latest N frames whose DINO features + MLLM image prefix are kept; 0 = none
     overlap: bool = True  # CUDA only: target DINO forward and MLLM prefix on separate streams
+    # Several instances: peaks closer than this many patches of the visual grid to a better one are
+    # suppressed; only peaks holding at least `instance_min_relative` of the best one count.
+    instance_radius: float = 3.0
+    instance_min_relative: float = 0.5
+    # The part's region: the connected region around the point where the heatmap holds at least this
+    # share of its value at the point (0 = no region, mask, cloud or grasp frame).
+    part_threshold: float = 0.5
 
     def validate(self) -> PointerSettings:
         """This snapshot when every field is acceptable; ValueError naming the first that is not."""
@@ -64,6 +75,12 @@ class PointerSettings:
             (self.sigma >= 0, "sigma must be >= 0"),
             (_is_int_at_least(self.upsample, 1), "upsample must be an integer >= 1"),
             (_is_int_at_least(self.max_shots, 1), "max_shots must be an integer >= 1"),
+            (
+                0 <= self.instance_radius <= MAX_INSTANCE_RADIUS,
+                f"instance_radius must be in [0, {MAX_INSTANCE_RADIUS}]",
+            ),
+            (0 <= self.instance_min_relative <= 1, "instance_min_relative must be in [0, 1]"),
+            (0 <= self.part_threshold <= 1, "part_threshold must be in [0, 1]"),
             (
                 _is_int_at_least(self.frame_cache_size, 0) and self.frame_cache_size <= MAX_FRAME_CACHE_SIZE,
                 f"frame_cache_size must be an integer in [0, {MAX_FRAME_CACHE_SIZE}]",

@@ -42,6 +42,19 @@ class Answer:
     orientation: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 1.0)
     fit_rms_m: float = 0.0
     fit_inlier_ratio: float = 0.0
+    # Several instances (max_instances > 1): which query of a ~/point_to_parts call, which instance.
+    query_index: int = 0
+    instance: int = 0
+    # The part's region and grasp frame (grasp.py): mask (H, W) bool and cloud when computed.
+    mask: object = None
+    cloud: object = None
+    has_grasp: bool = False
+    grasp_orientation: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 1.0)  # (x, y, z, w)
+    grasp_axes: tuple = ()  # (closing x, along y, approach z), unit vectors, when has_grasp
+    grasp_width_m: float = 0.0
+    part_length_m: float = 0.0
+    # Every instance, best first: instances[0] is this answer itself (empty for answers without a point).
+    instances: list = dataclasses.field(default_factory=list)
 
     @property
     def success(self) -> bool:

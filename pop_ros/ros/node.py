@@ -297,6 +297,9 @@ class PopNode(LifecycleNode):
             retrieval=value("retrieval"),
             use_text=bool(value("use_text")),
             frame_cache_size=int(value("frame_cache_size")),
+            instance_radius=float(value("instance_radius")),
+            instance_min_relative=float(value("instance_min_relative")),
+            part_threshold=float(value("part_threshold")),
         ).validate()
 
     # ---- lifecycle ------------------------------------------------------------------------------------

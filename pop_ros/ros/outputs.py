@@ -1,15 +1,22 @@
-"""What the node publishes for an answer: ~/result, ~/point, ~/pose, ~/markers, ~/heatmap, ~/heatmap_raw."""
+"""What the node publishes for an answer: ~/result, ~/point, ~/pose, ~/markers, ~/heatmap, ~/heatmap_raw,
+and the part's ~/part_mask, ~/part_cloud and ~/grasp."""
 
 from __future__ import annotations
 
 import numpy as np
 from geometry_msgs.msg import Point, PointStamped, PoseStamped
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import Image, PointCloud2, PointField
+from std_msgs.msg import ColorRGBA
 from visualization_msgs.msg import Marker, MarkerArray
 
 from pop_ros.image_conversion import from_array
 from pop_ros.visualize import overlay
 from pop_ros_interfaces.msg import PartPointResult
+
+# Marker ids per instance: sphere, approach arrow, label, grasp axes, part points.
+MARKERS_PER_INSTANCE = 5
+GRASP_AXIS_M = 0.05  # length of each drawn grasp-frame axis
+MAX_MARKER_POINTS = 2000  # the part's points marker is subsampled to about this many
 
 
 class Outputs:
@@ -21,9 +28,13 @@ class Outputs:
         self.result_pub = node.create_lifecycle_publisher(PartPointResult, "~/result", 10)
         self.pose_pub = node.create_lifecycle_publisher(PoseStamped, "~/pose", 10)
         self.markers_pub = node.create_lifecycle_publisher(MarkerArray, "~/markers", 10)
+        self.part_mask_pub = node.create_lifecycle_publisher(Image, "~/part_mask", 1)
+        self.part_cloud_pub = node.create_lifecycle_publisher(PointCloud2, "~/part_cloud", 1)
+        self.grasp_pub = node.create_lifecycle_publisher(PoseStamped, "~/grasp", 10)
 
     @staticmethod
-    def result_message(answer) -> PartPointResult:
+    def result_message(answer, with_region: bool = False) -> PartPointResult:
+        """One answer (or instance) as a PartPointResult; `with_region`: with its mask and cloud."""
         result = PartPointResult()
         result.header, result.query, result.support_set = answer.header, answer.query, answer.support_set
         result.success, result.message = answer.success, answer.message
@@ -33,7 +44,35 @@ class Outputs:
         result.has_pose = answer.has_pose
         result.normal.x, result.normal.y, result.normal.z = answer.normal
         result.fit_rms_m, result.fit_inlier_ratio = answer.fit_rms_m, answer.fit_inlier_ratio
+        result.query_index, result.instance = answer.query_index, answer.instance
+        result.has_grasp, result.grasp = answer.has_grasp, Outputs.grasp_message(answer).pose
+        result.grasp_width_m, result.part_length_m = answer.grasp_width_m, answer.part_length_m
+        if with_region:
+            Outputs.fill_region(result, answer)
         return result
+
+    @staticmethod
+    def grasp_message(answer) -> PoseStamped:
+        """The grasp frame at the point (z: approach into the surface, x: closing); identity when none."""
+        pose = PoseStamped()
+        pose.header = answer.header
+        pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = answer.xyz
+        orientation = pose.pose.orientation
+        orientation.x, orientation.y, orientation.z, orientation.w = answer.grasp_orientation
+        return pose
+
+    @staticmethod
+    def mask_message(answer) -> Image:
+        """The part's mask: mono8, image size, 255 inside, the source header."""
+        return from_array(np.asarray(answer.mask, dtype=np.uint8) * 255, "mono8", answer.header)
+
+    @staticmethod
+    def fill_region(message, answer) -> None:
+        """`part_mask` and `part_cloud` of a response or PartPointResult, when the answer has them."""
+        if answer.mask is not None:
+            message.part_mask = Outputs.mask_message(answer)
+        if answer.cloud is not None:
+            message.part_cloud = cloud_message(answer.cloud.points, answer.cloud.intensity, answer.header)
 
     @staticmethod
     def pose_message(answer) -> PoseStamped:
@@ -58,17 +97,20 @@ class Outputs:
     def markers_message(answers) -> MarkerArray:
         """RViz markers for the answers of one query or one ~/point_to_parts call: one DELETEALL first
         (they replace the last ones; answers that are rejected or have no 3D point leave nothing),
-        then for each answer with a 3D point a sphere at it, an arrow along the approach (from 10 cm
-        out along the normal to the point) and a label with query and score. Answer i's markers have
-        ids 3i, 3i+1, 3i+2 in namespace "pop": each part's stay visible beside the others'."""
+        then for every instance of each answer with a 3D point a sphere at it, an arrow along the
+        approach (from 10 cm out along the normal to the point), a label with query and score, the
+        grasp frame's axes (x red: closing, y green, z blue: approach) and the part cloud's points.
+        Instance n (counted over all answers) has ids MARKERS_PER_INSTANCE * n + 0..4 in namespace
+        "pop": each part's stay visible beside the others'."""
         answers = list(answers)
         clear = Marker(action=Marker.DELETEALL)
         if answers:
             clear.header = answers[0].header
         markers = MarkerArray(markers=[clear])
-        for index, answer in enumerate(answers):
+        instances = [item for answer in answers for item in (answer.instances or [answer])]
+        for index, answer in enumerate(instances):
             if answer.success and answer.has_3d:
-                markers.markers.extend(_answer_markers(answer, first_id=3 * index))
+                markers.markers.extend(_answer_markers(answer, first_id=MARKERS_PER_INSTANCE * index))
         return markers
 
     def publish(
@@ -91,11 +133,22 @@ class Outputs:
             self.point_pub.publish(point)
         if answer.success and answer.has_pose:
             self.pose_pub.publish(self.pose_message(answer))
+        if answer.success:
+            self.publish_region(answer)
         if markers:
             self.publish_markers([answer])
         if publish_heatmap and (answer.success or publish_rejected_heatmap):
             self.heatmap_pub.publish(from_array(overlay(image, heatmap, (answer.u, answer.v)), "bgr8", answer.header))
             self.heatmap_raw_pub.publish(from_array(heatmap, "32FC1", answer.header))
+
+    def publish_region(self, answer) -> None:
+        """~/part_mask, ~/part_cloud and ~/grasp of an accepted answer, for what it has."""
+        if answer.mask is not None:
+            self.part_mask_pub.publish(self.mask_message(answer))
+        if answer.cloud is not None:
+            self.part_cloud_pub.publish(cloud_message(answer.cloud.points, answer.cloud.intensity, answer.header))
+        if answer.has_grasp:
+            self.grasp_pub.publish(self.grasp_message(answer))
 
     def publish_markers(self, answers) -> None:
         self.markers_pub.publish(self.markers_message(answers))
@@ -125,6 +178,40 @@ def _answer_markers(answer, first_id: int) -> list[Marker]:
     label = marker(2, Marker.TEXT_VIEW_FACING, (1.0, 1.0, 1.0, 1.0))
     label.pose.position.x, label.pose.position.y, label.pose.position.z = x, y - 0.04, z  # above (y is down)
     label.scale.z = 0.025
-    label.text = f"{answer.query} ({answer.score:.2f})"
+    label.text = (
+        f"{answer.query} ({answer.score:.2f})"
+        if not answer.instance
+        else (f"{answer.query} #{answer.instance + 1} ({answer.score:.2f})")
+    )
     items.append(label)
+    if answer.has_grasp:
+        axes = marker(3, Marker.LINE_LIST, (1.0, 1.0, 1.0, 1.0))
+        axes.scale.x = 0.004  # line width
+        for axis, rgb in zip(answer.grasp_axes, ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)), strict=True):
+            end = Point(x=x + GRASP_AXIS_M * axis[0], y=y + GRASP_AXIS_M * axis[1], z=z + GRASP_AXIS_M * axis[2])
+            axes.points += [Point(x=x, y=y, z=z), end]
+            axes.colors += [ColorRGBA(r=rgb[0], g=rgb[1], b=rgb[2], a=1.0)] * 2
+        items.append(axes)
+    if answer.cloud is not None and len(answer.cloud.points):
+        points = marker(4, Marker.POINTS, (0.2, 0.6, 1.0, 0.8))
+        points.scale.x = points.scale.y = 0.003
+        step = max(1, len(answer.cloud.points) // MAX_MARKER_POINTS)
+        points.points = [Point(x=float(p[0]), y=float(p[1]), z=float(p[2])) for p in answer.cloud.points[::step]]
+        items.append(points)
     return items
+
+
+def cloud_message(points: np.ndarray, intensity: np.ndarray, header) -> PointCloud2:
+    """sensor_msgs/PointCloud2 of `points (N, 3)` (metres, optical frame) with `intensity (N,)`: fields
+    x, y, z, intensity float32, unorganised (height 1). is_dense: true only when every point is finite."""
+    data = np.empty(len(points), dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("intensity", "<f4")])
+    if len(points):
+        data["x"], data["y"], data["z"] = (np.asarray(points, dtype=np.float32)[:, i] for i in range(3))
+        data["intensity"] = np.asarray(intensity, dtype=np.float32)
+    fields = [PointField(name=name, offset=4 * i, datatype=PointField.FLOAT32, count=1) for i, name in enumerate("xyz")]
+    fields.append(PointField(name="intensity", offset=12, datatype=PointField.FLOAT32, count=1))
+    cloud = PointCloud2(header=header, height=1, width=len(points), fields=fields, is_bigendian=False)
+    cloud.point_step, cloud.row_step = 16, 16 * len(points)
+    cloud.is_dense = bool(np.all(np.isfinite(np.asarray(points, dtype=np.float32))))
+    cloud.data = data.tobytes()
+    return cloud

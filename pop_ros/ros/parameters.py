@@ -218,6 +218,14 @@ _TABLE = [
     _spec("use_text", True, "false = visual-only ablation (needs a support set)", RUNTIME),
     _spec("frame_cache_size", 2, "latest N frames (by stamp + frame_id) whose image features and MLLM image prefix "
           "further queries reuse; 0 = none", RUNTIME, minimum=0, maximum=choices.MAX_FRAME_CACHE_SIZE),
+    _spec("instance_radius", 3.0, "several instances (max_instances > 1): a peak this close to a better one, in "
+          "patches of the visual grid, is the same instance", RUNTIME, minimum=0.0,
+          maximum=choices.MAX_INSTANCE_RADIUS),
+    _spec("instance_min_relative", 0.5, "several instances: a peak counts only when it holds at least this share of "
+          "the best one's fused-map value", RUNTIME, minimum=0.0, maximum=1.0),
+    _spec("part_threshold", 0.5, "the part's region (~/part_mask, ~/part_cloud, ~/grasp): pixels connected to the "
+          "point where the heatmap holds at least this share of its value at the point; 0 = off", RUNTIME,
+          minimum=0.0, maximum=1.0),
     _spec("min_score", 0.0, "answers with a lower score fail with 'part not visible' (0 = never)", RUNTIME,
           minimum=0.0),
     _spec("max_frame_age", 1.0, "refuse camera frames older than this, seconds (0 = no limit)", RUNTIME,

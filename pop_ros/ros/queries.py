@@ -7,14 +7,52 @@ node's work slot (the pointer read once, inside it), then the answer: its 3D poi
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections import namedtuple
 
+import numpy as np
+
+from pop_ros import grasp
 from pop_ros.image_conversion import ImageConversionError
-from pop_ros.locate import LocateSettings, locate_pixel
+from pop_ros.locate import LocateSettings, Placement, locate_in_depth, locate_pixel, locate_with
 from pop_ros.ros.answers import Answer, Outcome
 from pop_ros.ros.camera import Frame, NoFrameError, is_empty_image
 from pop_ros.ros.teaching import added_text
 from pop_ros_interfaces.srv import AddExemplar, ListSupportSets, PointToPart, PointToParts
+
+# A result built without instances (by hand, in tests) answers with its single peak.
+_Peak = namedtuple("_Peak", "u v score")
+
+
+@dataclasses.dataclass
+class QueryOptions:
+    """What a request adds to a query: several instances, a region of interest, its own depth."""
+
+    max_instances: int = 1
+    roi: tuple[int, int, int, int] | None = None  # (x, y, width, height); None = the whole image
+    depth: object = None  # sensor_msgs/Image aligned to the colour image; None = the depth stream
+    camera_info: object = None  # sensor_msgs/CameraInfo, given with `depth`
+    return_region: bool = False  # fill part_mask / part_cloud in the response
+
+
+def query_options(request) -> tuple[QueryOptions, str]:
+    """The options of a PointToPart / PointToParts request, or the reason it is refused."""
+    roi = request.roi
+    box = (int(roi.x_offset), int(roi.y_offset), int(roi.width), int(roi.height))
+    has_depth = not is_empty_image(request.depth)
+    has_info = not (request.camera_info.width == 0 and request.camera_info.height == 0)
+    options = QueryOptions(
+        max_instances=max(int(request.max_instances), 1),
+        roi=None if box == (0, 0, 0, 0) else box,
+        depth=request.depth if has_depth else None,
+        camera_info=request.camera_info if has_info else None,
+        return_region=bool(request.return_region),
+    )
+    if has_depth != has_info:
+        given, missing = ("depth", "camera_info") if has_depth else ("camera_info", "depth")
+        return options, f"the request has {given} but no {missing}: send both (or neither, to use the streams)"
+    return options, ""
 
 
 def image_outcome(error: ImageConversionError) -> Outcome:
@@ -43,10 +81,18 @@ class Queries:
 
     # ---- one query -----------------------------------------------------------------------------------
     def answer(
-        self, query: str, support_set: str, request_image, publish: bool, frame: Frame | None = None, wait=True
+        self,
+        query: str,
+        support_set: str,
+        request_image,
+        publish: bool,
+        frame: Frame | None = None,
+        wait=True,
+        options: QueryOptions | None = None,
     ) -> Answer:
         """One query on the request's image, else on `frame` (default: the latest camera frame).
         `wait` False: answer busy at once instead of waiting for a running query."""
+        options = options or QueryOptions()
         from pop_ros.pipeline import PointerError
 
         node = self.node
@@ -65,10 +111,17 @@ class Queries:
                 return Answer(held.outcome, held.reason, header)
             try:
                 key = frame_key(request_image, header)
-                result = held.pointer.point(image, query, support_set=support_set or None, frame_key=key)
+                result = held.pointer.point(
+                    image,
+                    query,
+                    support_set=support_set or None,
+                    frame_key=key,
+                    max_instances=options.max_instances,
+                    roi=options.roi,
+                )
             except PointerError as error:
                 return Answer(Outcome.BAD_REQUEST, str(error), header)
-        answer = self.result_answer(result, image, header)
+        answer = self.result_answer(result, image, header, options)
         answer.total_ms = (time.perf_counter() - started) * 1000.0
         if publish:
             self.publish(answer, image, result.heatmap)
@@ -91,65 +144,116 @@ class Queries:
             markers=markers,
         )
 
-    def result_answer(self, result, image, header) -> Answer:
-        """A pipeline result as an Answer: its 3D point and approach pose, and the min_score check."""
-        answer = Answer(
-            Outcome.OK,
-            "",
-            header,
-            u=result.u,
-            v=result.v,
-            score=result.score,
-            query=result.query,
-            support_set=result.support_set,
-        )
-        notes = self.locate(answer, image.shape[:2], header)
+    def result_answer(self, result, image, header, options: QueryOptions | None = None) -> Answer:
+        """A pipeline result as an Answer: its instances (instances[0] is the answer itself), each with
+        its 3D point and approach pose, the min_score check, and the part's region and grasp frame."""
+        options = options or QueryOptions()
+        instances = result.instances or [_Peak(result.u, result.v, result.score)]
         min_score = float(self.node.param("min_score"))
-        if result.score < min_score:
-            answer.outcome = Outcome.REJECTED
-            notes.insert(0, f"part not visible: score {result.score:.3f} < min_score {min_score}")
-        answer.message = "; ".join(notes) or "ok"
-        return answer
+        threshold = float(self.node.param("part_threshold"))
+        image_size = image.shape[:2]
+        answers, placement = [], None
+        for index, peak in enumerate(instances):
+            answer = Answer(
+                Outcome.OK,
+                "",
+                header,
+                u=peak.u,
+                v=peak.v,
+                score=peak.score,
+                query=result.query,
+                support_set=result.support_set,
+                instance=index,
+            )
+            notes, placement = self.locate(answer, image_size, header, options, placement)
+            if peak.score < min_score:
+                answer.outcome = Outcome.REJECTED
+                notes.insert(0, f"part not visible: score {peak.score:.3f} < min_score {min_score}")
+            notes += self.add_region(answer, result.heatmap, placement, threshold)
+            answer.message = "; ".join(notes) or "ok"
+            answers.append(answer)
+        best = answers[0]
+        best.instances = answers
+        return best
 
-    def locate(self, answer: Answer, image_size, header) -> list[str]:
-        """Fill `answer`'s 3D point and approach pose for its (u, v) (`pop_ros.locate`, which pop-bag
-        shares); returns the notes on what is missing."""
-        node, camera = self.node, self.node.camera
-        placement = locate_pixel(
-            camera.camera_info,
-            camera.depth,
-            header.stamp,
-            answer.u,
-            answer.v,
-            image_size,
-            LocateSettings.from_parameters(node.param),
-            node.resolve_topic_name("camera_info"),
-        )
-        if placement.depth_paired is not None:
-            node.health.depth_lookup(placement.depth_paired)
-        return placement.apply(answer)
+    def locate(
+        self, answer: Answer, image_size, header, options: QueryOptions, paired: Placement | None = None
+    ) -> tuple[list[str], Placement]:
+        """Fill `answer`'s 3D point and approach pose for its (u, v): from the request's depth and
+        camera_info when it has them, else from the streams (depth paired by stamp). `paired`: the
+        placement of a better instance of the same answer, whose depth this one shares.
+        Returns the notes on what is missing, and this placement."""
+        node = self.node
+        settings = LocateSettings.from_parameters(node.param)
+        u, v = answer.u, answer.v
+        if paired is not None and paired.depth_m is not None:
+            placement = locate_with(paired.model, paired.depth_m, u, v, image_size, settings)
+        elif paired is not None:
+            placement = Placement(None, list(paired.notes[:1]))  # the same reason: no depth for any instance
+        elif options.depth is not None:
+            placement = locate_in_depth(options.camera_info, options.depth, u, v, image_size, settings)
+        else:
+            camera = node.camera
+            topic = node.resolve_topic_name("camera_info")
+            placement = locate_pixel(camera.camera_info, camera.depth, header.stamp, u, v, image_size, settings, topic)
+            if placement.depth_paired is not None:
+                node.health.depth_lookup(placement.depth_paired)
+        return placement.apply(answer), placement
+
+    @staticmethod
+    def add_region(answer: Answer, heatmap, placement: Placement | None, threshold: float) -> list[str]:
+        """The part's mask, cloud and grasp frame of an accepted answer (grasp.py); notes on what is missing."""
+        if threshold <= 0 or not answer.success:
+            return []
+        answer.mask = grasp.part_mask(heatmap, answer.u, answer.v, threshold)
+        if placement is None or placement.depth_m is None or not answer.has_3d:
+            return []
+        answer.cloud = grasp.part_cloud(placement.model, placement.depth_m, answer.mask, heatmap)
+        if not answer.has_pose:
+            return ["no grasp frame: no approach pose"]
+        frame = grasp.grasp_frame(answer.cloud.points, answer.normal)
+        if not frame.ok:
+            return [f"no grasp frame: {frame.reason}"]
+        answer.has_grasp, answer.grasp_orientation = True, frame.orientation
+        along = tuple(float(c) for c in np.cross(frame.approach, frame.closing))
+        answer.grasp_axes = (frame.closing, along, frame.approach)
+        answer.grasp_width_m, answer.part_length_m = frame.width_m, frame.length_m
+        return []
 
     # ---- services ----------------------------------------------------------------------------------------
     def on_point_to_part(self, request, response):
-        answer = self.answer(request.query, request.support_set, request.image, publish=True)
+        options, problem = query_options(request)
+        if problem:
+            answer = Answer(Outcome.BAD_REQUEST, problem, self.node.camera.source_header(request.image))
+        else:
+            answer = self.answer(request.query, request.support_set, request.image, publish=True, options=options)
         self.record(answer)
         response.success, response.message, response.header = answer.success, answer.message, answer.header
         response.u, response.v, response.score, response.has_3d = answer.u, answer.v, answer.score, answer.has_3d
         response.point.header = answer.header
         response.point.point.x, response.point.point.y, response.point.point.z = answer.xyz
-        self.node.outputs.fill_pose(response, answer)
+        outputs = self.node.outputs
+        outputs.fill_pose(response, answer)
+        response.instances = [outputs.result_message(item, options.return_region) for item in answer.instances]
+        response.has_grasp, response.grasp = answer.has_grasp, outputs.grasp_message(answer)
+        response.grasp_width_m, response.part_length_m = answer.grasp_width_m, answer.part_length_m
+        if options.return_region:
+            outputs.fill_region(response, answer)
         return response
 
     def on_point_to_parts(self, request, response):
         """Every query of the request on one frame: its features and MLLM prefix are computed once.
         `success` is false only when nothing could run; each query's own outcome is in its result."""
-        from pop_ros.pipeline import PointerError
+        from pop_ros.pipeline import PointerError, PointRequest
 
         node = self.node
         started = time.perf_counter()
         response.header = node.camera.source_header(request.image)
         queries, sets = list(request.queries), list(request.support_sets)
-        outcome, problem = self._check_parts(queries, sets)
+        options, problem = query_options(request)
+        outcome = Outcome.BAD_REQUEST
+        if not problem:
+            outcome, problem = self._check_parts(queries, sets)
         image = None
         if not problem:
             try:
@@ -162,7 +266,10 @@ class Queries:
             with node.models() as held:
                 outcome, problem = held.outcome, held.reason
                 if held.pointer is not None:
-                    requests = [(query, name or None) for query, name in zip(queries, sets, strict=True)]
+                    requests = [
+                        PointRequest(query, name or None, max_instances=options.max_instances, roi=options.roi)
+                        for query, name in zip(queries, sets, strict=True)
+                    ]
                     try:
                         results = held.pointer.point_many(image, requests, frame_key=frame_key(request.image, header))
                     except PointerError as error:
@@ -172,11 +279,15 @@ class Queries:
             self.record(Answer(outcome, problem, header))
             return response
         answers = [
-            self._part_answer(query, name, result, image, header)
+            self._part_answer(query, name, result, image, header, options)
             for query, name, result in zip(queries, sets, results, strict=True)
         ]
         node.outputs.publish_markers(answers)  # all parts in one array: each part's markers stay visible
-        response.results = [node.outputs.result_message(answer) for answer in answers]
+        for index, answer in enumerate(answers):
+            for item in answer.instances or [answer]:
+                item.query_index = index
+                response.instances.append(node.outputs.result_message(item, options.return_region))
+        response.results = [node.outputs.result_message(answer, options.return_region) for answer in answers]
         shared_ms = next(
             (r.shared_timings_ms.get("total", 0.0) for r in results if not isinstance(r, PointerError)), 0.0
         )
@@ -202,14 +313,14 @@ class Queries:
             )
         return Outcome.OK, ""
 
-    def _part_answer(self, query: str, support_set: str, result, image, header) -> Answer:
+    def _part_answer(self, query: str, support_set: str, result, image, header, options: QueryOptions) -> Answer:
         """One part's answer of ~/point_to_parts, published (but for the markers) and recorded."""
         from pop_ros.pipeline import PointerError
 
         if isinstance(result, PointerError):
             answer = Answer(Outcome.BAD_REQUEST, str(result), header, query=query, support_set=support_set)
         else:
-            answer = self.result_answer(result, image, header)
+            answer = self.result_answer(result, image, header, options)
             answer.total_ms = result.timings_ms.get("total", 0.0)
             self.publish(answer, image, result.heatmap, markers=False)
         self.record(answer)
