@@ -40,7 +40,10 @@ class Qwen3_5Adapter(QwenVLAdapter):
     chat_template_kwargs = {"enable_thinking": False}
 
     def __init__(self, model, processor, **kwargs):
-        self.layer_types = tuple(model.config.get_text_config().layer_types)
+        from pop_ros.models.trimming import whole_layer_types
+
+        # The whole checkpoint's kinds, also when trimmed: which layers hold heads is the whole model's.
+        self.layer_types = tuple(whole_layer_types(model.config))
         super().__init__(model, processor, **kwargs)
         if not self.head_layers:
             raise ValueError(f"{self.family}: the config's layer_types name no {FULL_ATTENTION} layer")
@@ -74,8 +77,9 @@ class Qwen3_5Adapter(QwenVLAdapter):
         return by_layer
 
     def _maps_from_attentions(self, attentions, heads, prepared: PromptInputs) -> torch.Tensor:
-        # One `(B, H, S, S)` entry per full-attention layer, in layer order.
-        index = {layer: i for i, layer in enumerate(self.head_layers)}
+        # One `(B, H, S, S)` entry per loaded full-attention layer, in layer order.
+        loaded = [layer for layer in self.head_layers if layer < self.loaded_layers]
+        index = {layer: i for i, layer in enumerate(loaded)}
         if len(attentions) != len(index):
             raise RuntimeError(f"{self.family}: {len(attentions)} attention maps, {len(index)} full-attention layers")
         maps = [attentions[index[int(layer)]][0, int(head), -1][prepared.image_positions] for layer, head in heads]
