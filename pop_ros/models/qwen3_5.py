@@ -260,6 +260,8 @@ def build_shape_mllm(text_config: dict, vision_config: dict, dtype: torch.dtype)
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
+        # The top-level flag decides whether lm_head shares the embeddings (the 4B's do, the 9B's not).
+        tie_word_embeddings=bool(text_config.get("tie_word_embeddings", False)),
     )
     model = Qwen3_5ForConditionalGeneration._from_config(config, dtype=dtype, attn_implementation="sdpa")
     image_processor = Qwen2VLImageProcessorPil(patch_size=16, merge_size=2, temporal_patch_size=2)
