@@ -82,7 +82,10 @@ class ModelConfig:
         def layer_problem(layer: int) -> str | None:
             if allowed is None or layer in allowed:
                 return None
-            return f"layer {layer} has no attention matrix (linear attention); heads can be on {sorted(allowed)}"
+            return (
+                f"layer {layer} is a linear-attention layer: it has no attention matrix, so no localization "
+                f"head; only the full-attention layers {sorted(allowed)} can hold heads"
+            )
 
         return load_head_file(path, num_layers, num_heads, layer_problem=layer_problem)
 
