@@ -71,3 +71,32 @@ def test_bench_memory_json_lists_every_real_preset(capsys):
         assert set(formats) == {"bfloat16", "int8"}
         for row in formats.values():
             assert FIELDS <= set(row) and row["mllm_kept_bytes"] < row["mllm_whole_bytes"]
+
+
+def test_hybrid_presets_keep_layers_up_to_their_deepest_full_attention_fallback_head():
+    from pop_ros.models.footprint import memory_report
+
+    printed = memory_report(["qwen3.5-0.8b", "qwen3.5-9b", "ovis2-2b"])["presets"]
+    # 24 layers: the middle third 8-15 holds full-attention layers 11 and 15 -> 16 kept. 32 layers: the
+    # middle third 10-20 holds 11, 15 and 19 -> 20 kept, where the plain (every-layer) rule keeps 21.
+    assert (printed["qwen3.5-0.8b"]["bfloat16"]["kept_layers"], printed["qwen3.5-0.8b"]["bfloat16"]["layers"]) == (
+        16,
+        24,
+    )
+    assert (printed["qwen3.5-9b"]["bfloat16"]["kept_layers"], printed["qwen3.5-9b"]["bfloat16"]["layers"]) == (20, 32)
+    assert printed["ovis2-2b"]["bfloat16"]["kept_layers"] == 18  # plain Qwen2 decoder: 28 layers, heads 9-17
+
+
+def test_hybrid_frame_cache_counts_keys_values_of_attention_layers_and_deltanet_states():
+    from transformers import Qwen3_5TextConfig
+
+    from pop_ros.bench import QWEN35_TEXT
+    from pop_ros.models.footprint import frame_cache_bytes
+
+    config = Qwen3_5TextConfig(**{**QWEN35_TEXT, "hidden_size": 4096, "intermediate_size": 12288})
+    # 9B, layers 0-19: 5 full-attention layers (3, 7, 11, 15, 19) hold keys+values of 330 tokens x 4 kv
+    # heads x 256 (bf16); 15 DeltaNet layers hold a conv state (2 x 16 x 128 + 32 x 128 channels x
+    # kernel 4, bf16) and a recurrent state (32 x 128 x 128, float32), whatever the token count.
+    kv = 2 * 330 * 4 * 256 * 2
+    state = (2 * 16 * 128 + 32 * 128) * 4 * 2 + 32 * 128 * 128 * 4
+    assert frame_cache_bytes(config, 20, 330) == 5 * kv + 15 * state == 39_198_720

@@ -9,15 +9,30 @@ from pop_ros.models.tiny import FAMILIES
 from test.conftest import random_image
 
 
+def _linear_weights(layer: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: module.weight for name, module in layer.named_modules() if isinstance(module, torch.nn.Linear)}
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_int8_weights_give_nearly_the_float_text_prior(family, rng):
+    from pop_ros.models.heads import fallback_heads
+
     config = get_preset("tiny").replace(mllm=f"tiny:{family}")
     float_adapter = config.load_mllm()
     int8_adapter = config.replace(mllm_quantization="int8").load_mllm()
-    weight = int8_adapter.decoder_layers()[0].self_attn.q_proj.weight
-    assert weight.qdata.dtype == torch.int8  # stored as int8, not float
-    assert int8_adapter.loaded_layers == float_adapter.loaded_layers == 4  # trimming and int8 together
-    heads = config.text_prior_heads(6, 4)
+    # Every linear projection of every kept decoder layer is stored as int8, not float: attention
+    # layers' q/k/v/o and, in Qwen3.5, the Gated DeltaNet layers' in/out projections too.
+    for layer in int8_adapter.decoder_layers():
+        weights = _linear_weights(layer)
+        assert weights and all(weight.qdata.dtype == torch.int8 for weight in weights.values()), weights.keys()
+    first = _linear_weights(int8_adapter.decoder_layers()[0])
+    if family == "qwen3_5":  # layer 0 is linear attention: its projections are quantized too
+        assert {"linear_attn.in_proj_qkv", "linear_attn.out_proj"} <= set(first), sorted(first)
+    else:
+        assert "self_attn.q_proj" in first, sorted(first)
+    heads = fallback_heads(float_adapter.num_layers, float_adapter.num_heads, float_adapter.head_layers)
+    kept = max(layer for layer, _ in heads) + 1
+    assert int8_adapter.loaded_layers == float_adapter.loaded_layers == kept == 4  # trimming and int8 together
     image = random_image(rng, 120, 160)
     expected = float_adapter.head_maps(image, "lid of the cup", heads)  # (N, H_l, W_l)
     got = int8_adapter.head_maps(image, "lid of the cup", heads)

@@ -214,12 +214,18 @@ def test_pipeline_text_heads_fall_back_to_full_attention_layers(caplog):
 
 
 def test_a_head_file_on_a_linear_layer_is_refused_by_the_pipeline(tmp_path):
+    from pop_ros.models.loading import ModelLoadError
     from pop_ros.pipeline import PartPointer
 
     path = tmp_path / "heads.yaml"
     path.write_text("heads: [[7, 1], [4, 0]]\n")
-    with pytest.raises(ValueError, match=r"head \[4, 0\] is refused: layer 4 is a linear-attention"):
+    reason = r"head \[4, 0\] is refused: layer 4 is a linear-attention"
+    # Trimmed (the default): refused while choosing the layers to load, before any weight is read.
+    with pytest.raises(ModelLoadError, match=reason):
         PartPointer.from_preset("tiny-qwen3.5", heads_file=str(path))
+    # Whole: refused by the pipeline against the loaded adapter's layer kinds.
+    with pytest.raises(ValueError, match=reason):
+        PartPointer.from_preset("tiny-qwen3.5", heads_file=str(path), trim=False)
 
 
 def test_native_point_reads_the_answer_on_the_0_1000_scale(monkeypatch):

@@ -31,24 +31,48 @@ def pointer_pairs(tiny_visual):
     return pairs
 
 
+# Tiny checkpoints: 6 plain layers (fallback heads: every head of layers 2-3, the middle third), or
+# Qwen3.5's 8 hybrid layers with full attention at 3 and 7 only (middle third 2-4 holds just layer 3).
+TINY_LAYERS = {family: 8 if family == "qwen3_5" else 6 for family in FAMILIES}
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_trimmed_model_holds_only_the_layers_up_to_the_fallback_heads(pointer_pairs, family):
+    from pop_ros.models.heads import fallback_heads
+
     whole, trimmed = pointer_pairs[family]
-    # Tiny checkpoints have 6 layers; the fallback heads are layers 2-3 (the middle third): 4 kept.
-    assert (whole.mllm.num_layers, whole.mllm.loaded_layers) == (6, 6)
-    assert (trimmed.mllm.num_layers, trimmed.mllm.loaded_layers) == (6, 4)
-    assert len(trimmed.mllm.decoder_layers()) == 4
+    layers = TINY_LAYERS[family]
+    assert (whole.mllm.num_layers, whole.mllm.loaded_layers) == (layers, layers)
+    # The deepest fallback head, from the whole model's own layer kinds (the adapter's head_layers).
+    deepest = max(layer for layer, _ in fallback_heads(layers, whole.mllm.num_heads, whole.mllm.head_layers))
+    assert deepest == 3  # every tiny family: layer 3 (for Qwen3.5, its first full-attention layer)
+    kept = deepest + 1
+    assert (trimmed.mllm.num_layers, trimmed.mllm.loaded_layers) == (layers, kept)
+    assert trimmed.mllm.head_layers == whole.mllm.head_layers  # the whole model's, though trimmed
+    assert len(trimmed.mllm.decoder_layers()) == kept
     assert not list(trimmed.mllm.model.lm_head.parameters())
     whole_params = dict(whole.mllm.model.named_parameters())
     dropped = sum(
         value.numel()
         for name, value in whole_params.items()
-        if name.startswith("lm_head.") or any(f"layers.{i}." in name and "language_model" in name for i in (4, 5))
+        if name.startswith("lm_head.")
+        or any(f"layers.{i}." in name and "language_model" in name for i in range(kept, layers))
     )
     trimmed_params = list(trimmed.mllm.model.parameters())
     assert sum(p.numel() for p in trimmed_params) == sum(p.numel() for p in whole_params.values()) - dropped
     assert dropped > 0
     assert not any(p.is_meta for p in trimmed_params)  # every kept weight was read from the checkpoint
+
+
+def test_trimmed_qwen3_5_keeps_the_deltanet_layers_before_its_deepest_head(pointer_pairs):
+    """The prefix state of a full-attention layer depends on the Gated DeltaNet layers before it."""
+    whole, trimmed = pointer_pairs["qwen3_5"]
+    kinds = ["linear_attn" if hasattr(layer, "linear_attn") else "self_attn" for layer in trimmed.mllm.decoder_layers()]
+    assert kinds == ["linear_attn", "linear_attn", "linear_attn", "self_attn"]
+    whole_weights = dict(whole.mllm.model.named_parameters())
+    for name, value in trimmed.mllm.model.named_parameters():
+        if "linear_attn" in name:
+            assert torch.equal(value, whole_weights[name]), name  # read from the checkpoint, not initialised
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -81,13 +81,15 @@ def main(argv=None) -> int:
             config = get_preset("tiny").replace(mllm=f"tiny:{family}")
             float_adapter = config.load_mllm()
             int8_adapter = config.replace(mllm_quantization="int8").load_mllm()
-            heads = config.text_prior_heads(float_adapter.num_layers, float_adapter.num_heads)
+            heads = config.text_prior_heads(
+                float_adapter.num_layers, float_adapter.num_heads, float_adapter.head_layers
+            )
             report[f"tiny:{family} (float32)"] = compare(float_adapter, int8_adapter, heads, image)
     if args.shape_folder:
         from pop_ros.models.heads import fallback_heads
 
         float_adapter, int8_adapter = shape_adapters(args.shape_folder, torch.bfloat16)
-        heads = fallback_heads(float_adapter.num_layers, float_adapter.num_heads)
+        heads = fallback_heads(float_adapter.num_layers, float_adapter.num_heads, float_adapter.head_layers)
         report[f"{args.shape_folder.name} (bfloat16)"] = compare(float_adapter, int8_adapter, heads, image)
     print(json.dumps(report, indent=2))
     return 0

@@ -42,6 +42,36 @@ INTERNVL3_8B_TEXT = {
 # Molmo2-8B: Qwen3-8B text and a 25-layer SigLIP so400m tower (transformers' Molmo2Config defaults);
 # the adapter's MLP width follows the text model's.
 MOLMO2_8B_ADAPTER = {"text_hidden_size": 4096, "intermediate_size": 12288}
+# Qwen3.5 0.8B / 2B (4B and 9B live in pop_ros.bench's SHAPES, which `pop-bench --shape` builds). 0.8B:
+# Qwen/Qwen3.5-0.8B's config.json (text and vision). 2B: text widths as published; its vision tower is
+# an estimate (Qwen3-VL-2B's 24 x 1024 tower), marked in docs/memory.md.
+QWEN35_SMALL_TEXT = {
+    "num_hidden_layers": 24, "num_attention_heads": 8, "num_key_value_heads": 2, "linear_num_value_heads": 16,
+    "tie_word_embeddings": True,
+}  # fmt: skip
+QWEN35_0_8B = (
+    {"hidden_size": 1024, "intermediate_size": 3584},
+    {"depth": 12, "hidden_size": 768, "intermediate_size": 3072, "num_heads": 12, "out_hidden_size": 1024},
+)
+QWEN35_2B = (
+    {"hidden_size": 2048, "intermediate_size": 6144},
+    {"depth": 24, "hidden_size": 1024, "intermediate_size": 4096, "num_heads": 16, "out_hidden_size": 2048},
+)
+# Ovis2 -hf: the originals' LLM and AIMv2 tower (the Ovis2 model zoo: 2B = aimv2-large-patch14-448 +
+# Qwen2.5-1.5B-Instruct, 8B = aimv2-huge-patch14-448 + Qwen2.5-7B-Instruct), with Qwen2.5's and
+# AIMv2's published widths; 448 px tiles of 14 px patches, merged 2x2 (hidden_stride 2) into 256
+# tokens. The visual vocabulary (65536, as Ovis1.6 and Ovis2.5) is an estimate.
+OVIS2_VISION = {"image_size": 448, "patch_size": 14, "hidden_stride": 2, "vocab_size": 65536, "num_hidden_layers": 24}
+OVIS2_2B = (
+    {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28, "num_attention_heads": 12,
+     "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": True},
+    {"hidden_size": 1024, "intermediate_size": 2816, "num_attention_heads": 8},
+)  # fmt: skip
+OVIS2_8B = (
+    {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
+     "num_key_value_heads": 4, "vocab_size": 152064, "tie_word_embeddings": False},
+    {"hidden_size": 1536, "intermediate_size": 4096, "num_attention_heads": 12},
+)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +92,11 @@ TOKENS = {
     "qwen2_5_vl": TokenCounts(vision_tokens=1564, vision_sequences=1, llm_tokens=421, dino_tokens=593),
     "internvl": TokenCounts(vision_tokens=1025, vision_sequences=1, llm_tokens=286, dino_tokens=593),
     "molmo2": TokenCounts(vision_tokens=729, vision_sequences=5, llm_tokens=755, dino_tokens=593),
+    # Qwen3.5: 640x480 px = 40x30 patches of 16 (1200 tower tokens, one sequence), 300 LLM image tokens
+    # (2x2 merge) + ~30 prompt. Ovis2: 2x2 tiles of 448 px + the thumbnail (the processor's choice for
+    # 640x480), 1024 patches each; 5 x 256 LLM image tokens + indicators + ~40 prompt (system turn).
+    "qwen3_5": TokenCounts(vision_tokens=1200, vision_sequences=1, llm_tokens=330, dino_tokens=593),
+    "ovis2": TokenCounts(vision_tokens=1024, vision_sequences=5, llm_tokens=1330, dino_tokens=593),
 }
 
 
@@ -72,6 +107,34 @@ def _qwen_config(size: str):
 
     text, vision = SHAPES[f"qwen2.5-vl-{size}"][:2]
     return Qwen2_5_VLConfig(text_config=dict(text), vision_config=dict(vision))
+
+
+def _qwen3_5_config(size: str):
+    from transformers import Qwen3_5Config
+
+    from pop_ros.bench import QWEN35_TEXT, QWEN35_VISION, SHAPES
+
+    if size in ("4b", "9b"):
+        text, vision = SHAPES[f"qwen3.5-{size}"][:2]
+    else:
+        text_widths, vision_widths = {"0.8b": QWEN35_0_8B, "2b": QWEN35_2B}[size]
+        text = {**QWEN35_TEXT, **QWEN35_SMALL_TEXT, **text_widths}
+        vision = {**QWEN35_VISION, **vision_widths}
+    text = dict(text)
+    text.setdefault("tie_word_embeddings", False)
+    return Qwen3_5Config(text_config=text, vision_config=dict(vision), tie_word_embeddings=text["tie_word_embeddings"])
+
+
+def _ovis2_config(text: dict, vision: dict):
+    from transformers import Ovis2Config
+
+    return Ovis2Config(
+        text_config={"model_type": "qwen2", **text},
+        vision_config={**OVIS2_VISION, **vision},
+        hidden_size=text["hidden_size"],
+        vocab_size=text["vocab_size"],
+        tie_word_embeddings=text["tie_word_embeddings"],
+    )
 
 
 def _internvl_config():
@@ -117,6 +180,12 @@ MLLM_CONFIGS = {
     "Qwen/Qwen2.5-VL-7B-Instruct": ("qwen2_5_vl", lambda: _qwen_config("7b")),
     "OpenGVLab/InternVL3-8B-hf": ("internvl", _internvl_config),
     "allenai/Molmo2-8B": ("molmo2", _molmo2_config),
+    **{
+        f"Qwen/Qwen3.5-{size.upper()}": ("qwen3_5", lambda size=size: _qwen3_5_config(size))
+        for size in ("0.8b", "2b", "4b", "9b")
+    },
+    "thisisiron/Ovis2-2B-hf": ("ovis2", lambda: _ovis2_config(*OVIS2_2B)),
+    "thisisiron/Ovis2-8B-hf": ("ovis2", lambda: _ovis2_config(*OVIS2_8B)),
 }
 
 
@@ -172,6 +241,23 @@ def _seen_once(model):
     return keep
 
 
+def frame_cache_bytes(text_config, kept_layers: int, llm_tokens: int) -> int:
+    """One frame's cached prefix over layers 0..kept_layers-1: keys and values of each attention
+    layer; for a hybrid model's Gated DeltaNet layers, their conv state (model dtype) and recurrent
+    state (float32, as transformers' reference kernel keeps it), independent of the token count."""
+    head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
+    kv_per_layer = 2 * llm_tokens * text_config.num_key_value_heads * head_dim * FLOAT_BYTES
+    kinds = list(getattr(text_config, "layer_types", None) or ["full_attention"] * kept_layers)[:kept_layers]
+    linear = sum(kind == "linear_attention" for kind in kinds)
+    if not linear:
+        return kept_layers * kv_per_layer
+    key_width = text_config.linear_num_key_heads * text_config.linear_key_head_dim
+    value_heads, value_dim = text_config.linear_num_value_heads, text_config.linear_value_head_dim
+    conv = (2 * key_width + value_heads * value_dim) * text_config.linear_conv_kernel_dim * FLOAT_BYTES
+    recurrent = value_heads * text_config.linear_key_head_dim * value_dim * 4
+    return (kept_layers - linear) * kv_per_layer + linear * (conv + recurrent)
+
+
 def activation_bytes(family: str, text_config, vision_config, dino_config, kept_layers: int) -> int:
     """Estimated peak activations of one 640x480 query, bf16, with sdpa's math path (which builds the
     S x S score matrix; flash/memory-efficient kernels need less), plus the frame cache's keys/values
@@ -194,8 +280,7 @@ def activation_bytes(family: str, text_config, vision_config, dino_config, kept_
     llm = layer_peak(
         tokens.llm_tokens, text_config.hidden_size, text_config.intermediate_size, text_config.num_attention_heads
     )
-    head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
-    frame_cache = 2 * kept_layers * 2 * tokens.llm_tokens * text_config.num_key_value_heads * head_dim * FLOAT_BYTES
+    frame_cache = 2 * frame_cache_bytes(text_config, kept_layers, tokens.llm_tokens)
     dino_intermediate = getattr(dino_config, "intermediate_size", None) or int(
         dino_config.hidden_size * dino_config.mlp_ratio
     )
@@ -207,13 +292,16 @@ def activation_bytes(family: str, text_config, vision_config, dino_config, kept_
 def preset_memory(preset: str) -> dict:
     """{weight format: {field: bytes}} for one preset (see the module docstring)."""
     from pop_ros.models.presets import get_preset
-    from pop_ros.models.trimming import kept_layer_count
+    from pop_ros.models.trimming import config_head_layers, kept_layer_count
 
     config = get_preset(preset)
     family, build = MLLM_CONFIGS[config.mllm]
     mllm_config = build()
     text_config = mllm_config.get_text_config()
-    heads = config.text_prior_heads(int(text_config.num_hidden_layers), int(text_config.num_attention_heads))
+    # Hybrid models: the fallback heads lie on full-attention layers only (as trimmed loading reads them).
+    heads = config.text_prior_heads(
+        int(text_config.num_hidden_layers), int(text_config.num_attention_heads), config_head_layers(mllm_config)
+    )
     kept = kept_layer_count(heads)
     model = _meta_mllm(mllm_config)
     dino_config = _visual_config(config.visual)

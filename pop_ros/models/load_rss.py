@@ -114,8 +114,8 @@ def _load_in_this_process(folder: str, dtype: str, trim: bool, deepest: int | No
     MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING[type(AutoConfig.from_pretrained(folder))]  # imports the modeling code
     before = psutil.Process().memory_info().rss
 
-    def heads(num_layers: int, num_heads: int):
-        return [(deepest, 0)] if deepest is not None else fallback_heads(num_layers, num_heads)
+    def heads(num_layers: int, num_heads: int, head_layers=None):
+        return [(deepest, 0)] if deepest is not None else fallback_heads(num_layers, num_heads, head_layers)
 
     model = _mllm_from_pretrained(folder, getattr(torch, dtype), False, heads if trim else None)
     loaded_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB

@@ -157,12 +157,13 @@ def load_mllm(
     trust_remote_code: bool = False,
     system_prompt: str = "",
     max_pixels: int = 0,
-    trim_to_heads: Callable[[int, int], Sequence[Sequence[int]]] | None = None,
+    trim_to_heads: Callable[[int, int, Sequence[int] | None], Sequence[Sequence[int]]] | None = None,
     quantization: str = "none",
 ) -> MLLMAdapter:
     """The text-prior adapter for the MLLM at `spec` (hub id, folder, or `tiny:<family>`).
 
-    `trim_to_heads(num_layers, num_heads)` -> the (layer, head) list POP will read: when given, only
+    `trim_to_heads(num_layers, num_heads, head_layers)` -> the (layer, head) list POP will read
+    (`head_layers`: the layers that can hold heads, None = all; see `trimming.config_head_layers`): when given, only
     decoder layers 0..its deepest layer are built and loaded, without `lm_head` (see `trimming.py`).
     `quantization`: `none` or `int8` (see `quantization.py`)."""
     from pop_ros.models.processors import load_processor
@@ -205,7 +206,13 @@ def _mllm_from_pretrained(source: str, torch_dtype, trust_remote_code: bool, tri
     """The MLLM, whole or trimmed to the heads `trim_to_heads` names (see `load_mllm`)."""
     from transformers import AutoConfig, AutoModelForImageTextToText
 
-    from pop_ros.models.trimming import kept_layer_count, native_model_class, trim_config, trimmed_class
+    from pop_ros.models.trimming import (
+        config_head_layers,
+        kept_layer_count,
+        native_model_class,
+        trim_config,
+        trimmed_class,
+    )
 
     kwargs = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code, "attn_implementation": "sdpa"}
     if trim_to_heads is None:
@@ -218,7 +225,8 @@ def _mllm_from_pretrained(source: str, torch_dtype, trust_remote_code: bool, tri
     text_config = config.get_text_config()
     whole = int(text_config.num_hidden_layers)
     try:
-        heads = trim_to_heads(whole, int(text_config.num_attention_heads))
+        # Hybrid models: the fallback heads lie on full-attention layers only, as the adapter reads them.
+        heads = trim_to_heads(whole, int(text_config.num_attention_heads), config_head_layers(config))
     except ValueError as error:  # a malformed head file: its own message, not a loading failure
         raise ModelLoadError(str(error)) from error
     kept = kept_layer_count(heads)

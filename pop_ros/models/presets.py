@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+from collections.abc import Sequence
 
 from pop_ros.models.prompts import DEFAULT_PROMPT
 from pop_ros.paths import heads_dirs, user_heads_dir
@@ -64,13 +65,29 @@ class ModelConfig:
         path = default_head_file(self.mllm)
         return path if path.is_file() else None
 
-    def text_prior_heads(self, num_layers: int, num_heads: int) -> list[tuple[int, int]]:
+    def text_prior_heads(
+        self, num_layers: int, num_heads: int, head_layers: Sequence[int] | None = None
+    ) -> list[tuple[int, int]]:
         """The (layer, head) list the text prior reads on a model of that size with the default
-        settings: the head file's, else the fallback (every head of the middle third)."""
+        settings: the head file's, else the fallback (every head of the middle third).
+        `head_layers`: the layers that can hold heads (a hybrid model's full-attention layers; None:
+        all), as the adapter's `head_layers`, so trimming keeps exactly what the pointer reads."""
         from pop_ros.models.heads import fallback_heads, load_head_file
 
         path = self.head_file()
-        return load_head_file(path, num_layers, num_heads) if path else fallback_heads(num_layers, num_heads)
+        if path is None:
+            return fallback_heads(num_layers, num_heads, head_layers)
+        allowed = None if head_layers is None else {int(layer) for layer in head_layers}
+
+        def layer_problem(layer: int) -> str | None:
+            if allowed is None or layer in allowed:
+                return None
+            return (
+                f"layer {layer} is a linear-attention layer: it has no attention matrix, so no localization "
+                f"head; only the full-attention layers {sorted(allowed)} can hold heads"
+            )
+
+        return load_head_file(path, num_layers, num_heads, layer_problem=layer_problem)
 
     def load_visual(self):
         """The patch-feature encoder this configuration names (see `loading.load_visual`)."""

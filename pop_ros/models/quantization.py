@@ -1,7 +1,9 @@
 """Optional weight quantization of the MLLM, through torchao (see docs/memory.md for the choice).
 
 `int8`: every linear layer's weights stored as int8 with one float scale per output channel
-(torchao's `Int8WeightOnlyConfig`); activations and the attention POP reads stay in the model's
+(torchao's `Int8WeightOnlyConfig`), whatever the layer kind: attention projections and, in hybrid
+models (Qwen3.5), the Gated DeltaNet layers' `in_proj_*` / `out_proj` too (their causal conv, a
+Conv1d, and their per-head decay parameters stay float); activations and the attention POP reads stay in the model's
 dtype. Applied after the checkpoint loads into CPU memory and before the model moves to the GPU,
 so the GPU holds only the int8 weights (the CPU, and a Jetson's shared memory, briefly holds the
 float ones). Runs on CUDA and on the CPU (pure PyTorch). transformers' own `TorchAoConfig` path

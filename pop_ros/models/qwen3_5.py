@@ -40,7 +40,10 @@ class Qwen3_5Adapter(QwenVLAdapter):
     chat_template_kwargs = {"enable_thinking": False}
 
     def __init__(self, model, processor, **kwargs):
-        self.layer_types = tuple(model.config.get_text_config().layer_types)
+        from pop_ros.models.trimming import whole_layer_types
+
+        # The whole checkpoint's kinds, also when trimmed: which layers hold heads is the whole model's.
+        self.layer_types = tuple(whole_layer_types(model.config))
         super().__init__(model, processor, **kwargs)
         if not self.head_layers:
             raise ValueError(f"{self.family}: the config's layer_types name no {FULL_ATTENTION} layer")
@@ -74,8 +77,9 @@ class Qwen3_5Adapter(QwenVLAdapter):
         return by_layer
 
     def _maps_from_attentions(self, attentions, heads, prepared: PromptInputs) -> torch.Tensor:
-        # One `(B, H, S, S)` entry per full-attention layer, in layer order.
-        index = {layer: i for i, layer in enumerate(self.head_layers)}
+        # One `(B, H, S, S)` entry per loaded full-attention layer, in layer order.
+        loaded = [layer for layer in self.head_layers if layer < self.loaded_layers]
+        index = {layer: i for i, layer in enumerate(loaded)}
         if len(attentions) != len(index):
             raise RuntimeError(f"{self.family}: {len(attentions)} attention maps, {len(index)} full-attention layers")
         maps = [attentions[index[int(layer)]][0, int(head), -1][prepared.image_positions] for layer, head in heads]
@@ -260,6 +264,8 @@ def build_shape_mllm(text_config: dict, vision_config: dict, dtype: torch.dtype)
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
+        # The top-level flag decides whether lm_head shares the embeddings (the 4B's do, the 9B's not).
+        tie_word_embeddings=bool(text_config.get("tie_word_embeddings", False)),
     )
     model = Qwen3_5ForConditionalGeneration._from_config(config, dtype=dtype, attn_implementation="sdpa")
     image_processor = Qwen2VLImageProcessorPil(patch_size=16, merge_size=2, temporal_patch_size=2)

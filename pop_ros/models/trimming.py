@@ -22,8 +22,13 @@ import torch
 
 LOG = logging.getLogger(__name__)
 
-# Attribute set on a trimmed model's text config: the checkpoint's own decoder layer count.
+# Attributes set on a trimmed model's text config: the checkpoint's own decoder layer count and, for
+# hybrid models, its whole per-layer attention kinds (which layers can hold heads stays a property of
+# the whole model).
 UNTRIMMED_LAYERS = "pop_untrimmed_num_hidden_layers"
+UNTRIMMED_LAYER_TYPES = "pop_untrimmed_layer_types"
+# Layer kinds without an attention matrix (Qwen3.5's Gated DeltaNet): no localization head there.
+NO_HEAD_LAYER_TYPES = ("linear_attention",)
 
 
 def kept_layer_count(heads: Sequence[Sequence[int]]) -> int:
@@ -39,6 +44,22 @@ def whole_layer_count(config) -> int:
     return int(getattr(text_config, UNTRIMMED_LAYERS, text_config.num_hidden_layers))
 
 
+def whole_layer_types(config) -> list[str] | None:
+    """The checkpoint's per-layer attention kinds (`layer_types`), trimmed or not; None if it has none."""
+    text_config = config.get_text_config()
+    value = getattr(text_config, UNTRIMMED_LAYER_TYPES, None) or getattr(text_config, "layer_types", None)
+    return list(value) if isinstance(value, (list, tuple)) else None
+
+
+def config_head_layers(config) -> tuple[int, ...] | None:
+    """Decoder layers of `config` that can hold localization heads (those with an attention matrix),
+    or None when every layer can: what the adapter's `head_layers` will say, known before loading."""
+    kinds = whole_layer_types(config)
+    if kinds is None or not any(kind in NO_HEAD_LAYER_TYPES for kind in kinds):
+        return None
+    return tuple(i for i, kind in enumerate(kinds) if kind not in NO_HEAD_LAYER_TYPES)
+
+
 def trim_config(config, kept: int) -> bool:
     """Cut `config`'s text decoder to its first `kept` layers, in place; False when nothing is cut."""
     text_config = config.get_text_config()
@@ -48,6 +69,9 @@ def trim_config(config, kept: int) -> bool:
     if int(kept) == int(text_config.num_hidden_layers):
         return False
     setattr(text_config, UNTRIMMED_LAYERS, whole)
+    kinds = whole_layer_types(config)
+    if kinds is not None and len(kinds) == whole:
+        setattr(text_config, UNTRIMMED_LAYER_TYPES, kinds)
     text_config.num_hidden_layers = int(kept)
     # Per-layer lists (attention kinds of hybrid models, sliding windows) follow the layer count.
     for name in ("layer_types", "sliding_window_pattern_list"):
