@@ -25,7 +25,7 @@ from pop_ros_interfaces.srv import (
     RemoveSupportSet,
     SetDefaultQuery,
 )
-from test.conftest import HEIGHT, WIDTH, colour_msg, same_stamp, scene
+from test.conftest import HEIGHT, WIDTH, colour_msg, same_stamp, scene, wait_for
 
 SCENE = scene()
 TEACH_SET = "../über part ✓"  # path traversal, a space and unicode in one name
@@ -224,8 +224,9 @@ def test_read_only_library_refuses_edits_and_clicks_need_a_fresh_frame(inprocess
     assert not result.success and "stale" in result.message, result.message
 
     def fresh_click(u, v):
+        received = node.camera.latest_seq
         frames.publish(colour_msg(ros.now_stamp()))
-        time.sleep(0.3)
+        assert wait_for(lambda: node.camera.latest_seq > received, 20)
         return click_once(ros, "/ro/pop_node/teach_click", results, u, v)
 
     result = fresh_click(WIDTH + 3, 10)
