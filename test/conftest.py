@@ -52,6 +52,25 @@ os.environ["XDG_DATA_HOME"] = str(
 )
 
 
+# Tests on a pop_node running in its own process (started once per module) are slow like the node start:
+# marked here by fixture, so a new test on that fixture is marked too. Other slow tests carry the marker.
+SLOW_FIXTURES = {"node_process"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A run that selected no test (a mistyped -k/-m, a file that failed to collect) is a failure with a
+    reason, never pytest's exit code 5 that a script might mistake for something else."""
+    if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+        print("\nno test ran: check the -k/-m selection and the paths given", flush=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 @pytest.fixture(scope="session")
 def tiny_adapters():
     """One tiny random adapter per MLLM family, loaded through the real loader."""

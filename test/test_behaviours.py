@@ -331,6 +331,7 @@ def run_example(*args):
     return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
 
 
+@pytest.mark.slow
 def test_example_tree_finds_the_handle_and_prints_the_tree(bt_node):
     ros, _, _ = bt_node
     run = run_example("--namespace", f"/{NS}/pop_node", "--require-3d")
@@ -344,6 +345,7 @@ def test_example_tree_finds_the_handle_and_prints_the_tree(bt_node):
     )
 
 
+@pytest.mark.slow
 def test_example_tree_without_a_node_says_so():
     run = run_example("--namespace", "/nobody/pop_node", "--timeout", "1")
     assert run.returncode == 1

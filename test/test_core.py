@@ -254,6 +254,7 @@ def test_float16_gives_the_same_point_as_float32():
         assert peak_to_pixel(fuse(half[2], [visual]), (80, 160)) == reference
 
 
+@pytest.mark.slow  # 640 MiB-class similarity work, about 10 s
 def test_large_grid_k10_runs_and_bounds_blocks(monkeypatch):
     # 64 x 64 target against K = 10 supports of 64 x 64: a whole support x target block would be
     # 10 * 4096 * 4096 floats = 640 MiB. Every block actually made is recorded (the einsum that builds

@@ -22,6 +22,7 @@ def device_check():
     return module
 
 
+@pytest.mark.slow
 def test_dry_run_writes_one_json_and_one_log(tmp_path):
     out = tmp_path / "out"
     completed = subprocess.run(

@@ -23,6 +23,8 @@ from pop_ros_interfaces.srv import AddExemplar, ListSupportSets, PointToPart
 from test import fuzz_strategies as fs
 from test.conftest import HEIGHT, WIDTH, K, colour_msg, same_stamp
 
+pytestmark = pytest.mark.slow  # a node process fuzzed with 80 generated cycles
+
 NS = "/fuzz"
 TOPICS = {
     "image": (Image, f"{NS}/image"),

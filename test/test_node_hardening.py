@@ -92,6 +92,7 @@ def test_inactive_and_unconfigured_nodes_answer_with_their_state(inprocess):
     )
 
 
+@pytest.mark.slow
 def test_autostart_false_says_how_to_drive_the_lifecycle(tmp_path):
     """As users run it: the log names the `ros2 lifecycle set` commands, and driving the lifecycle
     through its services (what that command calls) brings the node to answering."""
@@ -275,6 +276,7 @@ CAMERA = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_camera_frames_keep_arriving_while_8_slow_queries_are_in_flight(capsys):
     """A 30 Hz camera in another process while 8 queries of 0.6 s each are in flight (1 running,
     7 waiting): every query is answered, and the camera callbacks keep running throughout."""

@@ -91,6 +91,7 @@ def away_from_ring(crop, centre, radius=9):
     return (rows - centre[1]) ** 2 + (cols - centre[0]) ** 2 > radius**2
 
 
+@pytest.mark.slow
 def test_taught_sets_survive_a_restart_edits_persist_and_a_killed_writer_leaves_a_library(
     client, tmp_path, monkeypatch
 ):

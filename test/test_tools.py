@@ -8,8 +8,10 @@ import subprocess
 import sys
 
 import cv2
+import pytest
 
 
+@pytest.mark.slow
 def test_pop_bench_smoke_run_reports_every_comparison():
     completed = subprocess.run(
         [sys.executable, "-m", "pop_ros.bench", "--preset", "tiny", "--dtype", "float32", "--repeats", "1",
@@ -33,6 +35,7 @@ def test_pop_bench_smoke_run_reports_every_comparison():
 SETS = ("bottle_neck", "mug_handle")  # config/supports/library.yaml
 
 
+@pytest.mark.slow
 def test_demo_streams_scenes_and_writes_results(tmp_path):
     out = tmp_path / "demo"
     completed = subprocess.run(
