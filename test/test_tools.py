@@ -21,8 +21,16 @@ def test_pop_bench_smoke_run_reports_every_comparison():
     assert completed.returncode == 0, completed.stderr
     report = json.loads(completed.stdout)
     models = report["models"]
-    for key in ("ratio_fast_vs_eager", "ratio_pop_vs_native", "ratio_k10_vs_k1", "overhead_fraction"):
-        assert math.isfinite(models[key]) and models[key] > 0, key
+    # Each ratio is the quotient of the two medians the report gives for it (numerator first), so a
+    # ratio of the wrong pair or the wrong way round fails.
+    prior, shots, query = models["text_prior_ms"], models["k_shots_ms"], models["query_ms"]
+    for key, over, under in (
+        ("ratio_fast_vs_eager", prior["fast"], prior["eager_everywhere"]),
+        ("ratio_pop_vs_native", query["pop_1shot"], query["native_pointing"]),
+        ("ratio_k10_vs_k1", shots["10"], shots["1"]),
+    ):
+        assert models[key] == pytest.approx(over["median"] / under["median"], rel=1e-9), key
+    assert math.isfinite(models["overhead_fraction"]) and models["overhead_fraction"] < 1  # model time >= 0
     assert set(models["k_shots_ms"]) == {"1", "3", "10"}
     for path in ("shared_floor", "eager"):
         assert math.isfinite(models["text_prior_ms"][path]["median"]) and models["text_prior_ms"][path]["median"] > 0
