@@ -119,7 +119,7 @@ def send_and_call(ros, process, sent, burst, call):
         assert response.message.strip(), "a refusal must say why"
 
 
-# The inner @given's seed is derived from its strategies' repr, which holds the sample images (774 kB).
+# Hypothesis builds a repr of the inner @given's strategies, which hold the sample images (774 kB).
 @pytest.mark.filterwarnings("ignore:Generating overly large repr")
 def test_fuzzed_inputs_never_kill_the_node_which_then_answers_a_good_frame_correctly(fuzz_node, capsys):
     """One test, so the node checked at the end is the one just fuzzed (not left over from another test)."""
