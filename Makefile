@@ -23,11 +23,17 @@ export ROS_DOMAIN_ID ?= $(shell expr $$$$ % 90 + 10)
 export RMW_IMPLEMENTATION := rmw_fastrtps_cpp
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup test lint pytest demo bench device-wheels device-check clean help
+# pytest-xdist workers; each takes its own DDS domain (test/conftest.py). Whole test files go to one worker
+# (--dist loadfile): a file's node process or tiny model, started once per module, is shared by its tests.
+PYTEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile
+
+.PHONY: setup test test-fast lint pytest pytest-fast demo bench device-wheels device-check clean help
 
 help:
 	@echo "make demo   - set up .venv, start the node on sample images, write demo_out/"
 	@echo "make test   - set up .venv, run the style check and the whole test suite"
+	@echo "make test-fast - the style check and every test not marked slow (about a minute and a half)"
 	@echo "make bench  - per-stage timings and side-by-side ratios (pop-bench)"
 	@echo "make device-wheels - the pinned wheels the GPU test machine's stock image lacks, in build/device-wheels"
 	@echo "make device-check  - on that GPU machine: tests on CUDA + pop-bench 3B/7B, one JSON + one log in \$$OUT"
@@ -68,9 +74,14 @@ lint: setup
 	$(VENV)/bin/ruff format --check pop_ros test launch setup.py tools
 
 pytest: setup
-	$(PY) -m pytest
+	$(PYTEST)
+
+pytest-fast: setup
+	$(PYTEST) -m "not slow"
 
 test: lint pytest
+
+test-fast: lint pytest-fast
 
 demo: setup
 	$(PY) -m pop_ros.demo --out demo_out

@@ -1,20 +1,74 @@
 """Shared fixtures: tiny random checkpoints (built once per session), loopback-only ROS settings."""
 
+import fcntl
 import functools
 import os
 import pathlib
+import tempfile
 import time
 
 import numpy as np
 import pytest
 
+# Ids 10-99 keep the DDS ports below the Linux ephemeral range (as the Makefile's).
+DOMAIN_IDS = range(10, 100)
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", ... under pytest -n; "" without
+
+
+def _claim_domain_id() -> int:
+    """This test process's own DDS domain, held by an flock on /tmp/pop_ros-domain-<id>.lock for the
+    process's life. Without xdist: ROS_DOMAIN_ID as given (the Makefile exports one per make) or one from
+    the pid. Under xdist every worker takes the first free id from base + worker index on, so two
+    workers, or two concurrent makes that both run workers, never share a domain."""
+    given = os.environ.get("ROS_DOMAIN_ID", "")
+    base = int(given) if given.isdigit() and int(given) in DOMAIN_IDS else os.getpid() % 90 + 10
+    index = int(XDIST_WORKER[2:]) if XDIST_WORKER[2:].isdigit() else 0
+    lock_dir = pathlib.Path(tempfile.gettempdir())
+    for step in range(len(DOMAIN_IDS)):
+        candidate = DOMAIN_IDS.start + (base - DOMAIN_IDS.start + index + step) % len(DOMAIN_IDS)
+        lock = open(lock_dir / f"pop_ros-domain-{candidate}.lock", "a")  # held open until this process exits
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            if XDIST_WORKER:
+                continue
+            return base  # a plain run keeps the id it was given; workers elsewhere skip it while we hold it
+        _DOMAIN_LOCKS.append(lock)
+        return candidate
+    raise RuntimeError("every ROS domain id 10-99 is held by another pop_ros test process")
+
+
+_DOMAIN_LOCKS: list = []
 # Every test session: DDS on loopback, its own domain, no hub.
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-os.environ.setdefault("ROS_DOMAIN_ID", str(os.getpid() % 90 + 10))
+os.environ["ROS_DOMAIN_ID"] = str(_claim_domain_id())
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("POP_ROS_CACHE", str(pathlib.Path(__file__).resolve().parents[1] / "build" / "test-cache"))
-# Head files a user made with pop-find-heads (~/.local/share/pop_ros/heads) must not change what tests see.
-os.environ["XDG_DATA_HOME"] = str(pathlib.Path(__file__).resolve().parents[1] / "build" / "test-data")
+# Head files a user made with pop-find-heads (~/.local/share/pop_ros/heads) must not change what tests see;
+# one folder per xdist worker, so workers writing head files do not read each other's.
+os.environ["XDG_DATA_HOME"] = str(
+    pathlib.Path(__file__).resolve().parents[1] / "build" / "test-data" / (XDIST_WORKER or "main")
+)
+
+
+# Tests on a pop_node running in its own process (started once per module) are slow like the node start:
+# marked here by fixture, so a new test on that fixture is marked too. Other slow tests carry the marker.
+SLOW_FIXTURES = {"node_process"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A run that selected no test (a mistyped -k/-m, a file that failed to collect) is a failure with a
+    reason, never pytest's exit code 5 that a script might mistake for something else."""
+    if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+        print("\nno test ran: check the -k/-m selection and the paths given", flush=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,7 @@ from pop_ros.image_conversion import from_array
 from pop_ros.paths import SAMPLE_DIR
 from pop_ros.ros_client import LIBRARY
 from pop_ros_interfaces.srv import PointToPart as PointToPartSrv
+from test.conftest import wait_for
 
 Status = py_trees.common.Status
 NS = "bt"
@@ -28,13 +29,6 @@ SERVICE = f"/{NS}/pop_node/point_to_part"
 WIDTH, HEIGHT, DEPTH_M = 160, 120, 1.25
 K = [150.0, 0.0, 80.0, 0.0, 150.0, 60.0, 0.0, 0.0, 1.0]
 SCENE = cv2.resize(cv2.imread(str(SAMPLE_DIR / "scene_0.png")), (WIDTH, HEIGHT), interpolation=cv2.INTER_AREA)
-
-
-def wait_for(predicate, timeout=30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return predicate()
 
 
 class Gate:
@@ -239,7 +233,7 @@ def test_preemption_mid_query_drops_it_and_a_new_query_works(bt_node):
     assert find.status == Status.INVALID and not find.pending and dropped.cancelled()
     assert find.feedback_message == "pre-empted: pending request dropped"
     gate.open.set()
-    assert wait_for(lambda: len(answered) == 1)  # the late answer arrived ... and reached no one
+    assert wait_for(lambda: len(answered) == 1, 30)  # the late answer arrived ... and reached no one
     assert not board.exists("point") and not board.exists("result")
     assert find.client._pending_requests == {}  # rclpy keeps nothing for the dropped request
 
@@ -331,6 +325,7 @@ def run_example(*args):
     return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
 
 
+@pytest.mark.slow
 def test_example_tree_finds_the_handle_and_prints_the_tree(bt_node):
     ros, _, _ = bt_node
     run = run_example("--namespace", f"/{NS}/pop_node", "--require-3d")
@@ -344,6 +339,7 @@ def test_example_tree_finds_the_handle_and_prints_the_tree(bt_node):
     )
 
 
+@pytest.mark.slow
 def test_example_tree_without_a_node_says_so():
     run = run_example("--namespace", "/nobody/pop_node", "--timeout", "1")
     assert run.returncode == 1

@@ -89,12 +89,14 @@ def make_dry_run(make: str, folder: pathlib.Path, *args: str) -> subprocess.Comp
     )
 
 
+@pytest.mark.slow
 def test_make_creates_the_venv_with_python3_12_when_python3_11_is_absent(tmp_path, make):
     completed = make_dry_run(make, shim_folder(tmp_path / "bin", {"python3.12": "3.12"}))
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.splitlines()[0] == "python3.12 -m venv .venv"
 
 
+@pytest.mark.slow
 def test_make_without_a_supported_python_stops_with_the_reason(tmp_path, make):
     completed = make_dry_run(make, shim_folder(tmp_path / "bin", {"python3.10": "3.10"}))
     assert completed.returncode == 2 and completed.stdout == ""
@@ -102,6 +104,7 @@ def test_make_without_a_supported_python_stops_with_the_reason(tmp_path, make):
     assert "pop_ros needs Python 3.12 or 3.11 to make .venv" in completed.stderr
 
 
+@pytest.mark.slow
 def test_make_honours_python_bootstrap(tmp_path, make):
     folder = shim_folder(tmp_path / "bin", {"python3.12": "3.12", "mypython": "3.11"})
     completed = make_dry_run(make, folder, "PYTHON_BOOTSTRAP=mypython")

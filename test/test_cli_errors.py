@@ -76,6 +76,7 @@ def test_pop_find_heads_refuses_a_head_file_name_before_loading(files, capsys):
     ]
 
 
+@pytest.mark.slow
 def test_unreachable_hub_fails_at_once_without_retry_warnings(files):
     """With HF_HUB_OFFLINE unset and no network route to the hub (the endpoint points at a closed
     local port, so this holds on connected machines too), the first uncached model fails with the

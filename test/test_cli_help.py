@@ -35,6 +35,7 @@ def test_the_tool_table_is_setup_py_s_console_scripts():
 
 
 @pytest.mark.parametrize("tool", sorted(TOOLS))
+@pytest.mark.slow
 def test_help_imports_no_torch_transformers_or_rclpy(tool):
     completed = subprocess.run(
         [sys.executable, "-c", PROBE, *TOOLS[tool].split(":")], capture_output=True, text=True, timeout=120, check=False
@@ -44,6 +45,7 @@ def test_help_imports_no_torch_transformers_or_rclpy(tool):
     assert completed.stdout.strip().splitlines()[-1] == "HELP-EXIT=0 HEAVY=none", completed.stdout[-500:]
 
 
+@pytest.mark.slow
 def test_the_probe_sees_torch_when_it_is_imported():
     """The check above can fail: a module that imports torch at the top is reported."""
     probe = PROBE.replace("getattr(module", "import torch; getattr(module")

@@ -30,7 +30,7 @@ import yaml
 
 from pop_ros.paths import SOURCE_ROOT
 
-pytestmark = pytest.mark.timeout(1500)  # the first build compiles the interface package
+pytestmark = [pytest.mark.timeout(1500), pytest.mark.slow]  # the first build compiles the interface package
 
 WORKSPACE = SOURCE_ROOT / "build" / "colcon_test"
 VENV = pathlib.Path(sys.prefix)

@@ -1,7 +1,5 @@
 """POP core math: formulas against plain loops, the paper's two-objects story, invariances."""
 
-import math
-
 import numpy as np
 import pytest
 import scipy.ndimage
@@ -17,6 +15,7 @@ from pop_ros.core import (
     visual_similarity,
     visual_similarity_batch,
 )
+from pop_ros.core.fusion import DEFAULT_MAX_BLOCK_ELEMENTS
 
 
 def loop_visual_similarity(support, target, rc, mode):
@@ -255,14 +254,37 @@ def test_float16_gives_the_same_point_as_float32():
         assert peak_to_pixel(fuse(half[2], [visual]), (80, 160)) == reference
 
 
-def test_large_grid_k10_runs_and_bounds_blocks():
-    # 64 x 64 target against K = 10 supports of 64 x 64: must run chunked (a whole block would be
-    # 10 * 4096 * 4096 floats = 640 MiB) and agree with a coarser chunking.
+@pytest.mark.slow  # 640 MiB-class similarity work, about 10 s
+def test_large_grid_k10_runs_and_bounds_blocks(monkeypatch):
+    # 64 x 64 target against K = 10 supports of 64 x 64: a whole support x target block would be
+    # 10 * 4096 * 4096 floats = 640 MiB. Every block actually made is recorded (the einsum that builds
+    # it) and must stay within the bound; the result must equal an unchunked per-support reference.
     gen = torch.Generator().manual_seed(8)
     supports = torch.randn(10, 64, 64, 16, generator=gen)
     target = torch.randn(64, 64, 16, generator=gen)
     rcs = [(k, k) for k in range(10)]
-    small = visual_similarity_batch(supports, target, rcs, max_block_elements=2**22)
-    default = visual_similarity_batch(supports, target, rcs)
-    assert small.shape == (10, 64, 64) and math.isfinite(float(small.sum()))
-    torch.testing.assert_close(small, default)
+    block_sizes = []
+    einsum = torch.einsum
+
+    def recording_einsum(equation, *operands):
+        result = einsum(equation, *operands)
+        if equation == "knc,tc->knt":  # (K, N_s, chunk): the support x target block
+            block_sizes.append(result.numel())
+        return result
+
+    monkeypatch.setattr(torch, "einsum", recording_einsum)
+    for bound in (2**22, DEFAULT_MAX_BLOCK_ELEMENTS):
+        block_sizes.clear()
+        result = visual_similarity_batch(supports, target, rcs, max_block_elements=bound)
+        assert block_sizes and max(block_sizes) <= bound < 10 * 4096 * 4096
+        assert sum(block_sizes) == 10 * 4096 * 4096  # every target patch seen once
+    monkeypatch.undo()
+    assert result.shape == (10, 64, 64)
+    target_unit = torch.nn.functional.normalize(target.reshape(-1, 16), dim=-1)  # (4096, 16)
+    for k, (row, col) in enumerate(rcs):
+        support_unit = torch.nn.functional.normalize(supports[k].reshape(-1, 16), dim=-1)  # (4096, 16)
+        anchor = support_unit[row * 64 + col]
+        forward = (target_unit @ anchor).clamp_min(0)  # (4096,)
+        best_support = (support_unit @ target_unit.T).argmax(dim=0)  # (4096,) for each target patch
+        backward = (support_unit @ anchor).clamp_min(0)[best_support]
+        torch.testing.assert_close(result[k], (forward * backward).reshape(64, 64))

@@ -1,6 +1,7 @@
 """tools/device_check.py, the GPU machine's one command: its CPU dry run end to end (so the script
 cannot rot between the rare runs on a GPU), and its budget and report logic on known inputs."""
 
+import importlib.metadata
 import importlib.util
 import json
 import pathlib
@@ -21,6 +22,7 @@ def device_check():
     return module
 
 
+@pytest.mark.slow
 def test_dry_run_writes_one_json_and_one_log(tmp_path):
     out = tmp_path / "out"
     completed = subprocess.run(
@@ -89,6 +91,11 @@ def test_test_counts_survive_a_run_stopped_by_the_budget(device_check, tmp_path)
     assert summary["failures"] == ["test/test_core.py::test_b[bfloat16-cuda]"]
 
 
-def test_the_carried_wheels_are_pinned_in_requirements(device_check):
-    for name in device_check.DEVICE_WHEELS:
-        assert device_check.pinned_version(name)
+def test_the_carried_wheels_are_pinned_in_requirements(device_check, tmp_path, monkeypatch):
+    for name in device_check.DEVICE_WHEELS:  # the wheel carried is the version the tests here run on
+        assert device_check.pinned_version(name) == importlib.metadata.version(name), name
+    (tmp_path / "requirements.txt").write_text("torch>=2.0\nTransformers==5.24.0  # a reason\n")
+    monkeypatch.setattr(device_check, "REPO", tmp_path)
+    assert device_check.pinned_version("transformers") == "5.24.0"  # any case, comment dropped
+    with pytest.raises(SystemExit, match="pins no version of torch"):  # a range is no pin
+        device_check.pinned_version("torch")

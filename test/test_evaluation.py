@@ -288,6 +288,7 @@ def run_eval(*args):
 
 
 @SEVERAL_RUNS
+@pytest.mark.slow
 def test_pop_eval_end_to_end_writes_reports_and_resumes(datasets, tmp_path):
     out = tmp_path / "eval"
     methods = "native,attention-0shot,visual-1shot,pop-1shot,pop-3shot-cls,abl-sim-forward"
@@ -340,6 +341,7 @@ def test_the_evaluation_runs_from_python_without_the_command_line(datasets, tmp_
         evaluate(["coco:/x"], out=tmp_path / "other", preset="tiny")
 
 
+@pytest.mark.slow
 def test_pop_eval_bad_input_is_one_line(tmp_path):
     missing = run_eval("--preset", "tiny", "--dataset", f"paco:{tmp_path}")
     assert missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
@@ -502,6 +504,7 @@ def test_complete_last_line_missing_its_newline_is_kept(tmp_path):
     assert [r["key"] for r in store.read_log(path)[1]] == ["a", "b", "c"] and path.read_text().endswith("\n")
 
 
+@pytest.mark.slow
 def test_short_write_on_a_full_disk_leaves_no_fragment(tmp_path):
     # RLIMIT_FSIZE makes write(2) stop at the limit like a full disk (short write, then EFBIG).
     script = f"""
@@ -601,6 +604,7 @@ def one_line_error(result):
         (["--mllm", "tiny:internvl"], ["mllm"]),
     ],
 )
+@pytest.mark.slow
 def test_another_model_configuration_is_refused_in_one_line(datasets, reference, extra, names):
     before = (reference / store.MAIN_LOG).read_bytes()
     line = one_line_error(run_eval(*eval_args(datasets, reference), *extra))
@@ -610,6 +614,7 @@ def test_another_model_configuration_is_refused_in_one_line(datasets, reference,
 
 
 @SEVERAL_RUNS
+@pytest.mark.slow
 def test_run_changes_reuse_exactly_the_valid_predictions(datasets, reference, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(reference, out)
@@ -633,6 +638,7 @@ def test_run_changes_reuse_exactly_the_valid_predictions(datasets, reference, tm
 
 
 @SEVERAL_RUNS
+@pytest.mark.slow
 def test_dataset_content_change_recomputes_that_dataset_only(datasets, reference, tmp_path):
     out, data = tmp_path / "out", tmp_path / "data"
     shutil.copytree(reference, out)
@@ -646,6 +652,7 @@ def test_dataset_content_change_recomputes_that_dataset_only(datasets, reference
     assert json.loads(result.stdout)["computed"] == TOTAL // 2 and json.loads(result.stdout)["reused"] == TOTAL // 2
 
 
+@pytest.mark.slow
 def test_second_run_on_the_same_out_is_refused(datasets, reference):
     lock = store.FolderLock(reference)
     lock.acquire()
@@ -656,6 +663,7 @@ def test_second_run_on_the_same_out_is_refused(datasets, reference):
     assert f"another pop-eval is writing to {reference} (pid {os.getpid()}" in line and "another --out" in line
 
 
+@pytest.mark.slow
 def test_unwritable_out_is_refused_before_models_load(datasets, tmp_path):
     a_file = tmp_path / "file"
     a_file.write_text("x")
@@ -690,6 +698,7 @@ def start_and_stop(args, out, sig, after_rows):
 
 
 @SEVERAL_RUNS
+@pytest.mark.slow
 def test_ctrl_c_says_what_was_saved_and_how_to_resume(datasets, reference, tmp_path):
     out = tmp_path / "out"
     args = eval_args(datasets, out)
@@ -707,6 +716,7 @@ def test_ctrl_c_says_what_was_saved_and_how_to_resume(datasets, reference, tmp_p
 
 
 @SEVERAL_RUNS
+@pytest.mark.slow
 def test_sigkill_and_resume_give_the_uninterrupted_reports(datasets, reference, tmp_path):
     out = tmp_path / "out"
     args = eval_args(datasets, out)
@@ -721,6 +731,7 @@ def test_sigkill_and_resume_give_the_uninterrupted_reports(datasets, reference, 
 
 
 @SEVERAL_RUNS
+@pytest.mark.slow
 def test_full_disk_during_the_run_is_one_line_and_resumes(datasets, reference, tmp_path):
     out = tmp_path / "out"
     args = eval_args(datasets, out)
@@ -744,6 +755,7 @@ def test_full_disk_during_the_run_is_one_line_and_resumes(datasets, reference, t
 
 
 @SEVERAL_RUNS
+@pytest.mark.slow
 def test_two_ranks_under_torchrun_give_the_one_rank_reports(datasets, reference, tmp_path):
     out = tmp_path / "out"
     result = subprocess.run(
@@ -792,6 +804,7 @@ def test_a_complete_but_corrupt_last_line_is_bad_not_torn(tmp_path):
     assert store.read_log(path)[1:] == ([row("a")], 1, 0)
 
 
+@pytest.mark.slow
 def test_a_folder_whose_only_line_is_garbage_is_refused(datasets, tmp_path):
     out = tmp_path / "out"
     out.mkdir()

@@ -17,6 +17,8 @@ from pop_ros.pipeline import PointerError
 from pop_ros.stamps import StampBuffer
 from test import fuzz_strategies as fs
 
+pytestmark = pytest.mark.slow  # generated inputs by the hundred
+
 FUZZ = settings(
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
 )

@@ -12,6 +12,8 @@ import re
 import sys
 import xml.etree.ElementTree as ElementTree
 
+import pytest
+
 from pop_ros import paths
 from pop_ros.models.heads import head_file_name
 from pop_ros.models.presets import default_head_file, head_file_candidates, user_head_file
@@ -171,6 +173,7 @@ def test_pipeline_uses_a_head_file_in_the_user_folder(monkeypatch, tmp_path):
     assert pointer.text_heads()[0] == [(3, 1), (4, 0)]
 
 
+@pytest.mark.slow
 def test_pop_find_heads_writes_to_the_user_folder_by_default(monkeypatch, tmp_path, rng):
     from test.conftest import random_image
     from test.test_pipeline import _sharpened_checkpoint, run_cli, write_image

@@ -314,6 +314,7 @@ def test_frame_cache_size_is_validated():
 
 
 # ---- pop-point with several --query ---------------------------------------------------------------
+@pytest.mark.slow
 def test_pop_point_several_queries_share_one_frame(tmp_path, rng):
     import json
     import subprocess

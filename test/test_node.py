@@ -18,7 +18,7 @@ from pop_ros.ros_client import LIBRARY, PARAMS_FILE, RosClient
 from pop_ros.testing import NodeProcess
 from pop_ros_interfaces.msg import PartPointResult
 from pop_ros_interfaces.srv import AddExemplar, ListSupportSets, PointToPart
-from test.conftest import HEIGHT, WIDTH, K, colour_msg, request, same_stamp, set_parameter
+from test.conftest import HEIGHT, WIDTH, K, colour_msg, request, same_stamp, set_parameter, wait_for
 
 SERVICE = "/pop_node/point_to_part"
 
@@ -110,8 +110,7 @@ def test_3d_point_on_a_depth_plane_is_exact(client, node_process):
     assert point.z == pytest.approx(float(z), abs=1e-6)
     assert point.x == pytest.approx((response.u - 160.0) * point.z / 300.0, abs=1e-6)
     assert point.y == pytest.approx((response.v - 120.0) * point.z / 300.0, abs=1e-6)
-    time.sleep(0.3)
-    assert any(same_stamp(m.header.stamp, stamp) and m.has_3d for m in heard)
+    assert wait_for(lambda: any(same_stamp(m.header.stamp, stamp) and m.has_3d for m in heard), 10)
 
 
 def test_16bit_millimetre_depth(client, node_process):
@@ -153,9 +152,7 @@ def test_heatmap_published_with_the_source_header(client, node_process):
     raw = client.collect(Image, "/pop_node/heatmap_raw")
     image = colour_msg(client.now_stamp(), frame_id="heat_frame")
     assert client.call(PointToPart, SERVICE, request("neck of the bottle", "bottle_neck", image)).success
-    deadline = time.monotonic() + 5
-    while (not heatmaps or not raw) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert wait_for(lambda: all(any(m.header.frame_id == "heat_frame" for m in topic) for topic in (heatmaps, raw)))
     overlay = next(m for m in heatmaps if m.header.frame_id == "heat_frame")
     assert overlay.encoding == "bgr8" and (overlay.height, overlay.width) == (HEIGHT, WIDTH)
     assert next(m for m in raw if m.header.frame_id == "heat_frame").encoding == "32FC1"
@@ -279,19 +276,28 @@ def test_continuous_mode_processes_the_latest_frame_without_backlog(client, node
     for sec, nanosec in stale:
         publisher.publish(colour_msg(type(now)(sec=sec, nanosec=nanosec)))
         time.sleep(1 / 30)
-    time.sleep(0.5)
+    time.sleep(0.5)  # not a synchronisation: the window in which a 5 Hz timer would take a stale frame
     assert set_parameter(client, "continuous_rate", 0.0).successful
+    fence(client, results, "fence_after_stop")  # a tick already running when the rate went to 0 has answered
     processed = [(m.header.stamp.sec, m.header.stamp.nanosec) for m in results]
     from_stream = [s for s in processed if s in set(published)]
     assert 2 <= len(from_stream) <= 5 * 2.6 + 1  # at most the rate, far fewer than the 60+ frames sent
     assert len(from_stream) == len(set(from_stream))  # no frame twice
     assert not set(processed) & set(stale)
-    time.sleep(2.0)  # a tick already running when the rate went to 0 may still answer
     count = len(results)
-    for _ in range(10):  # the camera keeps streaming; with the timer gone nothing is processed
+    for _ in range(10):  # the camera keeps streaming at 10 Hz; with the timer gone nothing is processed
         publisher.publish(colour_msg(client.now_stamp()))
         time.sleep(0.1)
-    assert len(results) == count  # stopped
+    fence(client, results, "fence_after_stream")
+    assert [m.header.frame_id for m in results[count:]] == ["fence_after_stream"]  # stopped
+
+
+def fence(client, results, frame_id):
+    """Answer a request image stamped `frame_id` and wait for its ~/result. A continuous tick holds the
+    models while it points and publishes right after, so its result is on the topic before this one."""
+    image = colour_msg(client.now_stamp(), frame_id)
+    assert client.call(PointToPart, SERVICE, request("handle", "mug_handle", image)).success
+    assert wait_for(lambda: any(m.header.frame_id == frame_id for m in results), 30), frame_id
 
 
 # ---- in-process nodes for faults (the inprocess fixture: conftest.py) ---------------------------------------
@@ -409,11 +415,15 @@ def test_min_score_rejects_weak_matches(inprocess):
 def test_params_file_documents_exactly_the_declared_parameters():
     import yaml
 
-    params = yaml.safe_load(PARAMS_FILE.read_text())["/**"]["ros__parameters"]
+    text = PARAMS_FILE.read_text()
+    params = yaml.safe_load(text)["/**"]["ros__parameters"]
     assert set(params) == set(PARAMETERS)
+    lines = text.splitlines()
     for name, value in params.items():
         assert value == PARAMETERS[name].default, name
-        assert f"[{PARAMETERS[name].when}]" in PARAMS_FILE.read_text()
+        # The comment right above each parameter ends with when it applies (the header names both tags).
+        comment = lines[lines.index(next(line for line in lines if line.startswith(f"    {name}:"))) - 1].strip()
+        assert comment.startswith("#") and comment.endswith(f"[{PARAMETERS[name].when}]"), (name, comment)
 
 
 def test_parameter_reference_page_is_the_table_s_rendering():

@@ -25,7 +25,7 @@ from pop_ros_interfaces.srv import (
     RemoveSupportSet,
     SetDefaultQuery,
 )
-from test.conftest import HEIGHT, WIDTH, colour_msg, same_stamp, scene
+from test.conftest import HEIGHT, WIDTH, colour_msg, same_stamp, scene, wait_for
 
 SCENE = scene()
 TEACH_SET = "../über part ✓"  # path traversal, a space and unicode in one name
@@ -91,6 +91,7 @@ def away_from_ring(crop, centre, radius=9):
     return (rows - centre[1]) ** 2 + (cols - centre[0]) ** 2 > radius**2
 
 
+@pytest.mark.slow
 def test_taught_sets_survive_a_restart_edits_persist_and_a_killed_writer_leaves_a_library(
     client, tmp_path, monkeypatch
 ):
@@ -224,8 +225,9 @@ def test_read_only_library_refuses_edits_and_clicks_need_a_fresh_frame(inprocess
     assert not result.success and "stale" in result.message, result.message
 
     def fresh_click(u, v):
+        received = node.camera.latest_seq
         frames.publish(colour_msg(ros.now_stamp()))
-        time.sleep(0.3)
+        assert wait_for(lambda: node.camera.latest_seq > received, 20)
         return click_once(ros, "/ro/pop_node/teach_click", results, u, v)
 
     result = fresh_click(WIDTH + 3, 10)

@@ -230,6 +230,7 @@ def run_cli(module, *args):
     )
 
 
+@pytest.mark.slow
 def test_pop_point_json_and_heatmap(tmp_path, rng):
     target = write_image(tmp_path / "target.png", random_image(rng, 120, 160))
     support = write_image(tmp_path / "support.png", random_image(rng, 100, 100))
@@ -256,6 +257,7 @@ def test_pop_point_json_and_heatmap(tmp_path, rng):
         (["--save-heatmap", "/nonexistent/dir/h.png"], "does not exist"),
     ],
 )
+@pytest.mark.slow
 def test_pop_point_bad_input_is_one_line_and_exit_2(tmp_path, rng, args, message):
     target = write_image(tmp_path / "target.png", random_image(rng, 40, 40))
     support = write_image(tmp_path / "support.png", random_image(rng, 40, 40))
@@ -285,6 +287,7 @@ def _sharpened_checkpoint(folder):
     return folder
 
 
+@pytest.mark.slow
 def test_pop_find_heads_writes_a_usable_head_file(tmp_path, rng):
     lines = []
     for index in range(3):
@@ -307,6 +310,7 @@ def test_pop_find_heads_writes_a_usable_head_file(tmp_path, rng):
     assert "finding heads" in completed.stderr  # the progress bar
 
 
+@pytest.mark.slow
 def test_pop_find_heads_refuses_to_write_an_empty_head_file(tmp_path, rng):
     write_image(tmp_path / "a.png", random_image(rng, 224, 224))
     (tmp_path / "a.txt").write_text("the red mug")

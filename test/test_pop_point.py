@@ -77,6 +77,7 @@ def files(tmp_path_factory):
         (["--query", "lid", "--query", " "], "error: --query ' ': request 1: the query is empty"),
     ],
 )  # fmt: skip
+@pytest.mark.slow
 def test_argument_mistakes_are_one_line_before_any_model_loads(files, args, message):
     args = [a.replace("{d}", str(files)) for a in args]
     status, stdout, stderr = pop_point_without_models(
@@ -87,6 +88,7 @@ def test_argument_mistakes_are_one_line_before_any_model_loads(files, args, mess
     assert len(stderr.splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_a_run_that_would_load_models_does_import_torch(files):
     """The probe can fail: with valid arguments the model load starts (and fails on the unknown hub id)."""
     status, stdout, stderr = pop_point_without_models(
@@ -164,6 +166,7 @@ def test_plain_output_is_one_line_per_query():
     ]
 
 
+@pytest.mark.slow
 def test_help_documents_query_at_set_and_pairing():
     completed = subprocess.run(
         [sys.executable, "-m", "pop_ros.cli.point", "--help"], capture_output=True, text=True, timeout=60, check=False

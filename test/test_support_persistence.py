@@ -330,6 +330,7 @@ OPERATIONS = ["add new set", "add to set", "remove exemplar", "remove set", "set
 
 
 @pytest.mark.parametrize("operation", OPERATIONS)
+@pytest.mark.slow
 def test_a_writer_killed_after_any_step_leaves_the_old_or_the_new_library(tmp_path, rng, operation):
     template = tmp_path / "template"
     template.mkdir()

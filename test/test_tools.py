@@ -17,6 +17,7 @@ def _median(row: dict) -> float:
     return row["median"]
 
 
+@pytest.mark.slow
 def test_pop_bench_smoke_run_reports_every_comparison():
     completed = subprocess.run(
         [sys.executable, "-m", "pop_ros.bench", "--preset", "tiny", "--dtype", "float32", "--repeats", "3",
@@ -58,6 +59,7 @@ def test_pop_bench_smoke_run_reports_every_comparison():
 SETS = ("bottle_neck", "mug_handle")  # config/supports/library.yaml
 
 
+@pytest.mark.slow
 def test_demo_streams_scenes_and_writes_results(tmp_path):
     out = tmp_path / "demo"
     completed = subprocess.run(

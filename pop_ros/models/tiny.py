@@ -13,6 +13,8 @@ import json
 import logging
 import os
 import pathlib
+import shutil
+import tempfile
 
 import torch
 
@@ -315,14 +317,35 @@ def ensure_tiny_checkpoint(
     marker = folder / "pop_ros_tiny.json"
     if marker.exists():
         return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    if kind == "dinov3":
-        build_tiny_visual().save_pretrained(folder)
-    else:
-        model, processor = _build(kind, num_layers)
-        model.save_pretrained(folder)
-        save_processor_parts(processor, folder, **HUB_LAYOUTS[kind])
-    marker.write_text(json.dumps({"kind": kind, "num_layers": num_layers, "seed": seed, "random_weights": True}))
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # Built in a private folder beside the final one, then renamed into place: concurrent builders
+    # (pytest-xdist workers, two checkouts sharing a cache) never read a half-written checkpoint.
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        torch.manual_seed(seed)
+        if kind == "dinov3":
+            build_tiny_visual().save_pretrained(staging)
+        else:
+            model, processor = _build(kind, num_layers)
+            model.save_pretrained(staging)
+            save_processor_parts(processor, staging, **HUB_LAYOUTS[kind])
+        (staging / marker.name).write_text(
+            json.dumps({"kind": kind, "num_layers": num_layers, "seed": seed, "random_weights": True})
+        )
+        _move_into_place(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     LOG.info("built tiny random %s checkpoint in %s", kind, folder)
     return folder
+
+
+def _move_into_place(staging: pathlib.Path, folder: pathlib.Path) -> None:
+    """Rename the finished `staging` folder to `folder`, unless another builder got there first."""
+    try:
+        os.rename(staging, folder)
+    except OSError:
+        if (folder / "pop_ros_tiny.json").exists():
+            return  # another builder's identical checkpoint is in place
+        # A folder without its marker: left half-written by a build that was killed; replace it.
+        shutil.rmtree(folder, ignore_errors=True)
+        os.rename(staging, folder)
