@@ -29,13 +29,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import math
 import threading
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
+from pop_ros.models.eager_attention import EagerAttentionMixin
+from pop_ros.models.inputs import ImageLimits, ImagePrefix, PromptInputs, _StopForward, cap_pixels  # noqa: F401 (re-exported)
+from pop_ros.models.prefix_reuse import PrefixReuseMixin
 from pop_ros.models.prompts import DEFAULT_PROMPT
 
 LOG = logging.getLogger(__name__)
@@ -47,23 +49,6 @@ INTERNVL_ORIGINAL_SYSTEM_PROMPT = (
     "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
 )
 SYSTEM_PROMPT_ALIASES = {"internvl-original": INTERNVL_ORIGINAL_SYSTEM_PROMPT}
-
-
-def cap_pixels(image_rgb: np.ndarray, max_pixels: int) -> np.ndarray:
-    """`image_rgb (H, W, 3)` shrunk (aspect kept, area interpolation) to at most `max_pixels`
-    pixels; unchanged when it already fits or `max_pixels` is 0 (no cap)."""
-    height, width = image_rgb.shape[:2]
-    if max_pixels <= 0 or height * width <= max_pixels:
-        return image_rgb
-    import cv2
-
-    scale = (max_pixels / float(height * width)) ** 0.5
-    size = (max(1, int(width * scale)), max(1, int(height * scale)))  # floor: never above the cap
-    return cv2.resize(image_rgb, size, interpolation=cv2.INTER_AREA)
-
-
-class _StopForward(Exception):
-    """Raised after the deepest chosen layer: nothing after it is needed."""
 
 
 @dataclasses.dataclass
@@ -127,59 +112,7 @@ def _register_capture() -> None:
     _REGISTERED = True
 
 
-@dataclasses.dataclass
-class PromptInputs:
-    """Model inputs of one (image, query) and where its image tokens are."""
-
-    model_inputs: dict  # what the processor returned, on the model's device
-    image_positions: torch.Tensor  # (H_l * W_l,) sequence positions of the grid's tokens, row-major
-    grid: tuple[int, int]  # (H_l, W_l)
-
-
-@dataclasses.dataclass
-class ImagePrefix:
-    """One frame's share of every query on it: the tokens before the query text, run once.
-
-    `reusable` is False when the prompt layout puts query text before the image (then each query
-    runs the full prefill and `reason` says why); everything below it is then unset.
-    """
-
-    image_rgb: np.ndarray  # (H, W, 3) uint8, kept for the full-prefill fallback
-    reusable: bool
-    reason: str = ""
-    head_text: str = ""  # the prompt up to and including the image placeholder (query-independent)
-    model_inputs: dict = dataclasses.field(default_factory=dict)  # processor outputs cut to the prefix
-    image_positions: torch.Tensor | None = None  # (H_l * W_l,) sequence positions of the grid's tokens
-    grid: tuple[int, int] = (0, 0)  # (H_l, W_l)
-    length: int = 0  # P: tokens in the prefix
-    position_offset: int = 0  # query token i gets rope position P + i + offset (Qwen: the mRoPE delta)
-    depth: int = -1  # deepest decoder layer whose keys/values are held
-    # Per layer 0..depth: (1, H_kv, P, D) k and v (a hybrid family's own entries: `_keep_prefix_state`).
-    keys_values: list = dataclasses.field(default_factory=list)
-    image_features: object | None = None  # the vision tower's output: a deeper prefix does not rerun it
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageLimits:
-    """The image shapes a family's processor accepts: a longer/shorter side ratio of at most
-    `max_aspect` (inf: any), and `min_side` pixels per side. Checked before the model runs."""
-
-    max_aspect: float = math.inf
-    min_side: int = 1
-    source: str = ""  # where the limit comes from
-
-    def describe(self) -> str:
-        aspect = "any aspect ratio" if math.isinf(self.max_aspect) else f"aspect ratio at most {self.max_aspect:g}:1"
-        return f"sides of at least {self.min_side} px and {aspect}" + (f" ({self.source})" if self.source else "")
-
-    def problem(self, height: int, width: int) -> str | None:
-        """None if an image of `height` x `width` pixels is accepted, else why not (with the range)."""
-        if min(height, width) < self.min_side or max(height, width) / min(height, width) > self.max_aspect:
-            return f"{width}x{height} px is outside the supported range: {self.describe()}"
-        return None
-
-
-class MLLMAdapter:
+class MLLMAdapter(PrefixReuseMixin, EagerAttentionMixin):
     """Base class: everything but the family's image-token layout."""
 
     family = "base"
@@ -216,7 +149,7 @@ class MLLMAdapter:
         self.num_layers = int(getattr(text_config, "pop_untrimmed_num_hidden_layers", self.loaded_layers))
         self.num_heads = int(text_config.num_attention_heads)
         self._lock = threading.Lock()  # the capture state lives on the modules: one forward at a time
-        self._set_text_attention(CAPTURE_IMPLEMENTATION)
+        self._set_capture_attention()
 
     # ---- family-specific -------------------------------------------------------------------
     def _processor_kwargs(self) -> dict:
@@ -248,6 +181,10 @@ class MLLMAdapter:
     def decoder_layers(self) -> Sequence[torch.nn.Module]:
         language_model = self.model.model.language_model
         return language_model.layers
+
+    def _set_capture_attention(self) -> None:
+        """The text layers' attention back to the capture path (after a reference path switched it)."""
+        self._set_text_attention(CAPTURE_IMPLEMENTATION)
 
     def _set_text_attention(self, implementation: str) -> None:
         sub_configs = getattr(self.model.config, "sub_configs", {}) or {}
@@ -379,257 +316,9 @@ class MLLMAdapter:
         maps = self.head_maps(image_rgb, query, heads)
         return maps.reshape(len(layers), self.num_heads, *maps.shape[-2:])
 
-    @torch.inference_mode()
-    def head_maps_eager(
-        self, image_rgb: np.ndarray, query: str, heads: Sequence[Sequence[int]], prepared: PromptInputs | None = None
-    ) -> torch.Tensor:
-        """Reference path: eager attention with `output_attentions=True`, full forward."""
-        prepared = prepared or self.prepare(image_rgb, query)
-        self._heads_tensor(heads)
-        with self._lock:
-            self._set_text_attention("eager")
-            try:
-                outputs = self._forward(prepared.model_inputs, output_attentions=True)
-            finally:
-                self._set_text_attention(CAPTURE_IMPLEMENTATION)
-        return self._maps_from_attentions(outputs.attentions, heads, prepared)
-
-    @torch.inference_mode()
-    def head_maps_naive(self, image_rgb: np.ndarray, query: str, heads: Sequence[Sequence[int]], prepared=None):
-        """How attention maps are usually read: the whole model (vision tower included) switched to
-        eager attention, `output_attentions=True`, a full forward with all logits. The benchmark's
-        baseline; equal maps to the other paths."""
-        prepared = prepared or self.prepare(image_rgb, query)
-        self._heads_tensor(heads)
-        with self._lock:
-            self.model.set_attn_implementation("eager")
-            try:
-                outputs = self.model(**prepared.model_inputs, use_cache=False, output_attentions=True)
-            finally:
-                self.model.set_attn_implementation("sdpa")
-                self._set_text_attention(CAPTURE_IMPLEMENTATION)
-        return self._maps_from_attentions(outputs.attentions, heads, prepared)
-
-    @staticmethod
-    def _maps_from_attentions(attentions, heads, prepared: PromptInputs) -> torch.Tensor:
-        """`(N, H_l, W_l)` from `output_attentions` (per layer `(B, H, S, S)`): last row, image tokens."""
-        maps = [attentions[int(layer)][0, int(head), -1][prepared.image_positions] for layer, head in heads]
-        return torch.stack(maps).reshape(len(maps), *prepared.grid).float()
-
     def _forward(self, model_inputs: dict, **kwargs):
         # logits_to_keep=1: never the full-vocabulary logits of every position.
         return self.model(**model_inputs, use_cache=False, logits_to_keep=1, **kwargs)
-
-    # ---- per-frame reuse -------------------------------------------------------------------
-    def _prefix_positions(self, prefix_inputs: dict) -> tuple[torch.Tensor | None, int]:
-        """(position ids for the prefix run or None = the model's own, offset of the query tokens).
-
-        Default: 1-D positions 0..P-1, the query's tokens continue at P (Molmo2, InternVL)."""
-        return None, 0
-
-    def _query_positions(self, prefix: ImagePrefix, count: int) -> torch.Tensor:
-        """Rope positions of `count` query tokens after the prefix, in the layout the model takes."""
-        start = prefix.length + prefix.position_offset
-        return torch.arange(start, start + count, device=self.device)[None]  # (1, count)
-
-    def _split_prompt(self, query: str) -> tuple[str, str] | str:
-        """(text up to and including the image placeholder, the rest), or why that split is unusable."""
-        text = self.prompt(query)
-        image_token = getattr(self.processor, "image_token", None)
-        if not image_token or text.count(image_token) != 1:
-            return f"the prompt holds {text.count(image_token) if image_token else 0} image placeholders, not one"
-        cut = text.index(image_token) + len(image_token)
-        head, tail = text[:cut], text[cut:]
-        if self.prompt_template.format(query=query) not in tail:
-            return "the chat template puts the query text before the image"
-        return head, tail
-
-    def _tail_ids(self, tail: str) -> torch.Tensor:
-        ids = self.processor.tokenizer(tail, add_special_tokens=False)["input_ids"]
-        return torch.tensor(ids, dtype=torch.long, device=self.device)
-
-    def _fallback(self, image_rgb: np.ndarray, reason: str) -> ImagePrefix:
-        if not getattr(self, "_fallback_logged", False):
-            LOG.warning(
-                "%s: no per-frame reuse (%s); every query on a frame runs the full prefill", self.family, reason
-            )
-            self._fallback_logged = True
-        return ImagePrefix(image_rgb=image_rgb, reusable=False, reason=reason)
-
-    @torch.inference_mode()
-    def image_prefix(self, image_rgb: np.ndarray, query: str, depth: int) -> ImagePrefix:
-        """Vision tower + keys/values of layers 0..`depth` for every token before the query text.
-
-        `query` is any query of this frame: its processed prompt checks that the image-only part
-        tokenizes the same alone (the tokens after the image are tokenized on their own later)."""
-        if not 0 <= int(depth) < self.num_layers:
-            raise ValueError(f"depth {depth} is outside this model's {self.num_layers} layers")
-        if int(depth) >= self.loaded_layers:
-            raise ValueError(self._trimmed_reason(f"a frame prefix to depth {int(depth)}", int(depth)))
-        split = self._split_prompt(query)
-        if isinstance(split, str):
-            return self._fallback(image_rgb, split)
-        head, tail = split
-        prepared = self.prepare(image_rgb, query)
-        full_ids = prepared.model_inputs["input_ids"][0]
-        tail_ids = self._tail_ids(tail)
-        length = full_ids.numel() - tail_ids.numel()
-        if (
-            tail_ids.numel() == 0
-            or length <= int(prepared.image_positions.max())
-            or not torch.equal(full_ids[length:], tail_ids)
-        ):
-            return self._fallback(image_rgb, "the text after the image tokenizes differently on its own")
-        total = full_ids.numel()
-        prefix_inputs = {
-            name: value[:, :length] if isinstance(value, torch.Tensor) and tuple(value.shape) == (1, total) else value
-            for name, value in prepared.model_inputs.items()
-        }
-        prefix = ImagePrefix(
-            image_rgb=image_rgb,
-            reusable=True,
-            head_text=head,
-            model_inputs=prefix_inputs,
-            image_positions=prepared.image_positions,
-            grid=prepared.grid,
-            length=length,
-        )
-        with self._lock:
-            self._run_prefix(prefix, int(depth))
-        return prefix
-
-    def _run_prefix(self, prefix: ImagePrefix, depth: int) -> None:
-        """Fill `prefix.keys_values` for layers 0..depth (the vision tower runs once per prefix)."""
-        from transformers import DynamicCache
-
-        inputs = dict(prefix.model_inputs)
-        position_ids, offset = self._prefix_positions(inputs)
-        if position_ids is not None:
-            inputs["position_ids"] = position_ids
-        inner = self.model.model
-        recorded = {}
-        if prefix.image_features is not None:
-            inputs.pop("pixel_values", None)
-            inputs["mm_encoder_outputs"] = {"image": prefix.image_features}
-        shadowed = inner.__dict__.get("get_image_features")  # an instance attribute already there
-        if prefix.image_features is None:
-            original = inner.get_image_features
-
-            def recording(*args, **kwargs):  # the vision tower's output, kept for a deeper prefix
-                recorded["image"] = original(*args, **kwargs)
-                return recorded["image"]
-
-            inner.get_image_features = recording  # instance attribute: the forward's self.get_image_features
-        cache = DynamicCache(config=self.model.config.get_text_config())
-        try:
-            with self._armed({depth: []}, stop_early=True, capture=False):
-                try:
-                    inner(**inputs, cache=cache, use_cache=True)
-                except _StopForward:
-                    pass
-        finally:
-            if shadowed is not None:
-                inner.get_image_features = shadowed
-            else:
-                inner.__dict__.pop("get_image_features", None)
-        if "image" in recorded:
-            prefix.image_features = self._kept_image_features(recorded["image"])
-            prefix.model_inputs.pop("pixel_values", None)  # the features replace them: memory stays flat
-        kept = self._keep_prefix_state(cache, depth, prefix.length)
-        prefix.keys_values, prefix.depth, prefix.position_offset = kept, depth, offset
-
-    def _kept_image_features(self, output):
-        """What of the vision tower's output a deeper prefix run needs (not its hidden states)."""
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
-
-        return BaseModelOutputWithPooling(pooler_output=output.pooler_output)
-
-    def _keep_prefix_state(self, cache, depth: int, length: int) -> list:
-        """What a query needs of the prefix run's cache, per layer 0..depth: its keys and values."""
-        kept = []
-        for layer in cache.layers[: depth + 1]:
-            if not layer.is_initialized or layer.keys.shape[-2] != length:
-                raise RuntimeError(f"{self.family}: the prefix run left no keys/values for a layer <= {depth}")
-            kept.append((layer.keys, layer.values))
-        return kept
-
-    def _query_cache(self, prefix: ImagePrefix, batch: int = 1):
-        """A fresh cache holding the prefix's keys/values once per batch row (`expand`: no copy until
-        a layer appends the queries' own keys); the queries append to it, never to the prefix."""
-        from transformers import DynamicCache
-
-        expanded = [
-            (keys.expand(batch, -1, -1, -1), values.expand(batch, -1, -1, -1)) for keys, values in prefix.keys_values
-        ]
-        return DynamicCache(ddp_cache_data=expanded, config=self.model.config.get_text_config())
-
-    @torch.inference_mode()
-    def head_maps_from_prefix(self, prefix: ImagePrefix, query: str, heads: Sequence[Sequence[int]]) -> torch.Tensor:
-        """`(N, H_l, W_l)` maps of `heads` for `query` on the prefix's frame: only the query's own
-        tokens run (layers 0..deepest head); equal to `head_maps` on the whole prompt."""
-        return self.head_maps_from_prefix_batch(prefix, [query], heads)[0]
-
-    @torch.inference_mode()
-    def head_maps_from_prefix_batch(
-        self, prefix: ImagePrefix, queries: Sequence[str], heads: Sequence[Sequence[int]]
-    ) -> list[torch.Tensor]:
-        """One `(N, H_l, W_l)` map stack per query, in order: all queries' own tokens go through the
-        layers as ONE batch (right-padded, padding masked out), each row attending to its copy of
-        the prefix's keys/values, with the positions its own prompt would give it. Equal to
-        `head_maps_from_prefix` per query; a query whose prompt cannot reuse the prefix runs alone."""
-        for query in queries:
-            if not isinstance(query, str) or not query.strip():
-                raise ValueError("query must be a non-empty string")
-        by_layer = self._heads_tensor(heads)
-        if not prefix.reusable:
-            return [self.head_maps(prefix.image_rgb, query, heads) for query in queries]
-        maps: list[torch.Tensor | None] = [None] * len(queries)
-        batched: dict[int, torch.Tensor] = {}  # query index -> its own token ids (S_i,)
-        for index, query in enumerate(queries):
-            split = self._split_prompt(query)
-            if isinstance(split, str) or split[0] != prefix.head_text:
-                reason = split if isinstance(split, str) else "the text before the image depends on the query"
-                self._fallback(prefix.image_rgb, reason)
-                maps[index] = self.head_maps(prefix.image_rgb, query, heads)
-            else:
-                batched[index] = self._tail_ids(split[1])
-        if batched:
-            rows = self._run_query_batch(prefix, list(batched.values()), by_layer)  # layer -> (B, n, S)
-            for row_index, index in enumerate(batched):
-                own = {layer: None if found is None else found[row_index] for layer, found in rows.items()}
-                maps[index] = self._maps_from_rows(own, by_layer, heads, prefix.image_positions, prefix.grid)
-        return maps  # type: ignore[return-value]
-
-    def _run_query_batch(self, prefix: ImagePrefix, token_ids: list[torch.Tensor], by_layer) -> dict:
-        """Run B queries' tokens (right-padded to T) after the prefix; `{layer: (B, n, S) rows}`."""
-        batch, lengths = len(token_ids), torch.tensor([ids.numel() for ids in token_ids])
-        width = int(lengths.max())
-        pad_id = getattr(self.processor.tokenizer, "pad_token_id", None) or 0  # masked out: any id will do
-        input_ids = torch.full((batch, width), int(pad_id), dtype=torch.long, device=self.device)  # (B, T)
-        attention_mask = torch.zeros((batch, prefix.length + width), dtype=torch.long, device=self.device)
-        attention_mask[:, : prefix.length] = 1  # every row sees the whole prefix ...
-        for row, ids in enumerate(token_ids):
-            input_ids[row, : ids.numel()] = ids
-            attention_mask[row, prefix.length : prefix.length + ids.numel()] = 1  # ... and its own tokens only
-        # Right padding: row b's token i sits at the position it has alone, whatever the others' lengths.
-        positions = self._query_positions(prefix, width)  # (..., 1, T)
-        positions = positions.expand(*positions.shape[:-2], batch, width)  # (..., B, T)
-        with self._lock:
-            if max(by_layer) > prefix.depth:
-                self._run_prefix(prefix, max(by_layer))
-            cache = self._query_cache(prefix, batch)
-            with self._armed(by_layer, stop_early=True, last_index=lengths - 1) as states:
-                try:
-                    self.model.model(
-                        input_ids=input_ids,
-                        attention_mask=attention_mask,
-                        position_ids=positions,
-                        cache=cache,
-                        use_cache=True,
-                    )
-                except _StopForward:
-                    pass
-                return {layer: state.result for layer, state in states.items()}
 
     @torch.inference_mode()
     def generate_text(
