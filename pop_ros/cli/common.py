@@ -13,7 +13,9 @@ class CliError(Exception):
     """Bad input to a command: printed as one line, exit status 2."""
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, visual: bool = True) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser, visual: bool = True, whole_model: bool = False) -> None:
+    """The model flags of the tools. `whole_model`: the tool always loads the whole MLLM in float
+    (pop-find-heads reads every layer), so --no-trim and --mllm-quantization are not offered."""
     from pop_ros.models.presets import DEFAULT_PRESET, PRESETS
 
     group = parser.add_argument_group("model")
@@ -38,6 +40,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, visual: bool = True) ->
     group.add_argument(
         "--trust-remote-code", action="store_true", help="allow model code from the hub to run (off by default)"
     )
+    if whole_model:
+        return
     group.add_argument(
         "--no-trim",
         action="store_true",

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-k", type=int, default=3, help="number of heads to keep (default 3)")
     parser.add_argument("--votes-per-sample", type=int, default=10, help="heads each sample votes for (default 10)")
     parser.add_argument("--limit", type=int, help="use at most this many pairs")
-    add_model_arguments(parser, visual=False)
+    add_model_arguments(parser, visual=False, whole_model=True)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
     return run_cli(lambda: _run(args), json_output=args.json)

@@ -12,7 +12,7 @@ examples:
   # each set's own default query: --support-set alone, or --query @SET
   pop-point --target scene.png --library lib.yaml --support-set mug_handle --support-set bottle_neck
   # every handle (up to 3), only inside a box, with its 3D point, part mask and cloud:
-  pop-point --target scene.png --library lib.yaml --support-set mug_handle --max-instances 3 \
+  pop-point --target scene.png --library lib.yaml --support-set mug_handle --max-instances 3 \\
       --roi 100,50,300,200 --depth depth.png --camera-info camera.yaml --out results/
 
 Which set a --query uses: its own QUERY@SET (the last '@' separates), else the --support-set paired
@@ -200,7 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--mask-out", type=pathlib.Path, help="write the part's mask PNG (several queries: NAME_<i>)")
     parser.add_argument("--cloud-out", type=pathlib.Path, help="write the part's cloud, .ply or .pcd (needs --depth)")
-    parser.add_argument("--out", type=pathlib.Path, help="folder for mask_<i>.png and (with --depth) cloud_<i>.ply")
+    parser.add_argument(
+        "--out",
+        type=pathlib.Path,
+        help="folder for mask.png and (with --depth) cloud.ply of the answer; mask_<q>.png, cloud_<q>.ply "
+        "for query q when there are several",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     add_model_arguments(parser)
     args = parser.parse_args(argv)
