@@ -15,7 +15,7 @@ import numpy as np
 
 from pop_ros import grasp
 from pop_ros.image_conversion import ImageConversionError
-from pop_ros.locate import LocateSettings, Placement, locate_in_depth, locate_pixel, locate_with
+from pop_ros.locate import LocateSettings, Placement, locate_in_depth, locate_pixel, locate_with, score_note
 from pop_ros.ros.answers import Answer, Outcome
 from pop_ros.ros.camera import Frame, NoFrameError, is_empty_image
 from pop_ros.ros.teaching import added_text
@@ -166,9 +166,10 @@ class Queries:
                 instance=index,
             )
             notes, placement = self.locate(answer, image_size, header, options, placement)
-            if peak.score < min_score:
+            rejection = score_note(peak.score, min_score)
+            if rejection:
                 answer.outcome = Outcome.REJECTED
-                notes.insert(0, f"part not visible: score {peak.score:.3f} < min_score {min_score}")
+                notes.insert(0, rejection)
             notes += self.add_region(answer, result.heatmap, placement, threshold)
             answer.message = "; ".join(notes) or "ok"
             answers.append(answer)
