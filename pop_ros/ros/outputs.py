@@ -155,7 +155,8 @@ class Outputs:
 
 
 def _answer_markers(answer, first_id: int) -> list[Marker]:
-    """Sphere, approach arrow (with a pose) and label of one answer, ids from `first_id`."""
+    """Sphere, approach arrow (with a pose), label, grasp axes (with a grasp frame) and part cloud
+    points (with a cloud) of one answer or instance, ids `first_id` + 0..4."""
     x, y, z = answer.xyz
 
     def marker(marker_id: int, marker_type: int, rgba) -> Marker:
