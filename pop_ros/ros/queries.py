@@ -19,6 +19,7 @@ from pop_ros.locate import LocateSettings, Placement, locate_in_depth, locate_pi
 from pop_ros.ros.answers import Answer, Outcome
 from pop_ros.ros.camera import Frame, NoFrameError, is_empty_image
 from pop_ros.ros.teaching import added_text
+from pop_ros.stamps import stamped_frame_key
 from pop_ros_interfaces.srv import AddExemplar, ListSupportSets, PointToPart, PointToParts
 
 # A result built without instances (by hand, in tests) answers with its single peak.
@@ -62,9 +63,7 @@ def image_outcome(error: ImageConversionError) -> Outcome:
 def frame_key(request_image, header) -> str | None:
     """A camera frame is named by its stamp + frame_id (no hashing of the pixels); an image sent
     with the request, or an unstamped frame, by its content (the pipeline hashes it)."""
-    if not is_empty_image(request_image) or (header.stamp.sec == 0 and header.stamp.nanosec == 0):
-        return None
-    return f"{header.frame_id}@{header.stamp.sec}.{header.stamp.nanosec:09d}"
+    return None if not is_empty_image(request_image) else stamped_frame_key(header)
 
 
 class Queries:
