@@ -20,7 +20,7 @@ import numpy as np
 from pop_ros.image_conversion import ImageConversionError, compressed_to_rgb8, to_depth_m, to_rgb8
 from pop_ros.locate import LocateSettings, locate_pixel, score_note, stamp_seconds
 from pop_ros.recording import COMPRESSED_IMAGE, CameraTopics, Recording, RecordingError
-from pop_ros.stamps import StampBuffer
+from pop_ros.stamps import StampBuffer, stamped_frame_key
 
 # A chosen colour frame waits for later depth this long (log time) before it is answered: a depth image
 # stamped like the frame is often received just after it. Answering happens as soon as a depth stamped
@@ -203,11 +203,6 @@ class AnswerOptions:
     camera_info_topic: str = "camera_info"
 
 
-def frame_key(header) -> str:
-    """The node's frame key: stamp + frame_id (the pipeline's frame cache)."""
-    return f"{header.frame_id}@{header.stamp.sec}.{header.stamp.nanosec:09d}"
-
-
 def answer_frame(pointer, frame: Frame, image_rgb, requests, replay: Replay, options: AnswerOptions) -> list:
     """The node's Answers for every request on one frame (`point_many`: the frame's work is shared),
     each with its result (None for a failed request)."""
@@ -216,7 +211,7 @@ def answer_frame(pointer, frame: Frame, image_rgb, requests, replay: Replay, opt
 
     header = frame.msg.header
     try:
-        results = pointer.point_many(image_rgb, requests, frame_key=frame_key(header))
+        results = pointer.point_many(image_rgb, requests, frame_key=stamped_frame_key(header))
     except PointerError as error:
         results = [error] * len(requests)
     answers = []

@@ -127,7 +127,7 @@ def build_shape_pointer(shape: str, device: str, dtype: str, seed: int = 0):
     from pop_ros.models.loading import resolve_device, resolve_dtype
     from pop_ros.models.mllm import adapter_for
     from pop_ros.models.presets import ModelConfig
-    from pop_ros.models.processors import build_processor, torchvision_works
+    from pop_ros.models.processors import build_processor, qwen_vision_token_ids, torchvision_works
     from pop_ros.models.random_weights import build_random
     from pop_ros.models.tiny import CHAT_TEMPLATES, build_tokenizer
     from pop_ros.models.visual import VisualEncoder
@@ -144,17 +144,10 @@ def build_shape_pointer(shape: str, device: str, dtype: str, seed: int = 0):
         return _finish_shape_pointer(shape, torch_device, torch_dtype, dino_config, visual_name, build_shape_mllm,
                                      (text_config, vision_config))  # fmt: skip
     tokenizer = build_tokenizer("qwen2_5_vl")
-    ids = {
-        t: tokenizer.convert_tokens_to_ids(t)
-        for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
-    }
     config = Qwen2_5_VLConfig(
         text_config=dict(text_config),
         vision_config=dict(vision_config),
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
+        **qwen_vision_token_ids(tokenizer),
     )
     visual_config = DINOv3ViTConfig(**dino_config, patch_size=16, num_register_tokens=4)
     started = time.perf_counter()

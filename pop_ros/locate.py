@@ -1,5 +1,6 @@
-"""From an answer's pixel to its 3D point and approach pose, with depth paired by stamp: the node's
-`_locate` without ROS, so that pop-bag (and the node, once wired to it) compute the same thing.
+"""From an answer's pixel to its 3D point and approach pose, with depth paired by stamp, without ROS:
+the node (ros/queries.py) and pop-bag (bag_answers.py) both locate through here, so they compute the
+same thing.
 
 Inputs are what the node holds at answer time: the latest camera_info (anything shaped like
 sensor_msgs/CameraInfo), a `stamps.StampBuffer` of recent depth images (anything shaped like a

@@ -27,3 +27,11 @@ class StampBuffer:
         best_stamp, best_item = min(items, key=lambda entry: abs(entry[0] - stamp_s))
         gap = abs(best_stamp - stamp_s)
         return (best_item, gap) if gap <= tolerance_s else (None, gap)
+
+
+def stamped_frame_key(header) -> str | None:
+    """A camera frame's name for the pipeline's frame cache: frame_id + stamp (no hashing of the
+    pixels); None for an unstamped frame (stamp 0 names no frame: the pipeline then hashes its content)."""
+    if header.stamp.sec == 0 and header.stamp.nanosec == 0:
+        return None
+    return f"{header.frame_id}@{header.stamp.sec}.{header.stamp.nanosec:09d}"

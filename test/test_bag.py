@@ -475,3 +475,30 @@ def test_pop_teach_adds_the_frame_to_a_writable_library(run, tmp_path):
     code, _, stderr = run("teach_main", *args[:4], "400,10", *args[5:])
     assert code == 2 and "outside its 320x240 image" in stderr
     assert library_path.read_text() == before
+
+
+def test_unstamped_frames_are_not_taken_for_one_another(pointer):
+    """Two different frames with stamp 0 cannot be told apart by stamp + frame_id: the frame cache must
+    key them by content (the node's rule), not give the second the first one's features."""
+    from types import SimpleNamespace
+
+    from sensor_msgs.msg import Image
+
+    from pop_ros import bag_answers
+    from pop_ros.locate import LocateSettings
+    from pop_ros.pipeline import PointRequest
+    from pop_ros.stamps import StampBuffer
+
+    pointer.clear_frame_cache()
+    replay = SimpleNamespace(camera_info=None, depth=StampBuffer())
+    options = bag_answers.AnswerOptions(LocateSettings(0.05, 5, 15, 0.01, 0.5, True))
+    reused = []
+    for index in (0, 1):
+        msg = Image()
+        msg.header.frame_id = "cam"  # stamp 0: unstamped
+        image_rgb = np.ascontiguousarray(colour_bgr(index)[:, :, ::-1])
+        [(_, result)] = bag_answers.answer_frame(
+            pointer, bag_answers.Frame(msg, 0, index), image_rgb, [PointRequest("lid")], replay, options
+        )
+        reused.append(result.frame_reused)
+    assert reused == [False, False]

@@ -147,6 +147,10 @@ def test_parameter_types_and_constraints_are_enforced_when_set(inprocess):
     refused = set_remote("max_waiting_queries", ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=9))
     assert not refused.successful and "max_waiting_queries must be <= 8" in refused.reason
     assert node.param("depth_window") == 5 and node.param("continuous_support_set") == ""
+    # The every-head ablation reads decoder layers that the trimmed MLLM (mllm_trim true) did not load.
+    refused = set_remote("head_set", ParameterValue(type=ParameterType.PARAMETER_STRING, string_value="all"))
+    assert not refused.successful and "loaded trimmed" in refused.reason and "mllm_trim false" in refused.reason
+    assert node.param("head_set") == "selected"
 
 
 @pytest.mark.parametrize(

@@ -124,14 +124,16 @@ def test_deeper_heads_than_loaded_are_refused_with_the_reason(pointer_pairs, rng
         trimmed.mllm.image_prefix(image, QUERIES[0], depth=4)
     with pytest.raises(RuntimeError, match="native pointing needs the whole MLLM"):
         trimmed.mllm.generate_text(image, "Point to the lid.", max_new_tokens=2)
-    # The every-head ablation needs layers 4-5: refused, not answered from a shorter model.
+    # The every-head ablation needs layers 4-5: refused when set, as a PointerError (a node answers
+    # the reason and keeps serving), not answered from a shorter model; the old settings stay.
+    from pop_ros.pipeline import PointerError
+
     settings = trimmed.settings
-    try:
+    with pytest.raises(PointerError, match=r"head_set 'all' needs decoder layer 5 but this MLLM was loaded trimmed"):
         trimmed.settings = PointerSettings(head_set="all")
-        with pytest.raises(ValueError, match="loaded trimmed"):
-            trimmed.point(image, QUERIES[0])
-    finally:
-        trimmed.settings = settings
+    assert trimmed.settings is settings
+    with pytest.raises(PointerError, match="loaded trimmed"):
+        type(trimmed)(trimmed.visual, trimmed.mllm, trimmed.model_config, PointerSettings(head_set="all"))
 
 
 def test_head_file_sets_the_kept_depth(tmp_path, tiny_visual):

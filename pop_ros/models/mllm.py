@@ -241,12 +241,13 @@ class MLLMAdapter(PrefixReuseMixin, EagerAttentionMixin):
             by_layer.setdefault(int(layer), []).append(int(head))
         if by_layer and max(by_layer) >= self.loaded_layers:
             deepest = max(by_layer)
-            raise ValueError(self._trimmed_reason(f"head ({deepest}, {by_layer[deepest][0]})", deepest))
+            raise ValueError(self.trimmed_reason(f"head ({deepest}, {by_layer[deepest][0]})", deepest))
         if not by_layer:
             raise ValueError("at least one (layer, head) is needed")
         return by_layer
 
-    def _trimmed_reason(self, what: str, layer: int) -> str:
+    def trimmed_reason(self, what: str, layer: int) -> str:
+        """Why `what`, which reads decoder layer `layer`, cannot run on this trimmed model."""
         return (
             f"{what} needs decoder layer {layer} but this MLLM was loaded trimmed to "
             f"layers 0-{self.loaded_layers - 1} of {self.num_layers} (the deepest localization head at load); "

@@ -93,20 +93,10 @@ def build_tiny(tokenizer, num_layers: int):
     from transformers import Ovis2Config, Ovis2ForConditionalGeneration, Ovis2ImageProcessorPil, Ovis2Processor
 
     from pop_ros.models.processors import build_processor
+    from pop_ros.models.tiny import _text_dims
 
     ids = {token: int(tokenizer.convert_tokens_to_ids(token)) for token in TINY_SPECIAL_TOKENS}
-    text = {
-        "model_type": "qwen2",
-        "vocab_size": 128,
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": num_layers,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 4096,
-        "bos_token_id": None,
-        "eos_token_id": None,
-    }
+    text = {"model_type": "qwen2", "vocab_size": 128, **_text_dims(num_layers)}  # the tiny families' text dims
     vision = {
         "hidden_size": 32,
         "intermediate_size": 64,

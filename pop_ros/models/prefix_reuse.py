@@ -65,7 +65,7 @@ class PrefixReuseMixin:
         if not 0 <= int(depth) < self.num_layers:
             raise ValueError(f"depth {depth} is outside this model's {self.num_layers} layers")
         if int(depth) >= self.loaded_layers:
-            raise ValueError(self._trimmed_reason(f"a frame prefix to depth {int(depth)}", int(depth)))
+            raise ValueError(self.trimmed_reason(f"a frame prefix to depth {int(depth)}", int(depth)))
         split = self._split_prompt(query)
         if isinstance(split, str):
             return self._fallback(image_rgb, split)

@@ -87,6 +87,21 @@ def _image_only_video_processor():
     return ImageOnlyVideoProcessor()
 
 
+# A Qwen-VL config's token-id fields and the special tokens they name.
+QWEN_VISION_TOKENS = {
+    "image_token_id": "<|image_pad|>",
+    "video_token_id": "<|video_pad|>",
+    "vision_start_token_id": "<|vision_start|>",
+    "vision_end_token_id": "<|vision_end|>",
+}
+
+
+def qwen_vision_token_ids(tokenizer) -> dict[str, int]:
+    """A Qwen-VL config's image, video and vision-boundary token ids as `tokenizer` (tiny or shape-only
+    models) numbers them: keyword arguments of Qwen2_5_VLConfig / Qwen3_5Config."""
+    return {field: tokenizer.convert_tokens_to_ids(token) for field, token in QWEN_VISION_TOKENS.items()}
+
+
 def build_processor(processor_class, image_processor, tokenizer, chat_template: str | None, **settings):
     """Instantiate `processor_class` from parts, with the image-only placeholder in its video slot."""
     import inspect

@@ -45,8 +45,3 @@ def quantize_model(model, name: str):
 
     quantize_(model, Int8WeightOnlyConfig(), filter_fn=is_quantized_linear)
     return model
-
-
-def bytes_per_weight(name: str, float_bytes: int) -> float:
-    """Storage of one linear-layer weight under `name` (int8: 1 byte; per-channel scales not counted)."""
-    return 1.0 if check_quantization(name) == "int8" else float(float_bytes)

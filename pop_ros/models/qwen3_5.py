@@ -180,13 +180,9 @@ def build_tiny(num_layers: int = TINY_NUM_LAYERS):
     """(model, processor) of a tiny random Qwen3.5 with the real layer pattern and token layout."""
     from transformers import Qwen2VLImageProcessorPil, Qwen3_5Config, Qwen3_5ForConditionalGeneration, Qwen3VLProcessor
 
-    from pop_ros.models.processors import build_processor
+    from pop_ros.models.processors import build_processor, qwen_vision_token_ids
 
     tokenizer = build_tiny_tokenizer()
-    ids = {
-        token: tokenizer.convert_tokens_to_ids(token)
-        for token in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
-    }
     text = {
         "vocab_size": len(tokenizer),
         "hidden_size": 64,
@@ -224,10 +220,7 @@ def build_tiny(num_layers: int = TINY_NUM_LAYERS):
     config = Qwen3_5Config(
         text_config=text,
         vision_config=vision,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
+        **qwen_vision_token_ids(tokenizer),
     )
     model = Qwen3_5ForConditionalGeneration(config)
     # At the 0.02 init scale the DeltaNet branch barely moves the residual stream (zeroing its
@@ -250,20 +243,13 @@ def build_shape_mllm(text_config: dict, vision_config: dict, dtype: torch.dtype)
     FLOP but the embedding lookups."""
     from transformers import Qwen2VLImageProcessorPil, Qwen3_5Config, Qwen3_5ForConditionalGeneration, Qwen3VLProcessor
 
-    from pop_ros.models.processors import build_processor
+    from pop_ros.models.processors import build_processor, qwen_vision_token_ids
 
     tokenizer = build_tiny_tokenizer()
-    ids = {
-        token: tokenizer.convert_tokens_to_ids(token)
-        for token in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
-    }
     config = Qwen3_5Config(
         text_config=dict(text_config),
         vision_config=dict(vision_config),
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
+        **qwen_vision_token_ids(tokenizer),
         # The top-level flag decides whether lm_head shares the embeddings (the 4B's do, the 9B's not).
         tie_word_embeddings=bool(text_config.get("tie_word_embeddings", False)),
     )

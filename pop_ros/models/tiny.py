@@ -169,7 +169,7 @@ def _text_dims(num_layers: int) -> dict:
 
 def _build(family: str, num_layers: int):
     """(model, processor) of a tiny random `family` model."""
-    from pop_ros.models.processors import build_processor, molmo2_image_processor
+    from pop_ros.models.processors import build_processor, molmo2_image_processor, qwen_vision_token_ids
 
     if family == "qwen3_5":  # its own module: transformers rebuilds its byte-level BPE tokenizer on load
         from pop_ros.models.qwen3_5 import build_tiny
@@ -207,10 +207,7 @@ def _build(family: str, num_layers: int):
         config = Qwen2_5_VLConfig(
             text_config=text,
             vision_config=vision,
-            image_token_id=ids["<|image_pad|>"],
-            video_token_id=ids["<|video_pad|>"],
-            vision_start_token_id=ids["<|vision_start|>"],
-            vision_end_token_id=ids["<|vision_end|>"],
+            **qwen_vision_token_ids(tokenizer),
         )
         model = Qwen2_5_VLForConditionalGeneration(config)
         # Small images keep the tiny model fast: at most 448 x 448 px (256 LLM tokens).

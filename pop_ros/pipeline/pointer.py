@@ -63,11 +63,11 @@ class PartPointer:
         self.visual = visual
         self.mllm = mllm
         self.model_config = model_config
-        self._settings = (settings or PointerSettings()).validate()
         self.library = library or SupportLibrary()
         self.name = name
         self.load_timings_s: dict[str, float] = {}
         self.calibrated_heads, self.heads_source = calibrated_heads(mllm, model_config)
+        self._settings = self._check_depth((settings or PointerSettings()).validate())
         self.support_features = SupportFeatures(visual, model_config, feature_cache_dir)
         self.frames = FrameStore(visual, mllm)
         self._lock = threading.Lock()  # one model forward at a time; guards both feature stores
@@ -80,7 +80,16 @@ class PartPointer:
     @settings.setter
     def settings(self, settings: PointerSettings) -> None:
         # A reference swap: a query in flight keeps the snapshot it took, the next one sees these.
-        self._settings = settings.validate()
+        self._settings = self._check_depth(settings.validate())
+
+    def _check_depth(self, settings: PointerSettings) -> PointerSettings:
+        """`settings` when the heads they read lie in the loaded layers; PointerError (a ValueError: the
+        node refuses the parameter) when a trimmed MLLM lacks them (head_set all)."""
+        heads, _ = self.text_heads(settings)
+        deepest = max((layer for layer, _ in heads), default=-1)
+        if settings.use_text and deepest >= self.mllm.loaded_layers:
+            raise PointerError(self.mllm.trimmed_reason(f"head_set {settings.head_set!r}", deepest))
+        return settings
 
     @classmethod
     def from_config(

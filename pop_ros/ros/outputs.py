@@ -54,12 +54,7 @@ class Outputs:
     @staticmethod
     def grasp_message(answer) -> PoseStamped:
         """The grasp frame at the point (z: approach into the surface, x: closing); identity when none."""
-        pose = PoseStamped()
-        pose.header = answer.header
-        pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = answer.xyz
-        orientation = pose.pose.orientation
-        orientation.x, orientation.y, orientation.z, orientation.w = answer.grasp_orientation
-        return pose
+        return _pose_at(answer, answer.grasp_orientation)
 
     @staticmethod
     def mask_message(answer) -> Image:
@@ -78,12 +73,7 @@ class Outputs:
     def pose_message(answer) -> PoseStamped:
         """The approach pose: at the point, z axis along the surface normal (towards the camera);
         a gripper approaches along -z."""
-        pose = PoseStamped()
-        pose.header = answer.header
-        pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = answer.xyz
-        orientation = pose.pose.orientation
-        orientation.x, orientation.y, orientation.z, orientation.w = answer.orientation
-        return pose
+        return _pose_at(answer, answer.orientation)
 
     @classmethod
     def fill_pose(cls, response, answer) -> None:
@@ -154,8 +144,19 @@ class Outputs:
         self.markers_pub.publish(self.markers_message(answers))
 
 
+def _pose_at(answer, orientation_xyzw) -> PoseStamped:
+    """A pose at the answer's 3D point with the given orientation (x, y, z, w), the answer's header."""
+    pose = PoseStamped()
+    pose.header = answer.header
+    pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = answer.xyz
+    orientation = pose.pose.orientation
+    orientation.x, orientation.y, orientation.z, orientation.w = orientation_xyzw
+    return pose
+
+
 def _answer_markers(answer, first_id: int) -> list[Marker]:
-    """Sphere, approach arrow (with a pose) and label of one answer, ids from `first_id`."""
+    """Sphere, approach arrow (with a pose), label, grasp axes (with a grasp frame) and part cloud
+    points (with a cloud) of one answer or instance, ids `first_id` + 0..4."""
     x, y, z = answer.xyz
 
     def marker(marker_id: int, marker_type: int, rgba) -> Marker:

@@ -15,10 +15,11 @@ import numpy as np
 
 from pop_ros import grasp
 from pop_ros.image_conversion import ImageConversionError
-from pop_ros.locate import LocateSettings, Placement, locate_in_depth, locate_pixel, locate_with
+from pop_ros.locate import LocateSettings, Placement, locate_in_depth, locate_pixel, locate_with, score_note
 from pop_ros.ros.answers import Answer, Outcome
 from pop_ros.ros.camera import Frame, NoFrameError, is_empty_image
 from pop_ros.ros.teaching import added_text
+from pop_ros.stamps import stamped_frame_key
 from pop_ros_interfaces.srv import AddExemplar, ListSupportSets, PointToPart, PointToParts
 
 # A result built without instances (by hand, in tests) answers with its single peak.
@@ -62,9 +63,7 @@ def image_outcome(error: ImageConversionError) -> Outcome:
 def frame_key(request_image, header) -> str | None:
     """A camera frame is named by its stamp + frame_id (no hashing of the pixels); an image sent
     with the request, or an unstamped frame, by its content (the pipeline hashes it)."""
-    if not is_empty_image(request_image) or (header.stamp.sec == 0 and header.stamp.nanosec == 0):
-        return None
-    return f"{header.frame_id}@{header.stamp.sec}.{header.stamp.nanosec:09d}"
+    return None if not is_empty_image(request_image) else stamped_frame_key(header)
 
 
 class Queries:
@@ -166,9 +165,10 @@ class Queries:
                 instance=index,
             )
             notes, placement = self.locate(answer, image_size, header, options, placement)
-            if peak.score < min_score:
+            rejection = score_note(peak.score, min_score)
+            if rejection:
                 answer.outcome = Outcome.REJECTED
-                notes.insert(0, f"part not visible: score {peak.score:.3f} < min_score {min_score}")
+                notes.insert(0, rejection)
             notes += self.add_region(answer, result.heatmap, placement, threshold)
             answer.message = "; ".join(notes) or "ok"
             answers.append(answer)
