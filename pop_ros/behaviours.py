@@ -168,6 +168,19 @@ class _ServiceBehaviour(py_trees.behaviour.Behaviour):
         """Outputs that must not outlive a failure (a stale point must never be grasped)."""
 
 
+def _checked_instances_and_roi(name: str, max_instances, roi) -> tuple[int, tuple[int, int, int, int] | None]:
+    """The request fields as the messages take them (uint32): refused when the tree is built, not in
+    a tick, where the message constructor's error would escape the tree."""
+    if isinstance(max_instances, bool) or not isinstance(max_instances, int) or not 0 <= max_instances < 2**32:
+        raise ValueError(f"{name}: max_instances must be an integer >= 0, got {max_instances!r}")
+    if roi is None:
+        return max_instances, None
+    values = tuple(roi)
+    if len(values) != 4 or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32 for v in values):
+        raise ValueError(f"{name}: roi must be (x, y, width, height) in whole pixels >= 0, got {roi!r}")
+    return max_instances, values
+
+
 class PointToPart(_ServiceBehaviour):
     """Ask `~/point_to_part` for one part on the latest camera frame.
 
@@ -200,7 +213,7 @@ class PointToPart(_ServiceBehaviour):
     ):
         super().__init__(name, service, timeout_s)
         self.query, self.support_set = query, support_set
-        self.max_instances, self.roi = int(max_instances), roi
+        self.max_instances, self.roi = _checked_instances_and_roi(name, max_instances, roi)
         self.point_key, self.pose_key, self.result_key = point_key, pose_key, result_key
         self.query_key, self.support_set_key = query_key, support_set_key
         self.require_3d = require_3d

@@ -87,7 +87,7 @@ def run_demo(preset: str, out: pathlib.Path, seconds: float) -> list[dict]:
     from pop_ros.paths import SAMPLE_DIR
     from pop_ros.ros_client import LIBRARY, RosClient
     from pop_ros.supports import SupportLibrary
-    from pop_ros.testing import NodeProcess  # the one import of the node harness
+    from pop_ros.testing import NodeProcess
     from pop_ros.visualize import contact_sheet
     from pop_ros_interfaces.srv import ListSupportSets
 

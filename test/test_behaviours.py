@@ -355,3 +355,18 @@ def test_point_to_part_asks_for_instances_and_a_region_of_interest():
     boxed = PointToPart("boxed", "handle", "mug_handle", max_instances=3, roi=(10, 20, 30, 40))._request()
     assert boxed.max_instances == 3
     assert (boxed.roi.x_offset, boxed.roi.y_offset, boxed.roi.width, boxed.roi.height) == (10, 20, 30, 40)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"max_instances": -1}, "max_instances must be an integer >= 0"),
+        ({"max_instances": 2.5}, "max_instances must be an integer >= 0"),
+        ({"roi": (1, 2, 3)}, "roi must be"),
+        ({"roi": (1, 2, -3, 4)}, "roi must be"),
+    ],
+)
+def test_bad_instances_or_roi_are_refused_when_the_tree_is_built(kwargs, message):
+    # A message field out of range would raise inside initialise(), escaping the tree's tick.
+    with pytest.raises(ValueError, match=message):
+        PointToPart("bad", "handle", "mug_handle", **kwargs)
