@@ -1,6 +1,8 @@
 """Trimmed MLLM loading (models/trimming.py): the same maps and points as the whole model, from a model
 that holds only decoder layers 0..deepest localization head and no lm_head."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -165,12 +167,11 @@ def test_cli_flags_map_to_the_configuration():
 
 
 def test_dropped_layers_never_become_resident_when_loading_a_saved_checkpoint(tmp_path):
-    """Peak RSS of loading a saved 48-layer bf16 checkpoint as float32 in a fresh process, then
-    reading every weight the model holds: whole, and trimmed to layer 2 (3 layers kept).
-
-    Loading bf16 as float32 converts every weight the model keeps into new (anonymous) memory, so
-    weights that were materialised, even briefly, show in the peak. The checkpoint's file pages may
-    also count where the kernel maps them (page cache), so at most the whole file is allowed on top."""
+    """Loading a saved 48-layer bf16 checkpoint as float32 in a fresh process, whole and trimmed to
+    layer 2 (3 layers kept): which checkpoint tensors were read (a tensor never read was never
+    materialised), and the peak RSS. RSS alone proved flaky as a bound on the trimmed load: with the
+    file in the page cache the kernel maps neighbouring file pages in on each fault (seen: +155 MiB
+    and +735 MiB in full-suite runs against +36 MiB alone), so the proof is the record of reads."""
     from transformers import Qwen2_5_VLConfig
 
     from pop_ros.models.load_rss import measure, save_random_checkpoint_in_child
@@ -189,11 +190,20 @@ def test_dropped_layers_never_become_resident_when_loading_a_saved_checkpoint(tm
     assert (whole["decoder_layers"], trimmed["decoder_layers"]) == (48, 3)
     dropped_bytes = whole["weight_bytes"] - trimmed["weight_bytes"]  # float32: twice their bytes on disk
     assert dropped_bytes > 1.8 * file_bytes * 0.9
+
+    # Never materialised: no tensor of a dropped layer (3..47) nor lm_head was read from the file, while
+    # the whole model read every one of them (the record sees reads: it is not empty by accident).
+    def dropped(key: str) -> bool:
+        match = re.search(r"language_model\.layers\.(\d+)\.", key)
+        return (match is not None and int(match.group(1)) >= 3) or key.startswith("lm_head")
+
+    assert not [key for key in trimmed["read_keys"] if dropped(key)], trimmed["read_keys"]
+    assert sum(dropped(key) for key in whole["read_keys"]) >= 45 * 9
+    assert any("layers.2." in key for key in trimmed["read_keys"])  # the kept layers were read
+    # Peak RSS (informative here: file pages in the page cache may be mapped in as well): the whole
+    # load holds at least its converted weights.
     whole_growth = whole["peak_rss_bytes"] - whole["rss_before_load_bytes"]
-    trimmed_growth = trimmed["peak_rss_bytes"] - trimmed["rss_before_load_bytes"]
-    assert whole_growth >= 0.9 * whole["weight_bytes"], whole  # the measurement sees the weights a model holds
-    # Had the dropped layers been converted (materialised), the trimmed peak would hold them too.
-    assert trimmed_growth < trimmed["weight_bytes"] + file_bytes, (trimmed, file_bytes)
+    assert whole_growth >= 0.9 * whole["weight_bytes"], whole
 
 
 def test_evaluation_key_ignores_trimming_but_not_quantization():

@@ -103,6 +103,55 @@ def save_random_checkpoint_in_child(config, folder: pathlib.Path, dtype: str) ->
     return folder
 
 
+class _RecordingSlice:
+    """A safetensors slice that notes its key when its bytes are read (indexed)."""
+
+    def __init__(self, inner, key: str, read: set):
+        self._inner, self._key, self._read = inner, key, read
+
+    def __getitem__(self, index):
+        self._read.add(self._key)
+        return self._inner[index]
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+class _RecordingFile:
+    """A safetensors file whose tensors note their keys when read."""
+
+    def __init__(self, inner, read: set):
+        self._inner, self._read = inner, read
+
+    def get_slice(self, key: str):
+        return _RecordingSlice(self._inner.get_slice(key), key, self._read)
+
+    def get_tensor(self, key: str):
+        self._read.add(key)
+        return self._inner.get_tensor(key)
+
+    def __enter__(self):
+        self._inner.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._inner.__exit__(*exc)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+def _record_checkpoint_reads() -> set:
+    """The keys of every checkpoint tensor transformers reads from here on (this child process only):
+    a tensor never read was never materialised, whatever the page cache does to RSS."""
+    import transformers.modeling_utils as modeling_utils
+
+    read: set = set()
+    opener = modeling_utils.safe_open
+    modeling_utils.safe_open = lambda *args, **kwargs: _RecordingFile(opener(*args, **kwargs), read)
+    return read
+
+
 def _load_in_this_process(folder: str, dtype: str, trim: bool, deepest: int | None) -> dict:
     import psutil
     from transformers import AutoConfig
@@ -112,6 +161,7 @@ def _load_in_this_process(folder: str, dtype: str, trim: bool, deepest: int | No
     from pop_ros.models.loading import _mllm_from_pretrained
 
     MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING[type(AutoConfig.from_pretrained(folder))]  # imports the modeling code
+    read_keys = _record_checkpoint_reads()
     before = psutil.Process().memory_info().rss
 
     def heads(num_layers: int, num_heads: int, head_layers=None):
@@ -129,6 +179,7 @@ def _load_in_this_process(folder: str, dtype: str, trim: bool, deepest: int | No
             flat = tensor.detach().reshape(-1)
             flat[:: max(1, 4096 // flat.element_size())].float().sum()
     return {
+        "read_keys": sorted(read_keys),  # checkpoint tensors whose bytes were read (materialised)
         "rss_before_load_bytes": before,
         "peak_rss_after_load_bytes": loaded_peak,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
