@@ -169,23 +169,22 @@ def build_shape_pointer(shape: str, device: str, dtype: str, seed: int = 0):
 
 
 def _finish_shape_pointer(shape, torch_device, torch_dtype, dino_config, visual_name, build_mllm, configs):
-    """`build_shape_pointer` for a family whose (model, processor) come from `build_mllm(*configs, dtype)`."""
+    """`build_shape_pointer` for a family whose (model, processor) come from
+    `build_mllm(*configs, device, dtype, seed)`; both models seeded and filled as the 3B shape's."""
     from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
     from pop_ros.models.mllm import adapter_for
     from pop_ros.models.presets import ModelConfig
+    from pop_ros.models.random_weights import build_random
     from pop_ros.models.visual import VisualEncoder
     from pop_ros.pipeline import PartPointer
 
     started = time.perf_counter()
-    torch.manual_seed(0)
-    with torch.device(torch_device):
-        model, processor = build_mllm(*configs, torch_dtype)
-        dino = DINOv3ViTModel._from_config(
-            DINOv3ViTConfig(**dino_config, patch_size=16, num_register_tokens=4), dtype=torch_dtype
-        )
-    mllm = adapter_for(model.to(torch_device), processor)
-    visual = VisualEncoder(dino.to(torch_device), resolution=448)
+    model, processor = build_mllm(*configs, torch_device, torch_dtype, 0)
+    dino_config = DINOv3ViTConfig(**dino_config, patch_size=16, num_register_tokens=4)
+    dino = build_random(DINOv3ViTModel, dino_config, torch_device, torch_dtype, 1)
+    mllm = adapter_for(model, processor)
+    visual = VisualEncoder(dino, resolution=448)
     model_config = ModelConfig(mllm=f"shape:{shape}", visual=f"shape:{visual_name}", random_weights=True)
     pointer = PartPointer(visual, mllm, model_config, name=f"shape:{shape}")
     pointer.load_timings_s = {"build": time.perf_counter() - started}

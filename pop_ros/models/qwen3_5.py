@@ -237,10 +237,11 @@ def build_tiny(num_layers: int = TINY_NUM_LAYERS):
     return model, build_processor(Qwen3VLProcessor, image_processor, tokenizer, TINY_CHAT_TEMPLATE)
 
 
-def build_shape_mllm(text_config: dict, vision_config: dict, dtype: torch.dtype):
-    """(model, processor) with random weights in a real checkpoint's shape (pop-bench --shape);
-    built on the current default device. Token ids map onto the tiny tokenizer, which changes no
-    FLOP but the embedding lookups."""
+def build_shape_mllm(text_config: dict, vision_config: dict, device, dtype: torch.dtype, seed: int = 0):
+    """(model, processor) with seeded random weights in a real checkpoint's shape (pop-bench
+    --shape), built on the meta device and filled on `device` (models/random_weights.py: about a
+    minute for billions of parameters, where transformers' own initialisation takes many). Token ids
+    map onto the tiny tokenizer, which changes no FLOP but the embedding lookups."""
     from transformers import Qwen2VLImageProcessorPil, Qwen3_5Config, Qwen3_5ForConditionalGeneration, Qwen3VLProcessor
 
     from pop_ros.models.processors import build_processor, qwen_vision_token_ids
@@ -253,6 +254,8 @@ def build_shape_mllm(text_config: dict, vision_config: dict, dtype: torch.dtype)
         # The top-level flag decides whether lm_head shares the embeddings (the 4B's do, the 9B's not).
         tie_word_embeddings=bool(text_config.get("tie_word_embeddings", False)),
     )
-    model = Qwen3_5ForConditionalGeneration._from_config(config, dtype=dtype, attn_implementation="sdpa")
+    from pop_ros.models.random_weights import build_random
+
+    model = build_random(Qwen3_5ForConditionalGeneration, config, device, dtype, seed, attn_implementation="sdpa")
     image_processor = Qwen2VLImageProcessorPil(patch_size=16, merge_size=2, temporal_patch_size=2)
     return model, build_processor(Qwen3VLProcessor, image_processor, tokenizer, TINY_CHAT_TEMPLATE)
