@@ -336,10 +336,12 @@ def run_text_prior(adapter, target, heads, repeats: int, device: torch.device, p
         "eager everywhere",
         progress,
     )
-    # The floor both paths share: the vision tower, the embeddings and layer 0 (a head in layer 0
-    # stops the forward right there). What the fast path saves is in the layers above it.
+    # The floor both paths share: the vision tower, the embeddings and the layers up to the first that
+    # can hold a head (layer 0; Qwen3.5: its first full-attention layer), where a head there stops the
+    # forward. What the fast path saves is in the layers above it.
+    first_head = [(adapter.head_layers[0], 0)]
     floor = timed(
-        lambda: adapter.head_maps(target, QUERY, [(0, 0)], prepared=prepared), repeats, device, "floor", progress
+        lambda: adapter.head_maps(target, QUERY, first_head, prepared=prepared), repeats, device, "floor", progress
     )
     above_floor = statistics.median(eager) - statistics.median(floor)
     return {
@@ -549,7 +551,8 @@ def table(report: dict) -> str:
             f"text prior: fast {text['fast']['median']:.1f} ms vs eager everywhere (the usual way) "
             f"{text['eager_everywhere']['median']:.1f} ms, vs eager in the text layers only "
             f"{text['eager']['median']:.1f} ms (ratio {models['ratio_fast_vs_eager_text_only']:.3f}), of which "
-            f"{text['shared_floor']['median']:.1f} ms is the vision tower + layer 0 both must run (fast/eager above "
+            f"{text['shared_floor']['median']:.1f} ms is the vision tower + the layers up to the first head layer, "
+            "which both must run (fast/eager above "
             f"that: {models['ratio_fast_vs_eager_above_floor']:.3f}; layers up to the deepest head: "
             f"{(models['model']['deepest_head_layer'] + 1)}/{models['model']['layers']}); "
             f"query: POP 1-shot {query['pop_1shot']['median']:.1f} ms vs native pointing "
