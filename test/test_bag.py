@@ -502,3 +502,23 @@ def test_unstamped_frames_are_not_taken_for_one_another(pointer):
         )
         reused.append(result.frame_reused)
     assert reused == [False, False]
+
+
+def test_the_pipeline_settings_come_from_the_params_file_as_the_node_makes_them(tmp_path):
+    import argparse
+
+    import yaml
+
+    from pop_ros.cli.bag import pipeline_settings
+    from pop_ros.cli.common import CliError
+
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"/**": {"ros__parameters": {"max_shots": 1, "upsample": 4,
+                                                                 "shots_combination": "product"}}}))  # fmt: skip
+    settings = pipeline_settings(argparse.Namespace(params_file=path))
+    assert (settings.max_shots, settings.upsample, settings.shot_combination) == (1, 4, "product")
+    assert settings.similarity == "bidirectional"  # not in the file: the node's default
+    assert pipeline_settings(argparse.Namespace(params_file=None)).max_shots == 3  # no file: the defaults
+    path.write_text(yaml.safe_dump({"/**": {"ros__parameters": {"similarity": "sideways"}}}))
+    with pytest.raises(CliError, match="similarity must be one of"):
+        pipeline_settings(argparse.Namespace(params_file=path))

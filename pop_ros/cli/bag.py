@@ -84,15 +84,12 @@ def add_locate_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--min-score", type=float, help="answers with a lower score are rejected")
 
 
-def locate_parameters(args) -> dict:
-    """The node's parameters that place an answer: from the flags, else --params-file, else the node's
-    defaults; checked by the node's own rules."""
+def _params_file(args) -> dict:
+    """The `ros__parameters` of --params-file ({} without one)."""
     import yaml
 
-    from pop_ros.ros.parameters import PARAMETERS, check_parameter, check_type
-
     from_file: dict = {}
-    if args.params_file is not None:
+    if getattr(args, "params_file", None) is not None:
         try:
             document = yaml.safe_load(args.params_file.read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError) as error:
@@ -100,13 +97,41 @@ def locate_parameters(args) -> dict:
         for section in document.values() if isinstance(document, dict) else ():
             if isinstance(section, dict) and isinstance(section.get("ros__parameters"), dict):
                 from_file.update(section["ros__parameters"])
+    return from_file
+
+
+def _checked(name: str, value):
+    from pop_ros.ros.parameters import check_parameter, check_type
+
+    problem = check_type(name, value) or check_parameter(name, value)
+    if problem:
+        raise CliError(problem)
+    return value
+
+
+def pipeline_settings(args):
+    """The pipeline's settings as pop_node would make them from --params-file (else the node's
+    defaults), each value checked by the node's own rules."""
+    from pop_ros.pipeline import PointerError
+    from pop_ros.ros.parameters import PARAMETERS, pointer_settings
+
+    from_file = _params_file(args)
+    try:
+        return pointer_settings(lambda name: _checked(name, from_file.get(name, PARAMETERS[name].default)))
+    except (ValueError, PointerError) as error:
+        raise CliError(f"--params-file {args.params_file}: {error}") from error
+
+
+def locate_parameters(args) -> dict:
+    """The node's parameters that place an answer: from the flags, else --params-file, else the node's
+    defaults; checked by the node's own rules."""
+    from pop_ros.ros.parameters import PARAMETERS
+
+    from_file = _params_file(args)
     values = {}
     for name in LOCATE_PARAMETERS:
         value = getattr(args, name, None)
-        values[name] = value if value is not None else from_file.get(name, PARAMETERS[name].default)
-        problem = check_type(name, values[name]) or check_parameter(name, values[name])
-        if problem:
-            raise CliError(problem)
+        values[name] = _checked(name, value if value is not None else from_file.get(name, PARAMETERS[name].default))
     return values
 
 
@@ -190,7 +215,8 @@ def _run_bag(args, interrupted: list) -> dict:
     if (args.out / "bag").exists():
         raise CliError(f"--out {args.out} holds results already (bag/); choose another folder")
     args.out.mkdir(parents=True, exist_ok=True)
-    pointer = PartPointer.from_preset(args.preset, library=library, **model_overrides(args))
+    settings = pipeline_settings(args)  # the node's similarity, max_shots, upsample, ... as the params file says
+    pointer = PartPointer.from_preset(args.preset, settings=settings, library=library, **model_overrides(args))
     duration_s = (recording.end_ns - recording.start_ns) * 1e-9
     colour_count = recording.counts.get(topics.colour, 0)
     fps = args.rate or (colour_count / duration_s / sampling.every if duration_s > 0 else 1.0)
@@ -314,7 +340,8 @@ def _run_teach(args) -> dict:
         raise CliError(f"no colour frame at or after {args.time} s on {topics.colour} ({recording.cut or 'none'})")
     image = decode_colour(frame.msg)
     library = SupportLibrary.load(args.library, writable=True)
-    pointer = PartPointer.from_preset(args.preset, library=library, **model_overrides(args))
+    settings = pipeline_settings(args)  # the node's similarity, max_shots, upsample, ... as the params file says
+    pointer = PartPointer.from_preset(args.preset, settings=settings, library=library, **model_overrides(args))
     # What the node's ~/teach_click does with the latest frame (features checked, then an atomic write).
     updated = pointer.add_exemplar(args.set_name, image, args.click, args.query)
     stamp = frame.msg.header.stamp

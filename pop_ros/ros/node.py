@@ -279,28 +279,10 @@ class PopNode(LifecycleNode):
 
     def pointer_settings(self, proposed: dict | None = None):
         """The pipeline's settings from the parameters, `proposed` values first."""
-        from pop_ros.pipeline import PointerSettings
+        from pop_ros.ros.parameters import pointer_settings
 
         proposed = proposed or {}
-
-        def value(name):
-            return proposed.get(name, self.param(name))
-
-        return PointerSettings(
-            similarity=value("similarity"),
-            aggregation=value("aggregation"),
-            head_set=value("head_set"),
-            sigma=float(value("sigma")),
-            shot_combination=value("shots_combination"),
-            upsample=int(value("upsample")),
-            max_shots=int(value("max_shots")),
-            retrieval=value("retrieval"),
-            use_text=bool(value("use_text")),
-            frame_cache_size=int(value("frame_cache_size")),
-            instance_radius=float(value("instance_radius")),
-            instance_min_relative=float(value("instance_min_relative")),
-            part_threshold=float(value("part_threshold")),
-        ).validate()
+        return pointer_settings(lambda name: proposed.get(name, self.param(name)))
 
     # ---- lifecycle ------------------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:

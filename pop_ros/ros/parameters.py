@@ -259,6 +259,38 @@ _TABLE = [
 PARAMETERS: dict[str, ParameterSpec] = {spec.name: spec for spec in _TABLE}
 
 
+# The node's parameters that make the pipeline's PointerSettings (field <- parameter).
+SETTINGS_PARAMETERS = {
+    "similarity": "similarity",
+    "aggregation": "aggregation",
+    "head_set": "head_set",
+    "sigma": "sigma",
+    "shot_combination": "shots_combination",
+    "upsample": "upsample",
+    "max_shots": "max_shots",
+    "retrieval": "retrieval",
+    "use_text": "use_text",
+    "frame_cache_size": "frame_cache_size",
+    "instance_radius": "instance_radius",
+    "instance_min_relative": "instance_min_relative",
+    "part_threshold": "part_threshold",
+}
+
+
+def pointer_settings(value: Callable[[str], Value]):
+    """The pipeline's PointerSettings from parameter values (`value(name)`), validated: the node
+    (its live parameters) and pop-bag (a params file, else the defaults) build them the same way."""
+    from pop_ros.pipeline import PointerSettings
+
+    fields = {field: value(name) for field, name in SETTINGS_PARAMETERS.items()}
+    for field in ("sigma", "instance_radius", "instance_min_relative", "part_threshold"):
+        fields[field] = float(fields[field])
+    for field in ("upsample", "max_shots", "frame_cache_size"):
+        fields[field] = int(fields[field])
+    fields["use_text"] = bool(fields["use_text"])
+    return PointerSettings(**fields).validate()
+
+
 def check_parameter(name: str, value, others: Mapping[str, Value] | None = None) -> str | None:
     """None if `value` is acceptable for `name`, else the reason. `others` holds the values of the
     other parameters where one depends on another (support_library on library_writable)."""
