@@ -125,13 +125,9 @@ def build_shape_pointer(shape: str, device: str, dtype: str, seed: int = 0):
     )
 
     from pop_ros.models.loading import resolve_device, resolve_dtype
-    from pop_ros.models.mllm import adapter_for
-    from pop_ros.models.presets import ModelConfig
     from pop_ros.models.processors import build_processor, qwen_vision_token_ids, torchvision_works
     from pop_ros.models.random_weights import build_random
     from pop_ros.models.tiny import CHAT_TEMPLATES, build_tokenizer
-    from pop_ros.models.visual import VisualEncoder
-    from pop_ros.pipeline import PartPointer
 
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}; choose one of {sorted(SHAPES)}")
@@ -160,10 +156,19 @@ def build_shape_pointer(shape: str, device: str, dtype: str, seed: int = 0):
     # The image processor users get: AutoProcessor picks the torchvision one where torchvision imports.
     image_processor = Qwen2VLImageProcessor() if torchvision_works() else Qwen2VLImageProcessorPil()
     processor = build_processor(Qwen2_5_VLProcessor, image_processor, tokenizer, CHAT_TEMPLATES["qwen2_5_vl"])
-    mllm = adapter_for(model, processor)
-    visual = VisualEncoder(dino, resolution=448)
+    return _shape_pointer(shape, visual_name, model, processor, dino, started)
+
+
+def _shape_pointer(shape: str, visual_name: str, model, processor, dino, started: float):
+    """The PartPointer of a shape's random-weight models, with its build time."""
+    from pop_ros.models.mllm import adapter_for
+    from pop_ros.models.presets import ModelConfig
+    from pop_ros.models.visual import VisualEncoder
+    from pop_ros.pipeline import PartPointer
+
     model_config = ModelConfig(mllm=f"shape:{shape}", visual=f"shape:{visual_name}", random_weights=True)
-    pointer = PartPointer(visual, mllm, model_config, name=f"shape:{shape}")
+    pointer = PartPointer(VisualEncoder(dino, resolution=448), adapter_for(model, processor), model_config,
+                          name=f"shape:{shape}")  # fmt: skip
     pointer.load_timings_s = {"build": time.perf_counter() - started}
     return pointer
 
@@ -173,22 +178,13 @@ def _finish_shape_pointer(shape, torch_device, torch_dtype, dino_config, visual_
     `build_mllm(*configs, device, dtype, seed)`; both models seeded and filled as the 3B shape's."""
     from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
-    from pop_ros.models.mllm import adapter_for
-    from pop_ros.models.presets import ModelConfig
     from pop_ros.models.random_weights import build_random
-    from pop_ros.models.visual import VisualEncoder
-    from pop_ros.pipeline import PartPointer
 
     started = time.perf_counter()
     model, processor = build_mllm(*configs, torch_device, torch_dtype, 0)
     dino_config = DINOv3ViTConfig(**dino_config, patch_size=16, num_register_tokens=4)
     dino = build_random(DINOv3ViTModel, dino_config, torch_device, torch_dtype, 1)
-    mllm = adapter_for(model, processor)
-    visual = VisualEncoder(dino, resolution=448)
-    model_config = ModelConfig(mllm=f"shape:{shape}", visual=f"shape:{visual_name}", random_weights=True)
-    pointer = PartPointer(visual, mllm, model_config, name=f"shape:{shape}")
-    pointer.load_timings_s = {"build": time.perf_counter() - started}
-    return pointer
+    return _shape_pointer(shape, visual_name, model, processor, dino, started)
 
 
 IMAGE_SIZE = (640, 480)  # (width, height): a usual camera frame

@@ -244,3 +244,31 @@ def constructed_visual_map(monkeypatch):
         return grid
 
     return set_cells
+
+
+# ---- a pinhole camera for rendered depth (640 x 480, f = 600 px, centre at the image centre) ----------------
+PINHOLE_WIDTH, PINHOLE_HEIGHT, PINHOLE_FOCAL, PINHOLE_CX, PINHOLE_CY = 640, 480, 600.0, 319.5, 239.5
+
+
+def pinhole_camera():
+    """The CameraModel of the rendered-depth tests (rectified, no distortion, no ROI or binning)."""
+    import types
+
+    from pop_ros.camera_model import CameraModel
+
+    f, cx, cy = PINHOLE_FOCAL, PINHOLE_CX, PINHOLE_CY
+    info = types.SimpleNamespace(
+        width=PINHOLE_WIDTH, height=PINHOLE_HEIGHT, k=[f, 0, cx, 0, f, cy, 0, 0, 1],
+        p=[f, 0, cx, 0, 0, f, cy, 0, 0, 0, 1, 0], d=[], r=[1, 0, 0, 0, 1, 0, 0, 0, 1],
+        distortion_model="plumb_bob", binning_x=0, binning_y=0,
+        roi=types.SimpleNamespace(x_offset=0, y_offset=0, width=0, height=0),
+    )  # fmt: skip
+    return CameraModel.from_camera_info(info)
+
+
+def pinhole_rays() -> np.ndarray:
+    """(H, W, 3): each pixel's ray with z = 1 (ROS pixel centres at integers)."""
+    cols, rows = np.meshgrid(np.arange(PINHOLE_WIDTH, dtype=float), np.arange(PINHOLE_HEIGHT, dtype=float))
+    return np.stack(
+        [(cols - PINHOLE_CX) / PINHOLE_FOCAL, (rows - PINHOLE_CY) / PINHOLE_FOCAL, np.ones_like(cols)], axis=-1
+    )

@@ -7,7 +7,6 @@ Depth images are rendered by intersecting each pixel's ray with a plane, a spher
 from __future__ import annotations
 
 import math
-import types
 
 import numpy as np
 import pytest
@@ -15,31 +14,25 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pop_ros import geometry
-from pop_ros.camera_model import CameraModel
+from test.conftest import (
+    PINHOLE_CX,
+    PINHOLE_CY,
+    PINHOLE_FOCAL,
+    PINHOLE_HEIGHT,
+    PINHOLE_WIDTH,
+    pinhole_camera,
+    pinhole_rays,
+)
 
-WIDTH, HEIGHT, FOCAL, CX, CY = 640, 480, 600.0, 319.5, 239.5
+WIDTH, HEIGHT, FOCAL, CX, CY = PINHOLE_WIDTH, PINHOLE_HEIGHT, PINHOLE_FOCAL, PINHOLE_CX, PINHOLE_CY
 
 
 def camera():
-    info = types.SimpleNamespace(
-        width=WIDTH,
-        height=HEIGHT,
-        k=[FOCAL, 0, CX, 0, FOCAL, CY, 0, 0, 1],
-        p=[FOCAL, 0, CX, 0, 0, FOCAL, CY, 0, 0, 0, 1, 0],
-        d=[],
-        r=[1, 0, 0, 0, 1, 0, 0, 0, 1],
-        distortion_model="plumb_bob",
-        binning_x=0,
-        binning_y=0,
-        roi=types.SimpleNamespace(x_offset=0, y_offset=0, width=0, height=0),
-    )
-    return CameraModel.from_camera_info(info)
+    return pinhole_camera()
 
 
 def rays() -> np.ndarray:
-    """(H, W, 3) ray of every pixel with z = 1."""
-    cols, rows = np.meshgrid(np.arange(WIDTH), np.arange(HEIGHT))
-    return np.stack([(cols - CX) / FOCAL, (rows - CY) / FOCAL, np.ones_like(cols, dtype=float)], axis=-1)
+    return pinhole_rays()
 
 
 def plane_depth(normal, point) -> np.ndarray:
