@@ -112,10 +112,7 @@ class PopNode(LifecycleNode):
         for spec in PARAMETERS.values():
             # dynamic_typing: rclpy would refuse `ros2 param set ... min_score 0` (an integer for a
             # float) before our callback runs; check_type accepts it and refuses real mismatches.
-            limits = f" ({spec.limits_text()})" if spec.limits_text() else ""
-            descriptor = ParameterDescriptor(
-                description=f"{spec.description}{limits} [{spec.when}]", dynamic_typing=True
-            )
+            descriptor = ParameterDescriptor(description=f"{spec.described()} [{spec.when}]", dynamic_typing=True)
             self.declare_parameter(spec.name, spec.default, descriptor)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 

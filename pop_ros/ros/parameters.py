@@ -53,6 +53,12 @@ class ParameterSpec:
     def when(self) -> str:
         return "runtime" if self.runtime else "configure"
 
+    def described(self, code_marks: bool = True) -> str:
+        """The description with the choices and limits in parentheses (`code_marks`: keep the
+        backticks of Markdown; plain text drops them)."""
+        limits = self.limits_text() if code_marks else self.limits_text().replace("`", "")
+        return f"{self.description} ({limits})" if limits else self.description
+
     def limits_text(self) -> str:
         """Choices and limits in words ('' when any value of the type is accepted)."""
         parts = []
@@ -374,9 +380,8 @@ def render_yaml() -> str:
         "  ros__parameters:",
     ]
     for spec in PARAMETERS.values():
-        limits = f" ({spec.limits_text().replace('`', '')})" if spec.limits_text() else ""
         note = f"  # {YAML_NOTES[spec.name]}" if spec.name in YAML_NOTES else ""
-        lines.append(f"    # {spec.description}{limits} [{spec.when}]")
+        lines.append(f"    # {spec.described(code_marks=False)} [{spec.when}]")
         lines.append(f"    {spec.name}: {yaml_value(spec.default)}{note}")
     return "\n".join(lines) + "\n"
 

@@ -33,9 +33,10 @@ def help_text() -> str:
         "refused while it is configured). Reference: docs/parameters.md",
     ]
     for spec in PARAMETERS.values():
-        limits = f" ({spec.limits_text().replace('`', '')})" if spec.limits_text() else ""
         lines.append(f"  {spec.name} ({spec.type.__name__}, default {yaml_value(spec.default)}, {spec.when})")
-        lines += textwrap.wrap(spec.description + limits, width=100, initial_indent=" " * 6, subsequent_indent=" " * 6)
+        lines += textwrap.wrap(
+            spec.described(code_marks=False), width=100, initial_indent=" " * 6, subsequent_indent=" " * 6
+        )
     return "\n".join(lines) + "\n"
 
 
