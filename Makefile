@@ -11,7 +11,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMPS := $(VENV)/.stamps
 VENV_ABS := $(abspath $(VENV))
-INTERFACE_FILES := $(wildcard pop_ros_interfaces/msg/*.msg pop_ros_interfaces/srv/*.srv) \
+INTERFACE_FILES := $(wildcard pop_ros_interfaces/msg/*.msg pop_ros_interfaces/srv/*.srv pop_ros_interfaces/action/*.action) \
 	pop_ros_interfaces/CMakeLists.txt pop_ros_interfaces/package.xml
 
 # Keep all ROS traffic on this machine; each make invocation gets its own DDS domain so parallel
@@ -61,7 +61,7 @@ $(STAMPS)/interfaces: $(INTERFACE_FILES) $(STAMPS)/requirements
 	  || (cat cmake.log; exit 1)
 	$(MAKE) -C build/pop_ros_interfaces -j2 install > build/pop_ros_interfaces/make.log 2>&1 \
 	  || (tail -50 build/pop_ros_interfaces/make.log; exit 1)
-	$(PY) -c "import pop_ros_interfaces.srv, pop_ros_interfaces.msg"
+	$(PY) -c "import pop_ros_interfaces.srv, pop_ros_interfaces.msg, pop_ros_interfaces.action"
 	@touch $@
 
 $(STAMPS)/package: setup.py setup.cfg package.xml $(STAMPS)/interfaces
