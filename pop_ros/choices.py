@@ -12,4 +12,5 @@ RETRIEVALS = ("cls", "first")  # which K exemplars of a set: closest by DINO [CL
 MAX_QUERY_CHARS = 2000  # a part is named in a few words; a longer query only costs prefill time
 MAX_FRAME_CACHE_SIZE = 64  # frames whose DINO features and MLLM prefix are kept (GPU memory)
 MAX_INSTANCES = 64  # several instances per query: a bound on the work and the answer's size
+QUANTIZATIONS = ("none", "int8")  # MLLM weight quantizations (models/quantization.py applies them)
 MAX_INSTANCE_RADIUS = 1000.0  # suppression radius in patches: wider than any image's patch grid is pointless

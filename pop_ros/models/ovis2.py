@@ -88,15 +88,15 @@ TINY_TILE = 112  # px: 8 x 8 patches of 14, merged 2 x 2 -> 16 tokens a tile (re
 TINY_IMAGE_SEQ_LENGTH = 16
 
 
-def build_tiny(tokenizer, num_layers: int):
-    """(model, processor) of a tiny random Ovis2 with the real token layout and tiling."""
+def build_tiny(tokenizer, text_dims: dict):
+    """(model, processor) of a tiny random Ovis2 with the real token layout and tiling; `text_dims`: the
+    tiny families' shared text sizes (models/tiny.py builds every tiny family and passes them)."""
     from transformers import Ovis2Config, Ovis2ForConditionalGeneration, Ovis2ImageProcessorPil, Ovis2Processor
 
     from pop_ros.models.processors import build_processor
-    from pop_ros.models.tiny import _text_dims
 
     ids = {token: int(tokenizer.convert_tokens_to_ids(token)) for token in TINY_SPECIAL_TOKENS}
-    text = {"model_type": "qwen2", "vocab_size": 128, **_text_dims(num_layers)}  # the tiny families' text dims
+    text = {"model_type": "qwen2", "vocab_size": 128, **text_dims}
     vision = {
         "hidden_size": 32,
         "intermediate_size": 64,

@@ -14,10 +14,6 @@ from collections.abc import Sequence
 from pop_ros.models.prompts import DEFAULT_PROMPT
 from pop_ros.paths import heads_dirs, user_heads_dir
 
-# MLLM weight quantizations (models/quantization.py applies them); here so the node's parameter
-# table can name them without importing torch.
-QUANTIZATIONS = ("none", "int8")
-
 
 @dataclasses.dataclass
 class ModelConfig:

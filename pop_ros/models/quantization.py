@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from pop_ros.models.presets import QUANTIZATIONS
+from pop_ros.choices import QUANTIZATIONS
 
 
 class QuantizationError(ValueError):

@@ -168,116 +168,139 @@ def _text_dims(num_layers: int) -> dict:
 
 
 def _build(family: str, num_layers: int):
-    """(model, processor) of a tiny random `family` model."""
-    from pop_ros.models.processors import build_processor, molmo2_image_processor, qwen_vision_token_ids
+    """(model, processor) of a tiny random `family` model: the family's builder from the table below."""
+    if family not in _BUILDERS:
+        raise ValueError(f"unknown tiny family {family!r}; choose one of {FAMILIES}")
+    return _BUILDERS[family](num_layers)
 
-    if family == "qwen3_5":  # its own module: transformers rebuilds its byte-level BPE tokenizer on load
-        from pop_ros.models.qwen3_5 import build_tiny
 
-        return build_tiny(num_layers)
-    tokenizer = build_tokenizer(family)
-    if family == "ovis2":
-        from pop_ros.models.ovis2 import build_tiny
+def _build_qwen3_5(num_layers: int):
+    from pop_ros.models.qwen3_5 import build_tiny  # its own module: transformers rebuilds its BPE tokenizer
 
-        return build_tiny(tokenizer, num_layers)
-    vocab_size = 128  # > the tiny vocabulary
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in _SPECIAL_TOKENS[family]}
-    if family == "qwen2_5_vl":
-        from transformers import (
-            Qwen2_5_VLConfig,
-            Qwen2_5_VLForConditionalGeneration,
-            Qwen2_5_VLProcessor,
-            Qwen2VLImageProcessorPil,
-        )
+    return build_tiny(num_layers)
 
-        text = {
-            **_text_dims(num_layers),
-            "vocab_size": vocab_size,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-        }
-        vision = {
-            "depth": 2,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_heads": 2,
-            "out_hidden_size": 64,
-            "fullatt_block_indexes": [1],
-            "window_size": 112,
-        }
-        config = Qwen2_5_VLConfig(
-            text_config=text,
-            vision_config=vision,
-            **qwen_vision_token_ids(tokenizer),
-        )
-        model = Qwen2_5_VLForConditionalGeneration(config)
-        # Small images keep the tiny model fast: at most 448 x 448 px (256 LLM tokens).
-        image_processor = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=448 * 448)
-        return model, build_processor(Qwen2_5_VLProcessor, image_processor, tokenizer, CHAT_TEMPLATES[family])
-    if family == "internvl":
-        from transformers import (
-            GotOcr2ImageProcessorPil,
-            InternVLConfig,
-            InternVLForConditionalGeneration,
-            InternVLProcessor,
-        )
 
-        text = {**_text_dims(num_layers), "vocab_size": vocab_size, "model_type": "qwen2"}
-        vision = {
-            "hidden_size": 32,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "intermediate_size": 64,
-            "image_size": [224, 224],
-            "patch_size": [14, 14],
-        }
-        config = InternVLConfig(
-            text_config=text, vision_config=vision, image_token_id=ids["<IMG_CONTEXT>"], image_seq_length=64
-        )
-        model = InternVLForConditionalGeneration(config)
-        image_processor = GotOcr2ImageProcessorPil(size={"height": 224, "width": 224}, crop_to_patches=False)
-        return model, build_processor(
-            InternVLProcessor, image_processor, tokenizer, CHAT_TEMPLATES[family], image_seq_length=64
-        )
-    if family == "molmo2":
-        from transformers import Molmo2Config, Molmo2ForConditionalGeneration, Molmo2Processor
+def _build_ovis2(num_layers: int):
+    from pop_ros.models.ovis2 import build_tiny
 
-        text = {**_text_dims(num_layers), "vocab_size": vocab_size, "additional_vocab_size": 0, "head_dim": 16}
-        vision = {
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 2,
-            "head_dim": 16,
-            "image_size": [MOLMO2_TINY_CROP, MOLMO2_TINY_CROP],
-            "patch_size": 14,
-        }
-        adapter = {
-            "hidden_size": 32,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 2,
-            "head_dim": 16,
-            "intermediate_size": 64,
-            "text_hidden_size": 64,
-            "vision_feature_layer": [-1, -2],
-        }
-        config = Molmo2Config(
-            text_config=text,
-            vision_config=vision,
-            adapter_config=adapter,
-            image_start_token_id=ids["<im_start>"],
-            low_res_image_start_token_id=ids["<low_res_im_start>"],
-            image_end_token_id=ids["<im_end>"],
-            image_patch_id=ids["<im_patch>"],
-            frame_start_token_id=ids["<frame_start>"],
-            frame_end_token_id=ids["<frame_end>"],
-        )
-        model = Molmo2ForConditionalGeneration(config)
-        image_processor = molmo2_image_processor(
-            size={"height": MOLMO2_TINY_CROP, "width": MOLMO2_TINY_CROP}, max_crops=4, overlap_margins=[1, 1]
-        )
-        return model, build_processor(Molmo2Processor, image_processor, tokenizer, CHAT_TEMPLATES[family])
-    raise ValueError(f"unknown tiny family {family!r}; choose one of {FAMILIES}")
+    return build_tiny(build_tokenizer("ovis2"), _text_dims(num_layers))
+
+
+def _build_qwen2_5_vl(num_layers: int):
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessorPil,
+    )
+
+    from pop_ros.models.processors import build_processor, qwen_vision_token_ids
+
+    tokenizer = build_tokenizer("qwen2_5_vl")
+    text = {
+        **_text_dims(num_layers),
+        "vocab_size": _VOCAB_SIZE,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+    }
+    vision = {
+        "depth": 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_heads": 2,
+        "out_hidden_size": 64,
+        "fullatt_block_indexes": [1],
+        "window_size": 112,
+    }
+    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **qwen_vision_token_ids(tokenizer))
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    # Small images keep the tiny model fast: at most 448 x 448 px (256 LLM tokens).
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=448 * 448)
+    return model, build_processor(Qwen2_5_VLProcessor, image_processor, tokenizer, CHAT_TEMPLATES["qwen2_5_vl"])
+
+
+def _build_internvl(num_layers: int):
+    from transformers import (
+        GotOcr2ImageProcessorPil,
+        InternVLConfig,
+        InternVLForConditionalGeneration,
+        InternVLProcessor,
+    )
+
+    from pop_ros.models.processors import build_processor
+
+    tokenizer = build_tokenizer("internvl")
+    text = {**_text_dims(num_layers), "vocab_size": _VOCAB_SIZE, "model_type": "qwen2"}
+    vision = {
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "image_size": [224, 224],
+        "patch_size": [14, 14],
+    }
+    image_token_id = tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
+    config = InternVLConfig(text_config=text, vision_config=vision, image_token_id=image_token_id, image_seq_length=64)
+    model = InternVLForConditionalGeneration(config)
+    image_processor = GotOcr2ImageProcessorPil(size={"height": 224, "width": 224}, crop_to_patches=False)
+    return model, build_processor(
+        InternVLProcessor, image_processor, tokenizer, CHAT_TEMPLATES["internvl"], image_seq_length=64
+    )
+
+
+def _build_molmo2(num_layers: int):
+    from transformers import Molmo2Config, Molmo2ForConditionalGeneration, Molmo2Processor
+
+    from pop_ros.models.processors import build_processor, molmo2_image_processor
+
+    tokenizer = build_tokenizer("molmo2")
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in _SPECIAL_TOKENS["molmo2"]}
+    text = {**_text_dims(num_layers), "vocab_size": _VOCAB_SIZE, "additional_vocab_size": 0, "head_dim": 16}
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "image_size": [MOLMO2_TINY_CROP, MOLMO2_TINY_CROP],
+        "patch_size": 14,
+    }
+    adapter = {
+        "hidden_size": 32,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "intermediate_size": 64,
+        "text_hidden_size": 64,
+        "vision_feature_layer": [-1, -2],
+    }
+    config = Molmo2Config(
+        text_config=text,
+        vision_config=vision,
+        adapter_config=adapter,
+        image_start_token_id=ids["<im_start>"],
+        low_res_image_start_token_id=ids["<low_res_im_start>"],
+        image_end_token_id=ids["<im_end>"],
+        image_patch_id=ids["<im_patch>"],
+        frame_start_token_id=ids["<frame_start>"],
+        frame_end_token_id=ids["<frame_end>"],
+    )
+    model = Molmo2ForConditionalGeneration(config)
+    image_processor = molmo2_image_processor(
+        size={"height": MOLMO2_TINY_CROP, "width": MOLMO2_TINY_CROP}, max_crops=4, overlap_margins=[1, 1]
+    )
+    return model, build_processor(Molmo2Processor, image_processor, tokenizer, CHAT_TEMPLATES["molmo2"])
+
+
+_VOCAB_SIZE = 128  # > the tiny vocabulary
+# One builder per family; each writes the family's tiny config out in full (the real layout, small sizes).
+_BUILDERS = {
+    "qwen2_5_vl": _build_qwen2_5_vl,
+    "molmo2": _build_molmo2,
+    "internvl": _build_internvl,
+    "qwen3_5": _build_qwen3_5,
+    "ovis2": _build_ovis2,
+}
 
 
 def build_tiny_visual():

@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable, Mapping
 
 from pop_ros import choices
-from pop_ros.models.presets import PRESETS, QUANTIZATIONS
+from pop_ros.models.presets import PRESETS
 
 # Queries waiting for the running one each hold an executor thread: at most this many may wait,
 # and the executor has that many threads for queries plus RESERVED_THREADS that camera input,
@@ -186,7 +186,7 @@ _TABLE = [
     _spec("mllm_trim", True, "load only the MLLM decoder layers up to the deepest localization head, no lm_head "
           "(head_set all then refused); false = the whole model", CONFIGURE),
     _spec("mllm_quantization", "none", "MLLM weight quantization (int8: torchao, weight-only)", CONFIGURE,
-          choices=QUANTIZATIONS),
+          choices=choices.QUANTIZATIONS),
     _spec("mllm_max_pixels", -1, "cap on the MLLM's input pixels (aspect kept), independent of resolution; "
           "-1 = preset's (Qwen presets: 1003520), 0 = the checkpoint's own", CONFIGURE, minimum=-1),
     _spec("system_prompt", "", "MLLM system turn: empty = preset's (the chat template's default); "
