@@ -26,7 +26,7 @@ setup(
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
-            "pop_node = pop_ros.ros.usage:main",
+            "pop_node = pop_ros.ros.program:main",
             "pop-point = pop_ros.cli.point:main",
             "pop-find-heads = pop_ros.cli.find_heads:main",
             "pop-eval = pop_ros.cli.evaluate:main",

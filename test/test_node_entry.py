@@ -20,7 +20,7 @@ import runpy, sys
 way, flag = sys.argv[1], sys.argv[2]
 try:
     if way == "console script":
-        from pop_ros.ros.usage import main
+        from pop_ros.ros.program import main
         main(["pop_node", flag])
     else:
         sys.argv = ["pop_node", flag]

@@ -1,6 +1,6 @@
 """`pop_node --help` / `-h`: the parameter table, printed before rclpy, torch or any model is imported.
 
-The console script `pop_node` enters here; `python -m pop_ros.ros.node --help` asks `exit_if_help`
+The console script `pop_node` (program.py) and `python -m pop_ros.ros.node --help` ask `exit_if_help`
 before node.py imports rclpy. Only arguments before `--ros-args` are the program's own."""
 
 from __future__ import annotations
@@ -45,15 +45,3 @@ def exit_if_help(argv: Sequence[str]) -> None:
     if wants_help(argv):
         sys.stdout.write(help_text())
         raise SystemExit(0)
-
-
-def main(args: list[str] | None = None) -> None:
-    """The `pop_node` console script: `args` as rclpy takes them (the program name first; None = sys.argv)."""
-    exit_if_help((sys.argv if args is None else args)[1:])
-    from pop_ros.ros.node import main as node_main
-
-    node_main(args)
-
-
-if __name__ == "__main__":
-    main()
