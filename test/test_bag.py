@@ -522,3 +522,64 @@ def test_the_pipeline_settings_come_from_the_params_file_as_the_node_makes_them(
     path.write_text(yaml.safe_dump({"/**": {"ros__parameters": {"similarity": "sideways"}}}))
     with pytest.raises(CliError, match="similarity must be one of"):
         pipeline_settings(argparse.Namespace(params_file=path))
+
+
+NECK = "neck of the bottle"
+
+
+@pytest.mark.parametrize(
+    "queries",
+    [
+        ["--query", QUERY, "--support-set", "mug_handle", "--query", NECK, "--support-set", "bottle_neck"],
+        ["--query", f"{QUERY}@mug_handle", "--query", f"{NECK}@bottle_neck"],
+    ],
+    ids=["paired flags", "QUERY@SET"],
+)
+def test_each_query_is_answered_with_its_own_support_set(run, tmp_path, queries):
+    recording = write_bag(tmp_path / "rec", "mcap", 2, depth=None, camera=None)
+    out = tmp_path / "out"
+    code, _, stderr = run("main", recording, "--out", out, "--library", LIBRARY, "--no-depth", *queries)
+    assert code == 0, stderr
+    asked = [(QUERY, "mug_handle"), (NECK, "bottle_neck")]
+    assert [(line["query"], line["support_set"]) for line in read_lines(out)] == asked * 2
+    results = [msg for _, msg in read_bag(out / "bag")["/pop/result"]]
+    assert [(result.query, result.support_set) for result in results] == asked * 2
+
+
+BAD_PAIRINGS = {
+    "more sets than queries": (
+        ["--query", "a", "--query", "b", *("--support-set", "mug_handle") * 3, "--library", LIBRARY],
+        "2 --query and 3 --support-set: give one --support-set for all queries, one per --query",
+    ),
+    "@ without a set": (["--query", "a@", "--library", LIBRARY], "--query 'a@': no support set name after '@'"),
+    "QUERY@SET without a library": (["--query", "a@mug_handle"], "QUERY@SET needs --library"),
+    "QUERY@SET against its pair": (
+        ["--query", "a@mug_handle", "--query", "b", *("--support-set", "bottle_neck") * 2, "--library", LIBRARY],
+        "--query 'a@mug_handle' names set 'mug_handle' but is paired with --support-set bottle_neck",
+    ),
+    "a library without a set": (["--query", "a", "--library", LIBRARY], "--library needs --support-set NAME"),
+    "an unknown set": (["--query", "a@nope", "--library", LIBRARY], "support set 'nope' is not in"),
+    "clicks and a set": (
+        ["--query", "a@mug_handle", "--support", "x.png:1,2", "--library", LIBRARY],
+        "use --support or a support set (--support-set, QUERY@SET), not both",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_PAIRINGS)
+def test_pop_bag_refuses_query_pairings_as_pop_point_does(run, tmp_path, capsys, case):
+    """One parser pairs queries with sets for both tools: the same mistake, the same one-line error, before
+    any model loads and before pop-bag writes anything."""
+    from pop_ros.cli import point
+
+    flags, error = BAD_PAIRINGS[case]
+    recording = write_bag(tmp_path / "rec", "mcap", 1, depth=None, camera=None)
+    code, _, bag_stderr = run("main", recording, "--out", tmp_path / "out", "--no-depth", *flags)
+    assert code == 2 and not (tmp_path / "out").exists()
+    assert point.main(["--target", str(SAMPLE_DIR / "scene_0.png"), *map(str, flags), "--preset", "tiny"]) == 2
+    point_stderr = capsys.readouterr().err
+    [bag_line], [point_line] = bag_stderr.strip().splitlines(), point_stderr.strip().splitlines()
+    assert bag_line.startswith("error: ") and error in bag_line
+    assert bag_line.replace(str(recording), "TARGET") == point_line.replace(
+        f"--target {SAMPLE_DIR / 'scene_0.png'}", "TARGET"
+    )

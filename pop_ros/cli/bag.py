@@ -2,6 +2,7 @@
 
 pop-bag rec/ --query "handle of the mug" --support-set mug_handle --library lib.yaml --out results/
 pop-bag rec.mcap --query "handle of the mug" --query "rim of the mug" --support mug.png:120,88 --rate 2 --out r/
+pop-bag rec/ --library lib.yaml --query "handle of the mug@mug_handle" --query "neck of the bottle@bottle_neck" --out r/
 pop-teach rec/ --time 3.5 --click 320,240 --set mug_handle --library my_library.yaml --query "handle of the mug"
 """
 
@@ -12,7 +13,16 @@ import pathlib
 import sys
 import time
 
-from pop_ros.cli.common import CliError, add_model_arguments, model_overrides, run_cli
+from pop_ros.cli.common import (
+    QUERY_PAIRING_HELP,
+    CliError,
+    add_model_arguments,
+    add_query_arguments,
+    check_sets,
+    model_overrides,
+    plan_queries,
+    run_cli,
+)
 from pop_ros.locate import LocateSettings
 
 
@@ -136,13 +146,11 @@ def locate_parameters(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pop-bag", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="pop-bag", description=__doc__.split("\n")[0], epilog=QUERY_PAIRING_HELP + " As pop-point."
+    )
     parser.add_argument("recording", type=pathlib.Path, help="bag folder (sqlite3 or MCAP) or .mcap file")
-    parser.add_argument("--query", action="append", default=[], help="a part in words (repeatable: one frame, many)")
-    parser.add_argument("--support", action="append", default=[], help="IMAGE:U,V exemplar click (repeatable)")
-    parser.add_argument("--support-set", help="a set name from --library")
-    parser.add_argument("--library", type=pathlib.Path, help="support library YAML")
-    parser.add_argument("--shots", type=int, help="use at most this many supports (K)")
+    add_query_arguments(parser, "frame")
     parser.add_argument("--out", type=pathlib.Path, required=True, help="folder for bag/, results.jsonl, heatmaps.mp4")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--every", type=_positive_int, help="every N-th colour frame (default 1: all)")
@@ -165,17 +173,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _requests(args) -> list:
-    """PointRequests for the queries (one per query; none given: the support set's default query)."""
+    """PointRequests for the queries, each with its set, paired as pop-point pairs them (one per
+    query; --support-set alone: the set's default query)."""
     from pop_ros.cli.point import parse_support
     from pop_ros.pipeline import PointRequest
     from pop_ros.supports import read_rgb, validate_click
 
-    if args.support and args.support_set:
-        raise CliError("use --support or --support-set, not both")
-    if bool(args.support_set) != bool(args.library):
-        raise CliError("--support-set and --library go together")
-    if not args.query and not args.support_set:
-        raise CliError("give --query (repeatable), or --support-set with a default query")
+    planned = plan_queries(args)
     if args.shots is not None and args.shots < 1:
         raise CliError(f"--shots must be >= 1, got {args.shots}")
     supports = []
@@ -183,19 +187,18 @@ def _requests(args) -> list:
         path, click = parse_support(text)
         image = read_rgb(path)
         supports.append((image, validate_click(list(click), image)))
-    return [PointRequest(q, args.support_set, supports or None, args.shots) for q in (args.query or [""])]
+    requests = [PointRequest(item.query, item.support_set, supports or None, args.shots) for item in planned]
+    return planned, requests
 
 
-def _library(args):
+def _library(args, planned):
+    """The support library, every set the queries name checked in it (no model loaded)."""
     from pop_ros.supports import SupportLibrary
 
     if not args.library:
         return None
     library = SupportLibrary.load(args.library)
-    if args.support_set not in library.names():
-        raise CliError(
-            f"support set {args.support_set!r} is not in {args.library} (known: {', '.join(library.names())})"
-        )
+    check_sets(planned, library, args.library)
     for problem in library.errors:
         print(f"warning: {problem}", file=sys.stderr)
     return library
@@ -206,8 +209,8 @@ def _run_bag(args, interrupted: list) -> dict:
     from pop_ros.pipeline import PartPointer
 
     # Everything is checked before the models load.
-    requests = _requests(args)
-    library = _library(args)
+    planned, requests = _requests(args)
+    library = _library(args, planned)
     parameters = locate_parameters(args)
     recording, topics, sampling = _recording(args)
     min_score = parameters.pop("min_score")

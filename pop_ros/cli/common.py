@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
+import pathlib
 import sys
 from collections.abc import Callable
 
@@ -119,3 +121,135 @@ def run_cli(work: Callable[[], dict], json_output: bool, plain: Callable[[dict],
         for key, value in result.items():
             print(f"{key}: {value}")
     return 0
+
+
+# ---- queries and their support sets ----------------------------------------------------------------
+# pop-point and pop-bag take the same --query QUERY[@SET], --support-set (repeatable, paired in order
+# with --query), --support and --library arguments and pair them here, with the same early errors.
+QUERY_PAIRING_HELP = (
+    "Which set a --query uses: its own QUERY@SET (the last '@' separates), else the --support-set paired "
+    "with it in order (when --support-set is repeated as often as --query), else the one --support-set "
+    "given, else the --support clicks, else none (0-shot, the text prior alone)."
+)
+
+
+def add_query_arguments(parser: argparse.ArgumentParser, one_image: str) -> None:
+    """--query, --support, --support-set, --library and --shots, as pop-point and pop-bag take them.
+    `one_image`: what one set of features is computed for ("image", "frame")."""
+    parser.add_argument(
+        "--query",
+        action="append",
+        default=[],
+        metavar="QUERY[@SET]",
+        help="the part, in words; QUERY@SET names the support set for this query ('@SET' alone: the set's "
+        f"default query). Repeat it for several parts of one {one_image} (the {one_image}'s features and MLLM "
+        "prefix are computed once)",
+    )
+    parser.add_argument(
+        "--support",
+        action="append",
+        default=[],
+        metavar="IMAGE:U,V",
+        help="exemplar click, ROS pixel coordinates (top-left pixel centre = 0,0) (repeatable; for every query)",
+    )
+    parser.add_argument(
+        "--support-set",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a set name from --library: once for every query, or once per --query (paired in order)",
+    )
+    parser.add_argument("--library", type=pathlib.Path, help="support library YAML")
+    parser.add_argument("--shots", type=int, help="use at most this many supports (K)")
+
+
+@dataclasses.dataclass
+class PlannedQuery:
+    """One query as the arguments ask it: `query` "" = the set's default query."""
+
+    query: str
+    support_set: str | None
+    given_as: str  # the argument it came from, for messages
+
+
+def split_query(text: str) -> tuple[str, str | None]:
+    """`QUERY@SET` -> (query, set); text without '@' -> (text, None). The last '@' separates."""
+    if "@" not in text:
+        return text, None
+    query, _, name = text.rpartition("@")
+    if not name.strip():
+        raise CliError(f"--query {text!r}: no support set name after '@' (QUERY@SET, e.g. 'handle@mug_handle')")
+    return query, name.strip()
+
+
+def given_arguments(args) -> str:
+    """What the command line gave, for messages: `--target scene.png --library lib.yaml` (pop-point),
+    `rec/ --query ...` (pop-bag)."""
+    parts = [f"--target {args.target}"] if getattr(args, "target", None) else [str(args.recording)]
+    parts += [f"--query {q!r}" for q in args.query]
+    parts += [f"--support-set {s}" for s in args.support_set]
+    parts += [f"--support {s}" for s in args.support]
+    if args.library:
+        parts.append(f"--library {args.library}")
+    return " ".join(parts)
+
+
+def plan_queries(args) -> list[PlannedQuery]:
+    """The queries the arguments ask for, each with its set; every mistake in their combination is a
+    CliError naming what was given (no file is read, no model loaded)."""
+    queries = [(text, *split_query(text)) for text in args.query]
+    sets = list(args.support_set)
+    named_anywhere = bool(sets) or any(name for _, _, name in queries)
+    if not queries and not sets:
+        if args.support:
+            raise CliError(
+                f"--support gives exemplar clicks but no part name: add --query TEXT (given: {given_arguments(args)})"
+            )
+        raise CliError(
+            "nothing to point at: give --query TEXT (0-shot, or with --support IMAGE:U,V) and/or "
+            f"--support-set NAME with --library (given only: {given_arguments(args)})"
+        )
+    if args.support and named_anywhere:
+        raise CliError("use --support or a support set (--support-set, QUERY@SET), not both")
+    if named_anywhere and not args.library:
+        raise CliError("--support-set needs --library" if sets else "QUERY@SET needs --library (the YAML with the set)")
+    if args.library and not named_anywhere:
+        raise CliError(
+            "--library needs --support-set NAME or --query QUERY@SET (without a set the query would run 0-shot)"
+        )
+    if not queries:  # --support-set alone: each set's default query
+        return [PlannedQuery("", name, f"--support-set {name}") for name in sets]
+    if len(sets) > 1 and len(sets) != len(queries):
+        raise CliError(
+            f"{len(queries)} --query and {len(sets)} --support-set: give one --support-set for all queries, one per "
+            "--query (paired in order), or name each query's set as QUERY@SET"
+        )
+    planned = []
+    for index, (text, query, own_set) in enumerate(queries):
+        paired = sets[index] if len(sets) > 1 else (sets[0] if sets else None)
+        if own_set and len(sets) > 1 and paired != own_set:
+            raise CliError(f"--query {text!r} names set {own_set!r} but is paired with --support-set {paired}")
+        name = own_set or paired
+        if not query.strip() and not name:
+            raise CliError(
+                f"--query {text!r}: request {index}: the query is empty and no support set gives a default query"
+            )
+        planned.append(PlannedQuery(query.strip(), name, f"--query {text!r}"))
+    return planned
+
+
+def check_sets(planned: list[PlannedQuery], library, library_path: pathlib.Path) -> None:
+    """Every named set is in the library (loaded from YAML, no model) and has a query to ask."""
+    for item in planned:
+        if item.support_set is None:
+            continue
+        if item.support_set not in library.names():
+            problems = [p for p in library.errors if f"set {item.support_set!r}" in p]
+            known = ", ".join(library.names()) or "none"
+            why = f": {'; '.join(problems)}" if problems else f" (known: {known})"
+            raise CliError(f"support set {item.support_set!r} is not in {library_path}{why}")
+        if not item.query and not library.get(item.support_set).query:
+            raise CliError(
+                f"{item.given_as}: support set {item.support_set!r} has no default query; "
+                f"give --query 'TEXT@{item.support_set}'"
+            )

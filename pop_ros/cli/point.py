@@ -27,24 +27,22 @@ normal, and the part's cloud (--cloud-out / --out); the part's mask needs no dep
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import pathlib
 import sys
 
-from pop_ros.cli.common import CliError, add_model_arguments, model_overrides, run_cli
+from pop_ros.cli.common import (
+    CliError,
+    add_model_arguments,
+    add_query_arguments,
+    check_sets,
+    model_overrides,
+    plan_queries,
+    run_cli,
+)
 
 IMAGE_OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 # pop_ros.pipeline.MAX_INSTANCES (importing the pipeline would import torch before the arguments are checked).
 MAX_INSTANCES = 64
-
-
-@dataclasses.dataclass
-class PlannedQuery:
-    """One query as the arguments ask it: `query` "" = the set's default query."""
-
-    query: str
-    support_set: str | None
-    given_as: str  # the argument it came from, for messages
 
 
 def parse_support(text: str) -> tuple[pathlib.Path, tuple[float, float]]:
@@ -57,88 +55,6 @@ def parse_support(text: str) -> tuple[pathlib.Path, tuple[float, float]]:
         return pathlib.Path(path), (float(u_text), float(v_text))
     except ValueError as error:
         raise CliError(f"--support {text!r}: expected IMAGE:U,V (pixels), e.g. mug.png:120,88") from error
-
-
-def split_query(text: str) -> tuple[str, str | None]:
-    """`QUERY@SET` -> (query, set); text without '@' -> (text, None). The last '@' separates."""
-    if "@" not in text:
-        return text, None
-    query, _, name = text.rpartition("@")
-    if not name.strip():
-        raise CliError(f"--query {text!r}: no support set name after '@' (QUERY@SET, e.g. 'handle@mug_handle')")
-    return query, name.strip()
-
-
-def given_arguments(args) -> str:
-    """What the command line gave, for messages: `--target scene.png --library lib.yaml`."""
-    parts = [f"--target {args.target}"]
-    parts += [f"--query {q!r}" for q in args.query]
-    parts += [f"--support-set {s}" for s in args.support_set]
-    parts += [f"--support {s}" for s in args.support]
-    if args.library:
-        parts.append(f"--library {args.library}")
-    return " ".join(parts)
-
-
-def plan_queries(args) -> list[PlannedQuery]:
-    """The queries the arguments ask for, each with its set; every mistake in their combination is a
-    CliError naming what was given (no file is read, no model loaded)."""
-    queries = [(text, *split_query(text)) for text in args.query]
-    sets = list(args.support_set)
-    named_anywhere = bool(sets) or any(name for _, _, name in queries)
-    if not queries and not sets:
-        if args.support:
-            raise CliError(
-                f"--support gives exemplar clicks but no part name: add --query TEXT (given: {given_arguments(args)})"
-            )
-        raise CliError(
-            "nothing to point at: give --query TEXT (0-shot, or with --support IMAGE:U,V) and/or "
-            f"--support-set NAME with --library (given only: {given_arguments(args)})"
-        )
-    if args.support and named_anywhere:
-        raise CliError("use --support or a support set (--support-set, QUERY@SET), not both")
-    if named_anywhere and not args.library:
-        raise CliError("--support-set needs --library" if sets else "QUERY@SET needs --library (the YAML with the set)")
-    if args.library and not named_anywhere:
-        raise CliError(
-            "--library needs --support-set NAME or --query QUERY@SET (without a set the query would run 0-shot)"
-        )
-    if not queries:  # --support-set alone: each set's default query
-        return [PlannedQuery("", name, f"--support-set {name}") for name in sets]
-    if len(sets) > 1 and len(sets) != len(queries):
-        raise CliError(
-            f"{len(queries)} --query and {len(sets)} --support-set: give one --support-set for all queries, one per "
-            "--query (paired in order), or name each query's set as QUERY@SET"
-        )
-    planned = []
-    for index, (text, query, own_set) in enumerate(queries):
-        paired = sets[index] if len(sets) > 1 else (sets[0] if sets else None)
-        if own_set and len(sets) > 1 and paired != own_set:
-            raise CliError(f"--query {text!r} names set {own_set!r} but is paired with --support-set {paired}")
-        name = own_set or paired
-        if not query.strip() and not name:
-            raise CliError(
-                f"--query {text!r}: request {index}: the query is empty and no support set gives a default query"
-            )
-        planned.append(PlannedQuery(query.strip(), name, f"--query {text!r}"))
-    return planned
-
-
-def check_sets(planned: list[PlannedQuery], library, library_path: pathlib.Path) -> None:
-    """Every named set is in the library (loaded from YAML, no model) and has a query to ask."""
-    for item in planned:
-        if item.support_set is None:
-            continue
-        if item.support_set not in library.names():
-            problems = [p for p in library.errors if f"set {item.support_set!r}" in p]
-            known = ", ".join(library.names()) or "none"
-            why = f": {'; '.join(problems)}" if problems else f" (known: {known})"
-            raise CliError(f"support set {item.support_set!r} is not in {library_path}{why}")
-        if not item.query and not library.get(item.support_set).query:
-            raise CliError(
-                f"{item.given_as}: support set {item.support_set!r} has no default query; "
-                f"give --query 'TEXT@{item.support_set}'"
-            )
 
 
 def check_image_output(path: pathlib.Path, flag: str) -> None:
@@ -161,31 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--target", required=True, type=pathlib.Path, help="image to point in")
-    parser.add_argument(
-        "--query",
-        action="append",
-        default=[],
-        metavar="QUERY[@SET]",
-        help="the part, in words; QUERY@SET names the support set for this query ('@SET' alone: the set's "
-        "default query). Repeat it for several parts of one image (the image's features and MLLM prefix are "
-        "computed once)",
-    )
-    parser.add_argument(
-        "--support",
-        action="append",
-        default=[],
-        metavar="IMAGE:U,V",
-        help="exemplar click, ROS pixel coordinates (top-left pixel centre = 0,0) (repeatable; for every query)",
-    )
-    parser.add_argument(
-        "--support-set",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="a set name from --library: once for every query, or once per --query (paired in order)",
-    )
-    parser.add_argument("--library", type=pathlib.Path, help="support library YAML")
-    parser.add_argument("--shots", type=int, help="use at most this many supports (K)")
+    add_query_arguments(parser, "image")
     parser.add_argument(
         "--save-heatmap", type=pathlib.Path, help="write the overlay image here (several queries: NAME_<i>.png)"
     )
