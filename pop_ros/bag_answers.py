@@ -2,9 +2,10 @@
 them (latest camera_info, recent depth in a StampBuffer, paired to a colour frame by stamp), answer
 the chosen frames with `PartPointer.point_many`, and write what the node would publish.
 
-An answer is located with `pop_ros.locate.locate_pixel` and turned into messages with the node's own
-`Outputs` builders, so a recording answered here and the same frames answered live by the node give
-the same 3D points, poses and messages."""
+An answer is located with `pop_ros.locate.locate_pixel`, its part's mask, cloud and grasp frame built
+with `pop_ros.locate.add_region`, and turned into messages with the node's own `Outputs` builders, so
+a recording answered here and the same frames answered live by the node give the same 3D points,
+poses, regions, grasp frames and messages."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from collections.abc import Callable, Iterator, Sequence
 import cv2
 import numpy as np
 
+from pop_ros.grasp import GraspSettings
 from pop_ros.image_conversion import ImageConversionError, compressed_to_rgb8, to_depth_m, to_rgb8
-from pop_ros.locate import LocateSettings, locate_pixel, score_note, stamp_seconds
+from pop_ros.locate import LocateSettings, add_region, locate_pixel, score_note, stamp_seconds
 from pop_ros.recording import COMPRESSED_IMAGE, CameraTopics, Recording, RecordingError
 from pop_ros.stamps import StampBuffer, stamped_frame_key
 
@@ -33,6 +35,9 @@ OUTPUT_TOPICS = {
     "/pop/pose": "geometry_msgs/msg/PoseStamped",
     "/pop/markers": "visualization_msgs/msg/MarkerArray",
     "/pop/heatmap": "sensor_msgs/msg/Image",
+    "/pop/part_mask": "sensor_msgs/msg/Image",
+    "/pop/part_cloud": "sensor_msgs/msg/PointCloud2",
+    "/pop/grasp": "geometry_msgs/msg/PoseStamped",
 }
 
 
@@ -201,6 +206,7 @@ class AnswerOptions:
     locate: LocateSettings
     min_score: float = 0.0
     camera_info_topic: str = "camera_info"
+    region: GraspSettings = dataclasses.field(default_factory=GraspSettings)  # mask, cloud, grasp frame
 
 
 def answer_frame(pointer, frame: Frame, image_rgb, requests, replay: Replay, options: AnswerOptions) -> list:
@@ -239,6 +245,7 @@ def answer_frame(pointer, frame: Frame, image_rgb, requests, replay: Replay, opt
         if rejection:
             answer.outcome = Outcome.REJECTED
             notes.insert(0, rejection)
+        notes += add_region(answer, result.heatmap, placement, options.region)  # the node's own
         answer.message = "; ".join(notes) or "ok"
         answer.total_ms = result.timings_ms.get("total", 0.0) + result.shared_timings_ms.get("total", 0.0)
         answers.append((answer, result))
@@ -263,7 +270,14 @@ def answer_record(answer, recording: Recording, log_ns: int) -> dict:
         "score": answer.score,
         "xyz": list(answer.xyz) if answer.has_3d else None,
         "normal": list(answer.normal) if answer.has_pose else None,
-        "orientation": list(answer.orientation) if answer.has_pose else None,
+        "pose_orientation_xyzw": list(answer.orientation) if answer.has_pose else None,
+        "mask_pixels": int(np.count_nonzero(answer.mask)) if answer.mask is not None else None,
+        "cloud_points": len(answer.cloud.points) if answer.cloud is not None else None,
+        "has_grasp": bool(answer.has_grasp),
+        "grasp_xyz": list(answer.grasp_xyz) if answer.has_grasp else None,
+        "grasp_orientation_xyzw": list(answer.grasp_orientation) if answer.has_grasp else None,
+        "grasp_width_m": answer.grasp_width_m if answer.has_grasp else None,
+        "part_length_m": answer.part_length_m if answer.has_grasp else None,
     }
 
 
@@ -296,8 +310,8 @@ class ResultFiles:
         def put(topic, msg):
             self.bag.write(topic, OUTPUT_TOPICS[topic], log_ns, serialize_message(msg))
 
-        # The node's rules: result always; point and pose only for an accepted answer; the frame's
-        # markers once for all its answers (write_markers).
+        # The node's rules: result always; point, pose, mask, cloud and grasp only for an accepted
+        # answer; the frame's markers once for all its answers (write_markers).
         put("/pop/result", NodeOutputs.result_message(answer))
         if answer.success and answer.has_3d:
             from geometry_msgs.msg import PointStamped
@@ -307,6 +321,9 @@ class ResultFiles:
             put("/pop/point", point)
         if answer.success and answer.has_pose:
             put("/pop/pose", NodeOutputs.pose_message(answer))
+        if answer.success:
+            for name, message in NodeOutputs.region_messages(answer).items():
+                put(f"/pop/{name}", message)
         if result is not None:
             picture = overlay(image_rgb, result.heatmap, (answer.u, answer.v))
             if answer.success:

@@ -34,6 +34,25 @@ MIN_GRASP_POINTS = 20
 MIN_AXIS_RATIO = 1.3
 
 
+@dataclasses.dataclass(frozen=True)
+class GraspSettings:
+    """The node parameters that make the part's region and grasp frame (same names; defaults and checks
+    in ros/parameters.py): the node reads them live, pop-bag from its --params-file."""
+
+    part_threshold: float = 0.5  # 0 = no mask, cloud or grasp frame
+    gripper_max_width_m: float = 0.0  # a part wider than this gives no grasp frame; 0 = no limit
+    grasp_tool_offset_m: float = 0.0  # the grasp frame's origin moved this far along its z (approach)
+
+    @classmethod
+    def from_parameters(cls, get) -> GraspSettings:
+        """From a parameter getter such as the node's `self.param`."""
+        return cls(
+            part_threshold=float(get("part_threshold")),
+            gripper_max_width_m=float(get("gripper_max_width_m")),
+            grasp_tool_offset_m=float(get("grasp_tool_offset_m")),
+        )
+
+
 def part_mask(heatmap: np.ndarray, u: float, v: float, relative_threshold: float) -> np.ndarray:
     """Boolean `(H, W)`: the 8-connected region of `heatmap (H, W)` around pixel (u, v) where the map
     holds at least `relative_threshold` of its value at (u, v). Empty when that value is not positive."""
@@ -116,6 +135,11 @@ class GraspFrame:
     width_m: float = 0.0  # the part's extent along x (what the gripper must open to)
     length_m: float = 0.0  # the part's extent along y
 
+    def origin(self, point, tool_offset_m: float) -> tuple[float, float, float]:
+        """The frame's origin: the answer's 3D `point` moved `tool_offset_m` along z (the approach,
+        into the surface; negative = back out towards the camera)."""
+        return tuple(float(p + tool_offset_m * a) for p, a in zip(point, self.approach, strict=True))
+
 
 def _extent(values: np.ndarray) -> float:
     """Robust extent of 1-D samples: the 1st to 99th percentile range."""
@@ -123,11 +147,12 @@ def _extent(values: np.ndarray) -> float:
     return float(high - low)
 
 
-def grasp_frame(points: np.ndarray, normal) -> GraspFrame:
+def grasp_frame(points: np.ndarray, normal, max_width_m: float = 0.0) -> GraspFrame:
     """The grasp frame of a part cloud `points (N, 3)` whose surface normal at the point is `normal`
     (unit, towards the camera: `~/pose`'s z axis). z = -normal (the gripper approaches into the
     surface); x = the narrow principal axis of the points projected on the plane normal to z (the
-    closing direction of a parallel gripper, sign chosen towards the camera's +x); y = z x x."""
+    closing direction of a parallel gripper, sign chosen towards the camera's +x); y = z x x.
+    `max_width_m` > 0: a part wider than that along x (more than the gripper opens) has no frame."""
     points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
     points = points[np.all(np.isfinite(points), axis=1)]
     if len(points) < MIN_GRASP_POINTS:
@@ -154,6 +179,14 @@ def grasp_frame(points: np.ndarray, normal) -> GraspFrame:
     closing = narrow_2d[0] * e1 + narrow_2d[1] * e2
     if closing[0] < 0 or (closing[0] == 0 and closing[1] < 0):
         closing = -closing
+    width_m, length_m = _extent(planar @ narrow_2d), _extent(planar @ long_2d)
+    if max_width_m > 0 and width_m > max_width_m:
+        return GraspFrame(
+            False,
+            f"the part is {width_m:.3f} m wide, more than the gripper opens (gripper_max_width_m {max_width_m} m)",
+            width_m=width_m,
+            length_m=length_m,
+        )
     along = np.cross(approach, closing)
     rotation = np.stack([closing, along, approach], axis=1)
     return GraspFrame(
@@ -161,6 +194,6 @@ def grasp_frame(points: np.ndarray, normal) -> GraspFrame:
         orientation=rotation_to_quaternion(rotation),
         approach=tuple(float(c) for c in approach),
         closing=tuple(float(c) for c in closing),
-        width_m=_extent(planar @ narrow_2d),
-        length_m=_extent(planar @ long_2d),
+        width_m=width_m,
+        length_m=length_m,
     )

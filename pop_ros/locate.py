@@ -13,7 +13,9 @@ import dataclasses
 import math
 from collections.abc import Callable
 
-from pop_ros import geometry
+import numpy as np
+
+from pop_ros import geometry, grasp
 from pop_ros.camera_model import CameraModel
 from pop_ros.image_conversion import ImageConversionError, to_depth_m
 from pop_ros.stamps import StampBuffer
@@ -146,3 +148,26 @@ def locate_with(model: CameraModel, depth_m, u: float, v: float, image_size: tup
 def score_note(score: float, min_score: float) -> str:
     """The node's rejection of a weak answer ("" when the score is enough)."""
     return f"part not visible: score {score:.3f} < min_score {min_score}" if score < min_score else ""
+
+
+def add_region(answer, heatmap, placement: Placement | None, settings: grasp.GraspSettings) -> list[str]:
+    """The part's mask, cloud and grasp frame of an accepted `answer` (the node's Answer, or anything
+    with its fields) from its fused map at image size and the placement its point came from; returns
+    the notes on what is missing. The node and pop-bag both build the region here."""
+    if settings.part_threshold <= 0 or not answer.success:
+        return []
+    answer.mask = grasp.part_mask(heatmap, answer.u, answer.v, settings.part_threshold)
+    if placement is None or placement.depth_m is None or not answer.has_3d:
+        return []
+    answer.cloud = grasp.part_cloud(placement.model, placement.depth_m, answer.mask, heatmap)
+    if not answer.has_pose:
+        return ["no grasp frame: no approach pose"]
+    frame = grasp.grasp_frame(answer.cloud.points, answer.normal, settings.gripper_max_width_m)
+    if not frame.ok:
+        return [f"no grasp frame: {frame.reason}"]
+    answer.has_grasp, answer.grasp_orientation = True, frame.orientation
+    answer.grasp_xyz = frame.origin(answer.xyz, settings.grasp_tool_offset_m)
+    along = tuple(float(c) for c in np.cross(frame.approach, frame.closing))
+    answer.grasp_axes = (frame.closing, along, frame.approach)
+    answer.grasp_width_m, answer.part_length_m = frame.width_m, frame.length_m
+    return []

@@ -180,11 +180,13 @@ def run(pointer, monkeypatch, capsys):
     from pop_ros.cli import bag
     from pop_ros.pipeline import PartPointer
 
-    def shared(preset, library=None, **_overrides):
+    def shared(preset, library=None, settings=None, **_overrides):
         assert preset == "tiny"
+        from pop_ros.pipeline import PointerSettings
         from pop_ros.supports import SupportLibrary
 
         pointer.library = library if library is not None else SupportLibrary()
+        monkeypatch.setattr(pointer, "settings", settings or PointerSettings())  # --params-file's, for this test
         pointer.clear_frame_cache()
         return pointer
 
@@ -256,13 +258,16 @@ def test_every_answer_is_located_in_its_own_depth_and_written_with_its_source_st
         np.testing.assert_allclose(line["normal"], [0.0, 0.0, -1.0], atol=1e-6)
 
     topics = read_bag(out / "bag")
-    assert set(topics) == {"/pop/result", "/pop/point", "/pop/pose", "/pop/markers", "/pop/heatmap"}
+    every_answer = {"/pop/result", "/pop/point", "/pop/pose", "/pop/heatmap", "/pop/part_mask", "/pop/part_cloud"}
+    assert set(topics) - {"/pop/grasp"} == every_answer | {"/pop/markers"}
     source_stamps = [frame_stamp_ns(n // len(queries)) for n in range(len(lines))]
     frame_stamps = [frame_stamp_ns(index) for index in range(frames)]
+    grasp_stamps = [stamp for stamp, line in zip(source_stamps, lines, strict=True) if line["has_grasp"]]
     for topic, messages in topics.items():
         # Markers: one MarkerArray per frame holding every query's markers (as ~/point_to_parts
-        # publishes them), so RViz shows all parts of a frame; the other topics: one per answer.
-        stamps = frame_stamps if topic == "/pop/markers" else source_stamps
+        # publishes them), so RViz shows all parts of a frame; a grasp frame where the part has one;
+        # the other topics: one per answer.
+        stamps = {"/pop/markers": frame_stamps, "/pop/grasp": grasp_stamps}.get(topic, source_stamps)
         assert len(messages) == len(stamps), topic
         for (log_ns, msg), source_ns in zip(messages, stamps, strict=True):
             header = msg.markers[0].header if topic == "/pop/markers" else msg.header
@@ -281,6 +286,16 @@ def test_every_answer_is_located_in_its_own_depth_and_written_with_its_source_st
         np.testing.assert_allclose([point.point.x, point.point.y, point.point.z], line["xyz"], atol=1e-12)
     heatmap = topics["/pop/heatmap"][0][1]
     assert (heatmap.encoding, heatmap.width, heatmap.height) == ("bgr8", WIDTH, HEIGHT)
+    # The part's region, as the node builds it: its mask holds the answer's pixel, and every mask pixel
+    # has depth on the wall, so the cloud is the mask's pixels, each on the frame's own wall.
+    regions = zip(topics["/pop/part_mask"], topics["/pop/part_cloud"], lines, strict=True)
+    for number, ((_, mask), (_, cloud), line) in enumerate(regions):
+        pixels = np.frombuffer(bytes(mask.data), np.uint8).reshape(mask.height, mask.step)[:, : mask.width]
+        assert (mask.encoding, pixels.shape) == ("mono8", (HEIGHT, WIDTH))
+        assert pixels[round(line["v"]), round(line["u"])] == 255
+        assert line["mask_pixels"] == int((pixels == 255).sum()) == line["cloud_points"] == cloud.width
+        points = np.frombuffer(bytes(cloud.data), np.float32).reshape(-1, 4)
+        np.testing.assert_allclose(points[:, 2], depth_of_frame(number // len(queries)), atol=1e-6)
 
     video = cv2.VideoCapture(str(out / "heatmaps.mp4"))
     assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == len(lines)
@@ -351,7 +366,7 @@ def test_the_node_gives_the_same_point_for_a_frame_of_the_recording(run, tmp_pat
             ros.publisher(Image, "/bag_compare/depth").publish(depth)
             time.sleep(0.05)
         assert holds_them(), "the node did not receive the frame's camera_info and depth"
-        request = PointToPart.Request(query=QUERY, support_set="mug_handle", image=colour)
+        request = PointToPart.Request(query=QUERY, support_set="mug_handle", image=colour, return_region=True)
         response = ros.call(PointToPart, "/bag_compare/pop_node/point_to_part", request)
     finally:
         ros.executor.remove_node(node)
@@ -364,6 +379,20 @@ def test_the_node_gives_the_same_point_for_a_frame_of_the_recording(run, tmp_pat
     np.testing.assert_allclose(line["xyz"], node_xyz, rtol=0, atol=1e-9)
     np.testing.assert_allclose(line["normal"], [response.normal.x, response.normal.y, response.normal.z], atol=1e-9)
     assert response.point.header.stamp == colour.header.stamp
+    # The part's mask, cloud and grasp frame: the node's, byte for byte, and the same notes.
+    assert line["reason"] == response.message
+    topics = read_bag(out / "bag")
+    [(_, mask)], [(_, cloud)] = topics["/pop/part_mask"], topics["/pop/part_cloud"]
+    assert response.part_mask.data and bytes(mask.data) == bytes(response.part_mask.data)
+    assert cloud.width == response.part_cloud.width == line["cloud_points"] > 0
+    assert bytes(cloud.data) == bytes(response.part_cloud.data)
+    assert line["has_grasp"] == response.has_grasp
+    if response.has_grasp:
+        [(_, grasp)] = topics["/pop/grasp"]
+        orientation = response.grasp.pose.orientation
+        assert line["grasp_orientation_xyzw"] == [orientation.x, orientation.y, orientation.z, orientation.w]
+        assert grasp.pose.orientation.w == orientation.w
+        assert line["grasp_width_m"] == pytest.approx(response.grasp_width_m, rel=1e-6)  # float32 in the response
 
 
 @pytest.mark.parametrize("given", ["mcap file", "bag folder"])
@@ -583,3 +612,49 @@ def test_pop_bag_refuses_query_pairings_as_pop_point_does(run, tmp_path, capsys,
     assert bag_line.replace(str(recording), "TARGET") == point_line.replace(
         f"--target {SAMPLE_DIR / 'scene_0.png'}", "TARGET"
     )
+
+
+def test_grasp_frame_offset_and_gripper_limit_come_from_the_params_file(run, tmp_path, constructed_visual_map):
+    """The node's grasp parameters, from --params-file: the frame's origin moved along its approach
+    (grasp_tool_offset_m), and no frame for a part wider than the gripper opens (gripper_max_width_m).
+    A known fused map (visual-only, constructed): a horizontal bar, so the gripper closes along the
+    camera's y, on the wall 0.8 m away."""
+    import yaml
+
+    from test.test_node_geometry import z_axis
+    from test.test_node_regions import angle_to_axis_degrees, x_axis
+
+    constructed_visual_map({(6, col): 1.0 for col in range(6, 12)})
+    recording = write_bag(tmp_path / "rec", "mcap", 1, "bgr8", "16UC1", RECTIFIED)
+
+    def answer(folder: str, **parameters):
+        params = tmp_path / f"{folder}.yaml"
+        params.write_text(yaml.safe_dump({"/**": {"ros__parameters": {"use_text": False, **parameters}}}))
+        flags = ["--support-set", "mug_handle", "--library", LIBRARY, "--params-file", params, "--json"]
+        code, stdout, stderr = run("main", recording, "--out", tmp_path / folder, *flags)
+        assert code == 0, stderr
+        assert {k: json.loads(stdout)["parameters"][k] for k in parameters} == parameters
+        [line] = read_lines(tmp_path / folder)
+        return line, read_bag(tmp_path / folder / "bag")
+
+    line, topics = answer("offset", grasp_tool_offset_m=0.02)
+    assert line["success"] and line["has_grasp"], line["reason"]
+    assert 0 < line["grasp_width_m"] < line["part_length_m"]
+    np.testing.assert_allclose(line["grasp_xyz"], np.add(line["xyz"], [0.0, 0.0, 0.02]), atol=1e-9)  # into the wall
+    [(_, grasp)] = topics["/pop/grasp"]
+    position, orientation = grasp.pose.position, grasp.pose.orientation
+    np.testing.assert_allclose([position.x, position.y, position.z], line["grasp_xyz"], atol=1e-12)
+    assert [orientation.x, orientation.y, orientation.z, orientation.w] == line["grasp_orientation_xyzw"]
+    assert angle_to_axis_degrees(x_axis(orientation), [0, 1, 0]) < 5.0  # closing across the bar
+    assert angle_to_axis_degrees(z_axis(orientation), [0, 0, 1]) < 1.0  # approaching into the wall
+
+    limit = round(line["grasp_width_m"] / 2, 4)
+    narrow, topics = answer("narrow", gripper_max_width_m=limit)
+    assert narrow["success"] and not narrow["has_grasp"] and narrow["grasp_xyz"] is None
+    assert narrow["reason"] == (
+        f"no grasp frame: the part is {line['grasp_width_m']:.3f} m wide, more than the gripper opens "
+        f"(gripper_max_width_m {limit} m)"
+    )
+    assert "/pop/grasp" not in topics and "/pop/part_cloud" in topics  # the region is still given
+    wide, _ = answer("wide", gripper_max_width_m=round(line["grasp_width_m"] * 2, 4))
+    assert wide["has_grasp"] and wide["grasp_xyz"] == line["xyz"]  # no offset: at the point

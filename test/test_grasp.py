@@ -188,6 +188,25 @@ def test_strip_on_a_plane_closes_across_the_strip():
     assert frame.length_m == pytest.approx(0.10, rel=0.10)
 
 
+def test_a_strip_wider_than_the_gripper_opens_gets_no_frame_and_the_origin_moves_along_the_approach():
+    r = rays()
+    depth = scene(np.full((HEIGHT, WIDTH), np.nan), 0.0005)
+    x, y = r[..., 0] * TABLE_Z, r[..., 1] * TABLE_Z
+    strip = (np.abs(y) < 0.01) & (np.abs(x) < 0.05)  # 2 cm across, 10 cm along
+    points = grasp.part_cloud(camera(), depth, strip, strip.astype(np.float32)).points
+    assert grasp.grasp_frame(points, (0.0, 0.0, -1.0), max_width_m=0.03).ok  # a 3 cm gripper takes it
+    refused = grasp.grasp_frame(points, (0.0, 0.0, -1.0), max_width_m=0.015)
+    assert not refused.ok and refused.width_m == pytest.approx(0.02, rel=0.10)
+    assert refused.reason == (
+        f"the part is {refused.width_m:.3f} m wide, more than the gripper opens (gripper_max_width_m 0.015 m)"
+    )
+    # Tilted surface: the origin moves along the approach (-normal), not along the camera's z.
+    normal = np.array([0.0, -0.6, -0.8])
+    frame = grasp.grasp_frame(points, normal)
+    assert frame.origin((0.1, 0.2, 0.6), 0.05) == pytest.approx((0.1, 0.2 + 0.03, 0.6 + 0.04))
+    assert frame.origin((0.1, 0.2, 0.6), -0.05) == pytest.approx((0.1, 0.2 - 0.03, 0.6 - 0.04))
+
+
 def test_too_few_points_give_no_grasp_frame():
     frame = grasp.grasp_frame(np.zeros((5, 3)), (0.0, 0.0, -1.0))
     assert not frame.ok and "only 5" in frame.reason

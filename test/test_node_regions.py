@@ -194,3 +194,31 @@ def test_mask_cloud_and_grasp_published_with_the_source_header_and_nothing_when_
     with_region = ros.call(PointToPart, "/partout/pop_node/point_to_part", request)
     assert with_region.part_mask.height == 240 and with_region.part_cloud.width == len(points)
     assert with_region.instances[0].part_cloud.width == len(points)
+
+
+def test_gripper_limit_and_tool_offset_are_honoured_and_checked_at_runtime(start, constructed_visual_map):
+    """grasp_tool_offset_m moves ~/grasp's origin along its z (here -5 cm: back out towards the camera);
+    gripper_max_width_m below the part's width gives no grasp frame, with the reason."""
+    ros, node = start("gripper", "use_text:=false", "grasp_tool_offset_m:=-0.05")
+    constructed_visual_map({(6, col): 1.0 for col in range(6, 12)})  # a horizontal bar, as above
+    grasps = ros.collect(PoseStamped, "/gripper/pop_node/grasp")
+    flat = np.full((240, 320), 1.0, np.float32)  # a plane facing the camera at 1 m
+    response, stamp = ask(ros, node, "gripper", to_msg(INFO, "part_frame"), flat, scene(0))
+    assert response.success and response.has_grasp, response.message
+    point, position = response.point.point, response.grasp.pose.position
+    np.testing.assert_allclose([position.x, position.y, position.z], [point.x, point.y, 0.95], atol=1e-9)
+    assert wait_for(lambda: any(g.header.stamp == stamp for g in grasps), 5)
+    published = next(g for g in grasps if g.header.stamp == stamp).pose.position
+    assert (published.x, published.y, published.z) == (position.x, position.y, position.z)
+
+    limit = round(float(response.grasp_width_m) / 2, 4)
+    assert node.set_parameters([Parameter("gripper_max_width_m", value=limit)])[0].successful
+    narrow, _ = ask(ros, node, "gripper", to_msg(INFO, "part_frame"), flat, scene(0))
+    assert narrow.success and narrow.has_3d and not narrow.has_grasp
+    assert f"more than the gripper opens (gripper_max_width_m {limit} m)" in narrow.message
+    for name, value, reason in (
+        ("gripper_max_width_m", -0.1, "gripper_max_width_m must be >= 0.0"),
+        ("grasp_tool_offset_m", 5.0, "grasp_tool_offset_m must be <= 2.0"),
+    ):
+        result = node.set_parameters([Parameter(name, value=value)])[0]
+        assert not result.successful and reason in result.reason

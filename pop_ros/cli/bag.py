@@ -9,6 +9,7 @@ pop-teach rec/ --time 3.5 --click 320,240 --set mug_handle --library my_library.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import pathlib
 import sys
 import time
@@ -132,6 +133,20 @@ def pipeline_settings(args):
         raise CliError(f"--params-file {args.params_file}: {error}") from error
 
 
+def grasp_settings(args, part_threshold: float):
+    """The part's region and grasp settings as pop_node would make them: `part_threshold` from the
+    pipeline's settings, the gripper's from --params-file (else the node's defaults), checked by the
+    node's own rules."""
+    from pop_ros.grasp import GraspSettings
+    from pop_ros.ros.parameters import PARAMETERS
+
+    from_file = _params_file(args)
+    values = {"part_threshold": part_threshold}
+    return GraspSettings.from_parameters(
+        lambda name: values[name] if name in values else _checked(name, from_file.get(name, PARAMETERS[name].default))
+    )
+
+
 def locate_parameters(args) -> dict:
     """The node's parameters that place an answer: from the flags, else --params-file, else the node's
     defaults; checked by the node's own rules."""
@@ -214,11 +229,12 @@ def _run_bag(args, interrupted: list) -> dict:
     parameters = locate_parameters(args)
     recording, topics, sampling = _recording(args)
     min_score = parameters.pop("min_score")
-    options = AnswerOptions(LocateSettings(**parameters), min_score, topics.camera_info or "camera_info")
+    settings = pipeline_settings(args)  # the node's similarity, max_shots, upsample, ... as the params file says
+    region = grasp_settings(args, settings.part_threshold)
+    options = AnswerOptions(LocateSettings(**parameters), min_score, topics.camera_info or "camera_info", region)
     if (args.out / "bag").exists():
         raise CliError(f"--out {args.out} holds results already (bag/); choose another folder")
     args.out.mkdir(parents=True, exist_ok=True)
-    settings = pipeline_settings(args)  # the node's similarity, max_shots, upsample, ... as the params file says
     pointer = PartPointer.from_preset(args.preset, settings=settings, library=library, **model_overrides(args))
     duration_s = (recording.end_ns - recording.start_ns) * 1e-9
     colour_count = recording.counts.get(topics.colour, 0)
@@ -254,7 +270,7 @@ def _run_bag(args, interrupted: list) -> dict:
         "pipeline_seconds": round(counts["pipeline_ms"] / 1000.0, 3),
         "cut": recording.cut,
         "interrupted": bool(interrupted),
-        "parameters": {**parameters, "min_score": min_score},
+        "parameters": {**parameters, "min_score": min_score, **dataclasses.asdict(region)},
         "preset": args.preset,
         "random_weights": pointer.model_config.random_weights,
     }

@@ -50,6 +50,7 @@ class Answer:
     cloud: object = None
     has_grasp: bool = False
     grasp_orientation: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 1.0)  # (x, y, z, w)
+    grasp_xyz: tuple[float, float, float] = (0.0, 0.0, 0.0)  # the frame's origin: xyz + grasp_tool_offset_m * z
     grasp_axes: tuple = ()  # (closing x, along y, approach z), unit vectors, when has_grasp
     grasp_width_m: float = 0.0
     part_length_m: float = 0.0

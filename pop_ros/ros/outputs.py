@@ -53,8 +53,22 @@ class Outputs:
 
     @staticmethod
     def grasp_message(answer) -> PoseStamped:
-        """The grasp frame at the point (z: approach into the surface, x: closing); identity when none."""
-        return _pose_at(answer, answer.grasp_orientation)
+        """The grasp frame (z: approach into the surface, x: closing) at the point moved by
+        grasp_tool_offset_m along z; identity at the point when there is none."""
+        return _pose_at(answer, answer.grasp_orientation, answer.grasp_xyz if answer.has_grasp else None)
+
+    @staticmethod
+    def region_messages(answer) -> dict[str, object]:
+        """~/part_mask, ~/part_cloud and ~/grasp of an accepted answer, for what it has (topic name
+        without `~/` -> message): the node publishes them, pop-bag writes them to its bag."""
+        messages: dict[str, object] = {}
+        if answer.mask is not None:
+            messages["part_mask"] = Outputs.mask_message(answer)
+        if answer.cloud is not None:
+            messages["part_cloud"] = cloud_message(answer.cloud.points, answer.cloud.intensity, answer.header)
+        if answer.has_grasp:
+            messages["grasp"] = Outputs.grasp_message(answer)
+        return messages
 
     @staticmethod
     def mask_message(answer) -> Image:
@@ -133,22 +147,20 @@ class Outputs:
 
     def publish_region(self, answer) -> None:
         """~/part_mask, ~/part_cloud and ~/grasp of an accepted answer, for what it has."""
-        if answer.mask is not None:
-            self.part_mask_pub.publish(self.mask_message(answer))
-        if answer.cloud is not None:
-            self.part_cloud_pub.publish(cloud_message(answer.cloud.points, answer.cloud.intensity, answer.header))
-        if answer.has_grasp:
-            self.grasp_pub.publish(self.grasp_message(answer))
+        publishers = {"part_mask": self.part_mask_pub, "part_cloud": self.part_cloud_pub, "grasp": self.grasp_pub}
+        for name, message in self.region_messages(answer).items():
+            publishers[name].publish(message)
 
     def publish_markers(self, answers) -> None:
         self.markers_pub.publish(self.markers_message(answers))
 
 
-def _pose_at(answer, orientation_xyzw) -> PoseStamped:
-    """A pose at the answer's 3D point with the given orientation (x, y, z, w), the answer's header."""
+def _pose_at(answer, orientation_xyzw, position=None) -> PoseStamped:
+    """A pose at `position` (default: the answer's 3D point) with the given orientation (x, y, z, w),
+    the answer's header."""
     pose = PoseStamped()
     pose.header = answer.header
-    pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = answer.xyz
+    pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = answer.xyz if position is None else position
     orientation = pose.pose.orientation
     orientation.x, orientation.y, orientation.z, orientation.w = orientation_xyzw
     return pose
@@ -188,9 +200,10 @@ def _answer_markers(answer, first_id: int) -> list[Marker]:
     if answer.has_grasp:
         axes = marker(3, Marker.LINE_LIST, (1.0, 1.0, 1.0, 1.0))
         axes.scale.x = 0.004  # line width
+        gx, gy, gz = answer.grasp_xyz  # the grasp frame's origin (the point moved by grasp_tool_offset_m)
         for axis, rgb in zip(answer.grasp_axes, ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)), strict=True):
-            end = Point(x=x + GRASP_AXIS_M * axis[0], y=y + GRASP_AXIS_M * axis[1], z=z + GRASP_AXIS_M * axis[2])
-            axes.points += [Point(x=x, y=y, z=z), end]
+            end = Point(x=gx + GRASP_AXIS_M * axis[0], y=gy + GRASP_AXIS_M * axis[1], z=gz + GRASP_AXIS_M * axis[2])
+            axes.points += [Point(x=gx, y=gy, z=gz), end]
             axes.colors += [ColorRGBA(r=rgb[0], g=rgb[1], b=rgb[2], a=1.0)] * 2
         items.append(axes)
     if answer.cloud is not None and len(answer.cloud.points):

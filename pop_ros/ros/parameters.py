@@ -27,6 +27,8 @@ from pop_ros.models.presets import PRESETS
 # timers and quick services always find free.
 MAX_WAITING_QUERIES_LIMIT = 8
 RESERVED_THREADS = 3
+# Bound of the grasp distances (gripper opening, tool-point offset): a value past it is a unit mistake.
+MAX_GRASP_DISTANCE_M = 2.0
 
 Value = bool | int | float | str
 
@@ -232,6 +234,12 @@ _TABLE = [
     _spec("part_threshold", 0.5, "the part's region (~/part_mask, ~/part_cloud, ~/grasp): pixels connected to the "
           "point where the heatmap holds at least this share of its value at the point; 0 = off", RUNTIME,
           minimum=0.0, maximum=1.0),
+    _spec("gripper_max_width_m", 0.0, "the gripper's largest opening, metres: a part wider than this across its "
+          "closing axis (grasp_width_m) gets no grasp frame, with the reason; 0 = no limit", RUNTIME, minimum=0.0,
+          maximum=MAX_GRASP_DISTANCE_M),
+    _spec("grasp_tool_offset_m", 0.0, "~/grasp's origin is the 3D point moved this far along the grasp frame's z "
+          "(the approach, into the surface): > 0 deeper into the part, < 0 back towards the camera (docs/grasping.md)",
+          RUNTIME, minimum=-MAX_GRASP_DISTANCE_M, maximum=MAX_GRASP_DISTANCE_M),
     _spec("min_score", 0.0, "answers with a lower score fail with 'part not visible' (0 = never)", RUNTIME,
           minimum=0.0),
     _spec("max_frame_age", 1.0, "refuse camera frames older than this, seconds (0 = no limit)", RUNTIME,

@@ -11,11 +11,17 @@ import dataclasses
 import time
 from collections import namedtuple
 
-import numpy as np
-
-from pop_ros import grasp
+from pop_ros.grasp import GraspSettings
 from pop_ros.image_conversion import ImageConversionError
-from pop_ros.locate import LocateSettings, Placement, locate_in_depth, locate_pixel, locate_with, score_note
+from pop_ros.locate import (
+    LocateSettings,
+    Placement,
+    add_region,
+    locate_in_depth,
+    locate_pixel,
+    locate_with,
+    score_note,
+)
 from pop_ros.ros.answers import Answer, Outcome
 from pop_ros.ros.camera import Frame, NoFrameError, is_empty_image
 from pop_ros.ros.teaching import added_text
@@ -149,7 +155,7 @@ class Queries:
         options = options or QueryOptions()
         instances = result.instances or [_Peak(result.u, result.v, result.score)]
         min_score = float(self.node.param("min_score"))
-        threshold = float(self.node.param("part_threshold"))
+        region = GraspSettings.from_parameters(self.node.param)
         image_size = image.shape[:2]
         answers, placement = [], None
         for index, peak in enumerate(instances):
@@ -169,7 +175,7 @@ class Queries:
             if rejection:
                 answer.outcome = Outcome.REJECTED
                 notes.insert(0, rejection)
-            notes += self.add_region(answer, result.heatmap, placement, threshold)
+            notes += add_region(answer, result.heatmap, placement, region)  # shared with pop-bag
             answer.message = "; ".join(notes) or "ok"
             answers.append(answer)
         best = answers[0]
@@ -199,26 +205,6 @@ class Queries:
             if placement.depth_paired is not None:
                 node.health.depth_lookup(placement.depth_paired)
         return placement.apply(answer), placement
-
-    @staticmethod
-    def add_region(answer: Answer, heatmap, placement: Placement | None, threshold: float) -> list[str]:
-        """The part's mask, cloud and grasp frame of an accepted answer (grasp.py); notes on what is missing."""
-        if threshold <= 0 or not answer.success:
-            return []
-        answer.mask = grasp.part_mask(heatmap, answer.u, answer.v, threshold)
-        if placement is None or placement.depth_m is None or not answer.has_3d:
-            return []
-        answer.cloud = grasp.part_cloud(placement.model, placement.depth_m, answer.mask, heatmap)
-        if not answer.has_pose:
-            return ["no grasp frame: no approach pose"]
-        frame = grasp.grasp_frame(answer.cloud.points, answer.normal)
-        if not frame.ok:
-            return [f"no grasp frame: {frame.reason}"]
-        answer.has_grasp, answer.grasp_orientation = True, frame.orientation
-        along = tuple(float(c) for c in np.cross(frame.approach, frame.closing))
-        answer.grasp_axes = (frame.closing, along, frame.approach)
-        answer.grasp_width_m, answer.part_length_m = frame.width_m, frame.length_m
-        return []
 
     # ---- services ----------------------------------------------------------------------------------------
     def on_point_to_part(self, request, response):
