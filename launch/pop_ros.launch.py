@@ -28,6 +28,7 @@ PARAMETER_ARGUMENTS = (
     "library_writable",
     "teach_set",
     "image_transport",
+    "depth_transport",
     "image_is_rectified",
     "max_frame_age",
 )
@@ -70,6 +71,7 @@ def launch_arguments(share: str) -> list[tuple[str, str, str]]:
         ),
         ("teach_set", "", "support set that clicks on ~/teach_click add to" + GIVEN_ONLY),
         ("image_transport", "", "raw | compressed" + GIVEN_ONLY),
+        ("depth_transport", "", "raw | compressedDepth (<depth>/compressedDepth)" + GIVEN_ONLY),
         ("image_is_rectified", "", "true | false (raw, distorted images)" + GIVEN_ONLY),
         (
             "max_frame_age",

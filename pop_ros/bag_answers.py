@@ -125,13 +125,14 @@ class Replay:
 
         image_type, compressed_type, info_type = message_classes()
         colour_type = compressed_type if self.topics.colour_type == COMPRESSED_IMAGE else image_type
+        depth_type = compressed_type if self.topics.depth_type == COMPRESSED_IMAGE else image_type  # compressedDepth
         wanted = [t for t in (self.topics.colour, self.topics.depth, self.topics.camera_info) if t]
         pending: list[Frame] = []
         for topic, log_ns, data in self.recording.messages(wanted):
             if topic == self.topics.camera_info:
                 self.camera_info = deserialize_message(data, info_type)
             elif topic == self.topics.depth:
-                msg = deserialize_message(data, image_type)
+                msg = deserialize_message(data, depth_type)  # decoded when a frame pairs it, as in the node
                 self.depth.add(stamp_seconds(msg.header.stamp), msg)
                 newest = stamp_seconds(msg.header.stamp)
                 while pending and newest > stamp_seconds(pending[0].msg.header.stamp) + self.depth_max_dt:
@@ -152,7 +153,7 @@ def first_messages(recording: Recording, topics: CameraTopics) -> dict[str, obje
     image_type, compressed_type, info_type = message_classes()
     types = {topics.colour: compressed_type if topics.colour_type == COMPRESSED_IMAGE else image_type}
     if topics.depth:
-        types[topics.depth] = image_type
+        types[topics.depth] = compressed_type if topics.depth_type == COMPRESSED_IMAGE else image_type
     if topics.camera_info:
         types[topics.camera_info] = info_type
     found: dict[str, object] = {}

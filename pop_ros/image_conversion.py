@@ -9,11 +9,14 @@ and the packed YUV 4:2:2 of USB cameras (usb_cam, v4l2_camera), converted with t
 uses: `uyvy` and its older name `yuv422` (bytes U Y0 V Y1) -> COLOR_YUV2RGB_UYVY; `yuyv` and its older
 name `yuv422_yuy2` (Y0 U Y1 V) -> COLOR_YUV2RGB_YUY2. Two pixels share 4 bytes, so the width must be even.
 Depth in (REP-118): 16UC1 millimetres (0 = invalid) and 32FC1 metres (NaN/inf/<=0 = invalid), both
-returned as float32 metres with NaN where invalid.
+returned as float32 metres with NaN where invalid; and the same depths as image_transport's
+`compressedDepth` transport writes them (a sensor_msgs/CompressedImage, see `compressed_depth_to_m`).
 """
 
 from __future__ import annotations
 
+import math
+import struct
 import sys
 
 import cv2
@@ -129,7 +132,10 @@ def compressed_to_rgb8(msg) -> np.ndarray:
 
 
 def to_depth_m(msg) -> np.ndarray:
-    """A REP-118 depth image as (H, W) float32 metres, NaN where invalid."""
+    """A REP-118 depth image as (H, W) float32 metres, NaN where invalid: a sensor_msgs/Image, or a
+    sensor_msgs/CompressedImage of the compressedDepth transport."""
+    if is_compressed(msg):
+        return compressed_depth_to_m(msg)
     if msg.encoding not in DEPTH_ENCODINGS:
         raise ImageConversionError(f"unsupported depth encoding {msg.encoding!r} (supported: 16UC1 mm, 32FC1 m)")
     array = _to_array(msg)
@@ -139,6 +145,90 @@ def to_depth_m(msg) -> np.ndarray:
         return metres
     metres = array.astype(np.float32, copy=True)
     metres[~np.isfinite(metres) | (metres <= 0)] = np.nan
+    return metres
+
+
+def is_compressed(msg) -> bool:
+    """A sensor_msgs/CompressedImage (it has `format`, no `encoding`), rather than an Image."""
+    return hasattr(msg, "format") and not hasattr(msg, "encoding")
+
+
+# compressed_depth_image_transport (image_transport_plugins, compression_common.h and codec.cpp): `data`
+# is a 12-byte ConfigHeader, then the image. The header is the C struct { enum compressionFormat format;
+# float depthParam[2]; } copied in the publisher's byte order (little-endian on every ROS platform):
+# int32 format (INV_DEPTH = 0), float32 quantization A, float32 B. `format` is "<encoding>;
+# compressedDepth <codec>", codec png (also when missing) or rvl. 16UC1: the image is the millimetre
+# depth as a 16-bit PNG (depths past the publisher's depth_max written 0). 32FC1: the image is the
+# quantized inverse depth q = A / depth + B as a 16-bit PNG, 0 = invalid (NaN or past depth_max),
+# decoded as depth = A / (q - B); A = z0 (z0 + 1), B = 1 - A / depth_max from the publisher's
+# depth_quantization z0 (default 100) and depth_max (default 10 m): a step of depth^2 / A metres.
+COMPRESSED_DEPTH_HEADER = struct.Struct("<iff")
+INV_DEPTH = 0
+COMPRESSED_DEPTH_ENCODINGS = ("16UC1", "mono16", "32FC1")
+
+
+def _compressed_depth_format(text: str) -> tuple[str, str]:
+    """(depth encoding, codec) of a compressedDepth `format` ("32FC1; compressedDepth png")."""
+    encoding, separator, transport = text.partition(";")
+    encoding, words = encoding.strip(), transport.split()
+    if separator and (not words or words[0] != "compressedDepth"):
+        raise ImageConversionError(f"compressed image has format {text!r}: not the compressedDepth transport's")
+    codec = words[1] if len(words) > 1 else "png"  # the plugin's older messages name no codec: png
+    if codec != "png":
+        raise ImageConversionError(
+            f"compressedDepth codec {codec!r} (format {text!r}) is not supported: publish with the png codec (the "
+            "default; `<topic>.compressedDepth.format: png`)"
+        )
+    if encoding not in COMPRESSED_DEPTH_ENCODINGS:
+        raise ImageConversionError(
+            f"compressedDepth image of encoding {encoding!r} (format {text!r}); supported: 16UC1 mm, 32FC1 m"
+        )
+    return encoding, codec
+
+
+def compressed_depth_to_m(msg) -> np.ndarray:
+    """A sensor_msgs/CompressedImage of image_transport's compressedDepth transport (png codec, 16UC1 or
+    32FC1) as (H, W) float32 metres, NaN where invalid. ImageConversionError says what is malformed."""
+    encoding, _ = _compressed_depth_format(str(msg.format))
+    data = bytes(msg.data)
+    header_size = COMPRESSED_DEPTH_HEADER.size
+    if len(data) <= header_size:
+        raise ImageConversionError(
+            f"compressedDepth image (format {msg.format!r}) has {len(data)} bytes: no room for the "
+            f"{header_size}-byte header and a PNG"
+        )
+    kind, quant_a, quant_b = COMPRESSED_DEPTH_HEADER.unpack_from(data)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8, offset=header_size), cv2.IMREAD_UNCHANGED)
+    except cv2.error as error:  # OpenCV raises on some malformed streams instead of returning None
+        image = None
+        reason = ": " + str(error).strip().splitlines()[-1][:200]
+    else:
+        reason = ""
+    if image is None or image.size == 0:
+        raise ImageConversionError(
+            f"compressedDepth image (format {msg.format!r}, {len(data)} bytes): the data after the "
+            f"{header_size}-byte header is not a readable PNG{reason}"
+        )
+    if image.ndim != 2 or image.dtype != np.uint16:
+        channels = 1 if image.ndim == 2 else image.shape[2]
+        raise ImageConversionError(
+            f"compressedDepth image (format {msg.format!r}) holds a {channels}-channel {image.dtype} PNG; the "
+            "transport writes one 16-bit channel"
+        )
+    if encoding != "32FC1":
+        metres = image.astype(np.float32) / 1000.0
+        metres[image == 0] = np.nan
+        return metres
+    if kind != INV_DEPTH or not (math.isfinite(quant_a) and math.isfinite(quant_b)) or quant_a <= 0:
+        raise ImageConversionError(
+            f"compressedDepth 32FC1 image has a malformed quantization header (format {kind}, A {quant_a}, "
+            f"B {quant_b}; expected format {INV_DEPTH} and a finite A > 0)"
+        )
+    quantized = image.astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        metres = np.float32(quant_a) / (quantized - np.float32(quant_b))  # float32, as the plugin decodes
+    metres[(image == 0) | ~np.isfinite(metres) | (metres <= 0)] = np.nan
     return metres
 
 

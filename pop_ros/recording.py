@@ -34,6 +34,7 @@ class CameraTopics:
     colour_type: str  # IMAGE or COMPRESSED_IMAGE
     depth: str  # "" = none (2D answers only)
     camera_info: str  # "" = none
+    depth_type: str = IMAGE  # or COMPRESSED_IMAGE: image_transport's compressedDepth
 
 
 class Recording:
@@ -178,15 +179,20 @@ class Recording:
                 f"--image-topic); topics in {self.path}: {self.listing()}"
             )
         colour_type = self._check(colour_topic, (IMAGE, COMPRESSED_IMAGE), "--image-topic")
-        depth_topic = ""
+        depth_topic, depth_type = "", IMAGE
         if need_depth:
-            depth_topic = depth or self._first(REALSENSE_DEPTH, ("aligned_depth_to_color/image_raw",), (IMAGE,))
+            # Raw depth first, else image_transport's compressedDepth (CompressedImage) of the same topic.
+            depth_topic = depth or self._first(
+                REALSENSE_DEPTH + tuple(f"{t}/compressedDepth" for t in REALSENSE_DEPTH),
+                ("aligned_depth_to_color/image_raw", "aligned_depth_to_color/image_raw/compressedDepth"),
+                (IMAGE, COMPRESSED_IMAGE),
+            )
             if not depth_topic:
                 raise RecordingError(
-                    f"no aligned depth topic found (looked for {REALSENSE_DEPTH[0]}; choose one with --depth-topic, "
-                    f"or --no-depth for 2D answers); topics in {self.path}: {self.listing()}"
+                    f"no aligned depth topic found (looked for {REALSENSE_DEPTH[0]} and .../compressedDepth; choose "
+                    f"one with --depth-topic, or --no-depth for 2D answers); topics in {self.path}: {self.listing()}"
                 )
-            self._check(depth_topic, (IMAGE,), "--depth-topic")
+            depth_type = self._check(depth_topic, (IMAGE, COMPRESSED_IMAGE), "--depth-topic")
         info_topic = camera_info or self._first(
             REALSENSE_CAMERA_INFO + (_sibling(colour_topic, "camera_info"),), ("color/camera_info",), (CAMERA_INFO,)
         )
@@ -198,7 +204,7 @@ class Recording:
             )
         if info_topic:
             self._check(info_topic, (CAMERA_INFO,), "--camera-info-topic")
-        return CameraTopics(colour_topic, colour_type, depth_topic, info_topic or "")
+        return CameraTopics(colour_topic, colour_type, depth_topic, info_topic or "", depth_type)
 
     def _first(self, names: Iterable[str], endings: Iterable[str], types: tuple[str, ...]) -> str:
         for name in names:
@@ -221,9 +227,10 @@ class Recording:
 
 
 def _sibling(topic: str, name: str) -> str:
-    """`/a/b/image_raw/compressed` -> `/a/b/<name>` (camera_info lives beside the image topic)."""
+    """`/a/b/image_raw/compressed` (or `/compressedDepth`) -> `/a/b/<name>` (camera_info lives beside
+    the image topic)."""
     parts = topic.rstrip("/").split("/")
-    if parts[-1] == "compressed":
+    if parts[-1] in ("compressed", "compressedDepth"):
         parts = parts[:-1]
     return "/".join(parts[:-1] + [name])
 

@@ -17,6 +17,7 @@ import pytest
 
 from pop_ros.paths import SAMPLE_DIR
 from pop_ros.ros_client import LIBRARY, PARAMS_FILE
+from test.test_image_conversion import encode_compressed_depth
 
 WIDTH, HEIGHT = 320, 240
 COLOUR = "/camera/camera/color/image_raw"
@@ -45,6 +46,15 @@ def depth_of_frame(index: int) -> float:
     return 0.8 + 0.05 * index
 
 
+def recorded_depth(index: int, depth: str) -> float:
+    """Frame i's wall as the depth topic carries it: 32FC1 through compressedDepth is quantized (the
+    plugin's defaults: q = trunc(10100 / z - 1009) as float32, read back as 10100 / (q + 1009))."""
+    if depth != "32FC1;compressedDepth":
+        return depth_of_frame(index)
+    quantized = np.trunc(np.float32(10100.0) / np.float32(depth_of_frame(index)) + np.float32(-1009.0))
+    return float(np.float32(10100.0) / (np.float32(quantized) - np.float32(-1009.0)))
+
+
 def frame_stamp_ns(index: int) -> int:
     """Frame i's colour stamp (and log time), nanoseconds."""
     return START_S * 10**9 + index * 100 * MS
@@ -59,7 +69,7 @@ def write_bag(
     storage: str = "mcap",
     frames: int = 3,
     colour: str = "bgr8",  # bgr8 | rgb8 | jpeg | any other encoding (written as bgr8 bytes)
-    depth: str | None = "16UC1",  # 16UC1 (mm) | 32FC1 (m) | None (no depth topic)
+    depth: str | None = "16UC1",  # 16UC1 (mm) | 32FC1 (m), either + ";compressedDepth" | None (no depth topic)
     camera: dict | None = RECTIFIED,  # None: no camera_info topic
     depth_size: tuple[int, int] = (HEIGHT, WIDTH),
 ) -> pathlib.Path:
@@ -96,7 +106,12 @@ def write_bag(
         colour_topic = COLOUR + "/compressed" if colour == "jpeg" else COLOUR
         colour_msgtype = compressed_type.__msgtype__ if colour == "jpeg" else image_type.__msgtype__
         connections = {"colour": writer.add_connection(colour_topic, colour_msgtype, typestore=store)}
-        if depth:
+        compressed_depth = bool(depth) and depth.endswith(";compressedDepth")
+        if compressed_depth:  # image_transport's compressedDepth: a CompressedImage on <depth>/compressedDepth
+            connections["depth"] = writer.add_connection(
+                DEPTH + "/compressedDepth", compressed_type.__msgtype__, typestore=store
+            )
+        elif depth:
             connections["depth"] = writer.add_connection(DEPTH, image_type.__msgtype__, typestore=store)
         if camera:
             connections["info"] = writer.add_connection(INFO, info_type.__msgtype__, typestore=store)
@@ -132,12 +147,22 @@ def write_bag(
                 msg = image(stamp, bgr, colour)
             put("colour", stamp, msg)
             if depth:
+                encoding = depth.split(";")[0]
                 for offset, metres in ((3 * MS, depth_of_frame(index)), (60 * MS, 5.0)):
-                    if depth == "16UC1":
+                    if encoding == "16UC1":
                         array = np.full(depth_size, round(metres * 1000), dtype=np.uint16)
                     else:
                         array = np.full(depth_size, metres, dtype=np.float32)
-                    put("depth", stamp + offset + 2 * MS, image(stamp + offset, array, depth))
+                    if compressed_depth:
+                        written = encode_compressed_depth(array, encoding)
+                        msg = compressed_type(
+                            header=header(stamp + offset, "camera_color_optical_frame"),
+                            format=written.format,
+                            data=np.frombuffer(bytes(written.data), np.uint8),
+                        )
+                    else:
+                        msg = image(stamp + offset, array, encoding)
+                    put("depth", stamp + offset + 2 * MS, msg)
     return path
 
 
@@ -227,6 +252,8 @@ CASES = {
     "mcap-bgr8-16UC1-distorted-raw": ("mcap", "bgr8", "16UC1", DISTORTED, True, [QUERY, "rim of the mug"]),
     "sqlite3-jpeg-32FC1-rectified": ("sqlite3", "jpeg", "32FC1", RECTIFIED, False, [QUERY]),
     "sqlite3-rgb8-16UC1-distorted-raw": ("sqlite3", "rgb8", "16UC1", DISTORTED, True, [QUERY]),
+    "mcap-bgr8-compressedDepth32FC1-rectified": ("mcap", "bgr8", "32FC1;compressedDepth", RECTIFIED, False, [QUERY]),
+    "sqlite3-jpeg-compressedDepth16UC1-raw": ("sqlite3", "jpeg", "16UC1;compressedDepth", DISTORTED, True, [QUERY]),
 }
 
 
@@ -243,6 +270,7 @@ def test_every_answer_is_located_in_its_own_depth_and_written_with_its_source_st
     summary = json.loads(stdout)
     assert summary["storage"] == storage and summary["frames"] == frames
     assert summary["topics"]["colour"] == (COLOUR + "/compressed" if colour == "jpeg" else COLOUR)
+    assert summary["topics"]["depth"] == (DEPTH + "/compressedDepth" if "compressedDepth" in depth else DEPTH)
 
     lines = read_lines(out)
     assert len(lines) == frames * len(queries)
@@ -252,7 +280,7 @@ def test_every_answer_is_located_in_its_own_depth_and_written_with_its_source_st
         assert line["stamp_sec"] * 10**9 + line["stamp_nanosec"] == frame_stamp_ns(index)
         assert line["success"], line["reason"]
         # Paired with its own depth (not the decoy 5 m wall, not a neighbour's), deprojected correctly.
-        want = expected_point(line["u"], line["v"], depth_of_frame(index), camera, raw)
+        want = expected_point(line["u"], line["v"], recorded_depth(index, depth), camera, raw)
         np.testing.assert_allclose(line["xyz"], want, atol=2e-6)
         # A wall facing the camera: the approach normal points straight back at it.
         np.testing.assert_allclose(line["normal"], [0.0, 0.0, -1.0], atol=1e-6)
@@ -295,7 +323,7 @@ def test_every_answer_is_located_in_its_own_depth_and_written_with_its_source_st
         assert pixels[round(line["v"]), round(line["u"])] == 255
         assert line["mask_pixels"] == int((pixels == 255).sum()) == line["cloud_points"] == cloud.width
         points = np.frombuffer(bytes(cloud.data), np.float32).reshape(-1, 4)
-        np.testing.assert_allclose(points[:, 2], depth_of_frame(number // len(queries)), atol=1e-6)
+        np.testing.assert_allclose(points[:, 2], recorded_depth(number // len(queries), depth), atol=1e-6)
 
     video = cv2.VideoCapture(str(out / "heatmaps.mp4"))
     assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == len(lines)

@@ -163,3 +163,36 @@ def test_unusable_target_sizes_are_refused_before_any_model_runs(tiny_pointer, m
     support = (np.zeros((12, 40, 3), np.uint8), (5.0, 5.0))
     with pytest.raises(PointerError, match="support 0 image 40x12 px is outside the supported range"):
         tiny_pointer.point(np.zeros((64, 64, 3), np.uint8), "the handle", supports=[support])
+
+
+@FUZZ
+@given(
+    st.sampled_from(["16UC1", "32FC1", "mono16", "rgb8", ""]),
+    st.sampled_from(["; compressedDepth png", "; compressedDepth", "; compressedDepth rvl", "", ";", "; png"]),
+    st.integers(0, 2),
+    st.lists(st.integers(0, 65535), min_size=1, max_size=24),
+    st.integers(0, 400),
+    st.binary(max_size=64),
+    st.tuples(st.integers(-2, 2), st.floats(allow_nan=True, width=32), st.floats(allow_nan=True, width=32)),
+)
+def test_any_compressed_depth_payload_is_decoded_or_refused_with_a_reason(
+    encoding, transport, rows, values, cut, tail, header
+):
+    """compressedDepth messages as a broken or hostile publisher may send them: any format string, header,
+    PNG (whole, cut short, or followed by junk)."""
+    import struct
+
+    import cv2
+    from sensor_msgs.msg import CompressedImage
+
+    stored = np.repeat(np.array(values, np.uint16)[None, :], rows + 1, axis=0)
+    png = cv2.imencode(".png", stored)[1].tobytes()
+    data = struct.pack("<iff", *header) + (png[:cut] if cut < len(png) else png + tail)
+    msg = CompressedImage(format=encoding + transport, data=data)
+    try:
+        depth = to_depth_m(msg)
+    except ImageConversionError as error:
+        one_line(error)
+    else:
+        assert depth.dtype == np.float32 and depth.ndim == 2
+        assert np.all(np.isnan(depth) | (np.isfinite(depth) & (depth > 0)))

@@ -1,6 +1,7 @@
 """Image conversion (cv_bridge semantics) and 3D geometry, on real sensor_msgs messages."""
 
 import math
+import re
 import sys
 
 import cv2
@@ -210,3 +211,85 @@ def test_yuv422_with_an_odd_width_is_refused_with_the_reason():
     msg = Image(height=2, width=5, encoding="yuyv", step=10, data=bytes(20))
     with pytest.raises(ImageConversionError, match="yuyv image is 5 px wide: .* the width must be even"):
         to_rgb8(msg)
+
+
+# ---- compressedDepth: depths as image_transport's compressed_depth_image_transport writes them -----------
+def encode_compressed_depth(depth, encoding: str, depth_max=10.0, depth_quantization=100.0, codec="png"):
+    """A CompressedImage laid out as the plugin's publisher writes it, from its documented format and
+    written out here (not pop_ros's code): format "<encoding>; compressedDepth png"; data = a 12-byte
+    header {int32 format = 0 (INV_DEPTH), float32 A, float32 B}, then a 16-bit PNG. 32FC1: the PNG holds
+    q = A / depth + B truncated to uint16 (0 for NaN and depths >= depth_max), A = z0 (z0 + 1),
+    B = 1 - A / depth_max. 16UC1: the millimetres, those past depth_max set to 0."""
+    import struct
+
+    a = np.float32(depth_quantization * (depth_quantization + 1.0))
+    b = np.float32(1.0 - a / np.float32(depth_max))
+    if encoding == "32FC1":
+        depth = np.asarray(depth, np.float32)
+        with np.errstate(invalid="ignore"):
+            keep = depth < depth_max  # NaN compares false: 0
+        stored = np.zeros(depth.shape, np.uint16)
+        stored[keep] = (a / depth[keep] + b).astype(np.uint16)  # C++ float -> unsigned short truncates
+    else:
+        stored = np.where(depth > depth_max * 1000, 0, depth).astype(np.uint16)
+        a = b = np.float32(0.0)  # the publisher leaves them unset for 16-bit depth
+    ok, png = cv2.imencode(".png", stored)
+    assert ok
+    data = struct.pack("<iff", 0, a, b) + png.tobytes()
+    return CompressedImage(format=f"{encoding}; compressedDepth {codec}", data=data)
+
+
+def test_compressed_depth_32fc1_round_trips_within_the_quantization_step():
+    depth = np.array([[1.0, 2.5, 0.8, 3.3], [np.nan, 12.0, 9.99, 0.3]], np.float32)
+    decoded = to_depth_m(encode_compressed_depth(depth, "32FC1"))
+    assert decoded.dtype == np.float32 and decoded.shape == (2, 4)
+    # A = 10100, B = -1009 (the publisher's defaults): 1 m -> q 9091 -> 10100 / 10100 exactly, etc.
+    assert decoded[0, :3].tolist() == np.float32([1.0, 2.5, 0.8]).tolist()
+    assert decoded[0, 3] == pytest.approx(10100 / 3060, rel=1e-6)  # q = 2051.6 truncated: 3.3007 m
+    assert math.isnan(decoded[1, 0]) and math.isnan(decoded[1, 1])  # NaN, and past depth_max (10 m)
+    valid = np.isfinite(depth) & (depth < 10.0)
+    step = depth[valid] ** 2 / 10100  # the quantization step at each depth
+    assert np.all(np.abs(decoded[valid] - depth[valid]) <= step)
+    # Another publisher setting (depth_max 4 m, depth_quantization 50): its own header decodes it.
+    coarse = to_depth_m(encode_compressed_depth(np.array([[1.5, 3.9, 4.5]], np.float32), "32FC1", 4.0, 50.0))
+    assert abs(coarse[0, 0] - 1.5) <= 1.5**2 / 2550 and abs(coarse[0, 1] - 3.9) <= 3.9**2 / 2550
+    assert math.isnan(coarse[0, 2])
+
+
+def test_compressed_depth_16uc1_is_millimetres_and_matches_the_raw_image():
+    millimetres = np.array([[0, 1500, 65535], [250, 9999, 10001]], np.uint16)
+    decoded = to_depth_m(encode_compressed_depth(millimetres, "16UC1"))
+    np.testing.assert_array_equal(decoded[1, :2], np.float32([0.25, 9.999]))
+    assert decoded[0, 1] == np.float32(1.5) and np.isnan(decoded[[0, 0, 1], [0, 2, 2]]).all()  # 0; past 10 m
+    raw = millimetres.copy()
+    raw[raw > 10000] = 0
+    np.testing.assert_array_equal(decoded, to_depth_m(make_msg(raw, "16UC1")))  # as the raw topic gives it
+
+
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        (lambda m: setattr(m, "data", bytes(m.data)[:12]), "has 12 bytes: no room for the 12-byte header and a PNG"),
+        (lambda m: setattr(m, "data", bytes(m.data)[:40]), "the data after the 12-byte header is not a readable PNG"),
+        (lambda m: setattr(m, "data", bytes(m.data)[12:]), "is not a readable PNG"),  # no header: the PNG is cut
+        (lambda m: setattr(m, "format", "32FC1; compressedDepth rvl"), "codec 'rvl' (format"),
+        (lambda m: setattr(m, "format", "32FC1; compressed png"), "not the compressedDepth transport's"),
+        (lambda m: setattr(m, "format", "rgb8; compressedDepth png"), "encoding 'rgb8'"),
+        (lambda m: setattr(m, "data", b"\x01\x00\x00\x00" + bytes(m.data)[4:]), "quantization header (format 1"),
+        (lambda m: setattr(m, "data", bytes(m.data)[:4] + b"\x00\x00\xc0\x7f" + bytes(m.data)[8:]), "A nan"),
+    ],
+)
+def test_malformed_compressed_depth_is_refused_with_the_reason(change, reason):
+    msg = encode_compressed_depth(np.full((4, 6), 1.2, np.float32), "32FC1")
+    change(msg)
+    with pytest.raises(ImageConversionError, match=re.escape(reason)):
+        to_depth_m(msg)
+
+
+def test_an_eight_bit_png_is_not_depth():
+    import struct
+
+    ok, png = cv2.imencode(".png", np.full((3, 3), 7, np.uint8))
+    msg = CompressedImage(format="16UC1; compressedDepth png", data=struct.pack("<iff", 0, 0, 0) + png.tobytes())
+    with pytest.raises(ImageConversionError, match="holds a 1-channel uint8 PNG; the transport writes one 16-bit"):
+        to_depth_m(msg)

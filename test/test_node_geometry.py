@@ -260,6 +260,55 @@ def test_compressed_transport_subscribes_the_topic_derived_from_the_remapped_ima
     assert response.success and response.header.frame_id == "compressed_frame", response.message
 
 
+def test_compressed_depth_transport_subscribes_the_remapped_depth_s_compressed_depth_topic(start_node, capfd):
+    """depth_transport compressedDepth: depth as image_transport's compressedDepth plugin publishes it
+    (32FC1, quantized inverse depth in a PNG) is paired and decoded like raw depth; a malformed one
+    gives the answer without a 3D point, saying why."""
+    from test.conftest import colour_msg, scene
+    from test.test_image_conversion import encode_compressed_depth
+
+    ros, node = start_node(
+        "geocdepth", "depth_transport:=compressedDepth", ros_args=["-r", "depth:=/cam8/depth/image_raw"]
+    )
+    depth_topic = "/cam8/depth/image_raw/compressedDepth"
+    assert [s.topic_name for s in node.camera.subscriptions] == [
+        "/geocdepth/image",
+        depth_topic,
+        "/geocdepth/camera_info",
+    ]
+    assert node.count_subscribers("/cam8/depth/image_raw") == 0  # one depth transport
+    info = to_msg(camera_info(320, 240, [300.0, 0, 159.5, 0, 300.0, 119.5, 0, 0, 1]), "cdepth_frame")
+    info_publisher, depth_publisher = (
+        ros.publisher(CameraInfo, "/geocdepth/camera_info"),
+        ros.publisher(CompressedImage, depth_topic),
+    )
+
+    def ask_with(depth_msg):
+        stamp = ros.now_stamp()
+        info.header.stamp = depth_msg.header.stamp = stamp
+        depth_msg.header.frame_id = "cdepth_frame"
+        for _ in range(3):  # a message right after discovery can be lost: publish again until held
+            info_publisher.publish(info)
+            depth_publisher.publish(depth_msg)
+            if wait_for(lambda: node.camera.depth_near(stamp, 0.0)[0] is not None, timeout=5):
+                break
+        request = PointToPart.Request(query="handle of the mug", support_set="mug_handle")
+        request.image = colour_msg(stamp, "cdepth_frame", scene(0))
+        return ros.call(PointToPart, "/geocdepth/pop_node/point_to_part", request)
+
+    response = ask_with(encode_compressed_depth(np.full((240, 320), 1.3, np.float32), "32FC1"))
+    assert response.success and response.has_3d and response.has_pose, response.message
+    # q = trunc(10100 / 1.3 - 1009) = 6760, decoded 10100 / (6760 + 1009): the plugin's quantization.
+    assert response.point.point.z == pytest.approx(10100 / 7769, rel=1e-6)
+    assert response.point.point.x == pytest.approx((response.u - 159.5) / 300.0 * 10100 / 7769, rel=1e-5)
+    broken = encode_compressed_depth(np.full((240, 320), 1.3, np.float32), "32FC1")
+    broken.data = bytes(broken.data)[:100]  # cut short
+    response = ask_with(broken)
+    assert response.success and not response.has_3d
+    assert "no 3D point: depth image: compressedDepth image" in response.message
+    assert "is not a readable PNG" in response.message
+
+
 def test_geometry_parameters_are_validated(start_node):
     ros, node = start_node("geoparams")
     for name, value, reason in [

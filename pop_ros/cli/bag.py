@@ -59,7 +59,9 @@ def add_topic_arguments(parser: argparse.ArgumentParser, depth: bool = True) -> 
     group = parser.add_argument_group("topics (default: the RealSense names, else the only matching topic)")
     group.add_argument("--image-topic", help="colour topic, sensor_msgs/Image or CompressedImage")
     if depth:
-        group.add_argument("--depth-topic", help="depth aligned to colour (16UC1 mm or 32FC1 m)")
+        group.add_argument(
+            "--depth-topic", help="depth aligned to colour: Image 16UC1 mm or 32FC1 m, or its compressedDepth"
+        )
         group.add_argument("--camera-info-topic", help="the colour camera's camera_info")
         group.add_argument("--no-depth", action="store_true", help="2D answers only (no depth, no camera_info)")
 

@@ -55,11 +55,12 @@ def sensor_qos(reliability: str) -> QoSProfile:
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=policy)
 
 
-def compressed_topic(node) -> str:
-    """The compressed topic the way image_transport derives it: the RESOLVED image topic (namespace
-    and `-r image:=...` remaps applied) + "/compressed", so `-r image:=/cam/image_raw` subscribes
-    /cam/image_raw/compressed."""
-    return node.resolve_topic_name("image").rstrip("/") + "/compressed"
+def compressed_topic(node, base: str = "image", transport: str = "compressed") -> str:
+    """The transport's topic the way image_transport derives it: the RESOLVED base topic (namespace
+    and `-r image:=...` remaps applied) + "/<transport>", so `-r image:=/cam/image_raw` subscribes
+    /cam/image_raw/compressed, and `-r depth:=/cam/depth/image_raw` with depth_transport
+    compressedDepth subscribes /cam/depth/image_raw/compressedDepth."""
+    return node.resolve_topic_name(base).rstrip("/") + "/" + transport
 
 
 class CameraInput:
@@ -80,10 +81,13 @@ class CameraInput:
         self.callback_latency_ms: collections.deque = collections.deque(maxlen=100_000)
 
     # ---- subscriptions -------------------------------------------------------------------------------
-    def subscribe(self, reliability: str, callback_group, wrap, transport: str = "raw") -> list[str]:
+    def subscribe(
+        self, reliability: str, callback_group, wrap, transport: str = "raw", depth_transport: str = "raw"
+    ) -> list[str]:
         """Create the subscriptions (each callback passed through `wrap`, the node's guard): ONE colour
-        subscription for `transport` (raw | compressed), depth and camera_info; returns the resolved
-        topic names for the log."""
+        subscription for `transport` (raw | compressed), ONE depth subscription for `depth_transport`
+        (raw | compressedDepth: decoded when a query pairs it, not in the callback) and camera_info;
+        returns the resolved topic names for the log."""
         qos = sensor_qos(reliability)
         node = self.node
         colour = (
@@ -93,9 +97,14 @@ class CameraInput:
             if transport == "compressed"
             else node.create_subscription(Image, "image", wrap(self.on_image), qos, callback_group=callback_group)
         )
+        depth_type, depth_topic = (
+            (CompressedImage, compressed_topic(node, "depth", "compressedDepth"))
+            if depth_transport == "compressedDepth"
+            else (Image, "depth")
+        )
         self.subscriptions = [
             colour,
-            node.create_subscription(Image, "depth", wrap(self.on_depth), qos, callback_group=callback_group),
+            node.create_subscription(depth_type, depth_topic, wrap(self.on_depth), qos, callback_group=callback_group),
             node.create_subscription(
                 CameraInfo, "camera_info", wrap(self.on_camera_info), qos, callback_group=callback_group
             ),
@@ -130,7 +139,7 @@ class CameraInput:
         if self.on_frame is not None:
             self.on_frame()
 
-    def on_depth(self, msg: Image) -> None:
+    def on_depth(self, msg) -> None:  # Image, or CompressedImage (compressedDepth)
         self.depth.add(stamp_seconds(msg.header.stamp), msg)
 
     def on_camera_info(self, msg: CameraInfo) -> None:

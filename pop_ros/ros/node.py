@@ -314,7 +314,11 @@ class PopNode(LifecycleNode):
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         topics = self.camera.subscribe(
-            self.param("image_reliability"), self._sensor_group, self.guarded, self.param("image_transport")
+            self.param("image_reliability"),
+            self._sensor_group,
+            self.guarded,
+            self.param("image_transport"),
+            self.param("depth_transport"),
         )
         self.continuous.restart(float(self.param("continuous_rate")))
         self._frames_check = self.create_timer(

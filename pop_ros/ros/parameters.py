@@ -206,8 +206,12 @@ _TABLE = [
     _spec("image_reliability", "best_effort", "camera subscriptions' QoS reliability", CONFIGURE,
           choices=("best_effort", "reliable")),
     _spec("image_transport", "raw", "colour image subscription, exactly one: raw (sensor_msgs/Image on `image`) | "
-          "compressed (CompressedImage on <resolved image topic>/compressed, as image_transport names it); depth "
-          "stays raw", CONFIGURE, choices=("raw", "compressed")),
+          "compressed (CompressedImage on <resolved image topic>/compressed, as image_transport names it); depth: "
+          "depth_transport", CONFIGURE, choices=("raw", "compressed")),
+    _spec("depth_transport", "raw", "depth subscription, exactly one: raw (sensor_msgs/Image on `depth`) | "
+          "compressedDepth (CompressedImage on <resolved depth topic>/compressedDepth, image_transport's PNG depth: "
+          "16UC1 mm, or 32FC1 with its quantization header; decoded when a query pairs it)", CONFIGURE,
+          choices=("raw", "compressedDepth")),
     _spec("image_is_rectified", True, "true: images are rectified (intrinsics from camera_info P, K when P is all "
           "zero); false: raw images, pixels undistorted with K, D, R, P (plumb_bob, rational_polynomial, "
           "equidistant) before deprojection", RUNTIME),
