@@ -470,10 +470,13 @@ def test_a_recording_without_depth_names_the_topics_it_has(run, tmp_path):
         # The node's parameters, checked by the node's rules, from a flag or from its params file.
         ({}, ["--depth-window", "4"], "depth_window must be odd"),
         ({}, ["--params-file", "{tmp}/params.yaml"], "pose_window must be 0 (no pose) or an odd number >= 3, got 4"),
+        ({}, ["--params-file", "{tmp}/gripper.yaml"], "gripper_max_width_m must be >= 0.0, got -0.1"),
+        ({"depth": "32FC1;compressedDepth"}, ["--depth-topic", DEPTH], f"--depth-topic {DEPTH}: no such topic"),
     ],
 )
 def test_bad_recordings_get_one_line_errors(run, tmp_path, bag_options, flags, error):
     (tmp_path / "params.yaml").write_text("/**:\n  ros__parameters:\n    pose_window: 4\n")
+    (tmp_path / "gripper.yaml").write_text("/**:\n  ros__parameters:\n    gripper_max_width_m: -0.1\n")
     flags = [flag.format(tmp=tmp_path) for flag in flags]
     recording = write_bag(tmp_path / "rec", "mcap", 1, **bag_options)
     code, _, stderr = run("main", recording, "--out", tmp_path / "out", "--query", QUERY, *flags)
