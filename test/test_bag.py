@@ -243,6 +243,18 @@ def read_bag(path: pathlib.Path) -> dict[str, list]:
     return topics
 
 
+def documented_jsonl_fields() -> set[str]:
+    """The fields docs/recordings.md's results.jsonl table names (first column, `a`, `b` rows too)."""
+    import re
+
+    from pop_ros.paths import SOURCE_ROOT
+
+    page = (SOURCE_ROOT / "docs" / "recordings.md").read_text()
+    section = page.split("### results.jsonl", 1)[1].split("\n\n## ", 1)[0]
+    rows = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
+    return {name for cell in rows for name in re.findall(r"`([a-z_]+)`", cell)}
+
+
 def stamp_ns(stamp) -> int:
     return stamp.sec * 1_000_000_000 + stamp.nanosec
 
@@ -274,6 +286,7 @@ def test_every_answer_is_located_in_its_own_depth_and_written_with_its_source_st
 
     lines = read_lines(out)
     assert len(lines) == frames * len(queries)
+    assert set(lines[0]) == documented_jsonl_fields()  # docs/recordings.md names every field, and no other
     for number, line in enumerate(lines):
         index = number // len(queries)
         assert line["query"] == queries[number % len(queries)]
