@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import cv2
 import numpy as np
 import pytest
 
@@ -144,3 +145,28 @@ def test_point_many_carries_instances_and_roi_per_request(tiny_pointer, two_copi
 def test_region_settings_are_validated(field, value):
     with pytest.raises(ValueError, match=field):
         dataclasses.replace(PointerSettings(), **{field: value}).validate()
+
+
+@pytest.mark.parametrize("roi", [(5, 5, 2, 2), (300, 200, 3, 1), (633, 473, 7, 7)])
+def test_a_roi_smaller_than_a_map_cell_answers_inside_it_with_a_mask(tiny_pointer, constructed_visual_map, roi):
+    # A 640x480 image: one cell of the fused map spans several pixels, more than these boxes. The
+    # answer still lies in the box, and the part's mask (the node's region around the answer) is not
+    # empty where the map is positive there.
+    from pop_ros import grasp
+
+    image = cv2.resize(scene(0), (640, 480))
+    visual_grid = constructed_visual_map({})
+    pointer = pointer_with(tiny_pointer, use_text=False)
+    pointer.point(image, "", supports=SUPPORTS)  # learn the grid
+    rows, cols = visual_grid["shape"]
+    x, y, width, height = roi
+    # The one visual patch under the box's centre is the only positive one.
+    patch = (int((y + height / 2) * rows / 480), int((x + width / 2) * cols / 640))
+    constructed_visual_map({patch: 0.9})
+    result = pointer.point(image, "", supports=SUPPORTS, roi=roi)
+    assert x <= result.u <= x + width - 1 and y <= result.v <= y + height - 1, (result.u, result.v)
+    mask = grasp.part_mask(result.heatmap, result.u, result.v, 0.5)
+    assert mask.any()
+    inside = np.zeros_like(mask)
+    inside[y : y + height, x : x + width] = True
+    assert not (mask & ~inside).any()  # the heatmap is zero outside the box: so is the mask

@@ -132,3 +132,10 @@ def test_roi_right_and_bottom_edges_are_exclusive_left_and_top_inclusive():
     expected = torch.zeros(4, 4, dtype=torch.bool)
     expected[1:3, 0:2] = True
     assert torch.equal(cells, expected)
+
+
+def test_pixel_in_roi_moves_a_centre_outside_a_small_region_to_its_nearest_pixel():
+    # Edge-origin pixels: the box (5, 5, 2, 2) holds pixel centres 5.5 and 6.5 either way.
+    assert core.pixel_in_roi((7.5, 7.5), (5, 5, 2, 2)) == (6.5, 6.5)
+    assert core.pixel_in_roi((2.0, 6.0), (5, 5, 2, 2)) == (5.5, 6.0)
+    assert core.pixel_in_roi((85.0, 105.0), (40, 50, 100, 110)) == (85.0, 105.0)  # inside: unchanged

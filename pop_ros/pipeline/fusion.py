@@ -94,7 +94,10 @@ def read_instances(
     cells = core.instance_cells(search, max(int(max_instances), 1), radius_cells, float(settings.instance_min_relative))
     instances = []
     for cell in cells:
-        u, v = from_core_pixel(core.cell_centre_pixel(cell, final.shape, image_size))
+        pixel = core.cell_centre_pixel(cell, final.shape, image_size)
+        if roi is not None:  # a region smaller than a cell: its centre may lie outside the region
+            pixel = core.pixel_in_roi(pixel, roi)
+        u, v = from_core_pixel(pixel)
         instances.append(Instance(u, v, core.peak_score(final, maps, prior, cell=cell)))
     return instances
 
