@@ -12,6 +12,7 @@ import dataclasses
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from pop_ros.pipeline import PartPointer, PointerError, PointerSettings, PointRequest
 from test.conftest import scene
@@ -170,3 +171,25 @@ def test_a_roi_smaller_than_a_map_cell_answers_inside_it_with_a_mask(tiny_pointe
     inside = np.zeros_like(mask)
     inside[y : y + height, x : x + width] = True
     assert not (mask & ~inside).any()  # the heatmap is zero outside the box: so is the mask
+
+
+def test_instances_after_the_answer_are_listed_by_the_score_they_report():
+    # The fused map ranks three peaks A > B > C; their visual match (the reported score) ranks C above B
+    # (the text prior lifted B). instances[0] stays the map's peak, the single answer; the others come in
+    # decreasing score: A, C, B.
+    from pop_ros.pipeline import fusion
+
+    def bump(size, centre, height):
+        rows = torch.arange(size[0], dtype=torch.float32)[:, None]
+        cols = torch.arange(size[1], dtype=torch.float32)[None, :]
+        return height * torch.exp(-((rows - centre[0]) ** 2 + (cols - centre[1]) ** 2) / 2.0)
+
+    peaks = {"A": ((4, 4), 1.0, 0.9), "B": ((20, 30), 0.8, 0.3), "C": ((26, 8), 0.6, 0.7)}  # cell, value, match
+    final = sum(bump((32, 40), cell, value) for cell, value, _ in peaks.values())
+    visual = torch.zeros(1, 16, 20)  # the visual grid: 2 x 2 cells of the fused map per patch
+    for (row, col), _, match in peaks.values():
+        visual[0, row // 2, col // 2] = match
+    instances = fusion.read_instances(final, visual, None, PointerSettings(), (320, 400), 20, max_instances=3)
+    assert [round(i.score, 6) for i in instances] == [0.9, 0.7, 0.3]
+    # Cell centres of A, C, B (10 px per cell; ROS pixel = edge-origin - 0.5).
+    assert [(i.u, i.v) for i in instances] == [(44.5, 44.5), (84.5, 264.5), (304.5, 204.5)]
