@@ -32,6 +32,10 @@ OUTLIER_FLOOR_M = 0.02
 # long axis must exceed the narrow axis' by this ratio, else the closing direction is undefined.
 MIN_GRASP_POINTS = 20
 MIN_AXIS_RATIO = 1.3
+# Points spread less than this (standard deviation, metres) across the approach in either direction
+# have no 2-D extent: a single point repeated or a line, whose closing direction and width are
+# undefined. A tenth of a millimetre is below any depth camera's pixel footprint at grasping range.
+MIN_SPREAD_M = 1e-4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,7 +174,14 @@ def grasp_frame(points: np.ndarray, normal, max_width_m: float = 0.0) -> GraspFr
     planar = np.stack([centred @ e1, centred @ e2], axis=1)  # (N, 2)
     eigenvalues, eigenvectors = np.linalg.eigh(np.cov(planar.T))  # ascending
     narrow_2d, long_2d = eigenvectors[:, 0], eigenvectors[:, 1]
-    ratio = math.sqrt(eigenvalues[1] / eigenvalues[0]) if eigenvalues[0] > 0 else math.inf
+    narrow_std, long_std = (math.sqrt(max(float(value), 0.0)) for value in eigenvalues)
+    if narrow_std < MIN_SPREAD_M:
+        return GraspFrame(
+            False,
+            f"the part's points have no 2-D spread across the approach (standard deviations {narrow_std * 1000:.3f} "
+            f"and {long_std * 1000:.3f} mm): no closing direction",
+        )
+    ratio = long_std / narrow_std  # standard deviations, not variances
     if ratio < MIN_AXIS_RATIO:
         return GraspFrame(
             False,

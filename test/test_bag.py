@@ -72,10 +72,13 @@ def write_bag(
     depth: str | None = "16UC1",  # 16UC1 (mm) | 32FC1 (m), either + ";compressedDepth" | None (no depth topic)
     camera: dict | None = RECTIFIED,  # None: no camera_info topic
     depth_size: tuple[int, int] = (HEIGHT, WIDTH),
+    depth_late_ms: int | None = None,
 ) -> pathlib.Path:
     """A recording as realsense-ros + `ros2 bag record` make it: camera_info, colour, then its depth
     stamped 3 ms later and received 5 ms later, then a decoy depth 60 ms after the colour (5 m away:
-    a wrong pairing shows)."""
+    a wrong pairing shows). `depth_late_ms`: instead, each frame's depth carries the colour's own stamp
+    and is received this much later (after later frames' colour, as a driver or a network delivers
+    it), without a decoy."""
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
 
@@ -102,6 +105,7 @@ def write_bag(
         )
 
     plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+    written = []  # (log time, order, connection, msg): written in log-time order at the end
     with Writer(path, version=9, storage_plugin=plugin) as writer:
         colour_topic = COLOUR + "/compressed" if colour == "jpeg" else COLOUR
         colour_msgtype = compressed_type.__msgtype__ if colour == "jpeg" else image_type.__msgtype__
@@ -117,7 +121,7 @@ def write_bag(
             connections["info"] = writer.add_connection(INFO, info_type.__msgtype__, typestore=store)
 
         def put(name, nanoseconds, msg):
-            writer.write(connections[name], nanoseconds, store.serialize_cdr(msg, msg.__msgtype__))
+            written.append((nanoseconds, len(written), connections[name], msg))
 
         for index in range(frames):
             stamp = frame_stamp_ns(index)
@@ -148,21 +152,27 @@ def write_bag(
             put("colour", stamp, msg)
             if depth:
                 encoding = depth.split(";")[0]
-                for offset, metres in ((3 * MS, depth_of_frame(index)), (60 * MS, 5.0)):
+                # (stamp offset, receive offset, metres) of each depth image of the frame
+                sent = [(3 * MS, 5 * MS, depth_of_frame(index)), (60 * MS, 62 * MS, 5.0)]
+                if depth_late_ms is not None:
+                    sent = [(0, depth_late_ms * MS, depth_of_frame(index))]
+                for offset, received, metres in sent:
                     if encoding == "16UC1":
                         array = np.full(depth_size, round(metres * 1000), dtype=np.uint16)
                     else:
                         array = np.full(depth_size, metres, dtype=np.float32)
                     if compressed_depth:
-                        written = encode_compressed_depth(array, encoding)
+                        encoded = encode_compressed_depth(array, encoding)
                         msg = compressed_type(
                             header=header(stamp + offset, "camera_color_optical_frame"),
-                            format=written.format,
-                            data=np.frombuffer(bytes(written.data), np.uint8),
+                            format=encoded.format,
+                            data=np.frombuffer(bytes(encoded.data), np.uint8),
                         )
                     else:
                         msg = image(stamp + offset, array, encoding)
-                    put("depth", stamp + offset + 2 * MS, msg)
+                    put("depth", stamp + received, msg)
+        for nanoseconds, _, connection, msg in sorted(written, key=lambda item: item[:2]):
+            writer.write(connection, nanoseconds, store.serialize_cdr(msg, msg.__msgtype__))
     return path
 
 
@@ -434,6 +444,89 @@ def test_the_node_gives_the_same_point_for_a_frame_of_the_recording(run, tmp_pat
         assert line["grasp_orientation_xyzw"] == [orientation.x, orientation.y, orientation.z, orientation.w]
         assert grasp.pose.orientation.w == orientation.w
         assert line["grasp_width_m"] == pytest.approx(response.grasp_width_m, rel=1e-6)  # float32 in the response
+
+
+def test_depth_received_late_is_paired_by_its_stamp_within_the_wait(run, tmp_path):
+    """Each frame's depth carries its colour's stamp but is received 230 ms later (more than depth_max_dt,
+    0.05 s), after the next two frames' colour: paired by stamp (not by log time) and waited for (up to
+    1 s of log time), every answer has its own frame's depth."""
+    frames = 5
+    recording = write_bag(tmp_path / "rec", "mcap", frames, depth_late_ms=230)
+    out = tmp_path / "out"
+    code, _, stderr = run(
+        "main", recording, "--out", out, "--query", QUERY, "--support-set", "mug_handle", "--library", LIBRARY,
+        "--depth-max-dt", "0.05",
+    )  # fmt: skip
+    assert code == 0, stderr
+    lines = read_lines(out)
+    assert [line["stamp_sec"] * 10**9 + line["stamp_nanosec"] for line in lines] == [
+        frame_stamp_ns(index) for index in range(frames)
+    ]
+    for index, line in enumerate(lines):
+        assert line["success"] and line["xyz"] is not None, (index, line["reason"])
+        want = expected_point(line["u"], line["v"], depth_of_frame(index), RECTIFIED, raw=False)
+        np.testing.assert_allclose(line["xyz"], want, atol=2e-6, err_msg=f"frame {index}")
+
+
+def test_an_answer_without_a_pose_writes_null_normal_and_orientation(run, tmp_path):
+    recording = write_bag(tmp_path / "rec", "mcap", 1)
+    out = tmp_path / "out"
+    code, _, stderr = run(
+        "main", recording, "--out", out, "--query", QUERY, "--support-set", "mug_handle", "--library", LIBRARY,
+        "--pose-window", "0",
+    )  # fmt: skip
+    assert code == 0, stderr
+    [line] = read_lines(out)
+    assert line["success"] and "pose_window is 0" in line["reason"], line["reason"]
+    np.testing.assert_allclose(line["xyz"], expected_point(line["u"], line["v"], depth_of_frame(0), RECTIFIED, False))
+    assert line["normal"] is None and line["pose_orientation_xyzw"] is None  # a 3D point, no pose
+    flat = tmp_path / "flat"
+    code, _, stderr = run("main", recording, "--out", flat, "--query", QUERY, "--no-depth")
+    assert code == 0, stderr
+    [line] = read_lines(flat)
+    assert line["xyz"] is None and line["normal"] is None and line["pose_orientation_xyzw"] is None  # 2D only
+
+
+def test_camera_info_is_found_beside_a_non_realsense_compressed_colour_topic(tmp_path):
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    from pop_ros.recording import Recording
+
+    store = get_typestore(Stores.ROS2_KILTED)
+    types = store.types
+    header = types["std_msgs/msg/Header"](
+        stamp=types["builtin_interfaces/msg/Time"](sec=START_S, nanosec=0), frame_id="front_rgb_optical_frame"
+    )
+    info = types["sensor_msgs/msg/CameraInfo"](
+        header=header, height=HEIGHT, width=WIDTH, distortion_model="plumb_bob", d=np.zeros(5),
+        k=np.array(RECTIFIED["k"], float), r=np.eye(3).reshape(-1), p=np.array(RECTIFIED["p"], float),
+        binning_x=0, binning_y=0,
+        roi=types["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False),
+    )  # fmt: skip
+    messages = {
+        "/front/rgb/image_rect/compressed": types["sensor_msgs/msg/CompressedImage"](
+            header=header, format="jpeg", data=np.zeros(4, np.uint8)
+        ),
+        "/front/rgb/camera_info": info,
+        "/rear/rgb/camera_info": info,  # another camera's: never beside the chosen colour
+        "/front/depth/image_rect": types["sensor_msgs/msg/Image"](
+            header=header, height=1, width=1, encoding="16UC1", is_bigendian=0, step=2, data=np.zeros(2, np.uint8)
+        ),
+    }
+    path = tmp_path / "rec"
+    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        for topic, msg in messages.items():
+            connection = writer.add_connection(topic, msg.__msgtype__, typestore=store)
+            writer.write(connection, START_S * 10**9, store.serialize_cdr(msg, msg.__msgtype__))
+    found = Recording(path).find_camera(colour="/front/rgb/image_rect/compressed", depth="/front/depth/image_rect")
+    assert (found.colour, found.camera_info, found.depth) == (
+        "/front/rgb/image_rect/compressed",
+        "/front/rgb/camera_info",
+        "/front/depth/image_rect",
+    )
+    uncompressed = Recording(path).find_camera(colour="/front/rgb/image_rect/compressed", need_depth=False)
+    assert uncompressed.camera_info == "/front/rgb/camera_info"
 
 
 @pytest.mark.parametrize("given", ["mcap file", "bag folder"])

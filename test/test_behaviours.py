@@ -370,3 +370,75 @@ def test_bad_instances_or_roi_are_refused_when_the_tree_is_built(kwargs, message
     # A message field out of range would raise inside initialise(), escaping the tree's tick.
     with pytest.raises(ValueError, match=message):
         PointToPart("bad", "handle", "mug_handle", **kwargs)
+
+
+class StandInNode:
+    """A real `point_to_part` service whose answers the test chooses: each request takes the next
+    response of `answers`; while `silent` is set, requests get no answer (a node that hung)."""
+
+    def __init__(self, ros, service: str):
+        from rclpy.callback_groups import ReentrantCallbackGroup
+
+        self.answers: list = []
+        self.silent = threading.Event()
+        self.release = threading.Event()
+        self.requests = 0
+        self.service = ros.node.create_service(
+            PointToPartSrv, service, self._serve, callback_group=ReentrantCallbackGroup()
+        )
+
+    def _serve(self, request, response):
+        self.requests += 1
+        if self.silent.is_set():
+            self.release.wait(120)  # never answered in time: the behaviour must give up on its own
+            return response
+        return self.answers.pop(0)
+
+
+def answer_3d(has_3d: bool) -> PointToPartSrv.Response:
+    response = PointToPartSrv.Response(success=True, message="ok" if has_3d else "no 3D point: no depth", score=0.9)
+    response.u, response.v, response.has_3d, response.has_pose = 40.0, 30.0, has_3d, has_3d
+    response.point.point.x, response.point.point.y, response.point.point.z = (0.1, -0.2, 1.25) if has_3d else (0, 0, 0)
+    response.point.header.frame_id = "bt_optical_frame"
+    response.pose.pose.position.z = 1.25 if has_3d else 0.0
+    return response
+
+
+@pytest.fixture
+def stand_in():
+    from pop_ros.ros_client import RosClient
+
+    ros = RosClient("bt_stand_in")
+    node = StandInNode(ros, "/stand_in/pop_node/point_to_part")
+    py_trees.blackboard.Blackboard.clear()
+    yield ros, node
+    node.release.set()
+    py_trees.blackboard.Blackboard.clear()
+    ros.close()
+
+
+def test_a_node_that_goes_silent_fails_the_behaviour_after_timeout_s(stand_in):
+    ros, node = stand_in
+    node.silent.set()
+    find = PointToPart("find", "handle", service="/stand_in/pop_node/point_to_part", timeout_s=1.0)
+    find.setup(node=ros.node)
+    assert run_behaviour(find, timeout=60.0) == Status.FAILURE
+    assert find.feedback_message == "no answer from /stand_in/pop_node/point_to_part within 1 s"
+    assert node.requests == 1  # sent once, not again and again
+
+
+def test_require_3d_failure_after_a_success_leaves_no_point_or_pose_on_the_blackboard(stand_in):
+    ros, node = stand_in
+    node.answers = [answer_3d(True), answer_3d(False)]
+    find = PointToPart("find", "handle", service="/stand_in/pop_node/point_to_part", require_3d=True)
+    find.setup(node=ros.node)
+    reader = py_trees.blackboard.Client(name="reader")
+    for key in ("point", "pose", "result"):
+        reader.register_key(key=key, access=py_trees.common.Access.READ)
+    assert run_behaviour(find) == Status.SUCCESS
+    assert (reader.get("point").point.z, reader.get("pose").pose.position.z) == (1.25, 1.25)
+    find.stop(Status.SUCCESS)  # as a sequence does before ticking it again
+    assert run_behaviour(find) == Status.FAILURE
+    assert find.feedback_message == "no 3D point: no 3D point: no depth"
+    assert reader.get("point") is None and reader.get("pose") is None  # the first answer's point is gone
+    assert reader.get("result").has_3d is False  # the answer itself is kept

@@ -247,3 +247,71 @@ def test_flying_pixels_on_a_steep_surface_are_removed():
     distances = cloud.points.astype(np.float64) @ normal - normal @ np.array([0.0, 0.0, 0.55])
     assert np.max(np.abs(distances)) < 1e-4  # every kept point lies on the plane
     assert cloud.removed_flying >= speckle.sum()
+
+
+def isolated_depths(values) -> tuple[np.ndarray, np.ndarray]:
+    """(depth image, mask): each value at its own pixel, two pixels apart, no depth in between (so no
+    pixel has a valid neighbour to be a flying pixel against)."""
+    depth = np.zeros((HEIGHT, WIDTH), np.float32)
+    mask = np.zeros((HEIGHT, WIDTH), bool)
+    for index, value in enumerate(values):
+        row, col = 100 + 2 * (index // 10), 100 + 2 * (index % 10)
+        depth[row, col], mask[row, col] = value, True
+    return depth, mask
+
+
+def test_depth_outliers_are_beyond_three_robust_standard_deviations_not_three_mads():
+    # Median 1.00 m, median absolute deviation 1 cm: 3 robust standard deviations (1.4826 x MAD) are
+    # 4.45 cm (3 MAD would be 3 cm). Points 4 cm off stay, points 6 cm off go.
+    depths = [1.0] + [0.99] * 20 + [1.01] * 20 + [0.96, 1.04, 0.94, 1.06]
+    depth, mask = isolated_depths(depths)
+    cloud = grasp.part_cloud(camera(), depth, mask, mask.astype(np.float32))
+    assert cloud.removed_flying == 0
+    assert cloud.removed_outliers == 2
+    kept = sorted(round(float(z), 3) for z in cloud.points[:, 2])
+    assert kept == sorted(round(z, 3) for z in depths if z not in (0.94, 1.06))
+
+
+def planar_grid(half_x: float, half_y: float, z: float = 0.5, count: int = 25) -> np.ndarray:
+    """Points on a regular `count` x `count` grid over [-half_x, half_x] x [-half_y, half_y] at depth z:
+    their standard deviations along x and y are in the ratio half_x / half_y."""
+    xs, ys = np.meshgrid(np.linspace(-half_x, half_x, count), np.linspace(-half_y, half_y, count))
+    return np.stack([xs.ravel(), ys.ravel(), np.full(xs.size, z)], axis=1)
+
+
+def test_the_round_region_test_compares_standard_deviations_not_variances():
+    # Spreads 1.2 : 1 (variances 1.44 : 1) are round against MIN_AXIS_RATIO 1.3; 1.4 : 1 is not.
+    assert grasp.MIN_AXIS_RATIO == 1.3
+    round_frame = grasp.grasp_frame(planar_grid(0.012, 0.010), (0.0, 0.0, -1.0))
+    assert not round_frame.ok
+    assert "axes ratio 1.20 < 1.3" in round_frame.reason
+    elongated = grasp.grasp_frame(planar_grid(0.014, 0.010), (0.0, 0.0, -1.0))
+    assert elongated.ok, elongated.reason
+    assert abs(elongated.closing[1]) == pytest.approx(1.0)  # closes across the narrow (y) side
+    assert elongated.width_m == pytest.approx(0.02)  # the grid's 2 cm side (each row holds 4 % of the points)
+
+
+def test_flying_pixels_are_flagged_on_both_sides_of_a_depth_jump():
+    # A step from 1.0 m (columns 0-9) to 1.5 m (columns 10-19), and a speck 10 cm nearer than a flat
+    # 1.0 m patch: the pixels on either side of each jump belong to neither surface.
+    depth = np.ones((12, 20), np.float32)
+    depth[:, 10:] = 1.5
+    expected = np.zeros((12, 20), bool)
+    expected[:, 9:11] = True
+    depth[5, 4] = 0.9
+    expected[5, 4] = expected[4, 4] = expected[6, 4] = expected[5, 3] = expected[5, 5] = True
+    np.testing.assert_array_equal(grasp._flying_pixels(depth), expected)
+
+
+@pytest.mark.parametrize(
+    "points",
+    [
+        np.tile([0.01, -0.02, 0.5], (30, 1)),  # one point, 30 times
+        np.stack([np.linspace(-0.03, 0.03, 30), np.zeros(30), np.full(30, 0.5)], axis=1),  # a line
+    ],
+    ids=["identical", "collinear"],
+)
+def test_a_cloud_without_a_2d_spread_gives_no_grasp_frame_with_the_reason(points):
+    frame = grasp.grasp_frame(points, (0.0, 0.0, -1.0))
+    assert not frame.ok
+    assert "no 2-D spread" in frame.reason

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 
+import cv2
 import numpy as np
 import pytest
+import torch
 
 from pop_ros.pipeline import PartPointer, PointerError, PointerSettings, PointRequest
 from test.conftest import scene
@@ -144,3 +146,50 @@ def test_point_many_carries_instances_and_roi_per_request(tiny_pointer, two_copi
 def test_region_settings_are_validated(field, value):
     with pytest.raises(ValueError, match=field):
         dataclasses.replace(PointerSettings(), **{field: value}).validate()
+
+
+@pytest.mark.parametrize("roi", [(5, 5, 2, 2), (300, 200, 3, 1), (633, 473, 7, 7)])
+def test_a_roi_smaller_than_a_map_cell_answers_inside_it_with_a_mask(tiny_pointer, constructed_visual_map, roi):
+    # A 640x480 image: one cell of the fused map spans several pixels, more than these boxes. The
+    # answer still lies in the box, and the part's mask (the node's region around the answer) is not
+    # empty where the map is positive there.
+    from pop_ros import grasp
+
+    image = cv2.resize(scene(0), (640, 480))
+    visual_grid = constructed_visual_map({})
+    pointer = pointer_with(tiny_pointer, use_text=False)
+    pointer.point(image, "", supports=SUPPORTS)  # learn the grid
+    rows, cols = visual_grid["shape"]
+    x, y, width, height = roi
+    # The one visual patch under the box's centre is the only positive one.
+    patch = (int((y + height / 2) * rows / 480), int((x + width / 2) * cols / 640))
+    constructed_visual_map({patch: 0.9})
+    result = pointer.point(image, "", supports=SUPPORTS, roi=roi)
+    assert x <= result.u <= x + width - 1 and y <= result.v <= y + height - 1, (result.u, result.v)
+    mask = grasp.part_mask(result.heatmap, result.u, result.v, 0.5)
+    assert mask.any()
+    inside = np.zeros_like(mask)
+    inside[y : y + height, x : x + width] = True
+    assert not (mask & ~inside).any()  # the heatmap is zero outside the box: so is the mask
+
+
+def test_instances_after_the_answer_are_listed_by_the_score_they_report():
+    # The fused map ranks three peaks A > B > C; their visual match (the reported score) ranks C above B
+    # (the text prior lifted B). instances[0] stays the map's peak, the single answer; the others come in
+    # decreasing score: A, C, B.
+    from pop_ros.pipeline import fusion
+
+    def bump(size, centre, height):
+        rows = torch.arange(size[0], dtype=torch.float32)[:, None]
+        cols = torch.arange(size[1], dtype=torch.float32)[None, :]
+        return height * torch.exp(-((rows - centre[0]) ** 2 + (cols - centre[1]) ** 2) / 2.0)
+
+    peaks = {"A": ((4, 4), 1.0, 0.9), "B": ((20, 30), 0.8, 0.3), "C": ((26, 8), 0.6, 0.7)}  # cell, value, match
+    final = sum(bump((32, 40), cell, value) for cell, value, _ in peaks.values())
+    visual = torch.zeros(1, 16, 20)  # the visual grid: 2 x 2 cells of the fused map per patch
+    for (row, col), _, match in peaks.values():
+        visual[0, row // 2, col // 2] = match
+    instances = fusion.read_instances(final, visual, None, PointerSettings(), (320, 400), 20, max_instances=3)
+    assert [round(i.score, 6) for i in instances] == [0.9, 0.7, 0.3]
+    # Cell centres of A, C, B (10 px per cell; ROS pixel = edge-origin - 0.5).
+    assert [(i.u, i.v) for i in instances] == [(44.5, 44.5), (84.5, 264.5), (304.5, 204.5)]

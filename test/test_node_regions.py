@@ -222,3 +222,19 @@ def test_gripper_limit_and_tool_offset_are_honoured_and_checked_at_runtime(start
     ):
         result = node.set_parameters([Parameter(name, value=value)])[0]
         assert not result.successful and reason in result.reason
+
+
+def test_min_score_is_checked_per_instance(start, constructed_visual_map):
+    # Two copies of match 1.0 and 0.4 (the second holds 0.4 of the best: kept with
+    # instance_min_relative 0.3); min_score 0.6 lies between them: the answer stands, the weak copy is
+    # rejected on its own score.
+    ros, node = start("per_instance", "use_text:=false", "min_score:=0.6", "instance_min_relative:=0.3")
+    constructed_visual_map({COPY_A: 1.0, COPY_B: 0.4})
+    request = point_request(ros.now_stamp(), max_instances=3)
+    response = ros.call(PointToPart, "/per_instance/pop_node/point_to_part", request)
+    assert response.success, response.message
+    assert [round(i.score, 3) for i in response.instances] == [1.0, 0.4]
+    best, weak = response.instances
+    assert best.success and response.score == pytest.approx(1.0)
+    assert not weak.success
+    assert weak.message.startswith("part not visible: score 0.400 < min_score 0.6"), weak.message

@@ -47,3 +47,20 @@ def test_unknown_quantization_is_refused_before_loading():
 
     with pytest.raises(QuantizationError, match=r"mllm_quantization must be one of \('none', 'int8'\), got 'int4'"):
         get_preset("tiny").replace(mllm_quantization="int4").load_mllm()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_an_untrimmed_int8_model_keeps_lm_head_in_float(family):
+    # Untrimmed, the model has its lm_head (trimming replaces it with an identity); int8 leaves it a
+    # plain float weight while the decoder's linear layers hold int8.
+    adapter = get_preset("tiny").replace(mllm=f"tiny:{family}", trim=False, mllm_quantization="int8").load_mllm()
+    heads = [(name, module) for name, module in adapter.model.named_modules() if name.endswith("lm_head")]
+    assert len(heads) == 1, [name for name, _ in heads]
+    name, lm_head = heads[0]
+    assert isinstance(lm_head, torch.nn.Linear), (name, type(lm_head))
+    assert type(lm_head.weight) is torch.nn.Parameter and lm_head.weight.dtype == torch.float32, (
+        name,
+        type(lm_head.weight),
+    )
+    layer_weights = _linear_weights(adapter.decoder_layers()[-1])
+    assert layer_weights and all(weight.qdata.dtype == torch.int8 for weight in layer_weights.values())

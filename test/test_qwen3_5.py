@@ -245,3 +245,46 @@ def test_native_point_reads_the_answer_on_the_0_1000_scale(monkeypatch):
     assert (u, v) == pytest.approx((99.5, 99.5))  # 0.25 * 400 and 0.5 * 200, as ROS pixel centres (- 0.5)
     # The prompt the model answers goes through the chat template with thinking off.
     assert pointer.mllm._chat_text(asked["prompt"]).endswith(THINKING_OFF_END)
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_a_trimmed_load_keeps_the_familys_keys_to_ignore_and_reports_no_mtp_weights(tmp_path):
+    from safetensors.torch import load_file, save_file
+    from transformers import Qwen3_5ForConditionalGeneration
+
+    from pop_ros.models.trimming import trimmed_class
+
+    # The trimmed class adds its own patterns to the family's (mtp.*), it does not replace them.
+    family = set(Qwen3_5ForConditionalGeneration._keys_to_ignore_on_load_unexpected or [])
+    family |= set(Qwen3_5ForConditionalGeneration.__mro__[1]._keys_to_ignore_on_load_unexpected or [])
+    assert r"^mtp.*" in family
+    assert family <= set(trimmed_class(Qwen3_5ForConditionalGeneration)._keys_to_ignore_on_load_unexpected)
+
+    # And the load report says nothing about them: a checkpoint with mtp weights and one weight no
+    # model has (which the report must name: the report is seen), loaded trimmed.
+    folder = tmp_path / "extra-weights"
+    shutil.copytree(ensure_tiny_checkpoint("qwen3_5"), folder)
+    weights = load_file(folder / "model.safetensors")
+    weights["mtp.fc.weight"] = torch.ones(64, 128)
+    weights["mtp.layers.0.mlp.up_proj.weight"] = torch.ones(8, 64)
+    weights["unrelated.weight"] = torch.ones(3)
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    records = _Records()
+    transformers_log = logging.getLogger("transformers")
+    transformers_log.addHandler(records)
+    try:
+        trimmed = load_mllm(str(folder), device="cpu", dtype="float32", trim_to_heads=fallback_heads)
+    finally:
+        transformers_log.removeHandler(records)
+    assert trimmed.loaded_layers < trimmed.num_layers  # trimmed
+    report = "\n".join(records.messages)
+    assert "unrelated.weight" in report, records.messages
+    assert "mtp." not in report, report

@@ -111,3 +111,31 @@ def test_peak_score_at_another_instance_reads_that_cell():
     visual[0, 6, 6] = 0.4  # under the second
     assert core.peak_score(final, visual) == pytest.approx(0.9)
     assert core.peak_score(final, visual, cell=(12, 12)) == pytest.approx(0.4)
+
+
+def test_instances_after_the_first_come_in_decreasing_value_not_in_row_major_order():
+    # The weakest peak comes first in row-major order, the middle one after it: a read-out that takes
+    # candidates in row-major order (rather than by value) lists (2, 2) before (10, 20).
+    final = blobs((32, 40), [(2, 2), (10, 20), (20, 30)], [0.6, 0.8, 1.0])
+    assert core.instance_cells(final, max_instances=2, radius_cells=4.0, min_relative=0.3) == [(20, 30), (10, 20)]
+    assert core.instance_cells(final, max_instances=3, radius_cells=4.0, min_relative=0.3) == [
+        (20, 30),
+        (10, 20),
+        (2, 2),
+    ]
+
+
+def test_roi_right_and_bottom_edges_are_exclusive_left_and_top_inclusive():
+    # Cell centres at 5, 15, 25, 35 px. x in [5, 25): columns 0 and 1 (25 is the right edge, excluded);
+    # y in [15, 35): rows 1 and 2 (35 excluded).
+    cells = core.roi_cells((4, 4), (40, 40), (5, 15, 20, 20))
+    expected = torch.zeros(4, 4, dtype=torch.bool)
+    expected[1:3, 0:2] = True
+    assert torch.equal(cells, expected)
+
+
+def test_pixel_in_roi_moves_a_centre_outside_a_small_region_to_its_nearest_pixel():
+    # Edge-origin pixels: the box (5, 5, 2, 2) holds pixel centres 5.5 and 6.5 either way.
+    assert core.pixel_in_roi((7.5, 7.5), (5, 5, 2, 2)) == (6.5, 6.5)
+    assert core.pixel_in_roi((2.0, 6.0), (5, 5, 2, 2)) == (5.5, 6.0)
+    assert core.pixel_in_roi((85.0, 105.0), (40, 50, 100, 110)) == (85.0, 105.0)  # inside: unchanged

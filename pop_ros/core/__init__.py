@@ -18,6 +18,7 @@ from pop_ros.core.fusion import (
 from pop_ros.core.regions import (
     cell_centre_pixel,
     instance_cells,
+    pixel_in_roi,
     restrict_to_cells,
     roi_cells,
     validate_roi,
@@ -39,6 +40,7 @@ __all__ = [
     "visual_similarity_batch",
     "cell_centre_pixel",
     "instance_cells",
+    "pixel_in_roi",
     "restrict_to_cells",
     "roi_cells",
     "validate_roi",

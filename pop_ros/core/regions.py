@@ -85,7 +85,7 @@ def roi_cells(map_size: Sequence[int], image_size: Sequence[int], roi: Sequence[
     """Boolean `(h, w)`: the cells whose centres lie in `roi (x, y, width, height)` (pixels
     x .. x + width - 1 and y .. y + height - 1 of an image of `image_size (H, W)`). A region smaller
     than a cell keeps the one cell that contains its centre, so the answer never leaves the region's
-    neighbourhood for lack of a cell."""
+    neighbourhood for lack of a cell (`pixel_in_roi` then puts the answer's pixel inside the region)."""
     map_h, map_w = int(map_size[0]), int(map_size[1])
     image_h, image_w = float(image_size[0]), float(image_size[1])
     x, y, width, height = (float(value) for value in roi)
@@ -99,6 +99,16 @@ def roi_cells(map_size: Sequence[int], image_size: Sequence[int], roi: Sequence[
         row = min(int((y + height / 2) * map_h / image_h), map_h - 1)
         mask[row, col] = True
     return mask
+
+
+def pixel_in_roi(pixel: Sequence[float], roi: Sequence[int]) -> tuple[float, float]:
+    """Edge-origin `pixel (u, v)` moved to the nearest pixel centre inside `roi (x, y, width, height)`
+    (unchanged when it is inside). A cell's centre can lie outside a region smaller than the cell (the
+    cell `roi_cells` keeps for it): the answer is then the region's pixel nearest to that centre."""
+    x, y, width, height = (float(value) for value in roi)
+    u = min(max(float(pixel[0]), x + 0.5), x + width - 0.5)
+    v = min(max(float(pixel[1]), y + 0.5), y + height - 0.5)
+    return u, v
 
 
 def restrict_to_cells(final_map: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:

@@ -92,6 +92,13 @@ def trimmed_class(model_class: type) -> type:
         model_class.__init__(self, config, *args, **kwargs)
         self.lm_head = torch.nn.Identity()  # logits are never read; the eager path gets hidden states
 
+    # Extend the family's own patterns (Qwen3.5: its multi-token-prediction `mtp.*` weights), never
+    # replace them: transformers reads this class attribute when it reports unexpected keys.
+    family_ignored = [
+        pattern
+        for klass in reversed(model_class.__mro__)
+        for pattern in (getattr(klass, "_keys_to_ignore_on_load_unexpected", None) or [])
+    ]
     namespace = {
         "__init__": __init__,
         "__module__": model_class.__module__,
@@ -99,7 +106,9 @@ def trimmed_class(model_class: type) -> type:
         "_tied_weights_keys": {},  # no lm_head weight to tie to the embeddings
         # The checkpoint's later layers and lm_head are expected to go unread: no load report for them.
         # Kept weights stay checked: a missing one fails the load (`loading._from_pretrained_trimmed`).
-        "_keys_to_ignore_on_load_unexpected": [r"(^|\.)lm_head\.", r"(^|\.)layers\.\d+\."],
+        "_keys_to_ignore_on_load_unexpected": list(
+            dict.fromkeys([*family_ignored, r"(^|\.)lm_head\.", r"(^|\.)layers\.\d+\."])
+        ),
         "_pop_trimmed": True,
     }
     return type(model_class.__name__, (model_class,), namespace)

@@ -69,7 +69,8 @@ class PointResult:
     # `timings_ms` then holds this request's own stages only. point(): {} (all in `timings_ms`).
     shared_timings_ms: dict[str, float] = dataclasses.field(default_factory=dict)
     frame_reused: bool = False  # the frame's DINO features / MLLM prefix came from the frame cache
-    # Every instance, best first; instances[0] is (u, v, score) above. Empty only for results built by hand.
+    # Every instance: instances[0] is (u, v, score) above, the others by decreasing score. Empty only
+    # for results built by hand.
     instances: list[Instance] = dataclasses.field(default_factory=list)
     roi: tuple[int, int, int, int] | None = None  # the region the answer was searched in (clipped), or None
 

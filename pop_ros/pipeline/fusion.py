@@ -62,10 +62,10 @@ def fuse_to_instances(
     max_instances: int = 1,
     roi: tuple[int, int, int, int] | None = None,
 ) -> tuple[list[Instance], torch.Tensor]:
-    """(the instances best first, the fused map (H', W')) from the text prior and the (K, H_t, W_t)
-    visual maps. Instance 0 is the map's global argmax (inside `roi (x, y, w, h)` when given); the
-    others are its local maxima, `settings.instance_radius` patches of the `visual_grid_w`-wide
-    visual grid apart."""
+    """(the instances: the answer, then by decreasing score; the fused map (H', W')) from the text prior
+    and the (K, H_t, W_t) visual maps. Instance 0 is the map's global argmax (inside `roi (x, y, w, h)`
+    when given); the others are its local maxima, `settings.instance_radius` patches of the
+    `visual_grid_w`-wide visual grid apart."""
     final = core.fuse(
         prior,
         maps if maps is not None else [],
@@ -85,7 +85,11 @@ def read_instances(
     max_instances: int = 1,
     roi: tuple[int, int, int, int] | None = None,
 ) -> list[Instance]:
-    """The instances of a fused map `final (H', W')`: pixel and score of each peak, best first."""
+    """The instances of a fused map `final (H', W')`: pixel and score of each peak. instances[0] is the
+    map's highest peak (the single answer); the others, chosen as the map's next peaks, are listed in
+    decreasing reported score (`core.peak_score`, what `min_score` is checked against; equal scores
+    keep the map's order). The score is the visual match, while the map also holds the text prior, so
+    instances[0]'s score can be below another instance's."""
     search = final
     if roi is not None:
         search = core.restrict_to_cells(final, core.roi_cells(final.shape, image_size, roi))
@@ -94,9 +98,12 @@ def read_instances(
     cells = core.instance_cells(search, max(int(max_instances), 1), radius_cells, float(settings.instance_min_relative))
     instances = []
     for cell in cells:
-        u, v = from_core_pixel(core.cell_centre_pixel(cell, final.shape, image_size))
+        pixel = core.cell_centre_pixel(cell, final.shape, image_size)
+        if roi is not None:  # a region smaller than a cell: its centre may lie outside the region
+            pixel = core.pixel_in_roi(pixel, roi)
+        u, v = from_core_pixel(pixel)
         instances.append(Instance(u, v, core.peak_score(final, maps, prior, cell=cell)))
-    return instances
+    return instances[:1] + sorted(instances[1:], key=lambda instance: -instance.score)  # sorted() is stable
 
 
 def heatmap_at(
