@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from pop_ros.bench import MANY_QUERIES, NATIVE_NEW_TOKENS, QUERY, SHAPES
+from pop_ros.bench_plan import ratio_above_base
 
 
 def percentile(values, q: float) -> float:
@@ -233,67 +234,172 @@ def timed(function, repeats: int, device: torch.device, label: str = "", progres
     return times
 
 
-def run_model_benchmarks(pointer, repeats: int, warmup: int, progress, image_size=IMAGE_SIZE) -> dict:
-    device = pointer.visual.device
-    adapter = pointer.mllm
-    target, supports = bench_images(10, image_size)
-    heads, _ = pointer.text_heads()
-    progress("support features of 10 images (cached, as in use)")
-    for image, _ in supports:
-        pointer.support_features.for_images([image])
-    results: dict = {
-        "device": device_name(device),
-        "dtype": str(next(adapter.model.parameters()).dtype),
-        "image": list(image_size),
-    }
-    results["model"] = {
-        "mllm": pointer.model_config.mllm,
-        "layers": adapter.num_layers,
-        "heads_per_layer": adapter.num_heads,
-        "text_prior_heads": len(heads),
-        "deepest_head_layer": max(layer for layer, _ in heads),
-    }
+class SectionRun:
+    """The state the sections share: the models, the image and supports, the repeats, and the 1-shot
+    fresh-frame query times of the `stages` section (the 1-shot row of the later comparisons)."""
 
-    def query(k):
-        pointer.clear_frame_cache()  # a fresh frame each time: these rows time the whole query
-        return pointer.point(target, QUERY, supports=supports[:k], shots=k)
+    def __init__(self, pointer, progress):
+        self.pointer, self.adapter, self.progress = pointer, pointer.mllm, progress
+        self.device = pointer.visual.device
+        self.heads, _ = pointer.text_heads()
+        self.repeats, self.one_shot = 1, []
 
-    warmups = {
-        "a query": lambda: query(1),
-        "eager in the text layers": lambda: adapter.head_maps_eager(target, QUERY, heads),
-        "eager everywhere": lambda: adapter.head_maps_naive(target, QUERY, heads),
-        "native pointing (2 tokens)": lambda: adapter.generate_text(target, QUERY, max_new_tokens=2),
-    }
-    for index in range(warmup):
-        for name, function in warmups.items():
-            progress(f"  warm-up {index + 1}/{warmup}: {name} {timed(function, 1, device)[0]:.0f} ms")
-    stages, one_shot = run_stages(query, repeats, device, progress)
-    results.update(stages)
-    results.update(run_text_prior(adapter, target, heads, repeats, device, progress))
+    def use_image(self, size: tuple[int, int]) -> None:
+        self.image = tuple(size)
+        self.target, self.supports = bench_images(10, self.image)
+        self.progress(f"support features of 10 {size[0]}x{size[1]} images (cached, as in use)")
+        for image, _ in self.supports:
+            self.pointer.support_features.for_images([image])
 
-    progress(f"native pointing ({NATIVE_NEW_TOKENS} new tokens), against the 1-shot queries above")
+    def query(self, k: int):
+        self.pointer.clear_frame_cache()  # a fresh frame each time: these rows time the whole query
+        return self.pointer.point(self.target, QUERY, supports=self.supports[:k], shots=k)
+
+    def warm_up(self, name: str, round_: int, rounds: int) -> list[float]:
+        """One warm-up round of section `name`: seconds of each call."""
+        seconds = []
+        for label, function in SECTION_WARMUPS.get(name, ()):
+            seconds.append(timed(lambda f=function: f(self), 1, self.device)[0] / 1000.0)
+            self.progress(f"  warm-up {round_}/{rounds}: {label} {1000 * seconds[-1]:.0f} ms")
+        return seconds
+
+
+def _stages(run: SectionRun) -> dict:
+    stages, run.one_shot = run_stages(run.query, run.repeats, run.device, run.progress)
+    return stages
+
+
+def _text_prior(run: SectionRun) -> dict:
+    return run_text_prior(run.adapter, run.target, run.heads, run.repeats, run.device, run.progress)
+
+
+def _native(run: SectionRun) -> dict:
     from pop_ros.evaluation.native import NATIVE_PROMPTS
 
-    prompt = NATIVE_PROMPTS.get(adapter.family, "Point to the {query}.").format(query=QUERY)
+    run.progress(f"native pointing ({NATIVE_NEW_TOKENS} new tokens), against the 1-shot queries of the stages")
+    prompt = NATIVE_PROMPTS.get(run.adapter.family, "Point to the {query}.").format(query=QUERY)
     native = timed(
-        lambda: adapter.generate_text(target, prompt, max_new_tokens=NATIVE_NEW_TOKENS),
-        repeats,
-        device,
+        lambda: run.adapter.generate_text(run.target, prompt, max_new_tokens=NATIVE_NEW_TOKENS),
+        run.repeats,
+        run.device,
         "native pointing",
-        progress,
+        run.progress,
     )
-    results["query_ms"] = {"pop_1shot": summary(one_shot), "native_pointing": summary(native)}
-    results["ratio_pop_vs_native"] = statistics.median(one_shot) / statistics.median(native)
+    return {
+        "query_ms": {"pop_1shot": summary(run.one_shot), "native_pointing": summary(native)},
+        "ratio_pop_vs_native": statistics.median(run.one_shot) / statistics.median(native),
+    }
 
-    progress("K = 3, 10 supports (cached features; K = 1: the 1-shot queries above)")
-    by_k = {1: one_shot}
-    by_k |= {k: timed(lambda k=k: query(k), repeats, device, f"K={k}", progress) for k in (3, 10)}
-    results["k_shots_ms"] = {str(k): summary(v) for k, v in by_k.items()}
-    results["ratio_k10_vs_k1"] = statistics.median(by_k[10]) / statistics.median(by_k[1])
 
-    progress(f"many parts on one frame: a second query, {len(MANY_QUERIES)} queries batched and one by one")
-    results.update(run_many_parts(pointer, target, supports, repeats, progress, first=one_shot))
-    results["peak_memory_mb"] = peak_memory_mb(device)
+def _k_shots(run: SectionRun) -> dict:
+    run.progress("K = 3, 10 supports (cached features; K = 1: the 1-shot queries of the stages)")
+    by_k = {1: run.one_shot}
+    by_k |= {k: timed(lambda k=k: run.query(k), run.repeats, run.device, f"K={k}", run.progress) for k in (3, 10)}
+    return {
+        "k_shots_ms": {str(k): summary(v) for k, v in by_k.items()},
+        "ratio_k10_vs_k1": statistics.median(by_k[10]) / statistics.median(by_k[1]),
+    }
+
+
+def _many_parts(run: SectionRun) -> dict:
+    run.progress(f"many parts on one frame: a second query, {len(MANY_QUERIES)} queries batched and one by one")
+    return run_many_parts(run.pointer, run.target, run.supports, run.repeats, run.progress, first=run.one_shot)
+
+
+# Each model section of pop_ros.bench_plan.SECTIONS (streaming runs in run_report, after the models are
+# freed), in the order they run; `stages` first, the others reuse its 1-shot queries.
+SECTION_RUNNERS = {
+    "stages": _stages,
+    "text_prior": _text_prior,
+    "native": _native,
+    "k_shots": _k_shots,
+    "many_parts": _many_parts,
+}
+# Warm-ups per section: (label, call) each round; `stages`' one query is the cost a budget plans with.
+SECTION_WARMUPS = {
+    "stages": (("a query", lambda run: run.query(1)),),
+    "text_prior": (
+        ("eager in the text layers", lambda run: run.adapter.head_maps_eager(run.target, QUERY, run.heads)),
+        ("eager everywhere", lambda run: run.adapter.head_maps_naive(run.target, QUERY, run.heads)),
+    ),
+    "native": (
+        ("native pointing (2 tokens)", lambda run: run.adapter.generate_text(run.target, QUERY, max_new_tokens=2)),
+    ),
+}
+
+
+class Budget:
+    """`--budget MINUTES` from `started` (time.perf_counter() at the run's start): the plans made, and the
+    query cost they were made from."""
+
+    def __init__(self, minutes: float, started: float):
+        self.minutes, self.started = minutes, started
+        self.plans: list = []
+        self.query_s: float | None = None
+
+    def left_s(self) -> float:
+        return 60.0 * self.minutes - (time.perf_counter() - self.started)
+
+    def plan(self, query_s: float, measured_at, repeats: int, image, sections, progress, **options):
+        from pop_ros.bench_plan import plan_run
+
+        plan = plan_run(query_s, measured_at, self.left_s(), repeats, image, sections, **options)
+        self.plans.append(plan)
+        self.query_s = query_s
+        verdict = "fits" if plan.fits else "DOES NOT FIT even with only the required sections"
+        progress(
+            f"budget: a query {query_s:.1f} s at {measured_at[0]}x{measured_at[1]}, {self.left_s():.0f} s left; "
+            f"plan {plan.estimate_s:.0f} s ({verdict}): {'; '.join(plan.changes) or 'nothing changed'}"
+        )
+        return plan
+
+    def keeps(self, name: str) -> bool:
+        return not self.plans or name in self.plans[-1].sections
+
+
+def run_model_benchmarks(
+    pointer, repeats: int, warmup: int, progress, image_size=IMAGE_SIZE, sections=None, budget: Budget | None = None
+) -> dict:
+    """The model sections of `sections` (default: all of them); with a `budget`, after the first warm-up
+    query, those of its plan (repeats, image, sections), re-planned once the warm-up is done."""
+    from pop_ros.bench_plan import sections_for
+
+    sections = tuple(sections if sections is not None else sections_for(0))
+    run = SectionRun(pointer, progress)
+    run.use_image(image_size)
+    warmup = max(warmup, 1) if budget is not None else warmup  # a budget plans from a warm-up query
+    kept = [s for s in sections if s.name in SECTION_RUNNERS]
+    if warmup:
+        query_s = run.warm_up("stages", 1, warmup)[0]
+        if budget is not None:
+            plan = budget.plan(query_s, run.image, repeats, run.image, sections, progress, warmup_rounds=warmup)
+            repeats, kept = plan.repeats, [s for s in kept if s.name in plan.sections]
+            if plan.image != run.image:
+                run.use_image(plan.image)
+                query_s = run.warm_up("stages", 1, warmup)[0]
+        for round_ in range(1, warmup + 1):
+            for section in kept:
+                if round_ > 1 or section.name != "stages":
+                    seconds = run.warm_up(section.name, round_, warmup)
+                    query_s = seconds[0] if section.name == "stages" else query_s
+        if budget is not None:  # the warm-ups' cost known: fewer repeats or sections if the first plan was short
+            rest = [s for s in sections if s.name not in SECTION_RUNNERS and budget.keeps(s.name)]
+            plan = budget.plan(query_s, run.image, repeats, run.image, kept + rest, progress, warmup_rounds=0,
+                               warmed_queries=0.0, ladder=())  # fmt: skip
+            repeats, kept = plan.repeats, [s for s in kept if s.name in plan.sections]
+    run.repeats = repeats
+    results: dict = {"device": device_name(run.device), "dtype": str(next(run.adapter.model.parameters()).dtype),
+                     "image": list(run.image)}  # fmt: skip
+    results["model"] = {
+        "mllm": pointer.model_config.mllm,
+        "layers": run.adapter.num_layers,
+        "heads_per_layer": run.adapter.num_heads,
+        "text_prior_heads": len(run.heads),
+        "deepest_head_layer": max(layer for layer, _ in run.heads),
+    }
+    for section in kept:
+        results.update(SECTION_RUNNERS[section.name](run))
+    results["peak_memory_mb"] = peak_memory_mb(run.device)
     return results
 
 
@@ -339,7 +445,7 @@ def run_text_prior(adapter, target, heads, repeats: int, device: torch.device, p
     floor = timed(
         lambda: adapter.head_maps(target, QUERY, first_head, prepared=prepared), repeats, device, "floor", progress
     )
-    above_floor = statistics.median(eager) - statistics.median(floor)
+    above_floor, why_not = ratio_above_base(fast, eager, floor)
     return {
         "text_prior_ms": {
             "fast": summary(fast),
@@ -349,7 +455,8 @@ def run_text_prior(adapter, target, heads, repeats: int, device: torch.device, p
         },
         "ratio_fast_vs_eager": statistics.median(fast) / statistics.median(naive),
         "ratio_fast_vs_eager_text_only": statistics.median(fast) / statistics.median(eager),
-        "ratio_fast_vs_eager_above_floor": (statistics.median(fast) - statistics.median(floor)) / above_floor,
+        "ratio_fast_vs_eager_above_floor": above_floor,
+        **({"withheld_ratios": {"ratio_fast_vs_eager_above_floor": why_not}} if why_not else {}),
     }
 
 
@@ -522,71 +629,107 @@ def table(report: dict) -> str:
             f"dtype {dtype['chosen']} ({dtype['reason']}); CPU {cpu['model']}: torch capability "
             f"{cpu['torch_capability']}, native bf16 {'yes' if cpu['native_bf16'] else 'no'}"
         )
+    budget = report.get("budget")
+    if budget and budget.get("minutes"):
+        lines.append(
+            f"Budget {budget['minutes']:g} min (a query {budget['query_s']:.1f} s here; "
+            f"took {budget['wall_s']:.0f} s): "
+            + ("; ".join(budget["changes"]) if budget["changes"] else "nothing changed")
+            + ("" if budget["fits"] else "; DOES NOT FIT even with only the required sections")
+        )
     if models:
-        lines += [
-            f"Device: {models['device']}, {models['dtype']}, image {models['image'][0]}x{models['image'][1]}; "
-            f"MLLM {models['model']['mllm']} "
-            f"({models['model']['layers']} layers, text prior from {models['model']['text_prior_heads']} heads, "
-            f"deepest in layer {models['model']['deepest_head_layer']}); repeats per row: "
-            f"{models['stages_ms']['total']['n']}",
-            "",
-            "| stage | median ms | p90 ms |",
-            "|---|---|---|",
-        ]
-        lines += [f"| {k} | {v['median']:.1f} | {v['p90']:.1f} |" for k, v in models["stages_ms"].items()]
-        lines += ["", "| comparison | measured | target | met |", "|---|---|---|---|"]
-        for key, target in TARGETS.items():
-            value = models[key]
-            lines.append(f"| {key} | {value:.3f} | <= {target} | {'yes' if value <= target else 'NO'} |")
-        for key, meaning in INFORMATIVE.items():
-            if key in models:
-                lines.append(f"| {key} ({meaning}) | {models[key]:.3f} | | |")
-        text, query, shots = models["text_prior_ms"], models["query_ms"], models["k_shots_ms"]
-        lines += [
-            "",
-            f"text prior: fast {text['fast']['median']:.1f} ms vs eager everywhere (the usual way) "
-            f"{text['eager_everywhere']['median']:.1f} ms, vs eager in the text layers only "
-            f"{text['eager']['median']:.1f} ms (ratio {models['ratio_fast_vs_eager_text_only']:.3f}), of which "
-            f"{text['shared_floor']['median']:.1f} ms is the vision tower + the layers up to the first head layer, "
-            "which both must run (fast/eager above "
-            f"that: {models['ratio_fast_vs_eager_above_floor']:.3f}; layers up to the deepest head: "
-            f"{(models['model']['deepest_head_layer'] + 1)}/{models['model']['layers']}); "
-            f"query: POP 1-shot {query['pop_1shot']['median']:.1f} ms vs native pointing "
-            f"{query['native_pointing']['median']:.1f} ms ({NATIVE_NEW_TOKENS} new tokens); "
-            f"K=1/3/10: {shots['1']['median']:.1f} / {shots['3']['median']:.1f} / {shots['10']['median']:.1f} ms; "
-            f"peak memory {models['peak_memory_mb']:.0f} MiB",
-        ]
-        many = models.get("many_parts_ms")
-        if many:
-            lines.append(
-                f"one frame, many parts: first query {many['first_query']['median']:.1f} ms, a second query on the "
-                f"same frame {many['second_query']['median']:.1f} ms, {len(MANY_QUERIES)} queries in one call "
-                f"{many['five_queries']['median']:.1f} ms (one by one: "
-                f"{many['five_queries_unbatched']['median']:.1f} ms)"
-            )
+        lines += _model_lines(models)
     stream = report.get("streaming")
     if stream:
-        lines += [
-            "",
-            f"Streaming ({stream['preset']}, {stream['seconds_measured']:.0f} s measured, 30 Hz 640x480 camera in "
-            f"another process, {stream['reliability']} QoS): "
-            f"{stream['frames_published']} frames published, {stream['frames_received']} received, "
-            f"{stream['queries_processed']} queries ({stream['processed_rate_hz']:.2f} Hz), "
-            f"{stream['frames_not_processed']} frames skipped by design (only the latest is processed)",
-            f"image callback: delivery p50 {stream['callback_delivery_ms']['p50']:.2f} ms, "
-            f"p99 {stream['callback_delivery_ms']['p99']:.2f} ms; duration p99 "
-            f"{stream['callback_duration_ms']['p99']:.3f} ms; query p50/p99 {stream['query_ms']['p50']:.0f}/"
-            f"{stream['query_ms']['p99']:.0f} ms; "
-            f"RSS {stream['rss_mb']['start']:.0f} -> {stream['rss_mb']['end']:.0f} MiB "
-            f"({100 * stream['rss_growth_fraction']:+.2f} %)",
-        ]
+        lines += _stream_lines(stream)
     return "\n".join(lines)
 
 
-def run_report(args, command: str, progress) -> dict:
-    """Every section `pop-bench`'s arguments ask for, as one report (see pop_ros/bench.py)."""
+def _ratio_row(models: dict, key: str, target: str = "") -> str:
+    value = models.get(key)
+    if value is None:
+        why = models.get("withheld_ratios", {}).get(key, "its section did not run (see the budget line)")
+        return f"| {key} | not reported: {why} | {target} | |"
+    met = ("yes" if value <= float(target.split()[-1]) else "NO") if target else ""
+    return f"| {key} | {value:.3f} | {target} | {met} |"
+
+
+def _model_lines(models: dict) -> list[str]:
+    lines = [
+        f"Device: {models['device']}, {models['dtype']}, image {models['image'][0]}x{models['image'][1]}; "
+        f"MLLM {models['model']['mllm']} "
+        f"({models['model']['layers']} layers, text prior from {models['model']['text_prior_heads']} heads, "
+        f"deepest in layer {models['model']['deepest_head_layer']}); repeats per row: "
+        f"{models['stages_ms']['total']['n']}",
+        "",
+        "| stage | median ms | p90 ms |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {k} | {v['median']:.1f} | {v['p90']:.1f} |" for k, v in models["stages_ms"].items()]
+    lines += ["", "| comparison | measured | target | met |", "|---|---|---|---|"]
+    lines += [_ratio_row(models, key, f"<= {target}") for key, target in TARGETS.items()]
+    lines += [_ratio_row(models, key) for key in ("ratio_fast_vs_eager_text_only", "ratio_fast_vs_eager_above_floor")]
+    for key, meaning in INFORMATIVE.items():
+        if key in models:
+            lines.append(f"| {key} ({meaning}) | {models[key]:.3f} | | |")
+    details = []
+    text = models.get("text_prior_ms")
+    if text:
+        details.append(
+            f"text prior: fast {text['fast']['median']:.1f} ms vs eager everywhere (the usual way) "
+            f"{text['eager_everywhere']['median']:.1f} ms, vs eager in the text layers only "
+            f"{text['eager']['median']:.1f} ms, of which {text['shared_floor']['median']:.1f} ms is the vision "
+            "tower + the layers up to the first head layer, which both must run (layers up to the deepest head: "
+            f"{(models['model']['deepest_head_layer'] + 1)}/{models['model']['layers']})"
+        )
+    query = models.get("query_ms")
+    if query:
+        details.append(
+            f"query: POP 1-shot {query['pop_1shot']['median']:.1f} ms vs native pointing "
+            f"{query['native_pointing']['median']:.1f} ms ({NATIVE_NEW_TOKENS} new tokens)"
+        )
+    shots = models.get("k_shots_ms")
+    if shots:
+        details.append(
+            f"K=1/3/10: {shots['1']['median']:.1f} / {shots['3']['median']:.1f} / {shots['10']['median']:.1f} ms"
+        )
+    details.append(f"peak memory {models['peak_memory_mb']:.0f} MiB")
+    lines += ["", "; ".join(details)]
+    many = models.get("many_parts_ms")
+    if many:
+        lines.append(
+            f"one frame, many parts: first query {many['first_query']['median']:.1f} ms, a second query on the "
+            f"same frame {many['second_query']['median']:.1f} ms, {len(MANY_QUERIES)} queries in one call "
+            f"{many['five_queries']['median']:.1f} ms (one by one: "
+            f"{many['five_queries_unbatched']['median']:.1f} ms)"
+        )
+    return lines
+
+
+def _stream_lines(stream: dict) -> list[str]:
+    return [
+        "",
+        f"Streaming ({stream['preset']}, {stream['seconds_measured']:.0f} s measured, 30 Hz 640x480 camera in "
+        f"another process, {stream['reliability']} QoS): "
+        f"{stream['frames_published']} frames published, {stream['frames_received']} received, "
+        f"{stream['queries_processed']} queries ({stream['processed_rate_hz']:.2f} Hz), "
+        f"{stream['frames_not_processed']} frames skipped by design (only the latest is processed)",
+        f"image callback: delivery p50 {stream['callback_delivery_ms']['p50']:.2f} ms, "
+        f"p99 {stream['callback_delivery_ms']['p99']:.2f} ms; duration p99 "
+        f"{stream['callback_duration_ms']['p99']:.3f} ms; query p50/p99 {stream['query_ms']['p50']:.0f}/"
+        f"{stream['query_ms']['p99']:.0f} ms; "
+        f"RSS {stream['rss_mb']['start']:.0f} -> {stream['rss_mb']['end']:.0f} MiB "
+        f"({100 * stream['rss_growth_fraction']:+.2f} %)",
+    ]
+
+
+def run_report(args, command: str, progress, started: float | None = None) -> dict:
+    """Every section `pop-bench`'s arguments ask for, as one report (see pop_ros/bench.py); with
+    `args.budget` (minutes, counted from `started`, a time.perf_counter()) those that fit (bench_plan.py)."""
+    from pop_ros.bench_plan import budget_report, sections_for
     from pop_ros.models.loading import resolve_device
 
+    started = time.perf_counter() if started is None else started
     report: dict = {"command": command}
     report["cpu"] = cpu_capability()
     dtype, reason = choose_dtype(args.dtype, resolve_device(args.device), report["cpu"])
@@ -595,7 +738,8 @@ def run_report(args, command: str, progress) -> dict:
         f"CPU {report['cpu']['model']}: torch capability {report['cpu']['torch_capability']}, native bf16 "
         f"{'yes' if report['cpu']['native_bf16'] else 'no'}; dtype {dtype} ({reason})"
     )
-    started = time.perf_counter()
+    budget = Budget(args.budget, started) if getattr(args, "budget", None) else None
+    loading = time.perf_counter()
     if args.preset:
         from pop_ros.pipeline import PartPointer
 
@@ -605,17 +749,25 @@ def run_report(args, command: str, progress) -> dict:
     else:
         progress(f"building random-weight models of shape {args.shape} ({dtype})")
         pointer = build_shape_pointer(args.shape, args.device, dtype)
-    report["load_s"] = time.perf_counter() - started
+    report["load_s"] = time.perf_counter() - loading
     progress(f"models ready in {report['load_s']:.0f} s")
     loaded_memory_mb = memory_in_use_mb(pointer.visual.device)
     image_size = QUICK_IMAGE_SIZE if args.quick else IMAGE_SIZE
-    report["models"] = run_model_benchmarks(pointer, args.repeats, args.warmup, progress, image_size)
+    sections = sections_for(args.stream_seconds)
+    requested = {"repeats": args.repeats, "image": list(image_size), "sections": [s.name for s in sections]}
+    report["models"] = run_model_benchmarks(pointer, args.repeats, args.warmup, progress, image_size, sections, budget)
     report["memory_mb"] = {"models_loaded": loaded_memory_mb, **peak_memory_detail_mb(pointer.visual.device)}
     del pointer
-    if args.stream_seconds > 0:
+    if args.stream_seconds > 0 and (budget is None or budget.keeps("streaming")):
         report["streaming"] = run_streaming(
             args.stream_preset, args.stream_seconds, args.stream_rate, progress, args.stream_reliability
         )
+    report["budget"] = budget_report(
+        budget and budget.minutes, requested, budget and budget.query_s, budget.plans if budget else []
+    )
     report["wall_s"] = time.perf_counter() - started
+    if budget is not None:
+        report["budget"]["wall_s"] = report["wall_s"]
+        progress(f"budget {budget.minutes:g} min: {'; '.join(report['budget']['changes']) or 'nothing changed'}")
     progress(f"done in {report['wall_s']:.0f} s")
     return report

@@ -4,12 +4,15 @@ Timings are never asserted (they are measured by `make bench`, not tested)."""
 import hashlib
 import json
 import math
+import pathlib
 import subprocess
 import sys
 
 import cv2
 import pytest
 import torch
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _median(row: dict) -> float:
@@ -127,6 +130,55 @@ def test_pop_bench_quick_shape_run_picks_a_native_dtype():
         assert math.isfinite(models[key]), key  # fmt: skip
     assert "1-shot query 1/1" in completed.stderr and "many parts 1/1" in completed.stderr  # progress per repeat
     assert report["wall_s"] > 0 and report["load_s"] > 0
+    # No --budget: what was asked ran, and the report says so (the `budget` of two reports compare them).
+    requested = {"repeats": 1, "image": [320, 240], "sections": ["stages", "text_prior", "native", "k_shots",
+                                                                 "many_parts"]}  # fmt: skip
+    assert report["budget"]["minutes"] is None and report["budget"]["used"] == requested
+    assert report["budget"]["changed"] is False and report["budget"]["changes"] == []
+
+
+def test_pop_bench_within_a_budget_too_short_for_anything_runs_the_required_section_and_says_so():
+    """--budget 0.01 (0.6 s) is spent before the models are built, whatever the machine: the plan keeps
+    only the per-stage section, at 1 repeat and the small image, and names what it dropped."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "pop_ros.bench", "--shape", "tiny", "--dtype", "float32", "--budget", "0.01",
+         "--stream-seconds", "5", "--json"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    report = json.loads(completed.stdout)
+    budget = report["budget"]
+    assert budget["minutes"] == 0.01 and budget["query_s"] > 0 and budget["fits"] is False
+    assert budget["requested"] == {"repeats": 3, "image": [640, 480], "sections": [
+        "stages", "text_prior", "native", "k_shots", "many_parts", "streaming"]}  # fmt: skip
+    assert budget["used"] == {"repeats": 1, "image": [320, 240], "sections": ["stages"]} and budget["changed"]
+    assert budget["dropped"] == ["streaming", "k_shots", "many_parts", "native", "text_prior"]
+    assert budget["changes"][:2] == [
+        "repeats 3 -> 1",
+        "MLLM image 640x480 -> 320x240 (DINO's input stays at its resolution)",
+    ]
+    assert "dropped native (no ratio_pop_vs_native)" in budget["changes"]
+    models = report["models"]
+    assert models["image"] == [320, 240] and models["stages_ms"]["total"]["n"] == 1
+    assert 0 <= models["overhead_fraction"] < 1 and "ratio_pop_vs_native" not in models
+    assert "streaming" not in report and "budget 0.01 min: repeats 3 -> 1" in completed.stderr
+    from pop_ros.benchmarks import table
+
+    text = table(report)  # the text report names what did not run
+    assert "| ratio_pop_vs_native | not reported: its section did not run" in text and "dropped streaming" in text
+
+
+def test_every_section_of_the_budget_table_has_a_runner_and_its_ratios_are_documented():
+    from pop_ros.bench_plan import SECTIONS
+    from pop_ros.benchmarks import SECTION_RUNNERS, SECTION_WARMUPS, TARGETS
+
+    names = [s.name for s in SECTIONS]
+    assert [n for n in names if n != "streaming"] == list(SECTION_RUNNERS)  # streaming: run_report, after
+    assert set(SECTION_WARMUPS) <= set(SECTION_RUNNERS) and names[0] == "stages"  # its 1-shot rows feed others
+    ratios = {ratio for s in SECTIONS for ratio in s.ratios}
+    assert set(TARGETS) <= ratios
+    performance = (REPO / "docs" / "performance.md").read_text()
+    assert all(f"`{ratio}`" in performance for ratio in ratios)
 
 
 def test_shape_models_are_seeded_tied_and_complete():
