@@ -44,6 +44,11 @@ _DOMAIN_LOCKS: list = []
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ["ROS_DOMAIN_ID"] = str(_claim_domain_id())
 os.environ["HF_HUB_OFFLINE"] = "1"
+# One torch thread per test process and per node or CLI it starts (they inherit the environment): the
+# tests' models are tiny, where a second intra-op thread gains nothing and two xdist workers, each with
+# a node process beside it, would oversubscribe 2 cores. On a 2-core machine at load 9-10 this took
+# test_evaluation's end-to-end and run-changes tests from 296 s to 123 s. OMP_NUM_THREADS=N overrides.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("POP_ROS_CACHE", str(pathlib.Path(__file__).resolve().parents[1] / "build" / "test-cache"))
 # Head files a user made with pop-find-heads (~/.local/share/pop_ros/heads) must not change what tests see;
 # one folder per xdist worker, so workers writing head files do not read each other's.

@@ -137,6 +137,7 @@ def test_pop_bench_quick_shape_run_picks_a_native_dtype():
     assert report["budget"]["changed"] is False and report["budget"]["changes"] == []
 
 
+@pytest.mark.slow  # a pop-bench process of its own (about 15 s); the planner's own tests are in test_bench_plan.py
 def test_pop_bench_within_a_budget_too_short_for_anything_runs_the_required_section_and_says_so():
     """--budget 0.01 (0.6 s) is spent before the models are built, whatever the machine: the plan keeps
     only the per-stage section, at 1 repeat and the small image, and names what it dropped."""
