@@ -16,8 +16,13 @@ import cv2
 import numpy as np
 import torch
 
-from pop_ros.bench import MANY_QUERIES, NATIVE_NEW_TOKENS, QUERY, SHAPES
 from pop_ros.bench_plan import ratio_above_base
+from pop_ros.models.shapes import SHAPES
+
+NATIVE_NEW_TOKENS = 24  # a point answer: [{"point_2d": [412, 233], "label": "handle of the mug"}]
+QUERY = "handle of the mug"
+# Five parts asked of one frame (a behaviour tree's usual burst); the first is QUERY.
+MANY_QUERIES = (QUERY, "rim of the mug", "neck of the bottle", "lid of the cup", "handle of the kettle")
 
 
 def percentile(values, q: float) -> float:

@@ -90,8 +90,8 @@ def test_hybrid_presets_keep_layers_up_to_their_deepest_full_attention_fallback_
 def test_hybrid_frame_cache_counts_keys_values_of_attention_layers_and_deltanet_states():
     from transformers import Qwen3_5TextConfig
 
-    from pop_ros.bench import QWEN35_TEXT
     from pop_ros.models.footprint import frame_cache_bytes
+    from pop_ros.models.shapes import QWEN35_TEXT
 
     config = Qwen3_5TextConfig(**{**QWEN35_TEXT, "hidden_size": 4096, "intermediate_size": 12288})
     # 9B, layers 0-19: 5 full-attention layers (3, 7, 11, 15, 19) hold keys+values of 330 tokens x 4 kv

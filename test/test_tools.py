@@ -185,8 +185,8 @@ def test_every_section_of_the_budget_table_has_a_runner_and_its_ratios_are_docum
 def test_shape_models_are_seeded_tied_and_complete():
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    from pop_ros.bench import SHAPES
     from pop_ros.models.random_weights import build_random
+    from pop_ros.models.shapes import SHAPES
 
     text, vision, _, _ = SHAPES["tiny"]
     config = Qwen2_5_VLConfig(text_config={**text, "tie_word_embeddings": True}, vision_config=dict(vision))

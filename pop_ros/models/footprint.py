@@ -42,7 +42,7 @@ INTERNVL3_8B_TEXT = {
 # Molmo2-8B: Qwen3-8B text and a 25-layer SigLIP so400m tower (transformers' Molmo2Config defaults);
 # the adapter's MLP width follows the text model's.
 MOLMO2_8B_ADAPTER = {"text_hidden_size": 4096, "intermediate_size": 12288}
-# Qwen3.5 0.8B / 2B (4B and 9B live in pop_ros.bench's SHAPES, which `pop-bench --shape` builds). 0.8B:
+# Qwen3.5 0.8B / 2B (4B and 9B live in pop_ros.models.shapes.SHAPES, which `pop-bench --shape` builds). 0.8B:
 # Qwen/Qwen3.5-0.8B's config.json (text and vision). 2B: text widths as published; its vision tower is
 # an estimate (Qwen3-VL-2B's 24 x 1024 tower), marked in docs/memory.md.
 QWEN35_SMALL_TEXT = {
@@ -103,7 +103,7 @@ TOKENS = {
 def _qwen_config(size: str):
     from transformers import Qwen2_5_VLConfig
 
-    from pop_ros.bench import SHAPES
+    from pop_ros.models.shapes import SHAPES
 
     text, vision = SHAPES[f"qwen2.5-vl-{size}"][:2]
     return Qwen2_5_VLConfig(text_config=dict(text), vision_config=dict(vision))
@@ -112,7 +112,7 @@ def _qwen_config(size: str):
 def _qwen3_5_config(size: str):
     from transformers import Qwen3_5Config
 
-    from pop_ros.bench import QWEN35_TEXT, QWEN35_VISION, SHAPES
+    from pop_ros.models.shapes import QWEN35_TEXT, QWEN35_VISION, SHAPES
 
     if size in ("4b", "9b"):
         text, vision = SHAPES[f"qwen3.5-{size}"][:2]
@@ -152,7 +152,7 @@ def _molmo2_config():
 def _dinov3_config(name: str):
     from transformers import DINOv3ViTConfig
 
-    from pop_ros.bench import DINOV3_VITB16, DINOV3_VITL16
+    from pop_ros.models.shapes import DINOV3_VITB16, DINOV3_VITL16
 
     figures = {"vitb16": DINOV3_VITB16, "vitl16": DINOV3_VITL16}[name]
     return DINOv3ViTConfig(**figures, patch_size=16, num_register_tokens=4)

@@ -26,10 +26,10 @@ SHARD_BYTES = 1 << 30
 
 
 def qwen_shape_config(shape: str):
-    """Qwen2.5-VL config of a real shape (`pop_ros.bench.SHAPES`: the checkpoints' config.json figures)."""
+    """Qwen2.5-VL config of a real shape (`pop_ros.models.shapes.SHAPES`: the checkpoints' config.json figures)."""
     from transformers import Qwen2_5_VLConfig
 
-    from pop_ros.bench import SHAPES
+    from pop_ros.models.shapes import SHAPES
 
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}; choose one of {sorted(SHAPES)}")
