@@ -1,32 +1,25 @@
-"""From an answer's pixel to its 3D point and approach pose, with depth paired by stamp, without ROS:
-the node (ros/queries.py) and pop-bag (bag_answers.py) both locate through here, so they compute the
-same thing.
+"""From an answer's pixel to its 3D point and approach pose, without ROS: the node (ros/queries.py)
+and pop-bag (bag_answers.py) both locate through here, so they compute the same thing.
 
-Inputs are what the node holds at answer time: the latest camera_info (anything shaped like
-sensor_msgs/CameraInfo), a `stamps.StampBuffer` of recent depth images (anything shaped like a
-sensor_msgs/Image, REP-118 encodings) and the colour image's stamp. Every failure is a note, never
-an exception, worded exactly as the node words it."""
+Input is the query's `capture.Capture`: its colour frame with the depth paired to it by stamp and
+the camera_info (anything shaped like sensor_msgs/Image and CameraInfo, REP-118 depth encodings),
+fixed when the query got the models. Depth that does not fit the colour image (size or aspect
+against camera_info, frame_ids) is found once, by `depth_misfit`, before any use. Every failure is
+a note, never an exception, worded exactly as the node words it."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
+import types
 from collections.abc import Callable
 
 import numpy as np
 
 from pop_ros import geometry, grasp
-from pop_ros.camera_model import CameraModel
+from pop_ros.camera_model import CameraModel, CameraModelError
+from pop_ros.capture import IMPOSSIBLE_STAMP_GAP_S, Capture, Frame, capture_of, stamp_seconds  # noqa: F401
 from pop_ros.image_conversion import ImageConversionError, to_depth_m
 from pop_ros.stamps import StampBuffer
-
-# A colour/depth stamp gap larger than this is not a late frame but two different clocks.
-IMPOSSIBLE_STAMP_GAP_S = 60.0
-
-
-def stamp_seconds(stamp) -> float:
-    """builtin_interfaces/Time (anything with sec, nanosec) -> seconds."""
-    return stamp.sec + stamp.nanosec * 1e-9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +57,7 @@ class Placement:
     # The depth (metres) and camera model the point came from, for the part's cloud; None without them.
     depth_m: object = None
     model: CameraModel | None = None
+    misfit: str = ""  # why the depth does not fit the colour image (depth_misfit); "" when it does
 
     def apply(self, answer) -> list[str]:
         """Copy the 3D point and pose into `answer` (the node's Answer, or anything with its fields);
@@ -88,32 +82,66 @@ def locate_pixel(
     camera_info_topic: str = "camera_info",
 ) -> Placement:
     """The 3D point and approach pose of colour pixel (u, v) of an image of `image_size (H, W)` taken
-    at `stamp`: the depth nearest in stamp within `depth_max_dt`, deprojected with `camera_info`."""
-    if camera_info is None:
+    at `stamp`: the depth nearest in stamp within `depth_max_dt`, deprojected with `camera_info`
+    (`locate_capture` of the capture of that stamp)."""
+    header = types.SimpleNamespace(stamp=stamp, frame_id="")
+    frame = Frame(types.SimpleNamespace(header=header), stamp_seconds(stamp), 0)
+    capture = capture_of(frame, depth_buffer, camera_info, settings.depth_max_dt)
+    return locate_capture(capture, u, v, image_size, settings, camera_info_topic)
+
+
+def locate_capture(
+    capture: Capture,
+    u: float,
+    v: float,
+    image_size: tuple[int, int],
+    settings: LocateSettings,
+    camera_info_topic: str = "camera_info",
+) -> Placement:
+    """The 3D point and approach pose of colour pixel (u, v) of the capture's image (`image_size (H,
+    W)`), from the depth and camera_info the capture holds."""
+    if capture.camera_info is None:
         return Placement(None, [f"no 3D point: no camera_info received on {camera_info_topic}"])
-    if stamp_seconds(stamp) == 0:
-        return Placement(
-            None, ["no 3D point: the image has stamp 0, so no depth can be paired by time (set header.stamp)"], False
-        )
-    depth_msg, gap = depth_buffer.nearest(stamp_seconds(stamp), settings.depth_max_dt)
-    if depth_msg is None:
-        if math.isinf(gap):
-            detail = "no depth received"
-        elif gap > IMPOSSIBLE_STAMP_GAP_S:
-            detail = (
-                f"impossible stamp difference: the nearest depth is {gap:.0f} s away, so colour and depth "
-                "stamps come from different clocks (check the drivers and use_sim_time)"
-            )
-        else:
-            detail = f"nearest depth is {gap:.3f} s away"
-        return Placement(None, [f"no 3D point: {detail} (depth_max_dt {settings.depth_max_dt} s)"], False)
-    return locate_in_depth(camera_info, depth_msg, u, v, image_size, settings)
+    if capture.depth is None:
+        return Placement(None, [capture.depth_note or "no 3D point: no depth"], False)
+    return locate_in_depth(capture.camera_info, capture.depth, u, v, image_size, settings, capture.header.frame_id)
 
 
-def locate_in_depth(camera_info, depth_msg, u: float, v: float, image_size: tuple[int, int], settings) -> Placement:
+def depth_misfit(image_size: tuple[int, int], colour_frame_id: str, depth_msg, camera_info) -> str:
+    """Why this depth image and camera_info cannot be used with a colour image of `image_size (H, W)`
+    in frame `colour_frame_id`, or "": their frame_ids differ (an empty one is not compared), or
+    the colour or the depth image is neither camera_info's size nor an exact resize of it (an
+    unaligned depth topic beside the colour one). Checked once, before the depth is used, so a
+    misfit is a 2D answer with this reason, never an error further on (the part's cloud)."""
+    named = {
+        "colour": colour_frame_id,
+        "depth": getattr(getattr(depth_msg, "header", None), "frame_id", ""),
+        "camera_info": getattr(getattr(camera_info, "header", None), "frame_id", ""),
+    }
+    given = {what: frame_id for what, frame_id in named.items() if frame_id}
+    if len(set(given.values())) > 1:
+        listed = ", ".join(f"{what} {frame_id!r}" for what, frame_id in given.items())
+        return f"frame_ids differ ({listed}); depth must be aligned to colour, in the colour camera's frame"
+    try:
+        model = CameraModel.from_camera_info(camera_info, rectified=True)
+        model.image_scale(image_size)
+        model.image_scale((int(depth_msg.height), int(depth_msg.width)))
+    except CameraModelError as error:
+        return f"{error}; depth must be aligned to colour (RealSense: aligned_depth_to_color)"
+    except ValueError:
+        return ""  # a malformed camera_info: locate_in_depth names it
+    return ""
+
+
+def locate_in_depth(
+    camera_info, depth_msg, u: float, v: float, image_size: tuple[int, int], settings, colour_frame_id: str = ""
+) -> Placement:
     """The 3D point and approach pose of colour pixel (u, v) in this depth image (anything shaped like
-    sensor_msgs/Image, aligned to the colour image) and camera_info: the checks and camera model of
-    `locate_pixel` once its depth is paired (a request that carries its own depth starts here)."""
+    sensor_msgs/Image, aligned to the colour image) and camera_info: the checks (`depth_misfit`
+    first) and camera model once its depth is paired (a request that carries its own depth starts here)."""
+    misfit = depth_misfit(image_size, colour_frame_id, depth_msg, camera_info)
+    if misfit:
+        return Placement(None, [f"no 3D point: depth does not fit the colour image: {misfit}"], True, misfit=misfit)
     try:
         depth_m = to_depth_m(depth_msg)
     except ImageConversionError as error:

@@ -1,16 +1,16 @@
-"""Camera input: the latest colour frame, a short history of colour frames by stamp, depth paired
-by stamp, camera_info.
+"""Camera input: the latest colour frame, a short history of colour frames by stamp, depth (kept over
+a time span, stamps.DEPTH_SPAN_S), camera_info.
 
 Subscription callbacks only store what arrived (short, never blocked by queries); the work happens
-when a query asks for `target_image()` or `depth_near()`. The last FRAME_HISTORY colour frames are
-kept (as received, unconverted) so that a click naming its frame by stamp (~/teach_click) is applied
-to that frame, not to a later one of a moving camera.
+when a query, holding the models, takes its `capture()` (capture.py: the newest fresh frame with its
+depth and camera_info, kept through inference). The last FRAME_HISTORY colour frames are kept (as
+received, unconverted) so that a query can take the newest one whose depth has arrived, and a click
+naming its frame by stamp (~/teach_click) is applied to that frame, not to a later one.
 """
 
 from __future__ import annotations
 
 import collections
-import dataclasses
 import threading
 import time
 
@@ -18,19 +18,9 @@ import numpy as np
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
+from pop_ros.capture import Capture, Frame, capture_of, newest_capture
 from pop_ros.image_conversion import ImageConversionError, compressed_to_rgb8, to_rgb8
 from pop_ros.stamps import StampBuffer
-
-
-@dataclasses.dataclass(frozen=True)
-class Frame:
-    """One received colour frame and its arrival number: a reader takes both in one read of
-    `CameraInput.latest`, so a frame arriving meanwhile cannot pair its number with another's pixels."""
-
-    msg: object  # sensor_msgs/Image or CompressedImage
-    stamp_s: float
-    seq: int  # 1 for the first frame received, +1 for each next one
-
 
 # Colour frames kept for clicks that name their frame by stamp: one second of a 30 Hz camera. The
 # messages as received, so about 0.9 MB each for 640x480 rgb8 (28 MB in all; 83 MB at 1280x720).
@@ -121,9 +111,13 @@ class CameraInput:
         self.subscriptions = []
 
     def clear(self) -> None:
+        """Forget every frame, depth image and camera_info (cleanup: the next configure may be for
+        another camera)."""
         self.latest = None
         with self._history_lock:
             self._history.clear()
+        self.depth.clear()
+        self.camera_info = None
 
     # ---- callbacks (short: store and return) ---------------------------------------------------------
     def on_image(self, msg) -> None:
@@ -161,6 +155,32 @@ class CameraInput:
             )
 
     # ---- what queries read -----------------------------------------------------------------------------
+    def capture(self, max_age_s: float, depth_max_dt: float) -> Capture:
+        """The capture a query on the camera takes once it holds the models (capture.newest_capture):
+        the newest frame no older than `max_age_s` whose depth has arrived, else the newest. Raises
+        NoFrameError when there is no frame or even the newest is too old."""
+        with self._history_lock:
+            frames = list(self._history)
+        now_s = self.node.get_clock().now().nanoseconds * 1e-9
+        capture, problem = newest_capture(frames, self.depth, self.camera_info, now_s, max_age_s, depth_max_dt)
+        if capture is None:
+            where = f" on {self.colour_topic()} (is the node active?)" if not frames else ""
+            raise NoFrameError(problem + where)
+        return capture
+
+    def request_capture(self, request_image, depth, camera_info, depth_max_dt: float) -> Capture:
+        """The capture of an image sent with a request: its own depth and camera_info when it has
+        them, else the streams' depth paired by its stamp and the latest camera_info."""
+        frame = Frame(request_image, stamp_seconds(request_image.header.stamp), 0)
+        if depth is not None:
+            return Capture(frame, depth, camera_info)
+        return capture_of(frame, self.depth, self.camera_info, depth_max_dt)
+
+    def image_of(self, capture: Capture) -> np.ndarray:
+        """The capture's colour image as RGB (ImageConversionError when it cannot be converted)."""
+        msg = capture.msg
+        return compressed_to_rgb8(msg) if isinstance(msg, CompressedImage) else to_rgb8(msg)
+
     def target_image(self, request_image, max_age_s: float, frame: Frame | None = None) -> tuple[np.ndarray, object]:
         """(RGB image, header) from the request, else of `frame` (default: the latest camera frame),
         checked for age. Raises NoFrameError when there is no usable camera frame, and
