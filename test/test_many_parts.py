@@ -367,3 +367,25 @@ def test_frame_cache_evicts_the_least_recently_used(rng):
     assert pointer.cached_frames() == 2
     assert pointer.point(a, "lid").frame_reused  # used after B: kept
     assert not pointer.point(b, "lid").frame_reused  # least recently used when C came: evicted
+
+
+def test_batches_are_split_so_their_prefix_copies_fit_the_budget(tiny_adapters, rng, monkeypatch):
+    """Each batch row holds a copy of the prefix's keys/values (the first append of a layer copies the
+    expanded prefix): with a budget of 1.5 rows' copies, four queries run as batches of 1 row each, with
+    the same maps as one batch."""
+    from pop_ros.models import prefix_reuse
+
+    adapter = tiny_adapters["qwen2_5_vl"]
+    image = random_image(rng, 300, 500)
+    prefix = adapter.image_prefix(image, QUERIES[0], depth=4)
+    whole = adapter.head_maps_from_prefix_batch(prefix, QUERIES, HEADS)
+    monkeypatch.setattr(prefix_reuse, "PREFIX_COPY_BUDGET_BYTES", prefix_reuse.prefix_bytes(prefix) * 3 // 2)
+    assert prefix_reuse.rows_per_batch(prefix) == 1
+    seen, handle = _layer_batches(adapter)
+    try:
+        split = adapter.head_maps_from_prefix_batch(prefix, QUERIES, HEADS)
+    finally:
+        handle.remove()
+    assert [size for size, _ in seen] == [1] * len(QUERIES)
+    for maps, reference in zip(split, whole, strict=True):
+        torch.testing.assert_close(maps, reference, atol=1e-5, rtol=0)

@@ -1,7 +1,10 @@
 """Per-frame reuse of the MLLM's work (a mixin of `MLLMAdapter`): the image prefix (vision tower and
 every token before the query text) is run once per frame and kept as its cache state; each query then
-runs only its own tokens, several queries of one frame as one right-padded batch, each attending to
-its own copy of the prefix state. Equal to a full prefill of each query's prompt (tests)."""
+runs only its own tokens, several queries of one frame as right-padded batches, each row attending to
+its own copy of the prefix state. Those copies are real: the first layer that appends a batch's own
+keys concatenates them to the prefix's, once per row, so a batch holds B copies of the prefix's
+keys/values; batches are sized so that they fit in PREFIX_COPY_BUDGET_BYTES (split when needed).
+Equal to a full prefill of each query's prompt (tests)."""
 
 from __future__ import annotations
 
@@ -14,6 +17,22 @@ import torch
 from pop_ros.models.inputs import ImagePrefix, _StopForward
 
 LOG = logging.getLogger("pop_ros.models.mllm")
+# The most memory a batch's copies of the prefix's keys/values may take (one copy per row; the rest of
+# the batch's activations are small beside them). 1 GiB: 8 rows of a 7B model's 1024-token prefix in
+# bfloat16 (28 layers x 4 KV heads x 128 x 2 x 2 bytes x 1024 ~ 57 MB a row, far fewer rows for long prefixes).
+PREFIX_COPY_BUDGET_BYTES = 1 << 30
+
+
+def prefix_bytes(prefix: ImagePrefix) -> int:
+    """Bytes of the prefix's kept keys and values: what each batch row copies."""
+    return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in prefix.keys_values)
+
+
+def rows_per_batch(prefix: ImagePrefix, budget_bytes: int | None = None) -> int:
+    """How many queries one batch may hold so that their prefix copies fit in `budget_bytes`
+    (default PREFIX_COPY_BUDGET_BYTES; at least 1)."""
+    budget = PREFIX_COPY_BUDGET_BYTES if budget_bytes is None else budget_bytes
+    return max(1, budget // max(1, prefix_bytes(prefix)))
 
 
 class PrefixReuseMixin:
@@ -154,8 +173,9 @@ class PrefixReuseMixin:
         return kept
 
     def _query_cache(self, prefix: ImagePrefix, batch: int = 1):
-        """A fresh cache holding the prefix's keys/values once per batch row (`expand`: no copy until
-        a layer appends the queries' own keys); the queries append to it, never to the prefix."""
+        """A fresh cache holding the prefix's keys/values once per batch row: `expand` makes no copy
+        here, but each layer's first append of the queries' own keys concatenates, and so copies the
+        prefix once per row (hence `rows_per_batch`); the queries append to it, never to the prefix."""
         from transformers import DynamicCache
 
         expanded = [
@@ -173,10 +193,11 @@ class PrefixReuseMixin:
     def head_maps_from_prefix_batch(
         self, prefix: ImagePrefix, queries: Sequence[str], heads: Sequence[Sequence[int]]
     ) -> list[torch.Tensor]:
-        """One `(N, H_l, W_l)` map stack per query, in order: all queries' own tokens go through the
-        layers as ONE batch (right-padded, padding masked out), each row attending to its copy of
-        the prefix's keys/values, with the positions its own prompt would give it. Equal to
-        `head_maps_from_prefix` per query; a query whose prompt cannot reuse the prefix runs alone."""
+        """One `(N, H_l, W_l)` map stack per query, in order: the queries' own tokens go through the
+        layers as batches of at most `rows_per_batch(prefix)` (right-padded, padding masked out),
+        each row attending to its copy of the prefix's keys/values, with the positions its own
+        prompt would give it. Equal to `head_maps_from_prefix` per query; a query whose prompt cannot
+        reuse the prefix runs alone."""
         for query in queries:
             if not isinstance(query, str) or not query.strip():
                 raise ValueError("query must be a non-empty string")
@@ -193,9 +214,11 @@ class PrefixReuseMixin:
                 maps[index] = self.head_maps(prefix.image_rgb, query, heads)
             else:
                 batched[index] = self._tail_ids(split[1])
-        if batched:
-            rows = self._run_query_batch(prefix, list(batched.values()), by_layer)  # layer -> (B, n, S)
-            for row_index, index in enumerate(batched):
+        indices, size = list(batched), rows_per_batch(prefix)
+        for start in range(0, len(indices), size):
+            chunk = indices[start : start + size]
+            rows = self._run_query_batch(prefix, [batched[i] for i in chunk], by_layer)  # layer -> (B, n, S)
+            for row_index, index in enumerate(chunk):
                 own = {layer: None if found is None else found[row_index] for layer, found in rows.items()}
                 maps[index] = self._maps_from_rows(own, by_layer, heads, prefix.image_positions, prefix.grid)
         return maps  # type: ignore[return-value]
