@@ -49,12 +49,23 @@ def recording_frames(node):
 def test_continuous_mode_processes_each_frame_once_when_one_arrives_mid_tick(inprocess):
     ros, node, _ = inprocess("once", f"support_library:={LIBRARY}", "continuous_support_set:=mug_handle")
     processed = recording_frames(node)
-    # The second frame arrives while the first tick is between choosing its frame and reading it.
-    hook_parameter(node, "max_frame_age", lambda: node.camera.on_image(colour_msg(ros.now_stamp(), "second")))
+    # The second frame arrives while the first tick runs its query (after its capture was taken).
+    hook_parameter(node, "min_score", lambda: node.camera.on_image(colour_msg(ros.now_stamp(), "second")))
     node.camera.on_image(colour_msg(ros.now_stamp(), "first"))
     answers = [tick(node) for _ in range(3)]
     assert processed == ["first", "second"]
     assert [a.outcome for a in answers[:2]] == [Outcome.OK, Outcome.OK] and answers[2] is None  # nothing new
+
+
+def test_a_tick_answers_about_the_frame_newest_when_it_gets_the_models(inprocess):
+    ros, node, _ = inprocess("newest", f"support_library:={LIBRARY}", "continuous_support_set:=mug_handle")
+    processed = recording_frames(node)
+    # The second frame arrives after the tick looked for a new frame, before it holds the models.
+    hook_parameter(node, "continuous_query", lambda: node.camera.on_image(colour_msg(ros.now_stamp(), "second")))
+    node.camera.on_image(colour_msg(ros.now_stamp(), "first"))
+    answers = [tick(node) for _ in range(2)]
+    assert processed == ["second"]  # the capture is taken holding the models: the newest frame then
+    assert answers[0].outcome is Outcome.OK and answers[0].capture.seq == 2 and answers[1] is None
 
 
 def test_a_continuous_tick_never_waits_for_a_running_query(inprocess):
@@ -69,7 +80,7 @@ def test_a_continuous_tick_never_waits_for_a_running_query(inprocess):
         held.append(node.work_slot())
         assert held[0].__enter__() == ""
 
-    hook_parameter(node, "max_frame_age", start_a_query)
+    hook_parameter(node, "continuous_support_set", start_a_query)
     started = time.monotonic()
     tick(node)
     elapsed = time.monotonic() - started

@@ -56,6 +56,8 @@ class Answer:
     part_length_m: float = 0.0
     # Every instance, best first: instances[0] is this answer itself (empty for answers without a point).
     instances: list = dataclasses.field(default_factory=list)
+    # What it answers about (capture.Capture: frame, depth, camera_info), None when no capture was taken.
+    capture: object = None
 
     @property
     def success(self) -> bool:

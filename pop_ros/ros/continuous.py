@@ -1,5 +1,6 @@
 """Continuous mode: a standing query on the newest camera frame, at most `continuous_rate` times a
-second, each frame at most once, never waiting behind a running query (no backlog)."""
+second, each frame at most once, never waiting behind a running query (no backlog). Its frame is the
+capture taken once it holds the models (capture.py), as for the services."""
 
 from __future__ import annotations
 
@@ -27,11 +28,11 @@ class ContinuousMode:
             )
 
     def tick(self) -> Answer | None:
-        """Answer the standing query about the newest frame, unless it was answered already or a
-        query holds the models (then the next tick takes the newest frame). Returns the answer, or
-        None when nothing ran."""
+        """Answer the standing query about the newest frame (its capture), unless it was answered
+        already or a query holds the models (then the next tick takes the newest frame). Returns the
+        answer, or None when nothing ran."""
         node = self.node
-        frame = node.camera.latest  # one read: this frame and its number belong together
+        frame = node.camera.latest  # a cheap look first: nothing new, no need for the models
         if frame is None or frame.seq <= self._done_seq or node.pointer is None or not node.active:
             return None
         answer = self.queries.answer(
@@ -39,12 +40,13 @@ class ContinuousMode:
             node.param("continuous_support_set"),
             Image(),
             publish=True,
-            frame=frame,
+            newer_than=self._done_seq,
             wait=False,
         )
-        if answer.outcome is Outcome.BUSY:
-            return None  # not answered: not done
-        self._done_seq = frame.seq
+        if answer is None or answer.outcome is Outcome.BUSY:
+            return None  # nothing new once the models were held, or not answered: not done
+        # The frame answered about; a frame refused (too old) is not tried again either.
+        self._done_seq = answer.capture.seq if answer.capture is not None else frame.seq
         self.queries.record(answer)
         if not answer.success:
             node.get_logger().warning(f"continuous query: {answer.message}", throttle_duration_sec=5.0)

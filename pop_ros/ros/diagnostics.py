@@ -36,6 +36,8 @@ class NodeHealth:
     - query latency: the last `latency_samples` total times (ms) of answered queries; p50 and p99
       by linear interpolation (numpy's default percentile).
     - outcomes and errors: counts by name ("ok", "rejected", "busy", "internal error", ...).
+    - depth misfits: captures whose depth does not fit the colour image (locate.depth_misfit), and the
+      last reason; answers dropped from the topics because one about a newer frame was published.
     """
 
     def __init__(self, window_s: float = 5.0, latency_samples: int = 1000, clock: Callable[[], float] = time.monotonic):
@@ -47,6 +49,9 @@ class NodeHealth:
         self._last_frame: float | None = None
         self.depth_lookups = 0
         self.depth_paired = 0
+        self.depth_misfits = 0
+        self.last_depth_misfit = ""
+        self.out_of_order = 0
         self._latencies_ms: collections.deque = collections.deque(maxlen=latency_samples)
         self.outcomes: collections.Counter = collections.Counter()
         self.errors: collections.Counter = collections.Counter()
@@ -64,6 +69,16 @@ class NodeHealth:
         with self._lock:
             self.depth_lookups += 1
             self.depth_paired += int(bool(paired))
+
+    def depth_misfit(self, reason: str) -> None:
+        """A stream capture's depth checked: `reason` why it does not fit, "" when it fits (clears the warning)."""
+        with self._lock:
+            self.depth_misfits += int(bool(reason))
+            self.last_depth_misfit = reason
+
+    def dropped_out_of_order(self) -> None:
+        with self._lock:
+            self.out_of_order += 1
 
     def query(self, outcome, total_ms: float | None = None) -> None:
         """One answered query: its outcome (an `answers.Outcome`, counted under its value) and, when
@@ -180,11 +195,16 @@ class DiagnosticsPublisher:
             "seconds since last frame": _fmt(since, 2),
             "depth pairing rate": _fmt(pairing, 3),
             "depth lookups": health.depth_lookups,
+            "depth misfits": health.depth_misfits,
+            "last depth misfit": health.last_depth_misfit,
         }
         if not self.camera_expected():
             camera = _status(prefix + "camera input", hw, OK, "not subscribed (node inactive)", camera_values)
         elif since > self.stale_frame_s:
             what = "no frame received yet" if math.isinf(since) else f"no frame for {since:.1f} s"
+            camera = _status(prefix + "camera input", hw, WARN, what, camera_values)
+        elif health.last_depth_misfit:
+            what = f"{rate:.1f} Hz; depth does not fit the colour image: {health.last_depth_misfit}"
             camera = _status(prefix + "camera input", hw, WARN, what, camera_values)
         else:
             camera = _status(prefix + "camera input", hw, OK, f"{rate:.1f} Hz", camera_values)
@@ -196,6 +216,7 @@ class DiagnosticsPublisher:
             "latency p50 (ms)": _fmt(latency[0] if latency else None),
             "latency p99 (ms)": _fmt(latency[1] if latency else None),
             "queries answered": answered,
+            "answers not published (older frame)": health.out_of_order,
             **{f"answers {name}": count for name, count in sorted(outcomes.items())},
         }
         queries = _status(

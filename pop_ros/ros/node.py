@@ -106,7 +106,18 @@ class HeldModels:
 
 
 class PopNode(LifecycleNode):
+    @property
+    def default_callback_group(self):
+        """The group of the lifecycle and parameter services (rclpy puts them in the node's default
+        group; every other callback of this node names its own): reentrant, so get_state (what
+        lifecycle managers poll) and `ros2 param` answer while a configure loads models for minutes."""
+        group = self.__dict__.get("_service_group")
+        if group is None:
+            group = self._service_group = ReentrantCallbackGroup()
+        return group
+
     def __init__(self, **kwargs):
+        self.configuring = False  # read by the parameter check, which may run during a configure
         super().__init__("pop_node", **kwargs)
         route_python_logging(self.get_logger())
         for spec in PARAMETERS.values():
@@ -259,7 +270,7 @@ class PopNode(LifecycleNode):
             if not reason and name == "continuous_support_set" and pointer is not None:
                 unknown = _unknown_set(value, pointer.library.names())
                 reason = f"continuous_support_set: {unknown}" if unknown else None
-            if not reason and pointer is not None and not PARAMETERS[name].runtime:
+            if not reason and (pointer is not None or self.configuring) and not PARAMETERS[name].runtime:
                 reason = f"{name} is read at configure: deactivate and clean up the node, set it, then configure again"
             if reason:
                 return SetParametersResult(successful=False, reason=reason)
@@ -287,6 +298,7 @@ class PopNode(LifecycleNode):
         from pop_ros.supports import SupportError
 
         started = time.perf_counter()
+        self.configuring = True
         try:
             # Values from a params file or the command line never went through the on-set callback.
             invalid = check_all({name: self.param(name) for name in PARAMETERS})
@@ -302,6 +314,8 @@ class PopNode(LifecycleNode):
             return self._configure_failed(str(error))
         except Exception as error:  # noqa: BLE001 - rclpy would turn it into a silent ERROR transition
             return self._configure_failed(f"internal error: {type(error).__name__}: {error}", traceback.format_exc())
+        finally:
+            self.configuring = False
         self.pointer = pointer
         self.configure_error = ""
         self.get_logger().info(f"configured in {time.perf_counter() - started:.1f} s")
@@ -329,23 +343,31 @@ class PopNode(LifecycleNode):
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_listening()
+        return super().on_deactivate(state)
+
+    def _stop_listening(self) -> None:
+        """Unsubscribe and stop continuous mode and the frames check (deactivate, shutdown)."""
         self.active = False
         self.camera.unsubscribe()
         self.continuous.restart(0.0)
         if self._frames_check is not None:
             self.destroy_timer(self._frames_check)
             self._frames_check = None
-        return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Back to unconfigured: no models, and nothing of the camera (frames, depth, camera_info):
+        the next configure may be for another camera."""
         self._release_models()
         self.camera.clear()
+        self.outputs.forget_order()
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self.active = False
-        self.continuous.restart(0.0)
+        """From any state: subscriptions and timers stopped, models released, the camera forgotten."""
+        self._stop_listening()
         self._release_models()
+        self.camera.clear()
         return TransitionCallbackReturn.SUCCESS
 
     def _release_models(self) -> None:

@@ -1,7 +1,14 @@
 """What the node publishes for an answer: ~/result, ~/point, ~/pose, ~/markers, ~/heatmap, ~/heatmap_raw,
-and the part's ~/part_mask, ~/part_cloud and ~/grasp."""
+and the part's ~/part_mask, ~/part_cloud and ~/grasp.
+
+In frame order: an answer about a frame older (by stamp) than one already published is not published
+(it is still the service's response), so a consumer taking the latest ~/point never acts on an older
+frame after a newer one; such drops are counted on /diagnostics. Answers about one frame (the parts of
+a ~/point_to_parts call) and unstamped images are always published."""
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 from geometry_msgs.msg import Point, PointStamped, PoseStamped
@@ -21,6 +28,10 @@ MAX_MARKER_POINTS = 2000  # the part's points marker is subsampled to about this
 
 class Outputs:
     def __init__(self, node):
+        self.node = node
+        # Held while an answer is published, so the order check and the publishing are one step.
+        self._publishing = threading.Lock()
+        self._newest_stamp: tuple[int, int] | None = None  # of the newest frame published about
         # Lifecycle publishers: they publish only while the node is active.
         self.point_pub = node.create_lifecycle_publisher(PointStamped, "~/point", 10)
         self.heatmap_pub = node.create_lifecycle_publisher(Image, "~/heatmap", 1)
@@ -128,7 +139,32 @@ class Outputs:
     ) -> None:
         """~/result always (with its success flag); ~/point only for an accepted answer, so no
         consumer acts on a point the node rejected; the heatmap of a rejected answer on request.
-        `markers` False: the caller publishes the markers of several answers at once (publish_markers)."""
+        `markers` False: the caller publishes the markers of several answers at once (publish_markers).
+        Nothing when an answer about a newer frame was published already (counted)."""
+        with self._publishing:
+            if self.in_order(answer.header):
+                self._publish(answer, image, heatmap, publish_heatmap, publish_rejected_heatmap, markers)
+
+    def in_order(self, header, count: bool = True) -> bool:
+        """Whether an answer about the frame of `header` may be published now: its stamp is not older
+        than the newest published (an unstamped one always is); it then becomes the newest. False is
+        counted on /diagnostics when `count`."""
+        stamp = (int(header.stamp.sec), int(header.stamp.nanosec))
+        if stamp == (0, 0):
+            return True
+        if self._newest_stamp is not None and stamp < self._newest_stamp:
+            if count:
+                self.node.health.dropped_out_of_order()
+            return False
+        self._newest_stamp = stamp
+        return True
+
+    def forget_order(self) -> None:
+        """Start the order afresh (cleanup: the next camera's clock may be behind this one's)."""
+        with self._publishing:
+            self._newest_stamp = None
+
+    def _publish(self, answer, image, heatmap, publish_heatmap, publish_rejected_heatmap, markers) -> None:
         self.result_pub.publish(self.result_message(answer))
         if answer.success and answer.has_3d:
             point = PointStamped()
@@ -153,6 +189,12 @@ class Outputs:
 
     def publish_markers(self, answers) -> None:
         self.markers_pub.publish(self.markers_message(answers))
+
+    def publish_markers_in_order(self, answers, header) -> None:
+        """The markers of one ~/point_to_parts call, unless an answer about a newer frame was published."""
+        with self._publishing:
+            if self.in_order(header, count=False):
+                self.publish_markers(answers)
 
 
 def _pose_at(answer, orientation_xyzw, position=None) -> PoseStamped:

@@ -1,8 +1,10 @@
 """The node's query services: ~/point_to_part, ~/point_to_parts, ~/add_exemplar, ~/list_support_sets.
 
-Each query: the source image (the request's, else a camera frame), then the models through the
-node's work slot (the pointer read once, inside it), then the answer: its 3D point and approach pose
-(`locate`), the min_score check, the outputs and its outcome in /diagnostics.
+Each query: the models through the node's work slot (the pointer read once, inside it); holding
+them, its capture (capture.py: the request's image, else the newest fresh camera frame, with the
+depth and camera_info that belong to it), kept through inference; then the answer: its 3D point and
+approach pose (`locate`, from the capture), the min_score check, the outputs (in frame order:
+outputs.py) and its outcome in /diagnostics.
 """
 
 from __future__ import annotations
@@ -11,25 +13,20 @@ import dataclasses
 import time
 from collections import namedtuple
 
+from pop_ros.capture import Capture
 from pop_ros.grasp import GraspSettings
 from pop_ros.image_conversion import ImageConversionError
-from pop_ros.locate import (
-    LocateSettings,
-    Placement,
-    add_region,
-    locate_in_depth,
-    locate_pixel,
-    locate_with,
-    score_note,
-)
+from pop_ros.locate import LocateSettings, Placement, add_region, locate_capture, locate_with, score_note
 from pop_ros.ros.answers import Answer, Outcome
-from pop_ros.ros.camera import Frame, NoFrameError, is_empty_image
+from pop_ros.ros.camera import NoFrameError, is_empty_image
 from pop_ros.ros.teaching import added_text
-from pop_ros.stamps import stamped_frame_key
 from pop_ros_interfaces.srv import AddExemplar, ListSupportSets, PointToPart, PointToParts
 
 # A result built without instances (by hand, in tests) answers with its single peak.
 _Peak = namedtuple("_Peak", "u v score")
+# The most queries one ~/point_to_parts call may ask (more are refused with this number): a call holds
+# the models for all of them, so every other query waits behind it.
+MAX_QUERIES_PER_CALL = 32
 
 
 @dataclasses.dataclass
@@ -66,12 +63,6 @@ def image_outcome(error: ImageConversionError) -> Outcome:
     return Outcome.NO_FRAME if isinstance(error, NoFrameError) else Outcome.BAD_REQUEST
 
 
-def frame_key(request_image, header) -> str | None:
-    """A camera frame is named by its stamp + frame_id (no hashing of the pixels); an image sent
-    with the request, or an unstamped frame, by its content (the pipeline hashes it)."""
-    return None if not is_empty_image(request_image) else stamped_frame_key(header)
-
-
 class Queries:
     def __init__(self, node, callback_group):
         self.node = node
@@ -91,46 +82,59 @@ class Queries:
         support_set: str,
         request_image,
         publish: bool,
-        frame: Frame | None = None,
+        newer_than: int | None = None,
         wait=True,
         options: QueryOptions | None = None,
-    ) -> Answer:
-        """One query on the request's image, else on `frame` (default: the latest camera frame).
-        `wait` False: answer busy at once instead of waiting for a running query."""
+    ) -> Answer | None:
+        """One query on the request's image, else on the capture taken once the models are held.
+        `wait` False: answer busy at once instead of waiting for a running query. `newer_than`: a
+        frame number; None (nothing ran) when the capture's frame is not newer (continuous mode)."""
         options = options or QueryOptions()
         from pop_ros.pipeline import PointerError
 
         node = self.node
         started = time.perf_counter()
         # The source image's header whenever it is known, failures included.
-        header = node.camera.source_header(request_image, frame)
+        header = node.camera.source_header(request_image)
         problem = node.not_ready_reason()
         if problem:
             return Answer(Outcome.NOT_READY, problem, header)
-        try:
-            image, header = node.camera.target_image(request_image, float(node.param("max_frame_age")), frame)
-        except ImageConversionError as error:
-            return Answer(image_outcome(error), str(error), header)
         with node.models(wait) as held:
             if held.pointer is None:
                 return Answer(held.outcome, held.reason, header)
             try:
-                key = frame_key(request_image, header)
+                capture = self.take_capture(request_image, options)
+                image = node.camera.image_of(capture)
+            except ImageConversionError as error:
+                return Answer(image_outcome(error), str(error), header)
+            if newer_than is not None and capture.seq <= newer_than:
+                return None
+            header = capture.header
+            try:
                 result = held.pointer.point(
                     image,
                     query,
                     support_set=support_set or None,
-                    frame_key=key,
+                    frame_key=capture.frame_key(),
                     max_instances=options.max_instances,
                     roi=options.roi,
                 )
             except PointerError as error:
-                return Answer(Outcome.BAD_REQUEST, str(error), header)
-        answer = self.result_answer(result, image, header, options)
+                return Answer(Outcome.BAD_REQUEST, str(error), header, capture=capture)
+        answer = self.result_answer(result, image, capture, options)
         answer.total_ms = (time.perf_counter() - started) * 1000.0
         if publish:
             self.publish(answer, image, result.heatmap)
         return answer
+
+    def take_capture(self, request_image, options: QueryOptions) -> Capture:
+        """What a query answers about, taken while it holds the models: the request's image with its
+        own depth (or the streams' by its stamp), else the camera's newest fresh frame (NoFrameError)."""
+        camera, param = self.node.camera, self.node.param
+        depth_max_dt = float(param("depth_max_dt"))
+        if not is_empty_image(request_image):
+            return camera.request_capture(request_image, options.depth, options.camera_info, depth_max_dt)
+        return camera.capture(float(param("max_frame_age")), depth_max_dt)
 
     def record(self, answer: Answer) -> None:
         """Count one query's outcome and latency for /diagnostics."""
@@ -149,7 +153,7 @@ class Queries:
             markers=markers,
         )
 
-    def result_answer(self, result, image, header, options: QueryOptions | None = None) -> Answer:
+    def result_answer(self, result, image, capture: Capture, options: QueryOptions | None = None) -> Answer:
         """A pipeline result as an Answer: its instances (instances[0] is the answer itself), each with
         its 3D point and approach pose, the min_score check, and the part's region and grasp frame."""
         options = options or QueryOptions()
@@ -157,6 +161,7 @@ class Queries:
         min_score = float(self.node.param("min_score"))
         region = GraspSettings.from_parameters(self.node.param)
         image_size = image.shape[:2]
+        header = capture.header
         answers, placement = [], None
         for index, peak in enumerate(instances):
             answer = Answer(
@@ -169,8 +174,9 @@ class Queries:
                 query=result.query,
                 support_set=result.support_set,
                 instance=index,
+                capture=capture,
             )
-            notes, placement = self.locate(answer, image_size, header, options, placement)
+            notes, placement = self.locate(answer, image_size, capture, options, placement)
             rejection = score_note(peak.score, min_score)
             if rejection:
                 answer.outcome = Outcome.REJECTED
@@ -183,12 +189,11 @@ class Queries:
         return best
 
     def locate(
-        self, answer: Answer, image_size, header, options: QueryOptions, paired: Placement | None = None
+        self, answer: Answer, image_size, capture: Capture, options: QueryOptions, paired: Placement | None = None
     ) -> tuple[list[str], Placement]:
-        """Fill `answer`'s 3D point and approach pose for its (u, v): from the request's depth and
-        camera_info when it has them, else from the streams (depth paired by stamp). `paired`: the
-        placement of a better instance of the same answer, whose depth this one shares.
-        Returns the notes on what is missing, and this placement."""
+        """Fill `answer`'s 3D point and approach pose for its (u, v) from the capture's depth and
+        camera_info. `paired`: the placement of a better instance of the same answer, whose depth this
+        one shares. Returns the notes on what is missing, and this placement."""
         node = self.node
         settings = LocateSettings.from_parameters(node.param)
         u, v = answer.u, answer.v
@@ -196,14 +201,18 @@ class Queries:
             placement = locate_with(paired.model, paired.depth_m, u, v, image_size, settings)
         elif paired is not None:
             placement = Placement(None, list(paired.notes[:1]))  # the same reason: no depth for any instance
-        elif options.depth is not None:
-            placement = locate_in_depth(options.camera_info, options.depth, u, v, image_size, settings)
         else:
-            camera = node.camera
             topic = node.resolve_topic_name("camera_info")
-            placement = locate_pixel(camera.camera_info, camera.depth, header.stamp, u, v, image_size, settings, topic)
-            if placement.depth_paired is not None:
+            placement = locate_capture(capture, u, v, image_size, settings, topic)
+            from_streams = options.depth is None  # not the request's own depth
+            if placement.depth_paired is not None and from_streams:
                 node.health.depth_lookup(placement.depth_paired)
+            if placement.depth_paired and from_streams:
+                node.health.depth_misfit(placement.misfit)
+            if placement.misfit and from_streams:
+                node.get_logger().warning(
+                    f"depth does not fit the colour image: {placement.misfit}", throttle_duration_sec=10.0
+                )
         return placement.apply(answer), placement
 
     # ---- services ----------------------------------------------------------------------------------------
@@ -228,10 +237,8 @@ class Queries:
         return response
 
     def on_point_to_parts(self, request, response):
-        """Every query of the request on one frame: its features and MLLM prefix are computed once.
+        """Every query of the request on one capture: its features and MLLM prefix are computed once.
         `success` is false only when nothing could run; each query's own outcome is in its result."""
-        from pop_ros.pipeline import PointerError, PointRequest
-
         node = self.node
         started = time.perf_counter()
         response.header = node.camera.source_header(request.image)
@@ -240,43 +247,25 @@ class Queries:
         outcome = Outcome.BAD_REQUEST
         if not problem:
             outcome, problem = self._check_parts(queries, sets)
-        image = None
-        if not problem:
-            try:
-                image, response.header = node.camera.target_image(request.image, float(node.param("max_frame_age")))
-            except ImageConversionError as error:
-                outcome, problem = image_outcome(error), str(error)
-        header = response.header
         sets = sets or [""] * len(queries)
         if not problem:
-            with node.models() as held:
-                outcome, problem = held.outcome, held.reason
-                if held.pointer is not None:
-                    requests = [
-                        PointRequest(query, name or None, max_instances=options.max_instances, roi=options.roi)
-                        for query, name in zip(queries, sets, strict=True)
-                    ]
-                    try:
-                        results = held.pointer.point_many(image, requests, frame_key=frame_key(request.image, header))
-                    except PointerError as error:
-                        outcome, problem = Outcome.BAD_REQUEST, str(error)
+            outcome, problem, capture, image, results = self._run_parts(request.image, queries, sets, options)
         if problem:
             response.success, response.message = False, problem
-            self.record(Answer(outcome, problem, header))
+            self.record(Answer(outcome, problem, response.header))
             return response
+        response.header = capture.header
         answers = [
-            self._part_answer(query, name, result, image, header, options)
+            self._part_answer(query, name, result, image, capture, options)
             for query, name, result in zip(queries, sets, results, strict=True)
         ]
-        node.outputs.publish_markers(answers)  # all parts in one array: each part's markers stay visible
+        node.outputs.publish_markers_in_order(answers, capture.header)  # all parts in one array: each stays visible
         for index, answer in enumerate(answers):
             for item in answer.instances or [answer]:
                 item.query_index = index
                 response.instances.append(node.outputs.result_message(item, options.return_region))
         response.results = [node.outputs.result_message(answer, options.return_region) for answer in answers]
-        shared_ms = next(
-            (r.shared_timings_ms.get("total", 0.0) for r in results if not isinstance(r, PointerError)), 0.0
-        )
+        shared_ms = next((r.shared_timings_ms.get("total", 0.0) for r in results if not _failed(r)), 0.0)
         answered = sum(answer.success for answer in answers)
         response.success = True
         response.shared_ms = float(shared_ms)
@@ -286,12 +275,41 @@ class Queries:
         )
         return response
 
+    def _run_parts(self, request_image, queries: list, sets: list, options: QueryOptions):
+        """Holding the models: the capture, then `point_many` on it. (outcome, problem, capture,
+        image, results); problem "" when the queries ran."""
+        from pop_ros.pipeline import PointerError, PointRequest
+
+        with self.node.models() as held:
+            if held.pointer is None:
+                return held.outcome, held.reason, None, None, None
+            try:
+                capture = self.take_capture(request_image, options)
+                image = self.node.camera.image_of(capture)
+            except ImageConversionError as error:
+                return image_outcome(error), str(error), None, None, None
+            requests = [
+                PointRequest(query, name or None, max_instances=options.max_instances, roi=options.roi)
+                for query, name in zip(queries, sets, strict=True)
+            ]
+            try:
+                results = held.pointer.point_many(image, requests, frame_key=capture.frame_key())
+            except PointerError as error:
+                return Outcome.BAD_REQUEST, str(error), capture, image, None
+        return Outcome.OK, "", capture, image, results
+
     def _check_parts(self, queries: list, sets: list) -> tuple[Outcome, str]:
         problem = self.node.not_ready_reason()
         if problem:
             return Outcome.NOT_READY, problem
         if not queries:
             return Outcome.BAD_REQUEST, "queries is empty: give at least one query"
+        if len(queries) > MAX_QUERIES_PER_CALL:
+            return (
+                Outcome.BAD_REQUEST,
+                f"{len(queries)} queries in one call: at most {MAX_QUERIES_PER_CALL} (MAX_QUERIES_PER_CALL); "
+                "split them over several calls",
+            )
         if sets and len(sets) != len(queries):
             return (
                 Outcome.BAD_REQUEST,
@@ -299,14 +317,14 @@ class Queries:
             )
         return Outcome.OK, ""
 
-    def _part_answer(self, query: str, support_set: str, result, image, header, options: QueryOptions) -> Answer:
+    def _part_answer(
+        self, query: str, support_set: str, result, image, capture: Capture, options: QueryOptions
+    ) -> Answer:
         """One part's answer of ~/point_to_parts, published (but for the markers) and recorded."""
-        from pop_ros.pipeline import PointerError
-
-        if isinstance(result, PointerError):
-            answer = Answer(Outcome.BAD_REQUEST, str(result), header, query=query, support_set=support_set)
+        if _failed(result):
+            answer = Answer(Outcome.BAD_REQUEST, str(result), capture.header, query=query, support_set=support_set)
         else:
-            answer = self.result_answer(result, image, header, options)
+            answer = self.result_answer(result, image, capture, options)
             answer.total_ms = result.timings_ms.get("total", 0.0)
             self.publish(answer, image, result.heatmap, markers=False)
         self.record(answer)
@@ -363,3 +381,10 @@ class Queries:
         if library.errors:
             response.message += f"; {len(library.errors)} entries failed to load (see the log at configure)"
         return response
+
+
+def _failed(result) -> bool:
+    """A point_many result that is the request's PointerError rather than an answer."""
+    from pop_ros.pipeline import PointerError
+
+    return isinstance(result, PointerError)
