@@ -1,8 +1,9 @@
 """Part queries over a recording: replay its camera messages in log order the way pop_node receives
-them (latest camera_info, recent depth in a StampBuffer, paired to a colour frame by stamp), answer
-the chosen frames with `PartPointer.point_many`, and write what the node would publish.
+them (latest camera_info, recent depth in a StampBuffer), take each chosen frame's capture (capture.py:
+the frame with the depth paired to it by stamp and the camera_info, as the node's queries do), answer
+it with `PartPointer.point_many`, and write what the node would publish.
 
-An answer is located with `pop_ros.locate.locate_pixel`, its part's mask, cloud and grasp frame built
+An answer is located with `pop_ros.locate.locate_capture`, its part's mask, cloud and grasp frame built
 with `pop_ros.locate.add_region`, and turned into messages with the node's own `Outputs` builders, so
 a recording answered here and the same frames answered live by the node give the same 3D points,
 poses, regions, grasp frames and messages."""
@@ -18,17 +19,17 @@ from collections.abc import Callable, Iterator, Sequence
 import cv2
 import numpy as np
 
+from pop_ros import capture as captures
 from pop_ros.grasp import GraspSettings
 from pop_ros.image_conversion import ImageConversionError, compressed_to_rgb8, to_depth_m, to_rgb8
-from pop_ros.locate import LocateSettings, add_region, locate_pixel, score_note, stamp_seconds
+from pop_ros.locate import LocateSettings, add_region, locate_capture, score_note, stamp_seconds
 from pop_ros.recording import COMPRESSED_IMAGE, CameraTopics, Recording, RecordingError
-from pop_ros.stamps import StampBuffer, stamped_frame_key
+from pop_ros.stamps import StampBuffer
 
 # A chosen colour frame waits for later depth this long (log time) before it is answered: a depth image
 # stamped like the frame is often received just after it. Answering happens as soon as a depth stamped
 # past the pairing window arrives, so this only matters around gaps in the depth stream.
 DEPTH_WAIT_S = 1.0
-DEPTH_BUFFER = 15  # depth images kept for pairing, as the node's StampBuffer
 OUTPUT_TOPICS = {
     "/pop/result": "pop_ros_interfaces/msg/PartPointResult",
     "/pop/point": "geometry_msgs/msg/PointStamped",
@@ -109,13 +110,13 @@ def decode_colour(msg) -> np.ndarray:
 
 class Replay:
     """The camera as the node holds it while a recording plays: `camera_info` (latest), `depth`
-    (StampBuffer of the last images), and the chosen colour frames, each released once the depth
-    that could pair with it has been read."""
+    (StampBuffer of the recent images, as the node's), and the chosen colour frames, each released
+    once the depth that could pair with it has been read."""
 
     def __init__(self, recording: Recording, topics: CameraTopics, sampling: Sampling, depth_max_dt: float):
         self.recording, self.topics = recording, topics
         self.choose = sampling.chooser(recording.start_ns)
-        self.depth = StampBuffer(DEPTH_BUFFER)
+        self.depth = StampBuffer()
         self.camera_info = None
         self.depth_max_dt = depth_max_dt
         self.colour_count = 0
@@ -210,6 +211,14 @@ class AnswerOptions:
     region: GraspSettings = dataclasses.field(default_factory=GraspSettings)  # mask, cloud, grasp frame
 
 
+def take_capture(frame: Frame, replay: Replay, depth_max_dt: float) -> captures.Capture:
+    """The frame's capture: its depth paired by stamp and the camera_info, as the node's queries take it."""
+    stamp_s = stamp_seconds(frame.msg.header.stamp)
+    return captures.capture_of(
+        captures.Frame(frame.msg, stamp_s, frame.index + 1), replay.depth, replay.camera_info, depth_max_dt
+    )
+
+
 def answer_frame(pointer, frame: Frame, image_rgb, requests, replay: Replay, options: AnswerOptions) -> list:
     """The node's Answers for every request on one frame (`point_many`: the frame's work is shared),
     each with its result (None for a failed request)."""
@@ -217,8 +226,9 @@ def answer_frame(pointer, frame: Frame, image_rgb, requests, replay: Replay, opt
     from pop_ros.ros.answers import Answer, Outcome
 
     header = frame.msg.header
+    capture = take_capture(frame, replay, options.locate.depth_max_dt)
     try:
-        results = pointer.point_many(image_rgb, requests, frame_key=stamped_frame_key(header))
+        results = pointer.point_many(image_rgb, requests, frame_key=capture.frame_key())
     except PointerError as error:
         results = [error] * len(requests)
     answers = []
@@ -231,15 +241,9 @@ def answer_frame(pointer, frame: Frame, image_rgb, requests, replay: Replay, opt
             continue
         answer = Answer(Outcome.OK, "", header, u=result.u, v=result.v, score=result.score, query=result.query)
         answer.support_set = result.support_set
-        placement = locate_pixel(
-            replay.camera_info,
-            replay.depth,
-            header.stamp,
-            result.u,
-            result.v,
-            image_rgb.shape[:2],
-            options.locate,
-            options.camera_info_topic,
+        answer.capture = capture
+        placement = locate_capture(
+            capture, result.u, result.v, image_rgb.shape[:2], options.locate, options.camera_info_topic
         )
         notes = placement.apply(answer)
         rejection = score_note(result.score, options.min_score)

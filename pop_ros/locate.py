@@ -113,23 +113,33 @@ def depth_misfit(image_size: tuple[int, int], colour_frame_id: str, depth_msg, c
     the colour or the depth image is neither camera_info's size nor an exact resize of it (an
     unaligned depth topic beside the colour one). Checked once, before the depth is used, so a
     misfit is a 2D answer with this reason, never an error further on (the part's cloud)."""
-    named = {
+    named = {  # tf2 ignores a leading slash
         "colour": colour_frame_id,
         "depth": getattr(getattr(depth_msg, "header", None), "frame_id", ""),
         "camera_info": getattr(getattr(camera_info, "header", None), "frame_id", ""),
     }
-    given = {what: frame_id for what, frame_id in named.items() if frame_id}
+    given = {what: frame_id.lstrip("/") for what, frame_id in named.items() if frame_id.lstrip("/")}
     if len(set(given.values())) > 1:
         listed = ", ".join(f"{what} {frame_id!r}" for what, frame_id in given.items())
-        return f"frame_ids differ ({listed}); depth must be aligned to colour, in the colour camera's frame"
+        return (
+            f"depth does not fit the colour image: frame_ids differ ({listed}); depth and camera_info "
+            "must be aligned to colour, in the colour camera's frame"
+        )
     try:
         model = CameraModel.from_camera_info(camera_info, rectified=True)
-        model.image_scale(image_size)
-        model.image_scale((int(depth_msg.height), int(depth_msg.width)))
-    except CameraModelError as error:
-        return f"{error}; depth must be aligned to colour (RealSense: aligned_depth_to_color)"
     except ValueError:
         return ""  # a malformed camera_info: locate_in_depth names it
+    try:
+        model.image_scale(image_size)
+    except CameraModelError as error:
+        return f"camera_info: {error}"
+    try:
+        model.image_scale((int(depth_msg.height), int(depth_msg.width)))
+    except CameraModelError as error:
+        return (
+            f"depth does not fit the colour image: depth {error}; depth must be aligned to colour "
+            "(RealSense: aligned_depth_to_color)"
+        )
     return ""
 
 
@@ -141,7 +151,7 @@ def locate_in_depth(
     first) and camera model once its depth is paired (a request that carries its own depth starts here)."""
     misfit = depth_misfit(image_size, colour_frame_id, depth_msg, camera_info)
     if misfit:
-        return Placement(None, [f"no 3D point: depth does not fit the colour image: {misfit}"], True, misfit=misfit)
+        return Placement(None, [f"no 3D point: {misfit}"], True, misfit=misfit)
     try:
         depth_m = to_depth_m(depth_msg)
     except ImageConversionError as error:

@@ -175,6 +175,7 @@ def test_mask_cloud_and_grasp_published_with_the_source_header_and_nothing_when_
     rejected, rejected_stamp = ask(ros, node, "partout", to_msg(INFO, "part_frame"), flat, scene(0))
     assert not rejected.success and not rejected.has_grasp
     asked = point_request(rejected_stamp, return_region=True)  # even when asked for: no region when rejected
+    asked.image.header.frame_id = "part_frame"  # depth and camera_info are of the image's camera
     asked.depth, asked.camera_info = from_array(flat, "32FC1"), to_msg(INFO, "part_frame")
     rejected_with_region = ros.call(PointToPart, "/partout/pop_node/point_to_part", asked)
     assert not rejected_with_region.success and "part not visible" in rejected_with_region.message
@@ -190,6 +191,7 @@ def test_mask_cloud_and_grasp_published_with_the_source_header_and_nothing_when_
     # return_region: the response carries the mask and cloud (off by default: empty above).
     assert not accepted.part_mask.data and not accepted.part_cloud.data
     request = point_request(stamp, return_region=True)
+    request.image.header.frame_id = "part_frame"
     request.depth, request.camera_info = from_array(flat, "32FC1"), to_msg(INFO, "part_frame")
     with_region = ros.call(PointToPart, "/partout/pop_node/point_to_part", request)
     assert with_region.part_mask.height == 240 and with_region.part_cloud.width == len(points)
