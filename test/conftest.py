@@ -277,3 +277,111 @@ def pinhole_rays() -> np.ndarray:
     return np.stack(
         [(cols - PINHOLE_CX) / PINHOLE_FOCAL, (rows - PINHOLE_CY) / PINHOLE_FOCAL, np.ones_like(cols)], axis=-1
     )
+
+
+# ---- a real model's latency on a RealSense-like stream -------------------------------------------------------
+REALSENSE_RATE_HZ = 30.0  # colour and aligned depth, on the same stamps
+
+
+class CameraStream:
+    """A RealSense-like camera on `/<namespace>/{image,depth,camera_info}` from a thread: every period
+    a colour frame (sample scene 0), then the aligned depth (a plane at `depth_m`, the colour's size) and
+    camera_info on the same stamp, as realsense2_camera publishes them with align_depth. `depth_frame_id`
+    and `depth_size` (W, H) make it an unaligned depth topic. Use as a context manager; `frames` counts
+    the frames published."""
+
+    def __init__(self, ros, namespace: str, rate_hz: float = REALSENSE_RATE_HZ, depth_m: float = 1.25,
+                 frame_id: str = "cam_color_optical_frame", depth_frame_id: str | None = None,
+                 depth_size: tuple[int, int] | None = None):  # fmt: skip
+        import threading
+
+        from sensor_msgs.msg import CameraInfo, Image
+
+        from pop_ros.image_conversion import from_array
+
+        self.ros, self.period_s = ros, 1.0 / rate_hz
+        width, height = depth_size or (WIDTH, HEIGHT)
+        self.colour = colour_msg(ros.now_stamp(), frame_id)
+        self.depth = from_array(np.full((height, width), depth_m, np.float32), "32FC1")
+        self.depth.header.frame_id = frame_id if depth_frame_id is None else depth_frame_id
+        self.info = CameraInfo(width=WIDTH, height=HEIGHT, k=K, distortion_model="plumb_bob")
+        self.info.header.frame_id = frame_id
+        self.publishers = [
+            ros.publisher(Image, f"/{namespace}/image"),
+            ros.publisher(Image, f"/{namespace}/depth"),
+            ros.publisher(CameraInfo, f"/{namespace}/camera_info"),
+        ]
+        self.frames = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            stamp = self.ros.now_stamp()
+            for publisher, msg in zip(self.publishers, (self.colour, self.depth, self.info), strict=True):
+                msg.header.stamp = stamp
+                publisher.publish(msg)
+            self.frames += 1
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5.0)
+
+
+def slow_queries(node, delay_s: float, new_frame: bool = False) -> list:
+    """Make the node's models as slow as a real one: each `point` / `point_many` (called while the
+    models are held, after the query took its capture) first sleeps `delay_s`; with `new_frame` it
+    then also waits until a newer camera frame has arrived (so a frame arrives during every query,
+    whatever the machine's load) and its depth. Returns the list of inference calls' start seqs (the
+    newest frame's then)."""
+    pointer, calls = node.pointer, []
+
+    def slowed(method):
+        def run(*args, **kwargs):
+            seq = node.camera.latest_seq
+            calls.append(seq)
+            time.sleep(delay_s)
+            if new_frame:
+                assert wait_for(lambda: _newer_frame_with_depth(node, seq), 60), "no camera frame during the query"
+            return method(*args, **kwargs)
+
+        return run
+
+    pointer.point, pointer.point_many = slowed(pointer.point), slowed(pointer.point_many)
+    return calls
+
+
+def _newer_frame_with_depth(node, seq: int) -> bool:
+    latest = node.camera.latest
+    return latest is not None and latest.seq > seq and node.camera.depth.nearest(latest.stamp_s, 0.0)[0] is not None
+
+
+@pytest.fixture
+def realtime(inprocess):
+    """`start(namespace, *overrides)` -> (RosClient, node): an in-process PopNode (as `inprocess`) on
+    an executor of its own with pop_node's thread count, so queries waiting for the models hold
+    threads as they do in pop_node while camera callbacks keep arriving."""
+    import threading
+
+    from rclpy.executors import MultiThreadedExecutor
+
+    from pop_ros.ros.node import EXECUTOR_THREADS
+
+    executors = []
+
+    def start(namespace, *overrides, **options):
+        ros, node, _ = inprocess(namespace, *overrides, **options)
+        ros.executor.remove_node(node)
+        executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS, context=ros.context)
+        executor.add_node(node)
+        threading.Thread(target=executor.spin, daemon=True).start()
+        executors.append(executor)
+        return ros, node
+
+    yield start
+    for executor in executors:
+        executor.shutdown(timeout_sec=1.0)
