@@ -246,7 +246,8 @@ _TABLE = [
           RUNTIME, minimum=-MAX_GRASP_DISTANCE_M, maximum=MAX_GRASP_DISTANCE_M),
     _spec("min_score", 0.0, "answers with a lower score fail with 'part not visible' (0 = never)", RUNTIME,
           minimum=0.0),
-    _spec("max_frame_age", 1.0, "refuse camera frames older than this, seconds (0 = no limit)", RUNTIME,
+    _spec("max_frame_age", 1.0, "a query takes the newest camera frame when it gets the models and refuses it "
+          "when older than this, seconds (0 = no limit)", RUNTIME,
           minimum=0.0),
     _spec("depth_max_dt", 0.05, "pair depth with colour when stamps differ by at most this, seconds", RUNTIME,
           minimum=0.0),
