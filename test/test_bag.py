@@ -55,9 +55,9 @@ def recorded_depth(index: int, depth: str) -> float:
     return float(np.float32(10100.0) / (np.float32(quantized) - np.float32(-1009.0)))
 
 
-def frame_stamp_ns(index: int) -> int:
+def frame_stamp_ns(index: int, period_ms: int = 100) -> int:
     """Frame i's colour stamp (and log time), nanoseconds."""
-    return START_S * 10**9 + index * 100 * MS
+    return START_S * 10**9 + index * period_ms * MS
 
 
 def colour_bgr(index: int) -> np.ndarray:
@@ -73,6 +73,7 @@ def write_bag(
     camera: dict | None = RECTIFIED,  # None: no camera_info topic
     depth_size: tuple[int, int] = (HEIGHT, WIDTH),
     depth_late_ms: int | None = None,
+    period_ms: int = 100,  # 33: a RealSense's 30 Hz
 ) -> pathlib.Path:
     """A recording as realsense-ros + `ros2 bag record` make it: camera_info, colour, then its depth
     stamped 3 ms later and received 5 ms later, then a decoy depth 60 ms after the colour (5 m away:
@@ -124,7 +125,7 @@ def write_bag(
             written.append((nanoseconds, len(written), connections[name], msg))
 
         for index in range(frames):
-            stamp = frame_stamp_ns(index)
+            stamp = frame_stamp_ns(index, period_ms)
             if camera:
                 info = info_type(
                     header=header(stamp, "camera_color_optical_frame"),
@@ -795,3 +796,88 @@ def test_grasp_frame_offset_and_gripper_limit_come_from_the_params_file(run, tmp
     assert "/pop/grasp" not in topics and "/pop/part_cloud" in topics  # the region is still given
     wide, _ = answer("wide", gripper_max_width_m=round(line["grasp_width_m"] * 2, 4))
     assert wide["has_grasp"] and wide["grasp_xyz"] == line["xyz"]  # no offset: at the point
+
+
+def test_a_30_hz_recording_answered_by_a_slow_model_keeps_every_frame_s_own_depth(run, pointer, tmp_path):
+    """Queries slower than the depth stream's period (each frame's queries take 0.1 s > 33 ms): every
+    answer still has its own frame's depth (not the 5 m decoy 60 ms later, nor a neighbour's)."""
+    import time
+
+    frames, period_ms = 9, 33  # colour_bgr shifts the scene: 9 frames at most
+    recording = write_bag(tmp_path / "rec", "mcap", frames, "bgr8", "32FC1", RECTIFIED, period_ms=period_ms)
+    point_many = pointer.point_many
+
+    def slow(*args, **kwargs):
+        time.sleep(0.1)
+        return point_many(*args, **kwargs)
+
+    pointer.point_many = slow
+    try:
+        out = tmp_path / "out"
+        code, _, stderr = run(
+            "main", recording, "--out", out, "--support-set", "mug_handle", "--library", LIBRARY, "--query", QUERY
+        )
+    finally:
+        pointer.point_many = point_many
+    assert code == 0, stderr
+    lines = read_lines(out)
+    assert len(lines) == frames
+    for index, line in enumerate(lines):
+        assert line["stamp_sec"] * 10**9 + line["stamp_nanosec"] == frame_stamp_ns(index, period_ms)
+        assert line["success"] and line["xyz"] is not None, line["reason"]
+        assert abs(line["xyz"][2] - depth_of_frame(index)) < 1e-6
+
+
+def _frame_and_replay(stamp_s: float, depth_frame_id: str, image_rgb):
+    """A colour frame stamped `stamp_s` and a replay holding its depth (frame `depth_frame_id`) and camera_info."""
+    from types import SimpleNamespace
+
+    from sensor_msgs.msg import CameraInfo
+
+    from pop_ros import bag_answers
+    from pop_ros.image_conversion import from_array
+    from pop_ros.stamps import StampBuffer
+
+    msg = from_array(np.ascontiguousarray(image_rgb), "rgb8")
+    msg.header.stamp.sec, msg.header.frame_id = int(stamp_s), "camera_color_optical_frame"
+    depth = from_array(np.full((HEIGHT, WIDTH), 1.0, np.float32), "32FC1")
+    depth.header.stamp, depth.header.frame_id = msg.header.stamp, depth_frame_id
+    info = CameraInfo(width=WIDTH, height=HEIGHT, k=RECTIFIED["k"], p=RECTIFIED["p"], distortion_model="plumb_bob")
+    info.header.frame_id = "camera_color_optical_frame"
+    replay = SimpleNamespace(camera_info=info, depth=StampBuffer())
+    replay.depth.add(float(int(stamp_s)), depth)
+    return bag_answers.Frame(msg, 0, 0), replay
+
+
+def test_depth_of_another_frame_in_a_recording_answers_2d_with_the_reason(pointer):
+    from pop_ros import bag_answers
+    from pop_ros.locate import LocateSettings
+    from pop_ros.pipeline import PointRequest
+
+    image_rgb = np.ascontiguousarray(colour_bgr(0)[:, :, ::-1])
+    frame, replay = _frame_and_replay(START_S, "camera_depth_optical_frame", image_rgb)
+    options = bag_answers.AnswerOptions(LocateSettings(0.05, 5, 15, 0.01, 0.5, True))
+    [(answer, _)] = bag_answers.answer_frame(pointer, frame, image_rgb, [PointRequest("lid")], replay, options)
+    assert answer.success and not answer.has_3d
+    assert "frame_ids differ" in answer.message and "camera_depth_optical_frame" in answer.message
+    frame, replay = _frame_and_replay(START_S, "camera_color_optical_frame", image_rgb)  # aligned: 3D
+    [(answer, _)] = bag_answers.answer_frame(pointer, frame, image_rgb, [PointRequest("lid")], replay, options)
+    assert answer.has_3d, answer.message
+
+
+def test_a_repeated_stamp_with_new_pixels_is_a_new_frame_in_a_recording(pointer):
+    """A simulator paused while its scene changes records two frames with one stamp: the second must
+    not get the first one's features from the frame cache."""
+    from pop_ros import bag_answers
+    from pop_ros.locate import LocateSettings
+    from pop_ros.pipeline import PointRequest
+
+    pointer.clear_frame_cache()
+    options = bag_answers.AnswerOptions(LocateSettings(0.05, 5, 15, 0.01, 0.5, True))
+    reused = []
+    for index in (0, 1, 1):
+        image_rgb = np.ascontiguousarray(colour_bgr(index)[:, :, ::-1])
+        frame, replay = _frame_and_replay(START_S, "camera_color_optical_frame", image_rgb)
+        [(_, result)] = bag_answers.answer_frame(pointer, frame, image_rgb, [PointRequest("lid")], replay, options)
+        reused.append(result.frame_reused)
+    assert reused == [False, False, True]
