@@ -21,7 +21,18 @@ from pop_ros.ros.queries import MAX_QUERIES_PER_CALL
 from pop_ros.ros_client import LIBRARY
 from pop_ros_interfaces.msg import PartPointResult
 from pop_ros_interfaces.srv import PointToPart, PointToParts
-from test.conftest import HEIGHT, WIDTH, CameraStream, K, colour_msg, request, scene, slow_queries, wait_for
+from test.conftest import (
+    HEIGHT,
+    WIDTH,
+    CameraStream,
+    K,
+    colour_msg,
+    request,
+    scene,
+    set_parameter,
+    slow_queries,
+    wait_for,
+)
 
 QUERY_S = 0.7  # a real model's query on a robot's CPU (seconds; > the depth stream's 33 ms period)
 GENEROUS = ("max_frame_age:=5.0", "busy_timeout:=60.0", "max_waiting_queries:=4", "min_score:=0.0")
@@ -209,9 +220,13 @@ def test_lifecycle_and_parameter_services_answer_during_a_long_configure(inproce
         assert state.current_state.id == State.TRANSITION_STATE_CONFIGURING
         names = GetParameters.Request(names=["preset"])
         assert ros.call(GetParameters, "/slowload/pop_node/get_parameters", names, timeout=20.0).values
+        assert set_parameter(ros, "similarity", "forward", "/slowload/pop_node").successful  # runtime: taken
+        refused = set_parameter(ros, "preset", "tiny-molmo2", "/slowload/pop_node")  # read at configure: not now
+        assert not refused.successful and "read at configure" in refused.reason
     finally:
         release.set()
     assert ros.wait(configure, 120).success and node.pointer is not None
+    assert node.pointer.settings.similarity == "forward"  # set while the models loaded, applied to them
 
 
 def test_a_roi_request_keeps_working_at_latency(realtime):

@@ -310,6 +310,9 @@ class PopNode(LifecycleNode):
             if unknown:
                 raise ValueError(f"continuous_support_set: {unknown}")
             pointer = load_pointer(self.param, self.get_logger(), self.pointer_settings(), library)
+            # Runtime parameters may have been set while the models loaded (the parameter services answer
+            # during a configure): the pipeline gets their values as they are now.
+            pointer.settings = self.pointer_settings()
         except (ModelLoadError, SupportError, ValueError, OSError) as error:
             return self._configure_failed(str(error))
         except Exception as error:  # noqa: BLE001 - rclpy would turn it into a silent ERROR transition
