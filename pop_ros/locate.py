@@ -107,12 +107,14 @@ def locate_capture(
     return locate_in_depth(capture.camera_info, capture.depth, u, v, image_size, settings, capture.header.frame_id)
 
 
-def depth_misfit(image_size: tuple[int, int], colour_frame_id: str, depth_msg, camera_info) -> str:
-    """Why this depth image and camera_info cannot be used with a colour image of `image_size (H, W)`
-    in frame `colour_frame_id`, or "": their frame_ids differ (an empty one is not compared), or
-    the colour or the depth image is neither camera_info's size nor an exact resize of it (an
-    unaligned depth topic beside the colour one). Checked once, before the depth is used, so a
-    misfit is a 2D answer with this reason, never an error further on (the part's cloud)."""
+def depth_misfit(
+    image_size: tuple[int, int], colour_frame_id: str, depth_msg, camera_info, depth_size: tuple[int, int]
+) -> str:
+    """Why this depth image (of `depth_size (H, W)`, decoded) and camera_info cannot be used with a
+    colour image of `image_size (H, W)` in frame `colour_frame_id`, or "": their frame_ids differ (an
+    empty one is not compared), or the colour or the depth image is neither camera_info's size nor an
+    exact resize of it (an unaligned depth topic beside the colour one). Checked once, before the depth
+    is used, so a misfit is a 2D answer with this reason, never an error further on (the part's cloud)."""
     named = {  # tf2 ignores a leading slash
         "colour": colour_frame_id,
         "depth": getattr(getattr(depth_msg, "header", None), "frame_id", ""),
@@ -134,7 +136,7 @@ def depth_misfit(image_size: tuple[int, int], colour_frame_id: str, depth_msg, c
     except CameraModelError as error:
         return f"camera_info: {error}"
     try:
-        model.image_scale((int(depth_msg.height), int(depth_msg.width)))
+        model.image_scale((int(depth_size[0]), int(depth_size[1])))
     except CameraModelError as error:
         return (
             f"depth does not fit the colour image: depth {error}; depth must be aligned to colour "
@@ -149,13 +151,13 @@ def locate_in_depth(
     """The 3D point and approach pose of colour pixel (u, v) in this depth image (anything shaped like
     sensor_msgs/Image, aligned to the colour image) and camera_info: the checks (`depth_misfit`
     first) and camera model once its depth is paired (a request that carries its own depth starts here)."""
-    misfit = depth_misfit(image_size, colour_frame_id, depth_msg, camera_info)
-    if misfit:
-        return Placement(None, [f"no 3D point: {misfit}"], True, misfit=misfit)
     try:
-        depth_m = to_depth_m(depth_msg)
+        depth_m = to_depth_m(depth_msg)  # decoded first: a compressedDepth message has no size fields
     except ImageConversionError as error:
         return Placement(None, [f"no 3D point: depth image: {error}"], True)
+    misfit = depth_misfit(image_size, colour_frame_id, depth_msg, camera_info, depth_m.shape[:2])
+    if misfit:
+        return Placement(None, [f"no 3D point: {misfit}"], True, misfit=misfit)
     try:
         model = CameraModel.from_camera_info(camera_info, rectified=settings.image_is_rectified)
     except ValueError as error:  # CameraModelError is a ValueError; so is a malformed matrix
