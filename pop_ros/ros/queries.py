@@ -1,4 +1,5 @@
-"""The node's query services: ~/point_to_part, ~/point_to_parts, ~/add_exemplar, ~/list_support_sets.
+"""The node's query services: ~/point_to_part, ~/point_to_parts (~/add_exemplar and
+~/list_support_sets are the library's: teaching.py).
 
 Each query: the models through the node's work slot (the pointer read once, inside it); holding
 them, its capture (capture.py: the request's image, else the newest fresh camera frame, with the
@@ -19,8 +20,7 @@ from pop_ros.image_conversion import ImageConversionError
 from pop_ros.locate import LocateSettings, Placement, add_region, locate_capture, locate_with, score_note
 from pop_ros.ros.answers import Answer, Outcome
 from pop_ros.ros.camera import NoFrameError, is_empty_image
-from pop_ros.ros.teaching import added_text
-from pop_ros_interfaces.srv import AddExemplar, ListSupportSets, PointToPart, PointToParts
+from pop_ros_interfaces.srv import PointToPart, PointToParts
 
 # A result built without instances (by hand, in tests) answers with its single peak.
 _Peak = namedtuple("_Peak", "u v score")
@@ -69,8 +69,6 @@ class Queries:
         services = {  # name: (type, callback, whether its calls are queries counted on /diagnostics)
             "~/point_to_part": (PointToPart, self.on_point_to_part, True),
             "~/point_to_parts": (PointToParts, self.on_point_to_parts, True),
-            "~/add_exemplar": (AddExemplar, self.on_add_exemplar, False),
-            "~/list_support_sets": (ListSupportSets, self.on_list_support_sets, False),
         }
         for name, (srv_type, callback, query) in services.items():
             node.create_service(srv_type, name, node.guarded(callback, query), callback_group=callback_group)
@@ -329,58 +327,6 @@ class Queries:
             self.publish(answer, image, result.heatmap, markers=False)
         self.record(answer)
         return answer
-
-    def on_add_exemplar(self, request, response):
-        from pop_ros.supports import SupportError
-
-        node = self.node
-        response.num_exemplars = 0
-        problem = node.not_ready_reason()
-        if not problem:
-            try:
-                image, header = node.camera.target_image(request.image, float(node.param("max_frame_age")))
-                with node.models() as held:
-                    if held.pointer is None:
-                        raise SupportError(held.reason)
-                    # Features are computed now, once; the exemplar is added only if that succeeds.
-                    updated = held.pointer.add_exemplar(
-                        request.support_set, image, (request.u, request.v), request.query
-                    )
-                response.num_exemplars = len(updated.exemplars)
-                added = added_text(request.support_set, request.u, request.v, header, updated, held.pointer.library)
-                node.get_logger().info(f"add_exemplar: {added}")
-            except (SupportError, ImageConversionError, ValueError) as error:
-                problem = str(error)
-        response.success = not problem
-        response.message = problem or f"added to {request.support_set!r}"  # behaviour trees compare this text
-        return response
-
-    def on_list_support_sets(self, request, response):
-        from pop_ros.supports import SupportError
-
-        pointer = self.node.pointer
-        if pointer is None:  # an unconfigured node must not look like an empty library
-            response.success = False
-            response.message = self.node.not_ready_reason() or "node is not configured"
-            return response
-        library = pointer.library
-        for name in library.names():
-            try:
-                support_set, storage = library.get(name), library.storage(name)
-            except SupportError:  # removed since names() was read
-                continue
-            response.names.append(name)
-            response.default_queries.append(support_set.query)
-            response.num_exemplars.append(len(support_set.exemplars))
-            response.storage.append(storage)
-            response.writable.append(library.writable)
-        response.success = True
-        where = str(library.path) if library.path is not None else "memory (no support_library)"
-        count = len(response.names)
-        response.message = f"{count} set{'' if count == 1 else 's'} from {where}"
-        if library.errors:
-            response.message += f"; {len(library.errors)} entries failed to load (see the log at configure)"
-        return response
 
 
 def _failed(result) -> bool:

@@ -10,7 +10,8 @@
 - each click is answered on `~/teach_result` (pop_ros_interfaces/TeachResult) and in the log, and a
   crop around the click goes to `~/teach_preview` (sensor_msgs/Image rgb8) so the operator sees
   what was taken;
-- `~/remove_exemplar`, `~/remove_support_set`, `~/set_default_query` edit the library.
+- `~/add_exemplar`, `~/remove_exemplar`, `~/remove_support_set`, `~/set_default_query` edit the
+  library, `~/list_support_sets` lists it.
 
 Changes are persisted by the support library when `library_writable` is true; edits of a
 read-only library are refused with the reason, and clicks then teach in memory only (as
@@ -26,7 +27,7 @@ from pop_ros.image_conversion import ImageConversionError, from_array
 from pop_ros.ros.answers import Outcome
 from pop_ros.visualize import click_thumbnail
 from pop_ros_interfaces.msg import TeachResult
-from pop_ros_interfaces.srv import RemoveExemplar, RemoveSupportSet, SetDefaultQuery
+from pop_ros_interfaces.srv import AddExemplar, ListSupportSets, RemoveExemplar, RemoveSupportSet, SetDefaultQuery
 
 
 class Teaching:
@@ -42,12 +43,67 @@ class Teaching:
             Point, "~/teach_click_point", node.guarded(self.on_click_point), 10, callback_group=callback_group
         )
         services = {
+            "~/add_exemplar": (AddExemplar, self.on_add_exemplar),
+            "~/list_support_sets": (ListSupportSets, self.on_list_support_sets),
             "~/remove_exemplar": (RemoveExemplar, self.on_remove_exemplar),
             "~/remove_support_set": (RemoveSupportSet, self.on_remove_support_set),
             "~/set_default_query": (SetDefaultQuery, self.on_set_default_query),
         }
         for name, (srv_type, callback) in services.items():
             node.create_service(srv_type, name, node.guarded(callback), callback_group=callback_group)
+
+    # ---- library services ------------------------------------------------------------------------------
+    def on_add_exemplar(self, request, response):
+        from pop_ros.supports import SupportError
+
+        node = self.node
+        response.num_exemplars = 0
+        problem = node.not_ready_reason()
+        if not problem:
+            try:
+                image, header = node.camera.target_image(request.image, float(node.param("max_frame_age")))
+                with node.models() as held:
+                    if held.pointer is None:
+                        raise SupportError(held.reason)
+                    # Features are computed now, once; the exemplar is added only if that succeeds.
+                    updated = held.pointer.add_exemplar(
+                        request.support_set, image, (request.u, request.v), request.query
+                    )
+                response.num_exemplars = len(updated.exemplars)
+                added = added_text(request.support_set, request.u, request.v, header, updated, held.pointer.library)
+                node.get_logger().info(f"add_exemplar: {added}")
+            except (SupportError, ImageConversionError, ValueError) as error:
+                problem = str(error)
+        response.success = not problem
+        response.message = problem or f"added to {request.support_set!r}"  # behaviour trees compare this text
+        return response
+
+    def on_list_support_sets(self, request, response):
+        from pop_ros.supports import SupportError
+
+        pointer = self.node.pointer
+        if pointer is None:  # an unconfigured node must not look like an empty library
+            response.success = False
+            response.message = self.node.not_ready_reason() or "node is not configured"
+            return response
+        library = pointer.library
+        for name in library.names():
+            try:
+                support_set, storage = library.get(name), library.storage(name)
+            except SupportError:  # removed since names() was read
+                continue
+            response.names.append(name)
+            response.default_queries.append(support_set.query)
+            response.num_exemplars.append(len(support_set.exemplars))
+            response.storage.append(storage)
+            response.writable.append(library.writable)
+        response.success = True
+        where = str(library.path) if library.path is not None else "memory (no support_library)"
+        count = len(response.names)
+        response.message = f"{count} set{'' if count == 1 else 's'} from {where}"
+        if library.errors:
+            response.message += f"; {len(library.errors)} entries failed to load (see the log at configure)"
+        return response
 
     # ---- clicks -----------------------------------------------------------------------------------------
     def on_click(self, msg: PointStamped) -> None:
