@@ -24,8 +24,14 @@ PREFIX_COPY_BUDGET_BYTES = 1 << 30
 
 
 def prefix_bytes(prefix: ImagePrefix) -> int:
-    """Bytes of the prefix's kept keys and values: what each batch row copies."""
-    return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in prefix.keys_values)
+    """Bytes of the prefix's kept state (keys and values per layer; a hybrid model's entries also hold
+    its recurrent layers' states): what each batch row copies."""
+    return sum(
+        part.numel() * part.element_size()
+        for entry in prefix.keys_values
+        for part in entry
+        if isinstance(part, torch.Tensor)
+    )
 
 
 def rows_per_batch(prefix: ImagePrefix, budget_bytes: int | None = None) -> int:
