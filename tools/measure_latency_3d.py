@@ -9,6 +9,8 @@ those without, and how old their frames were when the answer came back.
 
     python tools/measure_latency_3d.py            # 20 queries, 4 at a time, 0.7 s each, 30 Hz
     python tools/measure_latency_3d.py --delay 1.5 --concurrent 2
+    # the issue's setting: a slow tiny preset instead of an injected delay
+    python tools/measure_latency_3d.py --delay 0 --param resolution:=1024 --param frame_cache_size:=0
 
 Runs on any checkout (it uses only the node's services and topics), so the same command measures
 the code before and after a change."""
@@ -31,6 +33,7 @@ def main() -> None:
     parser.add_argument("--concurrent", type=int, default=4, help="queries sent at once (default 4)")
     parser.add_argument("--rate", type=float, default=30.0, help="camera rate, Hz (default 30)")
     parser.add_argument("--max-frame-age", type=float, default=0.3, help="the node's max_frame_age (default 0.3)")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE", help="a node parameter")
     args = parser.parse_args()
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -57,6 +60,8 @@ def main() -> None:
     ros_args = ["--ros-args", "--params-file", str(PARAMS_FILE)]
     for name, value in overrides.items():
         ros_args += ["-p", f"{name}:={value}"]
+    for given in args.param:
+        ros_args += ["-p", given]
     ros = RosClient("latency_client", args=ros_args)
     node = PopNode(context=ros.context, namespace="latency")
     executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS, context=ros.context)
@@ -72,7 +77,8 @@ def main() -> None:
             time.sleep(args.delay)
             return _original(*a, **k)
 
-        setattr(pointer, name, slowed)
+        if args.delay > 0:
+            setattr(pointer, name, slowed)
 
     scene = cv2.imread(str(SAMPLE_DIR / "scene_0.png"))  # BGR, 320x240
     height, width = scene.shape[:2]
@@ -102,7 +108,7 @@ def main() -> None:
         time.sleep(0.05)
     time.sleep(1.0)  # a second of stream, so the depth buffer is as full as it gets
 
-    responses, ages = [], []
+    responses, ages, started = [], [], time.monotonic()
     service = "/latency/pop_node/point_to_part"
     for start in range(0, args.queries, args.concurrent):
         count = min(args.concurrent, args.queries - start)
@@ -118,6 +124,7 @@ def main() -> None:
                 ages.append(now - (response.header.stamp.sec + response.header.stamp.nanosec * 1e-9))
     stop.set()
 
+    elapsed = time.monotonic() - started
     answered = sum(r.success for r in responses)
     with_3d = sum(r.success and r.has_3d for r in responses)
     reasons = collections.Counter(
@@ -126,10 +133,13 @@ def main() -> None:
         if not (r.success and r.has_3d)
     )
     print(
-        f"{len(responses)} queries, {args.concurrent} at a time, {args.delay} s each, {args.rate:.0f} Hz stream, "
+        f"{len(responses)} queries, {args.concurrent} at a time, {args.delay} s added to each, "
+        f"{args.rate:.0f} Hz stream, "
         f"max_frame_age {args.max_frame_age} s"
     )
     print(f"answered: {answered}/{len(responses)}; with a 3D point: {with_3d}/{len(responses)}")
+    # The models serve one query at a time: a query's own time is the run's divided by their number.
+    print(f"{elapsed:.1f} s in all: {elapsed / max(len(responses), 1):.2f} s a query")
     for reason, count in reasons.most_common():
         print(f"  {count} x {reason}")
     if ages:
