@@ -33,6 +33,7 @@ from pop_ros.pipeline.frames import FrameFeatures, FrameStore, frame_cache_key
 from pop_ros.pipeline.loading import calibrated_heads, load_models, resolve_model_config, text_heads
 from pop_ros.pipeline.settings import MAX_INSTANCES, MAX_QUERY_CHARS, PointerSettings
 from pop_ros.pipeline.support_features import SupportFeatures
+from pop_ros.progress import IMAGE_FEATURES, QUERY, REGION, QueryProgress
 from pop_ros.supports import SupportError, SupportLibrary, SupportSet, validate_click, validate_image
 
 
@@ -183,6 +184,7 @@ class PartPointer:
         frame_key: str | None = None,
         max_instances: int = 1,
         roi=None,
+        progress: QueryProgress | None = None,
     ) -> PointResult:
         """Point at `query` in `image_rgb` ((H, W, 3) uint8 RGB) guided by a named support set or by
         explicit (image, (u, v)) supports; `shots` caps K (default `settings.max_shots`).
@@ -191,26 +193,29 @@ class PartPointer:
         caller's unique frame id such as stamp + frame_id) reuses its DINO features and MLLM prefix.
         `max_instances`: up to this many answers in `result.instances` (local maxima, best first;
         instances[0] is the single answer). `roi (x, y, width, height)`: the answer lies inside it
-        (the MLLM still sees the whole image); a zero-area region or one outside the image is refused."""
+        (the MLLM still sees the whole image); a zero-area region or one outside the image is refused.
+        `progress`: told each stage; once cancelled, the call raises QueryCancelled at the next
+        boundary (after the visual encoder, between the MLLM's layers, before the fusion)."""
         settings = self._settings  # the one snapshot this call uses
         self._validate_target(image_rgb, settings)
         request = self._resolve(
             PointRequest(query, support_set, supports, shots, max_instances, roi), settings, image_rgb.shape[:2]
         )
-        return self._answer_all(image_rgb, [request], frame_key, settings, shared=False)[0]
+        return self._answer_all(image_rgb, [request], frame_key, settings, shared=False, progress=progress)[0]
 
     def point_many(
         self,
         image_rgb: np.ndarray,
         requests: Sequence[PointRequest | tuple],
         frame_key: str | None = None,
+        progress: QueryProgress | None = None,
     ) -> list[PointResult | PointerError]:
         """Answer several requests on one frame: its DINO features and MLLM prefix are computed once.
 
         `requests`: `PointRequest`s or `(query, support_set)` pairs, where support_set is a set name,
         None, or a list of explicit (image, (u, v)) supports. One result per request, in order; a
         request that cannot be answered gets its PointerError in its slot (the others still run). A
-        bad target image raises PointerError for the whole call."""
+        bad target image raises PointerError for the whole call. `progress`: as `point`'s."""
         settings = self._settings  # the one snapshot this call uses
         self._validate_target(image_rgb, settings)
         resolved: list[ResolvedRequest | PointerError] = []
@@ -221,7 +226,7 @@ class PartPointer:
                 resolved.append(PointerError(f"request {index}: {error}"))
         if not any(isinstance(request, ResolvedRequest) for request in resolved):
             return resolved  # type: ignore[return-value]
-        return self._answer_all(image_rgb, resolved, frame_key, settings, shared=True)
+        return self._answer_all(image_rgb, resolved, frame_key, settings, shared=True, progress=progress)
 
     def _resolve(self, request: PointRequest, settings: PointerSettings, image_size) -> ResolvedRequest:
         """Validate one request for a target of `image_size (H, W)` (PointerError with the reason otherwise)."""
@@ -274,28 +279,41 @@ class PartPointer:
         caller_frame_id: str | None,
         settings: PointerSettings,
         shared: bool,
+        progress: QueryProgress | None = None,
     ) -> list[PointResult | PointerError]:
         """The frame once, then each request on it. `shared` (point_many): the frame's stages are
-        reported in each result's `shared_timings_ms`; else (point) all stages are in `timings_ms`."""
+        reported in each result's `shared_timings_ms`; else (point) all stages are in `timings_ms`.
+        `progress` (None: a call nobody cancels) is checked at each stage and between the MLLM's layers."""
+        layer_check = None if progress is None else progress.check
+        progress = progress or QueryProgress()
         heads, aggregation = self.text_heads(settings)
         synchronize = self.visual.device.type == "cuda"
         valid = [request for request in resolved if isinstance(request, ResolvedRequest)]
         text_query = valid[0].query if settings.use_text else None
         depth = max(layer for layer, _ in heads) if text_query is not None else -1
-        with self._lock, out_of_memory_as_pointer_error("the queries" if shared else "the query"):
+        with (
+            self._lock,
+            out_of_memory_as_pointer_error("the queries" if shared else "the query"),
+            self.mllm.checked_between_layers(layer_check),
+        ):
+            progress.stage(IMAGE_FEATURES)
             frame_timer = Timer(synchronize)
             cache_key = frame_cache_key(image_rgb, caller_frame_id)
             frame_timer.lap("frame_lookup")
             capacity, overlap = settings.frame_cache_size, settings.overlap
-            frame, reused = self.frames.get(image_rgb, cache_key, text_query, depth, capacity, overlap, frame_timer)
+            frame, reused = self.frames.get(
+                image_rgb, cache_key, text_query, depth, capacity, overlap, frame_timer, progress
+            )
             head_maps: list[torch.Tensor | None] = [None] * len(valid)
             if text_query is not None:
                 # Every query's own tokens through the layers as one batch (point: a batch of one),
                 # each attending to the frame's prefix; up to the deepest localization head.
+                progress.stage(QUERY)
                 head_maps = self.mllm.head_maps_from_prefix_batch(frame.prefix, [r.query for r in valid], heads)
                 frame_timer.lap("mllm_prefill_batch" if shared else "mllm_prefill")
             maps_of = {id(request): maps for request, maps in zip(valid, head_maps, strict=True)}
             shared_timings = frame_timer.report() if shared else {}
+            progress.stage(REGION)
             results: list[PointResult | PointerError] = []
             for request in resolved:
                 if isinstance(request, PointerError):

@@ -22,6 +22,7 @@ from pop_ros.locate import (
     locate_with,
     score_note,
 )
+from pop_ros.progress import ANSWER, QueryProgress
 from pop_ros.ros.answers import Answer, Outcome
 from pop_ros.ros.camera import Frame, NoFrameError, is_empty_image
 from pop_ros.ros.teaching import added_text
@@ -94,10 +95,13 @@ class Queries:
         frame: Frame | None = None,
         wait=True,
         options: QueryOptions | None = None,
+        progress: QueryProgress | None = None,
     ) -> Answer:
         """One query on the request's image, else on `frame` (default: the latest camera frame).
-        `wait` False: answer busy at once instead of waiting for a running query."""
+        `wait` False: answer busy at once instead of waiting for a running query. `progress` (an
+        action goal's): told each stage; its cancel raises QueryCancelled, and nothing is published."""
         options = options or QueryOptions()
+        stages = progress or QueryProgress()
         from pop_ros.pipeline import PointerError
 
         node = self.node
@@ -111,7 +115,7 @@ class Queries:
             image, header = node.camera.target_image(request_image, float(node.param("max_frame_age")), frame)
         except ImageConversionError as error:
             return Answer(image_outcome(error), str(error), header)
-        with node.models(wait) as held:
+        with node.models(wait, progress) as held:
             if held.pointer is None:
                 return Answer(held.outcome, held.reason, header)
             try:
@@ -123,11 +127,14 @@ class Queries:
                     frame_key=key,
                     max_instances=options.max_instances,
                     roi=options.roi,
+                    progress=progress,
                 )
             except PointerError as error:
                 return Answer(Outcome.BAD_REQUEST, str(error), header)
+        stages.stage(ANSWER)
         answer = self.result_answer(result, image, header, options)
         answer.total_ms = (time.perf_counter() - started) * 1000.0
+        stages.check()  # the last boundary: a cancelled query publishes nothing
         if publish:
             self.publish(answer, image, result.heatmap)
         return answer
@@ -207,12 +214,16 @@ class Queries:
         return placement.apply(answer), placement
 
     # ---- services ----------------------------------------------------------------------------------------
-    def on_point_to_part(self, request, response):
+    # `progress` (QueryProgress): given by the actions (actions.py), whose goal and result have the
+    # fields of the service's request and response.
+    def on_point_to_part(self, request, response, progress: QueryProgress | None = None):
         options, problem = query_options(request)
         if problem:
             answer = Answer(Outcome.BAD_REQUEST, problem, self.node.camera.source_header(request.image))
         else:
-            answer = self.answer(request.query, request.support_set, request.image, publish=True, options=options)
+            answer = self.answer(
+                request.query, request.support_set, request.image, publish=True, options=options, progress=progress
+            )
         self.record(answer)
         response.success, response.message, response.header = answer.success, answer.message, answer.header
         response.u, response.v, response.score, response.has_3d = answer.u, answer.v, answer.score, answer.has_3d
@@ -227,7 +238,7 @@ class Queries:
             outputs.fill_region(response, answer)
         return response
 
-    def on_point_to_parts(self, request, response):
+    def on_point_to_parts(self, request, response, progress: QueryProgress | None = None):
         """Every query of the request on one frame: its features and MLLM prefix are computed once.
         `success` is false only when nothing could run; each query's own outcome is in its result."""
         from pop_ros.pipeline import PointerError, PointRequest
@@ -249,7 +260,7 @@ class Queries:
         header = response.header
         sets = sets or [""] * len(queries)
         if not problem:
-            with node.models() as held:
+            with node.models(progress=progress) as held:
                 outcome, problem = held.outcome, held.reason
                 if held.pointer is not None:
                     requests = [
@@ -257,13 +268,16 @@ class Queries:
                         for query, name in zip(queries, sets, strict=True)
                     ]
                     try:
-                        results = held.pointer.point_many(image, requests, frame_key=frame_key(request.image, header))
+                        key = frame_key(request.image, header)
+                        results = held.pointer.point_many(image, requests, frame_key=key, progress=progress)
                     except PointerError as error:
                         outcome, problem = Outcome.BAD_REQUEST, str(error)
         if problem:
             response.success, response.message = False, problem
             self.record(Answer(outcome, problem, header))
             return response
+        # The last boundary: a cancelled query publishes nothing (each part publishes below).
+        (progress or QueryProgress()).stage(ANSWER)
         answers = [
             self._part_answer(query, name, result, image, header, options)
             for query, name, result in zip(queries, sets, results, strict=True)
