@@ -145,6 +145,11 @@ class QueryActions:
                 self._runs[key] = GoalRun(QueryProgress(), "", set())
             return self._runs[key]
 
+    def runs(self) -> list[GoalRun]:
+        """The goals accepted and not ended yet (waiting or running)."""
+        with self._runs_lock:
+            return list(self._runs.values())
+
     # ---- clients that are gone -------------------------------------------------------------------------
     def _subscribers(self, topic: str) -> set[bytes]:
         if not topic:
