@@ -280,7 +280,8 @@ class GoalInFlight:
         if feedback is None:
             return "goal sent"
         if feedback.stage == "waiting":
-            return f"waiting behind {feedback.queue_position} queries, {feedback.elapsed_ms:.0f} ms"
+            place = "next" if feedback.queue_position == 0 else f"{feedback.queue_position} ahead"
+            return f"waiting ({place}), {feedback.elapsed_ms:.0f} ms"
         return f"{feedback.stage}, {feedback.elapsed_ms:.0f} ms"
 
 

@@ -1,8 +1,8 @@
 """py_trees behaviours that ask pop_node for parts without blocking the tree.
 
 `PointToPart` and `PointToParts` send their query as an action goal (`~/point_to_part`,
-`~/point_to_parts`): while RUNNING, `feedback_message` shows the node's stage ("waiting behind 1
-queries, 120 ms", "mllm prefix, 340 ms", ...); `terminate(INVALID)` (a higher-priority branch
+`~/point_to_parts`): while RUNNING, `feedback_message` shows the node's stage ("waiting (next),
+120 ms", "mllm prefix, 340 ms", ...); `terminate(INVALID)` (a higher-priority branch
 pre-empted the behaviour) cancels the goal on the node, whose work stops and publishes nothing.
 `TeachExemplar` calls the `~/add_exemplar` service. Every behaviour clears its outputs in
 `initialise()`; on FAILURE, `feedback_message` is the node's reason. The transport, the timeouts

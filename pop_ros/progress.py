@@ -14,14 +14,15 @@ import threading
 import time
 from collections.abc import Callable
 
-# The stages a query reports, in order (`queue_position` is meaningful while waiting only).
+# The stages a query reports, in order, as the actions' feedback names them (`queue_position` is
+# meaningful while waiting only: the queries ahead of this one in the queue, 0 = next).
 WAITING = "waiting"  # for the models: another query holds them
 IMAGE_FEATURES = "image features"  # the visual encoder on the frame (or its cached features)
 MLLM_PREFIX = "mllm prefix"  # the MLLM's vision tower and the tokens before the query text
 QUERY = "query"  # the query's own tokens through the MLLM's layers, up to the deepest head
 REGION = "region"  # fusion of the priors, the part's peak(s) and heatmap
-ANSWER = "answer"  # 3D point, approach pose, grasp frame; then the answer is published
-STAGES = (WAITING, IMAGE_FEATURES, MLLM_PREFIX, QUERY, REGION, ANSWER)
+PUBLISHING = "publishing"  # 3D point, approach pose, grasp frame; then the answer is published
+STAGES = (WAITING, IMAGE_FEATURES, MLLM_PREFIX, QUERY, REGION, PUBLISHING)
 
 
 class QueryCancelled(BaseException):  # noqa: N818 - named for what happened, as asyncio.CancelledError

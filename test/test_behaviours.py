@@ -263,7 +263,7 @@ def test_a_waiting_query_shows_its_place_and_a_new_run_clears_the_outputs(bt_nod
     # A Parallel sibling reading the blackboard now must not see the previous run's answer.
     assert find.status == Status.RUNNING
     assert (reader.get("point"), reader.get("pose"), reader.get("result")) == (None, None, None)
-    assert wait_for(lambda: find.tick_once() or find.feedback_message.startswith("waiting behind 1 queries"), 30)
+    assert wait_for(lambda: find.tick_once() or find.feedback_message.startswith("waiting (next), "), 30)
     gate.open.set()
     assert ros.wait(holding).success
     assert run_behaviour(find) == Status.SUCCESS, find.feedback_message

@@ -122,7 +122,7 @@ def test_a_goal_reports_its_stages_before_its_result_and_answers_as_the_service(
     assert status == GoalStatus.STATUS_SUCCEEDED, result.message
     assert sent.feedback_at_result > 0  # feedback came before the result
     assert wait_for(lambda: len(sent.feedback) >= 5)
-    assert sent.stages() == ["image features", "mllm prefix", "query", "region", "answer"]
+    assert sent.stages() == ["image features", "mllm prefix", "query", "region", "publishing"]
     elapsed = [feedback.elapsed_ms for feedback in sent.feedback]
     assert elapsed == sorted(elapsed) and elapsed[0] >= 0.0
     request = PointToPartSrv.Request(query=message.query, support_set=message.support_set, image=message.image)
@@ -147,7 +147,7 @@ def test_a_running_goal_cancelled_stops_after_the_visual_encoder_and_publishes_n
     # The models are free: the next goal runs to its end, and only its answer is published.
     following = goal(1, ros)
     status, _ = Goal(client, following).end()
-    assert status in (GoalStatus.STATUS_SUCCEEDED, GoalStatus.STATUS_ABORTED)  # random weights: maybe rejected
+    assert status == GoalStatus.STATUS_SUCCEEDED
     assert wait_for(lambda: len(results) == 1)
     assert stamps(results) == [stamp_of(following)] and gate.prefixes == 1
     assert node.actions.runs() == []
@@ -161,16 +161,16 @@ def test_a_waiting_goal_cancelled_leaves_the_queue_at_once(action_node):
     assert gate.entered.wait(TIMEOUT)
     waiting = Goal(client, goal(1, ros))
     assert wait_for(lambda: waiting.stages() == ["waiting"])
-    assert waiting.feedback[0].queue_position == 1  # behind the running one
+    assert waiting.feedback[0].queue_position == 0  # next, behind the running one
     waiting.cancel()
     status, result = waiting.end()  # while the first still holds the models
     assert status == GoalStatus.STATUS_CANCELED and result.message.startswith("cancelled")
     assert not first.done() and not gate.open.is_set()
     third_msg = goal(2, ros)
     third = Goal(client, third_msg)  # the cancelled goal's place is free: the third is next
-    assert wait_for(lambda: third.stages() == ["waiting"]) and third.feedback[0].queue_position == 1
+    assert wait_for(lambda: third.stages() == ["waiting"]) and third.feedback[0].queue_position == 0
     gate.open.set()
-    assert first.end()[0] != GoalStatus.STATUS_CANCELED and third.end()[0] != GoalStatus.STATUS_CANCELED
+    assert first.end()[0] == GoalStatus.STATUS_SUCCEEDED and third.end()[0] == GoalStatus.STATUS_SUCCEEDED
     assert wait_for(lambda: len(results) == 2)
     assert sorted(stamps(results)) == sorted([stamp_of(first_msg), stamp_of(third_msg)])
 
@@ -188,9 +188,9 @@ def test_goals_are_answered_busy_as_service_calls_are(action_node):
     request = PointToPartSrv.Request(query="lid", support_set="mug_handle", image=image)
     service = ros.call(PointToPartSrv, ACTION, request)
     gate.open.set()
-    assert status == GoalStatus.STATUS_ABORTED and not result.success
+    assert status == GoalStatus.STATUS_SUCCEEDED and not result.success  # answered, as the service is
     assert result.message == service.message == "busy: another query is running; try again"
-    assert first.end()[0] != GoalStatus.STATUS_CANCELED
+    assert first.end()[0] == GoalStatus.STATUS_SUCCEEDED
 
 
 def test_a_goal_whose_client_vanishes_is_cancelled_and_frees_the_node(action_node):
@@ -199,6 +199,10 @@ def test_a_goal_whose_client_vanishes_is_cancelled_and_frees_the_node(action_nod
     ghost = RosClient(f"{NS}_ghost")
     ghost_client = ActionClient(ghost.node, PointToPart, ACTION)
     assert ghost_client.wait_for_server(timeout_sec=TIMEOUT)
+    # The node must have discovered the ghost too (DDS matches each side on its own): a request
+    # sent before that may be dropped.
+    assert wait_for(lambda: node.count_clients(f"{ACTION}/_action/send_goal") == 1, TIMEOUT)
+    assert wait_for(lambda: node.count_subscribers(f"{ACTION}/_action/feedback") == 1, TIMEOUT)
     gate.shut()
     ghost_client.send_goal_async(goal(0, ros))
     assert gate.entered.wait(TIMEOUT)  # the goal runs (its acceptance may still be on its way back)
@@ -208,12 +212,11 @@ def test_a_goal_whose_client_vanishes_is_cancelled_and_frees_the_node(action_nod
     gate.open.set()
     assert wait_for(lambda: node.actions.runs() == [], TIMEOUT)
     assert node.health.counts()[0].get("cancelled") == 1 and gate.prefixes == 0
+    # The node is free: the next query (a service call here) runs, and only its answer is published.
     following = goal(1, ros)
-    client = ActionClient(ros.node, PointToPart, ACTION, callback_group=ReentrantCallbackGroup())
-    assert client.wait_for_server(timeout_sec=TIMEOUT)
-    Goal(client, following).end()
+    request = PointToPartSrv.Request(query=following.query, support_set=following.support_set, image=following.image)
+    assert ros.call(PointToPartSrv, ACTION, request).message != ""
     assert wait_for(lambda: len(results) == 1) and stamps(results) == [stamp_of(following)]
-    client.destroy()
 
 
 def test_point_to_parts_goal_can_be_cancelled_while_running(action_node):

@@ -10,10 +10,11 @@ A goal can be cancelled while it waits (it leaves the queue at once) or while it
 stops at the next stage boundary; nothing is published for it; the models go to the next query).
 A goal whose client is gone from the ROS graph is cancelled the same way (`cancel_orphans`).
 
-The goal ends SUCCEEDED when its result's `success` is true, ABORTED when it is false (the message
-says why: busy, refused, no frame, part not visible...; for ~/point_to_parts, when nothing could
-run), CANCELED when its client cancelled it (ABORTED, "cancelled: its client is gone", when the
-client vanished).
+A goal the node answered ends SUCCEEDED, whatever the answer: as with the service, the result's
+`success` says whether it is a part and `message` why not (busy, refused, no frame, part not
+visible...); clients that only look at the status would lose that reason (BehaviorTree.ROS2's
+RosActionNode passes no result to onFailure). A goal cancelled by its client ends CANCELED; one
+whose client vanished ends ABORTED ("cancelled: its client is gone"; nobody reads it).
 """
 
 from __future__ import annotations
@@ -104,10 +105,7 @@ class QueryActions:
             finally:
                 with self._runs_lock:
                     self._runs.pop(_goal_key(goal_handle), None)
-            if result.success:
-                goal_handle.succeed()
-            else:
-                goal_handle.abort()
+            goal_handle.succeed()  # answered: `success` and `message` say how (see the module's note)
             return result
 
         return execute

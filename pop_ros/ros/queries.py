@@ -22,7 +22,7 @@ from pop_ros.locate import (
     locate_with,
     score_note,
 )
-from pop_ros.progress import ANSWER, QueryProgress
+from pop_ros.progress import PUBLISHING, QueryProgress
 from pop_ros.ros.answers import Answer, Outcome
 from pop_ros.ros.camera import Frame, NoFrameError, is_empty_image
 from pop_ros.ros.teaching import added_text
@@ -131,7 +131,7 @@ class Queries:
                 )
             except PointerError as error:
                 return Answer(Outcome.BAD_REQUEST, str(error), header)
-        stages.stage(ANSWER)
+        stages.stage(PUBLISHING)
         answer = self.result_answer(result, image, header, options)
         answer.total_ms = (time.perf_counter() - started) * 1000.0
         stages.check()  # the last boundary: a cancelled query publishes nothing
@@ -277,7 +277,7 @@ class Queries:
             self.record(Answer(outcome, problem, header))
             return response
         # The last boundary: a cancelled query publishes nothing (each part publishes below).
-        (progress or QueryProgress()).stage(ANSWER)
+        (progress or QueryProgress()).stage(PUBLISHING)
         answers = [
             self._part_answer(query, name, result, image, header, options)
             for query, name, result in zip(queries, sets, results, strict=True)

@@ -25,8 +25,8 @@ class WorkSlots:
     @contextlib.contextmanager
     def hold(self, max_waiting: int, timeout_s: float, progress: QueryProgress | None = None) -> Iterator[str]:
         """Yields '' while this caller holds the models, else why not ("busy: ..."). `timeout_s` 0:
-        try once, never wait. `progress`: told the place in the queue while waiting (queries ahead,
-        the running one included); its cancellation raises QueryCancelled out of the wait."""
+        try once, never wait. `progress`: told the place in the queue while waiting (the waiters
+        ahead of this one: 0 = next); its cancellation raises QueryCancelled out of the wait."""
         progress = progress or QueryProgress()
         limit = max_waiting + 1
         with self._changed:
@@ -54,7 +54,7 @@ class WorkSlots:
         deadline = time.monotonic() + timeout_s
         ticket = object()
         remove_waker = progress.add_waker(self._wake)
-        reported = 0  # the place last reported; 0: none yet (a running caller is never reported)
+        reported = None  # the place last reported
         try:
             with self._changed:
                 self._queue.append(ticket)
@@ -65,7 +65,7 @@ class WorkSlots:
                     if not self._held and self._queue[0] is ticket:
                         self._held = True
                         return True
-                    ahead = self._queue.index(ticket) + int(self._held)
+                    ahead = self._queue.index(ticket)
                     if ahead == reported:
                         remaining = deadline - time.monotonic()
                         if remaining <= 0:
