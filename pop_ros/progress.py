@@ -1,9 +1,10 @@
 """One query's progress and its cancellation: the stages it reports and the flag it checks between them.
 
 A caller that can give up on a query (an action goal) passes a `QueryProgress`; the work reports
-each stage it enters (`stage`) and checks the flag at every boundary: before it waits for the
-models, between the visual encoder and the MLLM, between the MLLM's decoder layers, before the
-fusion and before anything is published. A cancelled query raises `QueryCancelled` at the next
+each stage it enters (`stage`) and checks the flag at every boundary: while it waits for the
+models, between the visual encoder and the MLLM, before each of the MLLM's decoder layers, between
+the steps of the region (similarity to the supports, fusion, heatmap) and before anything is
+published. A cancelled query raises `QueryCancelled` at the next
 boundary, so the models are free as soon as the current stage ends. A caller that cannot cancel (a
 service call) passes nothing: `QueryProgress()` then never fires.
 """

@@ -180,3 +180,26 @@ def test_a_cancelled_waiter_leaves_the_queue_at_once_and_the_next_moves_up():
     staying.join(10)
     with slots.hold(0, 0.0) as busy:  # everything was released
         assert busy == ""
+
+
+def test_a_cancel_during_the_support_similarity_stops_before_the_fusion(tiny_pointer, rng, monkeypatch):
+    """The region stage has boundaries too: between the supports' similarity, the fusion and the heatmap."""
+    from pop_ros.pipeline import fusion
+
+    progress = QueryProgress()
+    similarity = fusion.visual_maps
+
+    def cancelled_meanwhile(*args, **kwargs):
+        maps = similarity(*args, **kwargs)
+        progress.cancel("during similarity")
+        return maps
+
+    monkeypatch.setattr(fusion, "visual_maps", cancelled_meanwhile)
+    recorder = Recorder(tiny_pointer, monkeypatch)
+    try:
+        supports = [(random_image(rng, 64, 64), (20.0, 30.0))]
+        with pytest.raises(QueryCancelled, match="during similarity"):
+            tiny_pointer.point(random_image(rng, 96, 128), "lid", supports=supports, progress=progress)
+    finally:
+        recorder.close()
+    assert recorder.fusions == 0 and progress.stage_name == REGION

@@ -195,7 +195,8 @@ class PartPointer:
         instances[0] is the single answer). `roi (x, y, width, height)`: the answer lies inside it
         (the MLLM still sees the whole image); a zero-area region or one outside the image is refused.
         `progress`: told each stage; once cancelled, the call raises QueryCancelled at the next
-        boundary (after the visual encoder, between the MLLM's layers, before the fusion)."""
+        boundary (after the visual encoder, before each MLLM layer, before the similarity to the
+        supports, the fusion and the heatmap)."""
         settings = self._settings  # the one snapshot this call uses
         self._validate_target(image_rgb, settings)
         request = self._resolve(
@@ -320,7 +321,8 @@ class PartPointer:
                     results.append(request)
                     continue
                 timer = Timer(synchronize) if shared else frame_timer
-                result = self._answer(image_rgb, frame, request, settings, (maps_of[id(request)], aggregation), timer)
+                maps_and_aggregation = (maps_of[id(request)], aggregation)
+                result = self._answer(image_rgb, frame, request, settings, maps_and_aggregation, timer, progress)
                 result.shared_timings_ms, result.frame_reused = shared_timings, reused
                 results.append(result)
             return results
@@ -334,9 +336,10 @@ class PartPointer:
         settings: PointerSettings,
         head_maps_and_aggregation: tuple[torch.Tensor | None, str],
         timer: Timer,
+        progress: QueryProgress,
     ) -> PointResult:
         """One request on a frame whose features (and this request's `(N, H_l, W_l)` head maps, when
-        the text prior is used) are ready; laps into `timer`."""
+        the text prior is used) are ready; laps into `timer`. `progress` is checked between its steps."""
         timer.restart()
         image_size = image_rgb.shape[:2]
         maps = None  # (K, H_t, W_t)
@@ -347,8 +350,10 @@ class PartPointer:
                 features = self.support_features.for_images([image for image, _ in request.supports])
             chosen = fusion.retrieve(features, frame.target, request.max_shots, settings.retrieval)
             timer.lap("supports")
+            progress.check()
             maps = fusion.visual_maps(request.supports, features, chosen, frame.target, settings.similarity)
             timer.lap("similarity")
+            progress.check()
         prior = None  # (H_l, W_l)
         if settings.use_text:
             head_maps, aggregation = head_maps_and_aggregation
@@ -358,6 +363,7 @@ class PartPointer:
             prior, maps, settings, image_size, frame.target.grid.shape[1], request.max_instances, request.roi
         )
         timer.lap("fusion")
+        progress.check()
         heatmap = fusion.heatmap_at(final, image_size, request.roi)
         timer.lap("heatmap")
         best = instances[0]
