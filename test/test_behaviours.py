@@ -20,6 +20,7 @@ from pop_ros.behaviours import PointToPart, PointToParts, ServiceUnavailableErro
 from pop_ros.image_conversion import from_array
 from pop_ros.paths import SAMPLE_DIR
 from pop_ros.ros_client import LIBRARY
+from pop_ros_interfaces.action import PointToPart as PointToPartAction
 from pop_ros_interfaces.msg import PartPointResult
 from pop_ros_interfaces.srv import PointToPart as PointToPartSrv
 from test.conftest import wait_for
@@ -397,35 +398,46 @@ def test_bad_instances_or_roi_are_refused_when_the_tree_is_built(kwargs, message
 
 
 class StandInNode:
-    """A real `point_to_part` service whose answers the test chooses: each request takes the next
-    response of `answers`; while `silent` is set, requests get no answer (a node that hung)."""
+    """A real `point_to_part` action server whose answers the test chooses: each goal gets the next
+    result of `answers`; while `silent` is set, goals get no answer (a node that hung) until they
+    are cancelled."""
 
-    def __init__(self, ros, service: str):
+    def __init__(self, ros, action_name: str):
+        from rclpy.action import ActionServer, CancelResponse
         from rclpy.callback_groups import ReentrantCallbackGroup
 
         self.answers: list = []
         self.silent = threading.Event()
         self.release = threading.Event()
         self.requests = 0
-        self.service = ros.node.create_service(
-            PointToPartSrv, service, self._serve, callback_group=ReentrantCallbackGroup()
+        self.cancelled = 0
+        self.server = ActionServer(
+            ros.node,
+            PointToPartAction,
+            action_name,
+            execute_callback=self._execute,
+            cancel_callback=lambda _goal: CancelResponse.ACCEPT,
+            callback_group=ReentrantCallbackGroup(),
         )
 
-    def _serve(self, request, response):
+    def _execute(self, goal_handle):
         self.requests += 1
-        if self.silent.is_set():
-            self.release.wait(120)  # never answered in time: the behaviour must give up on its own
-            return response
+        while self.silent.is_set() and not self.release.wait(0.02):  # hung: only a cancel ends it
+            if goal_handle.is_cancel_requested:
+                self.cancelled += 1
+                goal_handle.canceled()
+                return PointToPartAction.Result(message="cancelled")
+        goal_handle.succeed()
         return self.answers.pop(0)
 
 
-def answer_3d(has_3d: bool) -> PointToPartSrv.Response:
-    response = PointToPartSrv.Response(success=True, message="ok" if has_3d else "no 3D point: no depth", score=0.9)
-    response.u, response.v, response.has_3d, response.has_pose = 40.0, 30.0, has_3d, has_3d
-    response.point.point.x, response.point.point.y, response.point.point.z = (0.1, -0.2, 1.25) if has_3d else (0, 0, 0)
-    response.point.header.frame_id = "bt_optical_frame"
-    response.pose.pose.position.z = 1.25 if has_3d else 0.0
-    return response
+def answer_3d(has_3d: bool) -> PointToPartAction.Result:
+    result = PointToPartAction.Result(success=True, message="ok" if has_3d else "no 3D point: no depth", score=0.9)
+    result.u, result.v, result.has_3d, result.has_pose = 40.0, 30.0, has_3d, has_3d
+    result.point.point.x, result.point.point.y, result.point.point.z = (0.1, -0.2, 1.25) if has_3d else (0, 0, 0)
+    result.point.header.frame_id = "bt_optical_frame"
+    result.pose.pose.position.z = 1.25 if has_3d else 0.0
+    return result
 
 
 @pytest.fixture
@@ -447,8 +459,9 @@ def test_a_node_that_goes_silent_fails_the_behaviour_after_timeout_s(stand_in):
     find = PointToPart("find", "handle", service="/stand_in/pop_node/point_to_part", timeout_s=1.0)
     find.setup(node=ros.node)
     assert run_behaviour(find, timeout=60.0) == Status.FAILURE
-    assert find.feedback_message == "no answer from /stand_in/pop_node/point_to_part within 1 s"
+    assert find.feedback_message == "no answer from /stand_in/pop_node/point_to_part within 1 s (goal cancelled)"
     assert node.requests == 1  # sent once, not again and again
+    assert wait_for(lambda: node.cancelled == 1, 30)  # and the goal it gave up was cancelled on the node
 
 
 def test_require_3d_failure_after_a_success_leaves_no_point_or_pose_on_the_blackboard(stand_in):
