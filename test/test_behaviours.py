@@ -20,6 +20,8 @@ from pop_ros.behaviours import PointToPart, PointToParts, ServiceUnavailableErro
 from pop_ros.image_conversion import from_array
 from pop_ros.paths import SAMPLE_DIR
 from pop_ros.ros_client import LIBRARY
+from pop_ros_interfaces.action import PointToPart as PointToPartAction
+from pop_ros_interfaces.msg import PartPointResult
 from pop_ros_interfaces.srv import PointToPart as PointToPartSrv
 from test.conftest import wait_for
 
@@ -202,8 +204,9 @@ def test_failure_reasons_arrive_as_feedback_message(bt_node):
     )
 
 
-def test_preemption_mid_query_drops_it_and_a_new_query_works(bt_node):
+def test_preemption_mid_query_cancels_it_on_the_node_and_a_new_query_works(bt_node):
     ros, node, gate = bt_node
+    published = ros.collect(PartPointResult, f"/{NS}/pop_node/result")
     board = py_trees.blackboard.Client(name="test")
     for key in ("stop", "part", "point", "result"):
         board.register_key(key=key, access=py_trees.common.Access.WRITE)
@@ -215,35 +218,57 @@ def test_preemption_mid_query_drops_it_and_a_new_query_works(bt_node):
     find = PointToPart("find part", query_key="part", support_set="mug_handle", service=SERVICE)
     tree = py_trees.trees.BehaviourTree(py_trees.composites.Selector("root", memory=False, children=[stop, find]))
     tree.setup(node=ros.node, timeout=30)
-    answered = []  # sequence numbers of answers that reached the behaviour's client
-    lookup = find.client.get_pending_request
-
-    def recording_lookup(sequence):
-        answered.append(sequence)
-        return lookup(sequence)
-
-    find.client.get_pending_request = recording_lookup
 
     gate.shut()
     tick_until(tree, gate.entered.is_set)
     assert find.status == Status.RUNNING and find.pending
-    dropped = find._future
     board.stop = True
     tree.tick()  # the higher-priority branch pre-empts the query
-    assert find.status == Status.INVALID and not find.pending and dropped.cancelled()
-    assert find.feedback_message == "pre-empted: pending request dropped"
+    assert find.status == Status.INVALID and not find.pending
+    assert find.feedback_message == "pre-empted: goal cancelled on the node"
+    # The cancel reached the node while its query was inside the gate; opened, the query stops there.
+    assert wait_for(lambda: [run.progress.reason for run in node.actions.runs()] == ["cancelled by its client"], 30)
     gate.open.set()
-    assert wait_for(lambda: len(answered) == 1, 30)  # the late answer arrived ... and reached no one
-    assert not board.exists("point") and not board.exists("result")
-    assert find.client._pending_requests == {}  # rclpy keeps nothing for the dropped request
+    assert wait_for(lambda: node.actions.runs() == [], 30)
+    assert node.health.counts()[0].get("cancelled") == 1
+    assert board.point is None and board.result is None  # initialise() cleared them; nothing came since
 
     board.stop, board.part = False, "rim of the cup"
     tick_until(tree, lambda: find.status in (Status.SUCCESS, Status.FAILURE))
     assert find.status == Status.SUCCESS, find.feedback_message
-    assert len(answered) == 2 and find.client._pending_requests == {}
     expected = direct_answer(ros, "rim of the cup", "mug_handle")
     assert (board.result.u, board.result.v) == (expected.u, expected.v)
     assert board.point.point.z == pytest.approx(DEPTH_M)
+    # Published: the new query's answer and the direct one's; nothing for the cancelled query.
+    assert wait_for(lambda: len(published) == 2, 30)
+    assert [result.query for result in published] == ["rim of the cup", "rim of the cup"]
+
+
+def test_a_waiting_query_shows_its_place_and_a_new_run_clears_the_outputs(bt_node):
+    from rclpy.parameter import Parameter
+
+    ros, node, gate = bt_node
+    node.set_parameters([Parameter("busy_policy", value="wait")])
+    find = PointToPart("find", "handle of the mug", "mug_handle", service=SERVICE)
+    find.setup(node=ros.node)
+    assert run_behaviour(find) == Status.SUCCESS, find.feedback_message
+    reader = py_trees.blackboard.Client(name="reader")
+    for key in ("point", "pose", "result"):
+        reader.register_key(key=key, access=py_trees.common.Access.READ)
+    assert reader.get("result") is not None
+
+    gate.shut()  # a direct query holds the models; the behaviour's goal waits behind it
+    holding = ros.call_async(PointToPartSrv, SERVICE, PointToPartSrv.Request(query="lid", support_set="mug_handle"))
+    assert gate.entered.wait(30)
+    find.tick_once()
+    # A Parallel sibling reading the blackboard now must not see the previous run's answer.
+    assert find.status == Status.RUNNING
+    assert (reader.get("point"), reader.get("pose"), reader.get("result")) == (None, None, None)
+    assert wait_for(lambda: find.tick_once() or find.feedback_message.startswith("waiting (next), "), 30)
+    gate.open.set()
+    assert ros.wait(holding).success
+    assert run_behaviour(find) == Status.SUCCESS, find.feedback_message
+    assert reader.get("result").success
 
 
 def test_a_missing_node_fails_setup_with_its_message(bt_node):
@@ -253,7 +278,7 @@ def test_a_missing_node_fails_setup_with_its_message(bt_node):
     with pytest.raises(ServiceUnavailableError) as failure:
         tree.setup(node=ros.node, timeout=30)
     assert str(failure.value) == (
-        "find handle: service /nobody/pop_node/point_to_part is not available after 0.5 s "
+        "find handle: action /nobody/pop_node/point_to_part is not available after 0.5 s "
         "(is pop_node running, in this ROS_DOMAIN_ID and namespace?)"
     )
     with pytest.raises(ServiceUnavailableError, match=r"setup\(\) needs the ROS node"):
@@ -331,7 +356,7 @@ def test_example_tree_finds_the_handle_and_prints_the_tree(bt_node):
     run = run_example("--namespace", f"/{NS}/pop_node", "--require-3d")
     assert run.returncode == 0, run.stdout + run.stderr
     expected = direct_answer(ros, "handle of the mug", "mug_handle")
-    assert "{-} pick handle [*]\n    --> find handle [*] -- waiting for /bt/pop_node/point_to_part" in run.stdout
+    assert "{-} pick handle [*]\n    --> find handle [*] -- goal sent" in run.stdout
     assert "--> grasp (stub) [✓]" in run.stdout
     point = expected.point.point
     assert run.stdout.rstrip().endswith(
@@ -344,7 +369,7 @@ def test_example_tree_without_a_node_says_so():
     run = run_example("--namespace", "/nobody/pop_node", "--timeout", "1")
     assert run.returncode == 1
     assert run.stderr.strip() == (
-        "error: find handle: service /nobody/pop_node/point_to_part is not available after 1 s "
+        "error: find handle: action /nobody/pop_node/point_to_part is not available after 1 s "
         "(is pop_node running, in this ROS_DOMAIN_ID and namespace?)"
     )
 
@@ -373,35 +398,46 @@ def test_bad_instances_or_roi_are_refused_when_the_tree_is_built(kwargs, message
 
 
 class StandInNode:
-    """A real `point_to_part` service whose answers the test chooses: each request takes the next
-    response of `answers`; while `silent` is set, requests get no answer (a node that hung)."""
+    """A real `point_to_part` action server whose answers the test chooses: each goal gets the next
+    result of `answers`; while `silent` is set, goals get no answer (a node that hung) until they
+    are cancelled."""
 
-    def __init__(self, ros, service: str):
+    def __init__(self, ros, action_name: str):
+        from rclpy.action import ActionServer, CancelResponse
         from rclpy.callback_groups import ReentrantCallbackGroup
 
         self.answers: list = []
         self.silent = threading.Event()
         self.release = threading.Event()
         self.requests = 0
-        self.service = ros.node.create_service(
-            PointToPartSrv, service, self._serve, callback_group=ReentrantCallbackGroup()
+        self.cancelled = 0
+        self.server = ActionServer(
+            ros.node,
+            PointToPartAction,
+            action_name,
+            execute_callback=self._execute,
+            cancel_callback=lambda _goal: CancelResponse.ACCEPT,
+            callback_group=ReentrantCallbackGroup(),
         )
 
-    def _serve(self, request, response):
+    def _execute(self, goal_handle):
         self.requests += 1
-        if self.silent.is_set():
-            self.release.wait(120)  # never answered in time: the behaviour must give up on its own
-            return response
+        while self.silent.is_set() and not self.release.wait(0.02):  # hung: only a cancel ends it
+            if goal_handle.is_cancel_requested:
+                self.cancelled += 1
+                goal_handle.canceled()
+                return PointToPartAction.Result(message="cancelled")
+        goal_handle.succeed()
         return self.answers.pop(0)
 
 
-def answer_3d(has_3d: bool) -> PointToPartSrv.Response:
-    response = PointToPartSrv.Response(success=True, message="ok" if has_3d else "no 3D point: no depth", score=0.9)
-    response.u, response.v, response.has_3d, response.has_pose = 40.0, 30.0, has_3d, has_3d
-    response.point.point.x, response.point.point.y, response.point.point.z = (0.1, -0.2, 1.25) if has_3d else (0, 0, 0)
-    response.point.header.frame_id = "bt_optical_frame"
-    response.pose.pose.position.z = 1.25 if has_3d else 0.0
-    return response
+def answer_3d(has_3d: bool) -> PointToPartAction.Result:
+    result = PointToPartAction.Result(success=True, message="ok" if has_3d else "no 3D point: no depth", score=0.9)
+    result.u, result.v, result.has_3d, result.has_pose = 40.0, 30.0, has_3d, has_3d
+    result.point.point.x, result.point.point.y, result.point.point.z = (0.1, -0.2, 1.25) if has_3d else (0, 0, 0)
+    result.point.header.frame_id = "bt_optical_frame"
+    result.pose.pose.position.z = 1.25 if has_3d else 0.0
+    return result
 
 
 @pytest.fixture
@@ -423,8 +459,9 @@ def test_a_node_that_goes_silent_fails_the_behaviour_after_timeout_s(stand_in):
     find = PointToPart("find", "handle", service="/stand_in/pop_node/point_to_part", timeout_s=1.0)
     find.setup(node=ros.node)
     assert run_behaviour(find, timeout=60.0) == Status.FAILURE
-    assert find.feedback_message == "no answer from /stand_in/pop_node/point_to_part within 1 s"
+    assert find.feedback_message == "no answer from /stand_in/pop_node/point_to_part within 1 s (goal cancelled)"
     assert node.requests == 1  # sent once, not again and again
+    assert wait_for(lambda: node.cancelled == 1, 30)  # and the goal it gave up was cancelled on the node
 
 
 def test_require_3d_failure_after_a_success_leaves_no_point_or_pose_on_the_blackboard(stand_in):

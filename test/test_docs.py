@@ -1,5 +1,5 @@
 """The documentation cannot drift silently: every relative link and anchor in README.md and docs/*.md
-resolves, and docs/interfaces.md names every field of every service and message in its section."""
+resolves, and docs/interfaces.md names every field of every service, action and message in its section."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ import pytest
 from pop_ros.paths import SOURCE_ROOT
 
 PAGES = [SOURCE_ROOT / "README.md", *sorted((SOURCE_ROOT / "docs").glob("*.md"))]
-INTERFACES = sorted((SOURCE_ROOT / "pop_ros_interfaces").glob("*/*.srv")) + sorted(
-    (SOURCE_ROOT / "pop_ros_interfaces").glob("*/*.msg")
-)
+INTERFACE_FILES = SOURCE_ROOT / "pop_ros_interfaces"
+INTERFACES = [path for kind in ("srv", "action", "msg") for path in sorted(INTERFACE_FILES.glob(f"*/*.{kind}"))]
 
 FENCE = re.compile(r"^\s*(```|~~~)")
 HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
@@ -88,7 +87,7 @@ def test_every_relative_link_and_anchor_resolves(page):
 
 
 def fields(interface: pathlib.Path) -> list[str]:
-    """Field names of a .srv or .msg file (request and response alike)."""
+    """Field names of a .srv, .action or .msg file (every part alike: request, response, goal, result, feedback)."""
     names = []
     for line in interface.read_text().splitlines():
         line = line.split("#")[0].strip()
@@ -96,6 +95,11 @@ def fields(interface: pathlib.Path) -> list[str]:
             field_type, name = line.split()[:2]
             names.append(name.split("=")[0])
     return names
+
+
+def section_title(interface: pathlib.Path) -> str:
+    """An action's section is "PointToPart (action)"; a service's or message's, its name."""
+    return f"{interface.stem} (action)" if interface.suffix == ".action" else interface.stem
 
 
 def section(text: str, title: str) -> str:
@@ -106,16 +110,19 @@ def section(text: str, title: str) -> str:
 
 
 def test_fields_are_parsed_from_the_interface_files():
-    by_name = {path.stem: fields(path) for path in INTERFACES}
-    assert by_name["RemoveSupportSet"] == ["support_set", "success", "message"]
-    assert len(by_name) == 9
+    by_name = {path.name: fields(path) for path in INTERFACES}
+    assert by_name["RemoveSupportSet.srv"] == ["support_set", "success", "message"]
+    assert by_name["PointToPart.action"][-3:] == ["stage", "queue_position", "elapsed_ms"]
+    assert by_name["PointToParts.action"][:2] == ["queries", "support_sets"]
+    assert len(by_name) == 11
 
 
 @pytest.mark.parametrize("interface", INTERFACES, ids=lambda path: path.name)
 def test_interfaces_page_names_every_field(interface):
-    text = section((SOURCE_ROOT / "docs" / "interfaces.md").read_text(), interface.stem)
+    title = section_title(interface)
+    text = section((SOURCE_ROOT / "docs" / "interfaces.md").read_text(), title)
     missing = [name for name in fields(interface) if f"`{name}`" not in text]
-    assert missing == [], f"docs/interfaces.md, section {interface.stem}, does not name {missing}"
+    assert missing == [], f"docs/interfaces.md, section {title}, does not name {missing}"
 
 
 def test_readme_stays_a_short_user_readme():

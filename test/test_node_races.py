@@ -47,7 +47,9 @@ def recording_frames(node):
 
 # ---- continuous mode ---------------------------------------------------------------------------------------
 def test_continuous_mode_processes_each_frame_once_when_one_arrives_mid_tick(inprocess):
-    ros, node, _ = inprocess("once", f"support_library:={LIBRARY}", "continuous_support_set:=mug_handle")
+    ros, node, _ = inprocess(
+        "once", f"support_library:={LIBRARY}", "continuous_support_set:=mug_handle", "max_frame_age:=0.0"
+    )
     processed = recording_frames(node)
     # The second frame arrives while the first tick runs its query (after its capture was taken).
     hook_parameter(node, "min_score", lambda: node.camera.on_image(colour_msg(ros.now_stamp(), "second")))

@@ -4,7 +4,7 @@
         [--namespace /pop_node] [--rate 10] [--timeout 30] [--require-3d]
 
 pop_node must be running and receiving camera frames. The tree is ticked at --rate Hz by a timer on
-the tree's own node; the same executor delivers the service's answer, which is only possible because
+the tree's own node; the same executor delivers the action's feedback and result, which is only possible because
 no behaviour blocks in update(). Each tick prints the tree (py_trees.display); the program ends
 when the tree succeeds (exit 0) or fails (exit 1, with the reason).
 """

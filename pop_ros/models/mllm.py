@@ -30,7 +30,7 @@ import contextlib
 import dataclasses
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -253,6 +253,21 @@ class MLLMAdapter(PrefixReuseMixin, EagerAttentionMixin):
             f"layers 0-{self.loaded_layers - 1} of {self.num_layers} (the deepest localization head at load); "
             "reload with mllm_trim false (tools: --no-trim) to use deeper heads"
         )
+
+    @contextlib.contextmanager
+    def checked_between_layers(self, check: Callable[[], None] | None):
+        """Run `check()` before each decoder layer of every forward in this context (a query's
+        cancel flag: an exception it raises ends the forward there, as the early stop does).
+        None: no check."""
+        if check is None:
+            yield
+            return
+        hooks = [layer.register_forward_pre_hook(lambda _module, _args: check()) for layer in self.decoder_layers()]
+        try:
+            yield
+        finally:
+            for hook in hooks:
+                hook.remove()
 
     @contextlib.contextmanager
     def _armed(

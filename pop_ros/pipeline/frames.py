@@ -16,6 +16,7 @@ import torch
 from pop_ros.models.mllm import ImagePrefix, MLLMAdapter
 from pop_ros.models.visual import VisualEncoder, VisualFeatures
 from pop_ros.pipeline.api import Timer
+from pop_ros.progress import MLLM_PREFIX, QueryProgress
 
 
 @dataclasses.dataclass
@@ -61,18 +62,22 @@ class FrameStore:
         capacity: int,
         overlap: bool,
         timer: Timer,
+        progress: QueryProgress | None = None,
     ) -> tuple[FrameFeatures, bool]:
         """(the frame's features, whether they all came from the store); computes what is missing.
 
         `text_query` is any text query of this frame (None: no text prior needed): the MLLM prefix is
         made with it and reaches layer `depth` (the deepest head read). `capacity` frames are kept
-        (the settings of this call); `overlap` allows the CUDA two-stream forward."""
+        (the settings of this call); `overlap` allows the CUDA two-stream forward. `progress`: told
+        when the MLLM prefix starts (a cancel there stops before it)."""
+        progress = progress or QueryProgress()
         self._trim(capacity)  # the setting may have shrunk
         frame = self._frames.get(cache_key)
         if frame is not None:
             reused = text_query is None or frame.prefix is not None
             self._frames.move_to_end(cache_key)
             if text_query is not None and frame.prefix is None:
+                progress.stage(MLLM_PREFIX)
                 frame.prefix = self.mllm.image_prefix(image_rgb, text_query, depth)
                 timer.lap("mllm_prefix")
             return frame, reused
@@ -80,18 +85,21 @@ class FrameStore:
         if overlap and text_query is not None and cuda:
             frame = self._compute_overlapped(image_rgb, text_query, depth, timer)
         else:
-            frame = self._compute(image_rgb, text_query, depth, timer)
+            frame = self._compute(image_rgb, text_query, depth, timer, progress)
         if capacity > 0:
             self._frames[cache_key] = frame
             self._trim(capacity)
         return frame, False
 
-    def _compute(self, image_rgb: np.ndarray, text_query: str | None, depth: int, timer: Timer) -> FrameFeatures:
+    def _compute(
+        self, image_rgb: np.ndarray, text_query: str | None, depth: int, timer: Timer, progress: QueryProgress
+    ) -> FrameFeatures:
         pixels = self.visual.preprocess(image_rgb)
         timer.lap("visual_preprocess")
         frame = FrameFeatures(self.visual.encode_preprocessed([pixels], [image_rgb.shape[:2]])[0])
         timer.lap("visual_forward")
         if text_query is not None:
+            progress.stage(MLLM_PREFIX)  # the boundary between the visual encoder and the MLLM
             frame.prefix = self.mllm.image_prefix(image_rgb, text_query, depth)
             timer.lap("mllm_prefix")  # processor, vision tower, tokens before the query text
         return frame

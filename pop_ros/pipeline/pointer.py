@@ -33,6 +33,7 @@ from pop_ros.pipeline.frames import FrameFeatures, FrameStore, frame_cache_key
 from pop_ros.pipeline.loading import calibrated_heads, load_models, resolve_model_config, text_heads
 from pop_ros.pipeline.settings import MAX_INSTANCES, MAX_QUERY_CHARS, PointerSettings
 from pop_ros.pipeline.support_features import SupportFeatures
+from pop_ros.progress import IMAGE_FEATURES, QUERY, REGION, QueryProgress
 from pop_ros.supports import SupportError, SupportLibrary, SupportSet, validate_click, validate_image
 
 
@@ -183,6 +184,7 @@ class PartPointer:
         frame_key: str | None = None,
         max_instances: int = 1,
         roi=None,
+        progress: QueryProgress | None = None,
     ) -> PointResult:
         """Point at `query` in `image_rgb` ((H, W, 3) uint8 RGB) guided by a named support set or by
         explicit (image, (u, v)) supports; `shots` caps K (default `settings.max_shots`).
@@ -191,26 +193,30 @@ class PartPointer:
         caller's unique frame id such as stamp + frame_id) reuses its DINO features and MLLM prefix.
         `max_instances`: up to this many answers in `result.instances` (local maxima, best first;
         instances[0] is the single answer). `roi (x, y, width, height)`: the answer lies inside it
-        (the MLLM still sees the whole image); a zero-area region or one outside the image is refused."""
+        (the MLLM still sees the whole image); a zero-area region or one outside the image is refused.
+        `progress`: told each stage; once cancelled, the call raises QueryCancelled at the next
+        boundary (after the visual encoder, before each MLLM layer, before the similarity to the
+        supports, the fusion and the heatmap)."""
         settings = self._settings  # the one snapshot this call uses
         self._validate_target(image_rgb, settings)
         request = self._resolve(
             PointRequest(query, support_set, supports, shots, max_instances, roi), settings, image_rgb.shape[:2]
         )
-        return self._answer_all(image_rgb, [request], frame_key, settings, shared=False)[0]
+        return self._answer_all(image_rgb, [request], frame_key, settings, shared=False, progress=progress)[0]
 
     def point_many(
         self,
         image_rgb: np.ndarray,
         requests: Sequence[PointRequest | tuple],
         frame_key: str | None = None,
+        progress: QueryProgress | None = None,
     ) -> list[PointResult | PointerError]:
         """Answer several requests on one frame: its DINO features and MLLM prefix are computed once.
 
         `requests`: `PointRequest`s or `(query, support_set)` pairs, where support_set is a set name,
         None, or a list of explicit (image, (u, v)) supports. One result per request, in order; a
         request that cannot be answered gets its PointerError in its slot (the others still run). A
-        bad target image raises PointerError for the whole call."""
+        bad target image raises PointerError for the whole call. `progress`: as `point`'s."""
         settings = self._settings  # the one snapshot this call uses
         self._validate_target(image_rgb, settings)
         resolved: list[ResolvedRequest | PointerError] = []
@@ -221,7 +227,7 @@ class PartPointer:
                 resolved.append(PointerError(f"request {index}: {error}"))
         if not any(isinstance(request, ResolvedRequest) for request in resolved):
             return resolved  # type: ignore[return-value]
-        return self._answer_all(image_rgb, resolved, frame_key, settings, shared=True)
+        return self._answer_all(image_rgb, resolved, frame_key, settings, shared=True, progress=progress)
 
     def _resolve(self, request: PointRequest, settings: PointerSettings, image_size) -> ResolvedRequest:
         """Validate one request for a target of `image_size (H, W)` (PointerError with the reason otherwise)."""
@@ -274,35 +280,49 @@ class PartPointer:
         caller_frame_id: str | None,
         settings: PointerSettings,
         shared: bool,
+        progress: QueryProgress | None = None,
     ) -> list[PointResult | PointerError]:
         """The frame once, then each request on it. `shared` (point_many): the frame's stages are
-        reported in each result's `shared_timings_ms`; else (point) all stages are in `timings_ms`."""
+        reported in each result's `shared_timings_ms`; else (point) all stages are in `timings_ms`.
+        `progress` (None: a call nobody cancels) is checked at each stage and between the MLLM's layers."""
+        layer_check = None if progress is None else progress.check
+        progress = progress or QueryProgress()
         heads, aggregation = self.text_heads(settings)
         synchronize = self.visual.device.type == "cuda"
         valid = [request for request in resolved if isinstance(request, ResolvedRequest)]
         text_query = valid[0].query if settings.use_text else None
         depth = max(layer for layer, _ in heads) if text_query is not None else -1
-        with self._lock, out_of_memory_as_pointer_error("the queries" if shared else "the query"):
+        with (
+            self._lock,
+            out_of_memory_as_pointer_error("the queries" if shared else "the query"),
+            self.mllm.checked_between_layers(layer_check),
+        ):
+            progress.stage(IMAGE_FEATURES)
             frame_timer = Timer(synchronize)
             cache_key = frame_cache_key(image_rgb, caller_frame_id)
             frame_timer.lap("frame_lookup")
             capacity, overlap = settings.frame_cache_size, settings.overlap
-            frame, reused = self.frames.get(image_rgb, cache_key, text_query, depth, capacity, overlap, frame_timer)
+            frame, reused = self.frames.get(
+                image_rgb, cache_key, text_query, depth, capacity, overlap, frame_timer, progress
+            )
             head_maps: list[torch.Tensor | None] = [None] * len(valid)
             if text_query is not None:
                 # Every query's own tokens through the layers as one batch (point: a batch of one),
                 # each attending to the frame's prefix; up to the deepest localization head.
+                progress.stage(QUERY)
                 head_maps = self.mllm.head_maps_from_prefix_batch(frame.prefix, [r.query for r in valid], heads)
                 frame_timer.lap("mllm_prefill_batch" if shared else "mllm_prefill")
             maps_of = {id(request): maps for request, maps in zip(valid, head_maps, strict=True)}
             shared_timings = frame_timer.report() if shared else {}
+            progress.stage(REGION)
             results: list[PointResult | PointerError] = []
             for request in resolved:
                 if isinstance(request, PointerError):
                     results.append(request)
                     continue
                 timer = Timer(synchronize) if shared else frame_timer
-                result = self._answer(image_rgb, frame, request, settings, (maps_of[id(request)], aggregation), timer)
+                maps_and_aggregation = (maps_of[id(request)], aggregation)
+                result = self._answer(image_rgb, frame, request, settings, maps_and_aggregation, timer, progress)
                 result.shared_timings_ms, result.frame_reused = shared_timings, reused
                 results.append(result)
             return results
@@ -316,9 +336,10 @@ class PartPointer:
         settings: PointerSettings,
         head_maps_and_aggregation: tuple[torch.Tensor | None, str],
         timer: Timer,
+        progress: QueryProgress,
     ) -> PointResult:
         """One request on a frame whose features (and this request's `(N, H_l, W_l)` head maps, when
-        the text prior is used) are ready; laps into `timer`."""
+        the text prior is used) are ready; laps into `timer`. `progress` is checked between its steps."""
         timer.restart()
         image_size = image_rgb.shape[:2]
         maps = None  # (K, H_t, W_t)
@@ -329,8 +350,10 @@ class PartPointer:
                 features = self.support_features.for_images([image for image, _ in request.supports])
             chosen = fusion.retrieve(features, frame.target, request.max_shots, settings.retrieval)
             timer.lap("supports")
+            progress.check()
             maps = fusion.visual_maps(request.supports, features, chosen, frame.target, settings.similarity)
             timer.lap("similarity")
+            progress.check()
         prior = None  # (H_l, W_l)
         if settings.use_text:
             head_maps, aggregation = head_maps_and_aggregation
@@ -340,6 +363,7 @@ class PartPointer:
             prior, maps, settings, image_size, frame.target.grid.shape[1], request.max_instances, request.roi
         )
         timer.lap("fusion")
+        progress.check()
         heatmap = fusion.heatmap_at(final, image_size, request.roi)
         timer.lap("heatmap")
         best = instances[0]

@@ -15,6 +15,7 @@ class Outcome(enum.Enum):
     NOT_READY = "not active"  # the node is unconfigured, failed to configure, or inactive
     NO_FRAME = "no frame"  # no camera frame yet, or the latest is older than max_frame_age
     BAD_REQUEST = "refused"  # the request or its image cannot be answered (unknown set, bad encoding, ...)
+    CANCELLED = "cancelled"  # an action goal cancelled by its client, or whose client is gone
     INTERNAL = "internal error"  # an exception nobody planned for, caught by the node's guard
 
     @property

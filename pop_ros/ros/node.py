@@ -5,8 +5,9 @@ A lifecycle node: `configure` loads the models and the support library (timed, i
 a PartPointer; callbacks only store frames, answer services and publish.
 
 Wiring and lifecycle only: parameters live in `parameters.py`, camera input in `camera.py`, the
-query services in `queries.py`, continuous mode in `continuous.py`, publishers in `outputs.py`,
-teaching in `teaching.py`, /diagnostics in `diagnostics.py`. They use the node through its public
+query services in `queries.py` (the same queries as cancellable actions: `actions.py`), continuous
+mode in `continuous.py`, publishers in `outputs.py`, teaching in `teaching.py`, /diagnostics in
+`diagnostics.py`. They use the node through its public
 methods (`param`, `guarded`, `not_ready_reason`, `work_slot`, `models`, `model_state`). Every
 callback goes through `PopNode.guarded`, so no exception ends the process.
 
@@ -42,6 +43,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallb
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
+from pop_ros.ros.actions import QueryActions
 from pop_ros.ros.answers import Outcome
 from pop_ros.ros.camera import CameraInput
 from pop_ros.ros.continuous import ContinuousMode
@@ -142,6 +144,7 @@ class PopNode(LifecycleNode):
         query_group = ReentrantCallbackGroup()
         self.outputs = Outputs(self)
         self.queries = Queries(self, query_group)
+        self.actions = QueryActions(self, self.queries, query_group)
         self.teaching = Teaching(self, query_group)
         self.continuous = ContinuousMode(self, self.queries, MutuallyExclusiveCallbackGroup())
         self.diagnostics = DiagnosticsPublisher(
@@ -175,12 +178,13 @@ class PopNode(LifecycleNode):
                     f"internal error in {name}: {type(error).__name__}: {error}\n{traceback.format_exc()}",
                     throttle_duration_sec=5.0,
                 )
-                if len(args) == 2 and hasattr(args[1], "success"):  # a service: (request, response)
+                # A service (request, response), or an action goal's query (goal, result, progress).
+                if len(args) >= 2 and hasattr(args[1], "success"):
                     response = args[1]
                     response.success = False
                     response.message = f"internal error: {type(error).__name__}: {' '.join(str(error).split())}"
                     return response
-                return args[1] if len(args) == 2 else None
+                return args[1] if len(args) >= 2 else None
 
         return guarded_callback
 
@@ -207,19 +211,20 @@ class PopNode(LifecycleNode):
             return f"inactive: activate the node (`ros2 lifecycle set {name} activate`)"
         return ""
 
-    def work_slot(self, wait: bool = True):
+    def work_slot(self, wait: bool = True, progress=None):
         """A context holding the models for one query: yields '' while this caller holds them, else
         the busy reason. With `wait` (and busy_policy wait) a caller waits up to busy_timeout, at most
-        max_waiting_queries of them; `wait` False tries once."""
+        max_waiting_queries of them; `wait` False tries once. `progress` (a QueryProgress, for a
+        query that can be cancelled): told its place in the queue; its cancel ends the wait."""
         waits = wait and self.param("busy_policy") == "wait"
         timeout = float(self.param("busy_timeout")) if waits else 0.0
-        return self.slots.hold(int(self.param("max_waiting_queries")), timeout)
+        return self.slots.hold(int(self.param("max_waiting_queries")), timeout, progress)
 
     @contextlib.contextmanager
-    def models(self, wait: bool = True) -> Iterator[HeldModels]:
+    def models(self, wait: bool = True, progress=None) -> Iterator[HeldModels]:
         """The work slot and the pointer, read once inside it: a cleanup meanwhile gives None and
         the node's state, never a pointer that disappears half-way."""
-        with self.work_slot(wait) as busy:
+        with self.work_slot(wait, progress) as busy:
             if busy:
                 yield HeldModels(None, Outcome.BUSY, busy)
                 return

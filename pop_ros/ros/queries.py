@@ -18,6 +18,7 @@ from pop_ros.capture import Capture
 from pop_ros.grasp import GraspSettings
 from pop_ros.image_conversion import ImageConversionError
 from pop_ros.locate import LocateSettings, Placement, add_region, locate_capture, locate_with, score_note
+from pop_ros.progress import CAPTURE, PUBLISHING, QueryProgress
 from pop_ros.ros.answers import Answer, Outcome
 from pop_ros.ros.camera import NoFrameError, is_empty_image
 from pop_ros_interfaces.srv import PointToPart, PointToParts
@@ -83,11 +84,15 @@ class Queries:
         newer_than: int | None = None,
         wait=True,
         options: QueryOptions | None = None,
+        progress: QueryProgress | None = None,
     ) -> Answer | None:
         """One query on the request's image, else on the capture taken once the models are held.
         `wait` False: answer busy at once instead of waiting for a running query. `newer_than`: a
-        frame number; None (nothing ran) when the capture's frame is not newer (continuous mode)."""
+        frame number; None (nothing ran) when the capture's frame is not newer (continuous mode).
+        `progress` (an action goal's): told each stage; its cancel raises QueryCancelled, and nothing
+        is published."""
         options = options or QueryOptions()
+        stages = progress or QueryProgress()
         from pop_ros.pipeline import PointerError
 
         node = self.node
@@ -97,7 +102,7 @@ class Queries:
         problem = node.not_ready_reason()
         if problem:
             return Answer(Outcome.NOT_READY, problem, header)
-        with node.models(wait) as held:
+        with node.models(wait, progress) as held:
             if held.pointer is None:
                 return Answer(held.outcome, held.reason, header)
             try:
@@ -108,6 +113,7 @@ class Queries:
             if newer_than is not None and capture.seq <= newer_than:
                 return None
             header = capture.header
+            stages.stage(CAPTURE)
             try:
                 result = held.pointer.point(
                     image,
@@ -116,11 +122,14 @@ class Queries:
                     frame_key=capture.frame_key(),
                     max_instances=options.max_instances,
                     roi=options.roi,
+                    progress=progress,
                 )
             except PointerError as error:
                 return Answer(Outcome.BAD_REQUEST, str(error), header, capture=capture)
+        stages.stage(PUBLISHING)
         answer = self.result_answer(result, image, capture, options)
         answer.total_ms = (time.perf_counter() - started) * 1000.0
+        stages.check()  # the last boundary: a cancelled query publishes nothing
         if publish:
             self.publish(answer, image, result.heatmap)
         return answer
@@ -214,12 +223,16 @@ class Queries:
         return placement.apply(answer), placement
 
     # ---- services ----------------------------------------------------------------------------------------
-    def on_point_to_part(self, request, response):
+    # `progress` (QueryProgress): given by the actions (actions.py), whose goal and result have the
+    # fields of the service's request and response.
+    def on_point_to_part(self, request, response, progress: QueryProgress | None = None):
         options, problem = query_options(request)
         if problem:
             answer = Answer(Outcome.BAD_REQUEST, problem, self.node.camera.source_header(request.image))
         else:
-            answer = self.answer(request.query, request.support_set, request.image, publish=True, options=options)
+            answer = self.answer(
+                request.query, request.support_set, request.image, publish=True, options=options, progress=progress
+            )
         self.record(answer)
         response.success, response.message, response.header = answer.success, answer.message, answer.header
         response.u, response.v, response.score, response.has_3d = answer.u, answer.v, answer.score, answer.has_3d
@@ -234,7 +247,7 @@ class Queries:
             outputs.fill_region(response, answer)
         return response
 
-    def on_point_to_parts(self, request, response):
+    def on_point_to_parts(self, request, response, progress: QueryProgress | None = None):
         """Every query of the request on one capture: its features and MLLM prefix are computed once.
         `success` is false only when nothing could run; each query's own outcome is in its result."""
         node = self.node
@@ -247,12 +260,14 @@ class Queries:
             outcome, problem = self._check_parts(queries, sets)
         sets = sets or [""] * len(queries)
         if not problem:
-            outcome, problem, capture, image, results = self._run_parts(request.image, queries, sets, options)
+            outcome, problem, capture, image, results = self._run_parts(request.image, queries, sets, options, progress)
         if problem:
             response.success, response.message = False, problem
             self.record(Answer(outcome, problem, response.header))
             return response
         response.header = capture.header
+        # The last boundary: a cancelled query publishes nothing (each part publishes below).
+        (progress or QueryProgress()).stage(PUBLISHING)
         answers = [
             self._part_answer(query, name, result, image, capture, options)
             for query, name, result in zip(queries, sets, results, strict=True)
@@ -273,12 +288,12 @@ class Queries:
         )
         return response
 
-    def _run_parts(self, request_image, queries: list, sets: list, options: QueryOptions):
+    def _run_parts(self, request_image, queries: list, sets: list, options: QueryOptions, progress=None):
         """Holding the models: the capture, then `point_many` on it. (outcome, problem, capture,
         image, results); problem "" when the queries ran."""
         from pop_ros.pipeline import PointerError, PointRequest
 
-        with self.node.models() as held:
+        with self.node.models(progress=progress) as held:
             if held.pointer is None:
                 return held.outcome, held.reason, None, None, None
             try:
@@ -291,7 +306,8 @@ class Queries:
                 for query, name in zip(queries, sets, strict=True)
             ]
             try:
-                results = held.pointer.point_many(image, requests, frame_key=capture.frame_key())
+                (progress or QueryProgress()).stage(CAPTURE)
+                results = held.pointer.point_many(image, requests, frame_key=capture.frame_key(), progress=progress)
             except PointerError as error:
                 return Outcome.BAD_REQUEST, str(error), capture, image, None
         return Outcome.OK, "", capture, image, results
