@@ -129,6 +129,11 @@ def _prepare(args):
         check_sets(planned, library, args.library)
         for problem in library.errors:
             print(f"warning: {problem}", file=sys.stderr)
+    if args.out is not None:  # made once everything else passed its checks, still before the models load
+        try:
+            args.out.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise CliError(f"--out {args.out}: cannot create the folder: {error.strerror}") from error
     return planned, target, supports, library
 
 
@@ -147,8 +152,8 @@ def check_region_arguments(args) -> None:
         if args.depth is None:
             raise CliError("--cloud-out needs --depth and --camera-info")
         check_cloud_output(args.cloud_out, "--cloud-out")
-    if args.out is not None and not args.out.is_dir():
-        raise CliError(f"--out {args.out}: not a folder (create it first)")
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise CliError(f"--out {args.out}: is a file, not a folder")
 
 
 def parse_roi(text: str, image_size) -> tuple[int, int, int, int]:
