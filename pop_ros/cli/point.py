@@ -208,7 +208,7 @@ def _run(args) -> dict:
         output["preset"] = args.preset
         output["random_weights"] = pointer.model_config.random_weights
         if args.save_heatmap is not None:
-            output["heatmap_png"] = _save_overlay(args.save_heatmap, target, result)
+            output["heatmap_png"] = _save_overlay(args.save_heatmap, target, result, output["random_weights"])
         return output
     # Several parts of one image: one call, the image's features and MLLM prefix computed once.
     requests = [
@@ -232,7 +232,7 @@ def _run(args) -> dict:
         stem, suffix = args.save_heatmap.stem, args.save_heatmap.suffix
         for index, (result, entry) in enumerate(zip(results, output["results"], strict=True)):
             path = args.save_heatmap.with_name(f"{stem}_{index}{suffix}")
-            entry["heatmap_png"] = _save_overlay(path, target, result)
+            entry["heatmap_png"] = _save_overlay(path, target, result, output["random_weights"])
     return output
 
 
@@ -324,12 +324,21 @@ def plain_lines(output: dict) -> list[str]:
     return lines
 
 
-def _save_overlay(path: pathlib.Path, target, result) -> str:
+def _save_overlay(path: pathlib.Path, target, result, random_weights: bool) -> str:
+    """The heatmap overlay as the node publishes it, labelled like the demo's pictures: the query (and
+    set), and the random-weights band when the weights are random."""
     import cv2
 
-    from pop_ros.visualize import overlay
+    from pop_ros.visualize import heatmap_label, overlay
 
-    if not cv2.imwrite(str(path), overlay(target, result.heatmap, (result.u, result.v))):
+    picture = overlay(
+        target,
+        result.heatmap,
+        (result.u, result.v),
+        label=heatmap_label(result.query, result.support_set),
+        random_weights=random_weights,
+    )
+    if not cv2.imwrite(str(path), picture):
         raise CliError(f"could not write {path}")
     return str(path)
 
