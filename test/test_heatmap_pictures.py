@@ -9,6 +9,7 @@ import json
 
 import cv2
 import numpy as np
+import pytest
 from sensor_msgs.msg import Image
 
 from pop_ros.image_conversion import to_rgb8
@@ -108,3 +109,28 @@ def test_the_node_s_heatmap_names_the_query_it_shows(inprocess):
         heatmap = np.frombuffer(bytes(values.data), np.float32).reshape(values.height, values.width)
         expected = overlay(scene(0), heatmap, (answer.u, answer.v), label=heatmap_label(query, support_set))
         np.testing.assert_array_equal(cv2.cvtColor(to_rgb8(picture), cv2.COLOR_RGB2BGR), expected)
+
+
+def test_the_readme_s_method_figure_is_drawn_from_the_pipeline_s_own_maps(tmp_path):
+    """tools/make_method_figure.py, which drew docs/images/method-scene_1-bottle_neck.jpg: the text
+    prior and the visual maps are the ones the pipeline fused (their product is its heatmap)."""
+    import importlib.util
+
+    from pop_ros.core.fusion import fuse
+    from pop_ros.paths import SOURCE_ROOT
+
+    spec = importlib.util.spec_from_file_location("make_method_figure", SOURCE_ROOT / "tools" / "make_method_figure.py")
+    figure_tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(figure_tool)
+    out = tmp_path / "method.jpg"
+    assert figure_tool.main(["--out", str(out)]) == 0
+    panels_h, panels_w = 2 * figure_tool.PANEL_H + 3 * figure_tool.GAP, 2 * figure_tool.PANEL_W + 4 * figure_tool.GAP
+    assert cv2.imread(str(out)).shape[:2] == (panels_h + 40, panels_w + 200)  # title; exemplar column
+    from pop_ros.pipeline import PartPointer
+    from pop_ros.supports import SupportLibrary
+
+    pointer = PartPointer.from_preset("tiny", library=SupportLibrary.load(LIBRARY))
+    result, prior, maps = figure_tool.capture_maps(pointer, scene(1), "bottle_neck")
+    assert prior is not None and maps is not None and maps.shape[0] == 3
+    fused = fuse(prior, maps, pointer.settings.shot_combination, int(pointer.settings.upsample))
+    assert float(fused.max()) > 0 and result.heatmap.max() == pytest.approx(1.0)
