@@ -119,11 +119,18 @@ VIDEO_CODECS = (("avc1", "H.264"), ("vp09", "VP9"), ("mp4v", "MPEG-4 Part 2, not
 def video_writer(path, fps: float, size: tuple[int, int]):
     """(opened cv2.VideoWriter, fourcc, description) for an .mp4 at `path`, the first of VIDEO_CODECS
     this OpenCV can encode; (None, "", "") when none opens."""
-    for fourcc, description in VIDEO_CODECS:
-        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
-        if writer.isOpened():
-            return writer, fourcc, description
-        writer.release()
+    # A codec that fails to open makes OpenCV log errors ("Could not open codec h264_v4l2m2m"): the
+    # probe's expected outcome, not the user's problem; the chosen codec is reported instead.
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        for fourcc, description in VIDEO_CODECS:
+            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
+            if writer.isOpened():
+                return writer, fourcc, description
+            writer.release()
+    finally:
+        cv2.utils.logging.setLogLevel(level)
     return None, "", ""
 
 
