@@ -298,6 +298,7 @@ class ResultFiles:
         self.jsonl = (folder / "results.jsonl").open("w", encoding="utf-8")
         self.video_path = folder / "heatmaps.mp4"
         self.video = None
+        self.video_codec = ""  # the fourcc the video is written with, once it is opened
         self.video_size: tuple[int, int] | None = None
         self.video_fps = video_fps
         self.answers = 0
@@ -310,7 +311,7 @@ class ResultFiles:
 
         from pop_ros.image_conversion import from_array
         from pop_ros.ros.outputs import Outputs as NodeOutputs
-        from pop_ros.visualize import overlay
+        from pop_ros.visualize import heatmap_label, overlay
 
         def put(topic, msg):
             self.bag.write(topic, OUTPUT_TOPICS[topic], log_ns, serialize_message(msg))
@@ -330,7 +331,9 @@ class ResultFiles:
             for name, message in NodeOutputs.region_messages(answer).items():
                 put(f"/pop/{name}", message)
         if result is not None:
-            picture = overlay(image_rgb, result.heatmap, (answer.u, answer.v))
+            picture = overlay(
+                image_rgb, result.heatmap, (answer.u, answer.v), label=heatmap_label(answer.query, answer.support_set)
+            )
             if answer.success:
                 put("/pop/heatmap", from_array(picture, "bgr8", answer.header))
             self._video_frame(picture, answer, (log_ns - recording.start_ns) * 1e-9)
@@ -354,20 +357,23 @@ class ResultFiles:
         )
 
     def _video_frame(self, picture_bgr: np.ndarray, answer, time_s: float) -> None:
+        import logging
+
+        from pop_ros.visualize import label_box, video_writer
+
         height, width = picture_bgr.shape[:2]
         if self.video is None:
             self.video_size = (width - width % 2, height - height % 2)  # even sizes: what codecs take
-            self.video = cv2.VideoWriter(
-                str(self.video_path), cv2.VideoWriter_fourcc(*"mp4v"), self.video_fps, self.video_size
-            )
-            if not self.video.isOpened():
+            # The first codec this OpenCV encodes of H.264, VP9, mp4v (visualize.VIDEO_CODECS says why).
+            self.video, self.video_codec, description = video_writer(self.video_path, self.video_fps, self.video_size)
+            if self.video is None:
                 raise RecordingError(f"could not open {self.video_path} for writing (OpenCV without an MP4 encoder?)")
+            logging.getLogger(__name__).info(f"{self.video_path.name}: codec {self.video_codec} ({description})")
         if (width, height) != self.video_size:
             picture_bgr = cv2.resize(picture_bgr, self.video_size, interpolation=cv2.INTER_AREA)
-        label = f"{time_s:7.2f} s  {answer.query}  {answer.score:.2f}{'' if answer.success else '  (rejected)'}"
-        picture_bgr = np.ascontiguousarray(picture_bgr)
-        cv2.putText(picture_bgr, label, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(picture_bgr, label, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+        picture_bgr = np.ascontiguousarray(picture_bgr)  # the query is on the overlay; time and score below
+        verdict = "" if answer.success else "  (rejected)"
+        label_box(picture_bgr, f"{time_s:.2f} s  score {answer.score:.2f}{verdict}", (0, -1))
         self.video.write(picture_bgr)
         self.video_frames += 1
 

@@ -43,3 +43,20 @@ def heads_dirs() -> list[pathlib.Path]:
     """Folders searched, in order, for `<model id>.yaml` when `heads_file` is empty: the user's own
     calibration wins over one shipped in `config/heads/`."""
     return [user_heads_dir(), config_dir() / "heads"]
+
+
+def shipped_supports_dirs() -> set[pathlib.Path]:
+    """The folders of the shipped example support library: the source tree's and the install's."""
+    return {(SOURCE_ROOT / "config" / "supports").resolve(), (config_dir() / "supports").resolve()}
+
+
+def shipped_library_refusal(library: pathlib.Path | str) -> str | None:
+    """Why `library` may not be written (taught into), or None: a YAML in the shipped example's folder
+    would rewrite the example (its comments dropped, `.bak` and `<stem>_images/` made in the package)."""
+    folder = pathlib.Path(library).expanduser().resolve().parent
+    if folder not in shipped_supports_dirs():
+        return None
+    return (
+        f"{library} is in the shipped example library's folder ({folder}), which is read-only; teach into a "
+        f"copy: cp -r {folder} my_supports, then give my_supports/library.yaml"
+    )

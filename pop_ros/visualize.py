@@ -6,23 +6,132 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+# The heatmap's colours: one fixed map over one fixed range, [0, 1] = the share of the answer's peak
+# (the pipeline's heatmap is the fused map divided by its maximum; ~/heatmap_raw holds those values).
+# Never rescaled per picture, so a colour means the same share in every picture; the scale is drawn.
+HEATMAP_COLOURMAP = cv2.COLORMAP_JET
+HEATMAP_RANGE = (0.0, 1.0)
+
+
+def heatmap_colours(values: np.ndarray) -> np.ndarray:
+    """BGR uint8 of `values` on the fixed range HEATMAP_RANGE (clipped), never normalised per image."""
+    low, high = HEATMAP_RANGE
+    scaled = np.clip((np.asarray(values, np.float32) - low) / (high - low), 0.0, 1.0)
+    return cv2.applyColorMap(np.round(scaled * 255.0).astype(np.uint8), HEATMAP_COLOURMAP)
+
 
 def overlay(
-    image_rgb: np.ndarray, heatmap: np.ndarray, point_uv: tuple[float, float] | None, alpha: float = 0.45
+    image_rgb: np.ndarray,
+    heatmap: np.ndarray,
+    point_uv: tuple[float, float] | None,
+    alpha: float = 0.45,
+    label: str = "",
+    random_weights: bool = False,
+    colour_scale: bool = True,
 ) -> np.ndarray:
-    """BGR uint8 `(H, W, 3)`: the image with the [0, 1] heatmap (JET) blended in and the point marked."""
+    """BGR uint8 `(H, W, 3)`: the image with the [0, 1] heatmap blended in (fixed colours, see
+    HEATMAP_RANGE) and the point marked; `label` (the query) on a dark box at the top left, the colour
+    scale at the right edge, and with `random_weights` a red band saying the point is meaningless."""
     if heatmap.shape != image_rgb.shape[:2]:
         raise ValueError(f"heatmap {heatmap.shape} and image {image_rgb.shape[:2]} differ in size")
-    colours = cv2.applyColorMap(np.clip(heatmap * 255.0, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
     image_bgr = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
-    blended = cv2.addWeighted(image_bgr, 1.0 - alpha, colours, alpha, 0.0)
+    blended = cv2.addWeighted(image_bgr, 1.0 - alpha, heatmap_colours(heatmap), alpha, 0.0)
     if point_uv is not None:
         centre = (int(round(point_uv[0])), int(round(point_uv[1])))
         radius = max(4, min(image_rgb.shape[:2]) // 40)
         cv2.circle(blended, centre, radius + 2, (0, 0, 0), 2, cv2.LINE_AA)
         cv2.circle(blended, centre, radius, (255, 255, 255), 2, cv2.LINE_AA)
         cv2.drawMarker(blended, centre, (0, 255, 0), cv2.MARKER_CROSS, radius * 2, 2, cv2.LINE_AA)
+    if colour_scale:
+        draw_colour_scale(blended)
+    if label:
+        label_box(blended, label, (0, 0))
+    if random_weights:
+        warning_band(blended, "RANDOM WEIGHTS: this point is meaningless")
     return blended
+
+
+def heatmap_label(query: str, support_set: str = "") -> str:
+    """Which query a heatmap shows: `query [set]` (the node, pop-point and pop-bag label it alike)."""
+    return f"{query} [{support_set}]" if support_set else query
+
+
+def text_scale(image: np.ndarray) -> float:
+    """A font scale legible on `image` (0.45 on 320x240, 0.9 on 1280x720)."""
+    return float(np.clip(min(image.shape[:2]) / 530.0, 0.4, 1.2))
+
+
+def label_box(image_bgr: np.ndarray, text: str, corner: tuple[int, int], max_width: int | None = None) -> int:
+    """White text on an opaque dark box with its top left at `corner` (legible on any heatmap and
+    after video compression); returns the box's height. Drawn in place. A negative corner y counts
+    from the bottom (-1: the box ends at the last row)."""
+    scale = text_scale(image_bgr)
+    thickness = 1 if scale < 0.7 else 2
+    text = _ascii(text)
+    limit = (max_width or image_bgr.shape[1]) - corner[0] - 8
+    while scale > 0.3 and cv2.getTextSize(text, _FONT, scale, thickness)[0][0] > limit:
+        scale *= 0.9
+    (width, height), baseline = cv2.getTextSize(text, _FONT, scale, thickness)
+    pad = max(3, height // 3)
+    x, y = corner
+    box_h = height + baseline + 2 * pad
+    if y < 0:
+        y = image_bgr.shape[0] + y + 1 - box_h - 1
+    cv2.rectangle(image_bgr, (x, y), (x + width + 2 * pad, y + box_h), (25, 25, 25), -1)
+    cv2.putText(image_bgr, text, (x + pad, y + pad + height), _FONT, scale, (255, 255, 255), thickness, cv2.LINE_AA)
+    return box_h
+
+
+def warning_band(image_bgr: np.ndarray, text: str) -> None:
+    """A red band with white text across the bottom of the image, in place."""
+    scale = text_scale(image_bgr)
+    band_h = int(cv2.getTextSize("Ag", _FONT, scale, 1)[0][1] * 2.2) + 4
+    top = image_bgr.shape[0] - band_h
+    cv2.rectangle(image_bgr, (0, top), (image_bgr.shape[1] - 1, image_bgr.shape[0] - 1), WARNING_RED, -1)
+    _put_text(image_bgr, text, (6, image_bgr.shape[0] - band_h // 3), scale, (255, 255, 255), image_bgr.shape[1] - 12)
+
+
+def draw_colour_scale(image_bgr: np.ndarray) -> None:
+    """The heatmap's colour scale at the right edge, in place: the colours from 1 (the answer's peak,
+    top) to 0 (bottom) with ticks 1, .5, 0."""
+    height, width = image_bgr.shape[:2]
+    bar_w = max(8, width // 40)
+    top, bottom = height // 8, height - height // 8
+    left = width - bar_w - 4
+    values = np.linspace(1.0, 0.0, bottom - top, dtype=np.float32)[:, None].repeat(bar_w, axis=1)
+    image_bgr[top:bottom, left : left + bar_w] = heatmap_colours(values)
+    cv2.rectangle(image_bgr, (left - 1, top - 1), (left + bar_w, bottom), (255, 255, 255), 1)
+    scale = text_scale(image_bgr) * 0.8
+    for value, y in ((1.0, top), (0.5, (top + bottom) // 2), (0.0, bottom - 1)):
+        text = f"{value:g}"
+        (text_w, text_h), _ = cv2.getTextSize(text, _FONT, scale, 1)
+        origin = (left - text_w - 4, min(height - 2, max(text_h + 1, y + text_h // 2)))
+        cv2.putText(image_bgr, text, origin, _FONT, scale, (0, 0, 0), 3, cv2.LINE_AA)
+        cv2.putText(image_bgr, text, origin, _FONT, scale, (255, 255, 255), 1, cv2.LINE_AA)
+
+
+# Video codecs to try, in order: H.264 plays everywhere; VP9 in MP4 plays in Chrome, Firefox and Edge;
+# MPEG-4 Part 2 ('mp4v') is the last resort (players such as VLC, not browsers). OpenCV's PyPI wheels
+# carry no H.264 encoder (licensing), so there the probe settles on VP9.
+VIDEO_CODECS = (("avc1", "H.264"), ("vp09", "VP9"), ("mp4v", "MPEG-4 Part 2, not played by browsers"))
+
+
+def video_writer(path, fps: float, size: tuple[int, int]):
+    """(opened cv2.VideoWriter, fourcc, description) for an .mp4 at `path`, the first of VIDEO_CODECS
+    this OpenCV can encode; (None, "", "") when none opens."""
+    # A codec that fails to open makes OpenCV log errors ("Could not open codec h264_v4l2m2m"): the
+    # probe's expected outcome, not the user's problem; the chosen codec is reported instead.
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        for fourcc, description in VIDEO_CODECS:
+            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
+            if writer.isOpened():
+                return writer, fourcc, description
+            writer.release()
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+    return None, "", ""
 
 
 THUMBNAIL_SIZE = 128  # pixels, square: what an operator needs to see which part a click took

@@ -193,9 +193,15 @@ def depth_and_info(ros, namespace: str, stamp, depth_m: float = 1.25) -> None:
     ros.publisher(Image, f"/{namespace}/depth").publish(depth)
 
 
+# The node's wall-clock thresholds for tests that are not about them: generous, so that a loaded
+# machine (a frame 1.5 s old by the time a tick reads it, a tiny query taking seconds) cannot change an
+# outcome. A test about staleness or busy answers sets its own value and uses frames minutes old.
+UNHURRIED = ("max_frame_age:=600.0", "busy_timeout:=600.0")
+
+
 @pytest.fixture
 def inprocess():
-    """Start a PopNode in-process under /<namespace>, with the shipped params file plus overrides:
+    """Start a PopNode in-process under /<namespace>, with the shipped params file, UNHURRIED, then overrides:
     `start(namespace, "name:=value", ..., activate=True, ros_args=("-r", "image:=/cam"))` ->
     (RosClient, node, configure result)."""
     from pop_ros.ros.node import PopNode
@@ -206,7 +212,7 @@ def inprocess():
     def start(namespace, *overrides, activate=True, ros_args=()):
         args = ["--ros-args", "--params-file", str(PARAMS_FILE), "-p", "preset:=tiny", "-p", "autostart:=false"]
         args += list(ros_args)  # remaps
-        for override in overrides:
+        for override in (*UNHURRIED, *overrides):  # a later -p wins: a test's own thresholds replace these
             args += ["-p", override]
         ros = RosClient(f"{namespace}_client", args=args)
         node = PopNode(context=ros.context, namespace=namespace)

@@ -5,6 +5,7 @@ reading the file's syntax tree."""
 from __future__ import annotations
 
 import ast
+import re
 
 import pytest
 import yaml
@@ -151,13 +152,19 @@ def test_ros_launch_receives_every_argument_and_the_node_s_log_level():
 
 def test_rviz_config_shows_the_launch_file_s_default_topics(launch):
     rviz = yaml.safe_load((config_dir() / "pop_ros.rviz").read_text())["Visualization Manager"]
-    topics = {d["Class"].split("/")[-1]: d["Topic"]["Value"] for d in rviz["Displays"] if "Topic" in d}
-    assert topics["MarkerArray"] == "/pop_node/markers" and topics["Pose"] == "/pop_node/pose"
-    assert topics["PointStamped"] == "/pop_node/point"
-    assert topics["PointCloud2"] == "/pop_node/part_cloud"
-    images = {d["Topic"]["Value"] for d in rviz["Displays"] if d["Class"].endswith("/Image")}
-    assert images == {f"{launch.DEFAULT_CAMERA}/image_raw", "/pop_node/heatmap"}
+    shown = {(d["Class"].split("/")[-1], d["Topic"]["Value"]) for d in rviz["Displays"] if "Topic" in d}
+    assert (("Image", f"{launch.DEFAULT_CAMERA}/image_raw")) in shown
     assert rviz["Global Options"]["Fixed Frame"] == "camera_color_optical_frame"
+    # Every output the node publishes for people, each with the display of its type: the node's own list.
+    source = (SOURCE_ROOT / "pop_ros" / "ros" / "outputs.py").read_text()
+    published = re.findall(r'create_lifecycle_publisher\((\w+), "~/(\w+)"', source)
+    display = {"Image": "Image", "PointStamped": "PointStamped", "PoseStamped": "Pose", "PointCloud2": "PointCloud2",
+               "MarkerArray": "MarkerArray"}  # fmt: skip
+    wanted = {(display[kind], f"/pop_node/{name}") for kind, name in published if kind in display}
+    wanted.discard(("Image", "/pop_node/heatmap_raw"))  # 32FC1 values for programs; ~/heatmap is its picture
+    regions = {("Pose", "/pop_node/grasp"), ("Image", "/pop_node/part_mask"), ("PointCloud2", "/pop_node/part_cloud")}
+    assert regions <= wanted
+    assert wanted - shown == set()
 
 
 def test_remappings_follow_the_camera_namespace(launch):

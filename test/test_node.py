@@ -35,7 +35,8 @@ def node_process(tmp_path_factory, client):
     process = NodeProcess(
         "-p", "preset:=tiny",
         "-p", f"support_library:={LIBRARY}",
-        "-p", "max_frame_age:=2.0",
+        # Generous: a loaded machine delays a fresh frame by seconds; the stale frames below are 10 min old.
+        "-p", "max_frame_age:=60.0",
         # 320x240 raw frames (230 KB) exceed this host's 208 KiB UDP receive buffer: best-effort
         # delivery between processes is then intermittent (README: DDS tuning). Our camera is reliable.
         "-p", "image_reliability:=reliable",
@@ -196,14 +197,14 @@ def test_bad_queries(client, node_process, query, support_set, message):
 
 
 def test_stale_frame_is_refused(client, node_process):
-    def republish():  # a frame stamped 5 s ago, every attempt
+    def republish():  # a frame stamped 10 min ago, every attempt
         now = client.now_stamp()
-        old = type(now)(sec=now.sec - 5, nanosec=now.nanosec)
+        old = type(now)(sec=now.sec - 600, nanosec=now.nanosec)
         client.publisher(Image, "/cam/color/image_raw").publish(colour_msg(old, frame_id="old_frame"))
         return old
 
     response, _ = call_until(client, lambda r, stamp: "stale" in r.message, request("", "mug_handle"), republish)
-    assert not response.success and "stale" in response.message and "max_frame_age 2.0" in response.message
+    assert not response.success and "stale" in response.message and "max_frame_age 60.0" in response.message
     fresh = client.call(PointToPart, SERVICE, request("", "mug_handle", colour_msg(client.now_stamp())))
     assert fresh.success  # still serving
 
@@ -270,9 +271,9 @@ def test_continuous_mode_processes_the_latest_frame_without_backlog(client, node
         published.append((stamp.sec, stamp.nanosec))
         publisher.publish(colour_msg(stamp))
         time.sleep(1 / 30)
-    # Stale frames (5 s old) are refused, never processed.
+    # Stale frames (10 min old) are refused, never processed.
     now = client.now_stamp()
-    stale = [(now.sec - 5, now.nanosec + i) for i in range(10)]
+    stale = [(now.sec - 600, now.nanosec + i) for i in range(10)]
     for sec, nanosec in stale:
         publisher.publish(colour_msg(type(now)(sec=sec, nanosec=nanosec)))
         time.sleep(1 / 30)

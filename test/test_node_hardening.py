@@ -287,6 +287,7 @@ def test_camera_frames_keep_arriving_while_8_slow_queries_are_in_flight(capsys):
     7 waiting): every query is answered, and the camera callbacks keep running throughout."""
     args = ["--ros-args", "--params-file", str(PARAMS_FILE), "-p", "preset:=tiny", "-p", "autostart:=false"]
     args += ["-p", f"support_library:={LIBRARY}", "-p", "max_waiting_queries:=8", "-p", "image_reliability:=reliable"]
+    args += ["-p", "busy_timeout:=600.0"]  # the last of 8 queries waits 7 x 0.6 s, more on a loaded machine
     context = rclpy.Context()
     rclpy.init(args=args, context=context)
     node = PopNode(context=context, namespace="starve")

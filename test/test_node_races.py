@@ -72,7 +72,7 @@ def test_a_tick_answers_about_the_frame_newest_when_it_gets_the_models(inprocess
 
 def test_a_continuous_tick_never_waits_for_a_running_query(inprocess):
     ros, node, _ = inprocess(
-        "nowait", f"support_library:={LIBRARY}", "continuous_support_set:=mug_handle", "busy_timeout:=20.0"
+        "nowait", f"support_library:={LIBRARY}", "continuous_support_set:=mug_handle", "busy_timeout:=600.0"
     )
     processed = recording_frames(node)
     node.camera.on_image(colour_msg(ros.now_stamp(), "frame"))
@@ -87,7 +87,7 @@ def test_a_continuous_tick_never_waits_for_a_running_query(inprocess):
     tick(node)
     elapsed = time.monotonic() - started
     held[0].__exit__(None, None, None)
-    assert elapsed < 5.0, f"the tick waited {elapsed:.1f} s for the running query (busy_timeout 20 s)"
+    assert elapsed < 60.0, f"the tick waited {elapsed:.1f} s for the running query (busy_timeout 600 s)"
     assert processed == []
     tick(node)  # skipped, not lost: the next tick takes the frame
     assert processed == ["frame"]

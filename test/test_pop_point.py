@@ -191,7 +191,7 @@ def test_help_documents_query_at_set_and_pairing():
         (["--roi", "90,5,10,10"], "error: --roi '90,5,10,10': the region of interest lies outside the 80x60 target"),
         (["--depth", "{d}/depth.png", "--camera-info", "{d}/bad_camera.yaml"],
          "error: --camera-info {d}/bad_camera.yaml: no camera_matrix (or k)"),
-        (["--out", "{d}/missing"], "error: --out {d}/missing: not a folder"),
+        (["--out", "{d}/target.png"], "error: --out {d}/target.png: is a file, not a folder"),
     ],
 )  # fmt: skip
 def test_region_argument_mistakes_are_one_line_before_any_model_loads(files, args, message):
@@ -215,6 +215,18 @@ camera_matrix: {{rows: 3, cols: 3, data: [300.0, 0, 159.5, 0, 300.0, 119.5, 0, 0
 distortion_model: plumb_bob
 distortion_coefficients: {{rows: 1, cols: 5, data: [0, 0, 0, 0, 0]}}
 """
+
+
+def test_out_folder_is_created_when_it_does_not_exist(tmp_path, capsys):
+    """`--out results/` as the README writes it: the folder (and its parents) need not exist yet."""
+    from pop_ros.cli import point
+
+    out = tmp_path / "results" / "run_1"
+    args = ["--preset", "tiny", "--target", str(SAMPLE_DIR / "scene_0.png"), "--library", str(LIBRARY), "--json",
+            "--support-set", "mug_handle", "--out", f"{out}/"]  # fmt: skip
+    assert point.main(args) == 0, capsys.readouterr().err
+    output = json.loads(capsys.readouterr().out)
+    assert output["mask_png"] == str(out / "mask.png") and (out / "mask.png").is_file()
 
 
 def test_depth_camera_info_instances_roi_and_region_files(tmp_path, capsys):

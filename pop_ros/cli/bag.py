@@ -340,11 +340,23 @@ def teach_main(argv: list[str] | None = None) -> int:
     return run_cli(lambda: _run_teach(args), json_output=args.json)
 
 
-def _run_teach(args) -> dict:
+def _teach_library(args):
+    """The library to teach into, opened writable: never the shipped example (a copy of it is fine)."""
+    from pop_ros.paths import shipped_library_refusal
+    from pop_ros.supports import SupportLibrary, validate_set_name
+
+    validate_set_name(args.set_name)
+    refusal = shipped_library_refusal(args.library)
+    if refusal:
+        raise CliError(f"--library {refusal}")
+    return SupportLibrary.load(args.library, writable=True)
+
+
+def _teach_frame(args):
+    """(Recording, CameraTopics, the frame at --time, its RGB image), the click checked against it."""
     from pop_ros.bag_answers import Replay, Sampling, decode_colour
-    from pop_ros.pipeline import PartPointer
     from pop_ros.recording import Recording
-    from pop_ros.supports import SupportLibrary
+    from pop_ros.supports import validate_click
 
     if not args.time >= 0:
         raise CliError(f"--time must be >= 0 seconds, got {args.time}")
@@ -360,8 +372,16 @@ def _run_teach(args) -> dict:
     if frame is None:
         raise CliError(f"no colour frame at or after {args.time} s on {topics.colour} ({recording.cut or 'none'})")
     image = decode_colour(frame.msg)
-    library = SupportLibrary.load(args.library, writable=True)
-    settings = pipeline_settings(args)  # the node's similarity, max_shots, upsample, ... as the params file says
+    validate_click(list(args.click), image)
+    return recording, topics, frame, image
+
+
+def _run_teach(args) -> dict:
+    from pop_ros.pipeline import PartPointer
+
+    # Every argument is checked before the models load (seconds to minutes).
+    library, settings = _teach_library(args), pipeline_settings(args)
+    recording, topics, frame, image = _teach_frame(args)
     pointer = PartPointer.from_preset(args.preset, settings=settings, library=library, **model_overrides(args))
     # What the node's ~/teach_click does with the latest frame (features checked, then an atomic write).
     updated = pointer.add_exemplar(args.set_name, image, args.click, args.query)

@@ -129,6 +129,11 @@ def _prepare(args):
         check_sets(planned, library, args.library)
         for problem in library.errors:
             print(f"warning: {problem}", file=sys.stderr)
+    if args.out is not None:  # made once everything else passed its checks, still before the models load
+        try:
+            args.out.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise CliError(f"--out {args.out}: cannot create the folder: {error.strerror}") from error
     return planned, target, supports, library
 
 
@@ -147,8 +152,8 @@ def check_region_arguments(args) -> None:
         if args.depth is None:
             raise CliError("--cloud-out needs --depth and --camera-info")
         check_cloud_output(args.cloud_out, "--cloud-out")
-    if args.out is not None and not args.out.is_dir():
-        raise CliError(f"--out {args.out}: not a folder (create it first)")
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise CliError(f"--out {args.out}: is a file, not a folder")
 
 
 def parse_roi(text: str, image_size) -> tuple[int, int, int, int]:
@@ -203,7 +208,7 @@ def _run(args) -> dict:
         output["preset"] = args.preset
         output["random_weights"] = pointer.model_config.random_weights
         if args.save_heatmap is not None:
-            output["heatmap_png"] = _save_overlay(args.save_heatmap, target, result)
+            output["heatmap_png"] = _save_overlay(args.save_heatmap, target, result, output["random_weights"])
         return output
     # Several parts of one image: one call, the image's features and MLLM prefix computed once.
     requests = [
@@ -227,7 +232,7 @@ def _run(args) -> dict:
         stem, suffix = args.save_heatmap.stem, args.save_heatmap.suffix
         for index, (result, entry) in enumerate(zip(results, output["results"], strict=True)):
             path = args.save_heatmap.with_name(f"{stem}_{index}{suffix}")
-            entry["heatmap_png"] = _save_overlay(path, target, result)
+            entry["heatmap_png"] = _save_overlay(path, target, result, output["random_weights"])
     return output
 
 
@@ -319,12 +324,21 @@ def plain_lines(output: dict) -> list[str]:
     return lines
 
 
-def _save_overlay(path: pathlib.Path, target, result) -> str:
+def _save_overlay(path: pathlib.Path, target, result, random_weights: bool) -> str:
+    """The heatmap overlay as the node publishes it, labelled like the demo's pictures: the query (and
+    set), and the random-weights band when the weights are random."""
     import cv2
 
-    from pop_ros.visualize import overlay
+    from pop_ros.visualize import heatmap_label, overlay
 
-    if not cv2.imwrite(str(path), overlay(target, result.heatmap, (result.u, result.v))):
+    picture = overlay(
+        target,
+        result.heatmap,
+        (result.u, result.v),
+        label=heatmap_label(result.query, result.support_set),
+        random_weights=random_weights,
+    )
+    if not cv2.imwrite(str(path), picture):
         raise CliError(f"could not write {path}")
     return str(path)
 

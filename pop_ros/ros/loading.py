@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 def load_library(param: Callable[[str], object], logger):
     """The support library named by support_library (empty: an empty one in memory)."""
+    from pop_ros.paths import shipped_library_refusal
     from pop_ros.supports import SupportError, SupportLibrary
 
     library_path = param("support_library")
@@ -17,6 +18,9 @@ def load_library(param: Callable[[str], object], logger):
         raise SupportError("library_writable needs support_library: the YAML to keep taught sets in")
     if not library_path:
         return SupportLibrary()
+    refusal = param("library_writable") and shipped_library_refusal(library_path)
+    if refusal:
+        raise SupportError(f"library_writable is true but support_library {refusal}")
     library = SupportLibrary.load(pathlib.Path(library_path).expanduser(), writable=param("library_writable"))
     for problem in library.errors:
         logger.error(f"support library: {problem}")

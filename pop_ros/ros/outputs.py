@@ -17,7 +17,7 @@ from std_msgs.msg import ColorRGBA
 from visualization_msgs.msg import Marker, MarkerArray
 
 from pop_ros.image_conversion import from_array
-from pop_ros.visualize import overlay
+from pop_ros.visualize import heatmap_label, overlay
 from pop_ros_interfaces.msg import PartPointResult
 
 # Marker ids per instance: sphere, approach arrow, label, grasp axes, part points.
@@ -178,7 +178,10 @@ class Outputs:
         if markers:
             self.publish_markers([answer])
         if publish_heatmap and (answer.success or publish_rejected_heatmap):
-            self.heatmap_pub.publish(from_array(overlay(image, heatmap, (answer.u, answer.v)), "bgr8", answer.header))
+            # One topic for every query: the picture names its query (~/point_to_parts publishes one per part).
+            label = heatmap_label(answer.query, answer.support_set)
+            picture = overlay(image, heatmap, (answer.u, answer.v), label=label)
+            self.heatmap_pub.publish(from_array(picture, "bgr8", answer.header))
             self.heatmap_raw_pub.publish(from_array(heatmap, "32FC1", answer.header))
 
     def publish_region(self, answer) -> None:
