@@ -36,8 +36,8 @@ ROSDEP_KEYS = {
 # ROS packages: the rosdep key is the package name (resolved through the distro's distribution.yaml).
 ROS_PACKAGES = {
     "rclpy", "rcl_interfaces", "lifecycle_msgs", "sensor_msgs", "geometry_msgs", "std_msgs", "std_srvs",
-    "diagnostic_msgs", "visualization_msgs", "action_msgs", "builtin_interfaces", "pop_ros_interfaces", "ament_index_python",
-    "launch", "launch_ros", "py_trees",
+    "diagnostic_msgs", "visualization_msgs", "action_msgs", "builtin_interfaces", "pop_ros_interfaces",
+    "ament_index_python", "launch", "launch_ros", "py_trees",
 }  # fmt: skip
 # Import name -> pip distribution in requirements-robot.txt (no usable apt package on noble).
 PIP_ONLY = {
