@@ -58,6 +58,7 @@ class Outputs:
         result.query_index, result.instance = answer.query_index, answer.instance
         result.has_grasp, result.grasp = answer.has_grasp, Outputs.grasp_message(answer).pose
         result.grasp_width_m, result.part_length_m = answer.grasp_width_m, answer.part_length_m
+        result.tracked, result.track_age_s = answer.tracked, answer.track_age_s
         if with_region:
             Outputs.fill_region(result, answer)
         return result
