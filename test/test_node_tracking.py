@@ -150,3 +150,27 @@ def test_a_lost_track_says_why_and_publishes_nothing_further(inprocess):
         if not result.tracked:
             since_full = True
         assert not (result.tracked and result.success) or since_full
+
+
+def test_a_lost_track_asks_for_a_full_answer_at_once(inprocess):
+    """continuous_rate 0.01 Hz: the rate's first tick would come after 100 s. The first full answer is
+    asked for by hand (tick_soon); the second comes from the track's loss, long before the rate's."""
+    ros, node, results = start_tracking(inprocess, "reanchor", "continuous_rate:=0.01")
+    camera = PanningCamera(ros, "reanchor").start()
+
+    def full_answers():
+        return sum(not r.tracked for r in list(results))
+
+    try:
+        assert wait_for(lambda: node.camera.latest is not None, timeout=30.0)
+        node.continuous.tick_soon()
+        assert wait_for(lambda: any(r.tracked and r.success for r in list(results)), timeout=60.0)
+        assert full_answers() == 1
+        camera.flat = True
+        assert wait_for(lambda: full_answers() >= 2, timeout=60.0)
+    finally:
+        camera.stop()
+    received = list(results)
+    lost = next(i for i, r in enumerate(received) if r.tracked and not r.success)
+    second_full = [i for i, r in enumerate(received) if not r.tracked][1]
+    assert lost < second_full
