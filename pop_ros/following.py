@@ -25,6 +25,9 @@ from pop_ros.tracking import PartTracker, TrackSettings, TrackUpdate, grey_image
 FOLLOW_HISTORY = 60
 # A late anchor catches up through at most this many kept frames (each one tracker update).
 CATCH_UP_HOPS = 8
+# A tracked answer's part cloud (and so its grasp frame) keeps at most this many points: the grasp
+# frame of a 34 000-point region took 17 ms, too much for every frame of a 30 Hz camera.
+TRACKED_CLOUD_POINTS = 3000
 
 
 @dataclasses.dataclass
@@ -147,7 +150,7 @@ def tracked_answer(step: TrackStep, header, image_size, camera_info, depth_buffe
     notes = placement.apply(answer)
     if step.region is not None and placement.depth_m is not None and answer.has_3d:
         answer.mask = step.region
-        notes += grasp.answer_grasp(answer, placement.model, placement.depth_m, step.region, None)
+        notes += grasp.answer_grasp(answer, placement.model, placement.depth_m, step.region, None, TRACKED_CLOUD_POINTS)
     features = f"tracked {step.age_s:.2f} s from the full answer, {update.features} features"
     answer.message = "; ".join([features, *notes])
     return answer, placement
