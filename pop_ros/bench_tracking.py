@@ -13,6 +13,7 @@ section):
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import statistics
@@ -175,6 +176,9 @@ def run_tracking_stream(preset: str, seconds: float, query_rate_hz: float, camer
         camera_report = json.loads(output.strip().splitlines()[-1])
         measured = camera_report["seconds"] - warmup
         received = list(results)
+        reasons = collections.Counter(
+            r.message.removeprefix("track lost: ").split(":")[0] for r in received if r.tracked and not r.success
+        )
         tracked = [r for r in received if r.tracked and r.success]
         lost = [r for r in received if r.tracked and not r.success]
         rate = len(tracked) / measured
@@ -184,6 +188,8 @@ def run_tracking_stream(preset: str, seconds: float, query_rate_hz: float, camer
             "tracked_answers": len(tracked),
             "tracked_with_3d": sum(r.has_3d for r in tracked),
             "tracks_lost": len(lost),
+            # why, by the reason's first words ("too few features left", "the point left the image", ...)
+            "lost_reasons": dict(reasons),
             "full_answers": sum(not r.tracked for r in received),
             "tracked_per_second": rate,
             "share_of_camera_rate": rate / rate_hz,

@@ -224,13 +224,17 @@ def answer_grasp(
 ) -> list[str]:
     """Fill `answer`'s part cloud and grasp frame (anything with the node's Answer fields, its 3D point
     and pose already set) from the part's `mask` and this depth; `heatmap` weighs the cloud's points
-    (None: all 1, e.g. a tracked region). `max_points` > 0: the cloud keeps every n-th point, at most
-    that many (a tracked answer's, every frame). Returns the notes on what is missing."""
+    (None: all 1, e.g. a tracked region). `max_points` > 0: the mask is thinned to every n-th row and
+    column first, to about that many pixels (a tracked answer's, every frame). Returns the notes on
+    what is missing."""
     weights = heatmap if heatmap is not None else mask.astype(np.float32)
+    area = int(np.count_nonzero(mask))
+    if max_points > 0 and area > max_points:
+        stride = math.ceil(math.sqrt(area / max_points))
+        thinned = np.zeros_like(mask, dtype=bool)
+        thinned[::stride, ::stride] = mask[::stride, ::stride]
+        mask = thinned
     answer.cloud = part_cloud(model, depth_m, mask, weights)
-    if max_points > 0 and len(answer.cloud.points) > max_points:
-        step = -(-len(answer.cloud.points) // max_points)
-        answer.cloud.points, answer.cloud.intensity = answer.cloud.points[::step], answer.cloud.intensity[::step]
     if not answer.has_pose:
         return ["no grasp frame: no approach pose"]
     frame = grasp_frame(answer.cloud.points, answer.normal)
