@@ -174,3 +174,21 @@ def test_a_lost_track_asks_for_a_full_answer_at_once(inprocess):
     lost = next(i for i, r in enumerate(received) if r.tracked and not r.success)
     second_full = [i for i, r in enumerate(received) if not r.tracked][1]
     assert lost < second_full
+
+
+def test_a_tracked_answers_markers_can_leave_out_the_part_points():
+    """Every tracked frame's markers (Outputs.publish passes part_points=False for a tracked answer):
+    the point and its label, but not the part cloud's points (thousands of Point messages a frame)."""
+    from types import SimpleNamespace
+
+    from visualization_msgs.msg import Marker
+
+    from pop_ros.ros.answers import Answer, Outcome
+    from pop_ros.ros.outputs import Outputs
+
+    answer = Answer(Outcome.OK, "ok", Image().header, has_3d=True, xyz=(0.0, 0.0, 1.0), query="q", tracked=True)
+    answer.cloud = SimpleNamespace(points=np.ones((50, 3), np.float32))
+    with_points = [m.type for m in Outputs.markers_message([answer]).markers]
+    without = [m.type for m in Outputs.markers_message([answer], part_points=False).markers]
+    assert Marker.POINTS in with_points and Marker.POINTS not in without
+    assert Marker.SPHERE in without and Marker.TEXT_VIEW_FACING in without
