@@ -264,17 +264,12 @@ def answer_frame(pointer, frame: Frame, image_rgb, requests, replay: Replay, opt
     return answers
 
 
-def anchor_track(follower, answer, result, image_rgb, frame: Frame, part_threshold: float) -> None:
+def anchor_track(follower, answer, image_rgb, frame: Frame) -> None:
     """`pop-bag --track`: a chosen frame's full answer starts the track again (following.py, as the
-    node's continuous tracking), with the part's region made from its heatmap as the node makes it."""
-    from pop_ros import grasp
-
+    node's continuous tracking), with the part's region the answer has (add_region, as the node's)."""
     stamp_s = stamp_seconds(frame.msg.header.stamp)
     follower.remember(image_rgb, stamp_s)
-    mask = None
-    if result is not None and answer.success and part_threshold > 0:
-        mask = grasp.part_mask(result.heatmap, answer.u, answer.v, part_threshold)
-    follower.anchor(answer, image_rgb, stamp_s, mask)
+    follower.anchor(answer, image_rgb, stamp_s, answer.mask)
 
 
 def track_frame(follower, frame: Frame, image_rgb, replay: Replay, options: AnswerOptions):
@@ -292,6 +287,7 @@ def track_frame(follower, frame: Frame, image_rgb, replay: Replay, options: Answ
         replay.camera_info,
         replay.depth,
         options.locate,
+        options.region,
         options.camera_info_topic,
     )
     return answer

@@ -17,8 +17,8 @@ import threading
 
 import numpy as np
 
-from pop_ros import grasp
-from pop_ros.locate import LocateSettings, locate_pixel
+from pop_ros.grasp import GraspSettings
+from pop_ros.locate import LocateSettings, add_grasp, locate_pixel
 from pop_ros.tracking import PartTracker, TrackSettings, TrackUpdate, grey_image
 
 # Grey frames kept for catching up: two seconds of a 30 Hz camera (0.3 MB each at 640x480).
@@ -124,10 +124,20 @@ class PartFollower:
         return True
 
 
-def tracked_answer(step: TrackStep, header, image_size, camera_info, depth_buffer, settings: LocateSettings, topic):
+def tracked_answer(
+    step: TrackStep,
+    header,
+    image_size,
+    camera_info,
+    depth_buffer,
+    settings: LocateSettings,
+    region: GraspSettings,
+    topic: str = "camera_info",
+):
     """The node's Answer for a tracked frame: the followed pixel, its 3D point and approach pose from
-    this frame's own depth (paired by stamp, as a full answer's), and its grasp frame from the part's
-    region moved with the track. A lost track: an Answer that says why (no point, no 3D)."""
+    this frame's own depth (paired by stamp, as a full answer's), and its grasp frame (`region`'s
+    gripper settings) from the part's region moved with the track. A lost track: an Answer that says
+    why (no point, no 3D). Returns (answer, placement or None)."""
     from pop_ros.ros.answers import Answer, Outcome
 
     anchor, update = step.anchor, step.update
@@ -148,9 +158,9 @@ def tracked_answer(step: TrackStep, header, image_size, camera_info, depth_buffe
         return answer, None
     placement = locate_pixel(camera_info, depth_buffer, header.stamp, update.u, update.v, image_size, settings, topic)
     notes = placement.apply(answer)
-    if step.region is not None and placement.depth_m is not None and answer.has_3d:
+    if step.region is not None and region.part_threshold > 0:
         answer.mask = step.region
-        notes += grasp.answer_grasp(answer, placement.model, placement.depth_m, step.region, None, TRACKED_CLOUD_POINTS)
+        notes += add_grasp(answer, step.region, None, placement, region, TRACKED_CLOUD_POINTS)
     features = f"tracked {step.age_s:.2f} s from the full answer, {update.features} features"
     answer.message = "; ".join([features, *notes])
     return answer, placement

@@ -217,31 +217,3 @@ def grasp_frame(points: np.ndarray, normal, max_width_m: float = 0.0) -> GraspFr
         width_m=width_m,
         length_m=length_m,
     )
-
-
-def answer_grasp(
-    answer, model, depth_m: np.ndarray, mask: np.ndarray, heatmap: np.ndarray | None, max_points: int = 0
-) -> list[str]:
-    """Fill `answer`'s part cloud and grasp frame (anything with the node's Answer fields, its 3D point
-    and pose already set) from the part's `mask` and this depth; `heatmap` weighs the cloud's points
-    (None: all 1, e.g. a tracked region). `max_points` > 0: the mask is thinned to every n-th row and
-    column first, to about that many pixels (a tracked answer's, every frame). Returns the notes on
-    what is missing."""
-    weights = heatmap if heatmap is not None else mask.astype(np.float32)
-    area = int(np.count_nonzero(mask))
-    if max_points > 0 and area > max_points:
-        stride = math.ceil(math.sqrt(area / max_points))
-        thinned = np.zeros_like(mask, dtype=bool)
-        thinned[::stride, ::stride] = mask[::stride, ::stride]
-        mask = thinned
-    answer.cloud = part_cloud(model, depth_m, mask, weights)
-    if not answer.has_pose:
-        return ["no grasp frame: no approach pose"]
-    frame = grasp_frame(answer.cloud.points, answer.normal)
-    if not frame.ok:
-        return [f"no grasp frame: {frame.reason}"]
-    answer.has_grasp, answer.grasp_orientation = True, frame.orientation
-    along = tuple(float(c) for c in np.cross(frame.approach, frame.closing))
-    answer.grasp_axes = (frame.closing, along, frame.approach)
-    answer.grasp_width_m, answer.part_length_m = frame.width_m, frame.length_m
-    return []

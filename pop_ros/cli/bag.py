@@ -344,8 +344,7 @@ def _answer_frames(pointer, replay, requests, options, outputs, expected: int, f
                 outputs.write(answer, result, image, replay.recording, frame.log_ns)
             outputs.write_markers([answer for answer, _ in answers], frame.log_ns)
             if follower is not None:
-                answer, result = answers[0]
-                bag_answers.anchor_track(follower, answer, result, image, frame, pointer.settings.part_threshold)
+                bag_answers.anchor_track(follower, answers[0][0], image, frame)
             counts["frames"] += 1
             progress.update(1)
     return counts

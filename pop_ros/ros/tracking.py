@@ -23,6 +23,7 @@ import threading
 from sensor_msgs.msg import CompressedImage
 
 from pop_ros.following import PartFollower, TrackStep, tracked_answer
+from pop_ros.grasp import GraspSettings
 from pop_ros.image_conversion import compressed_to_rgb8, to_rgb8
 from pop_ros.locate import LocateSettings
 from pop_ros.ros.diagnostics import OK, WARN
@@ -114,6 +115,7 @@ class ContinuousTracking:
             camera.camera_info,
             camera.depth,
             LocateSettings.from_parameters(node.param),
+            GraspSettings.from_parameters(node.param),
             node.resolve_topic_name("camera_info"),
         )
         if placement is not None and placement.depth_paired is not None:
