@@ -172,7 +172,9 @@ def run_tracking_stream(preset: str, seconds: float, query_rate_hz: float, camer
         process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
         time.sleep(warmup)
         results.clear()
+        received_before = node.camera.latest_seq
         output, _ = process.communicate(timeout=seconds + 120)
+        frames_received = node.camera.latest_seq - received_before
         time.sleep(0.5)
         camera_report = json.loads(output.strip().splitlines()[-1])
         measured = camera_report["seconds"] - warmup
@@ -183,9 +185,13 @@ def run_tracking_stream(preset: str, seconds: float, query_rate_hz: float, camer
         tracked = [r for r in received if r.tracked and r.success]
         lost = [r for r in received if r.tracked and not r.success]
         rate = len(tracked) / measured
+        published = camera_report["published"] * measured / camera_report["seconds"]
         return {
             "camera": f"{width}x{height} at {rate_hz:g} Hz",
             "seconds_measured": measured,
+            # What the camera process managed on this machine, and what reached the node's callback.
+            "frames_published": round(published),
+            "frames_received": frames_received,
             "tracked_answers": len(tracked),
             "tracked_with_3d": sum(r.has_3d for r in tracked),
             "tracks_lost": len(lost),
@@ -194,6 +200,7 @@ def run_tracking_stream(preset: str, seconds: float, query_rate_hz: float, camer
             "full_answers": sum(not r.tracked for r in received),
             "tracked_per_second": rate,
             "share_of_camera_rate": rate / rate_hz,
+            "share_of_frames_published": rate * measured / published if published else 0.0,
             "target_share": share,
             "load_average": os.getloadavg()[0],
             "cpus": os.cpu_count(),
@@ -215,7 +222,8 @@ def table_lines(streams: list[dict]) -> list[str]:
     return [
         f"tracking, {s['camera']}: {s['tracked_per_second']:.1f} tracked answers/s "
         f"({s['share_of_camera_rate']:.2f} x the camera's rate, target >= {s['target_share']}: "
-        f"{'met' if s['share_of_camera_rate'] >= s['target_share'] else 'NOT met'}), {s['tracked_with_3d']} of "
+        f"{'met' if s['share_of_camera_rate'] >= s['target_share'] else 'NOT met'}; the camera published "
+        f"{s['frames_published']} frames, the node received {s['frames_received']}), {s['tracked_with_3d']} of "
         f"{s['tracked_answers']} with 3D, {s['tracks_lost']} lost, {s['full_answers']} full answers; "
         f"load average {s['load_average']:.1f} on {s['cpus']} CPUs"
         for s in streams
