@@ -280,15 +280,9 @@ def track_frame(follower, frame: Frame, image_rgb, replay: Replay, options: Answ
     step = follower.track(image_rgb, stamp_seconds(frame.msg.header.stamp))
     if step is None:
         return None
+    capture = take_capture(frame, replay, options.locate.depth_max_dt)  # as the node takes a tracked frame's
     answer, _ = tracked_answer(
-        step,
-        frame.msg.header,
-        image_rgb.shape[:2],
-        replay.camera_info,
-        replay.depth,
-        options.locate,
-        options.region,
-        options.camera_info_topic,
+        step, capture, image_rgb.shape[:2], options.locate, options.region, options.camera_info_topic
     )
     return answer
 

@@ -58,6 +58,7 @@ def _pan(image: np.ndarray, step_px: float) -> np.ndarray:
 # ---- model section ------------------------------------------------------------------------------------
 def run_track_ratio(target: np.ndarray, query_ms: list[float], repeats: int, progress) -> dict:
     """A tracked update on `target` (moved by 1.5 px), over the full query's median `query_ms` on it."""
+    from pop_ros.capture import Frame, capture_of
     from pop_ros.following import PartFollower, tracked_answer
     from pop_ros.grasp import GraspSettings
     from pop_ros.image_conversion import from_array
@@ -89,7 +90,8 @@ def run_track_ratio(target: np.ndarray, query_ms: list[float], repeats: int, pro
         follower.track(target, 0.5)  # seeds (once per full answer, not per frame); not timed
         started = time.perf_counter()
         step = follower.track(moved, 1.0)
-        answer, _ = tracked_answer(step, header, (height, width), info, depth, settings, GraspSettings())
+        capture = capture_of(Frame(types.SimpleNamespace(header=header), 1.0, 2), depth, info, settings.depth_max_dt)
+        answer, _ = tracked_answer(step, capture, (height, width), settings, GraspSettings())
         elapsed = (time.perf_counter() - started) * 1000.0
         assert answer.success and answer.has_3d, answer.message
         return elapsed

@@ -18,7 +18,7 @@ import threading
 import numpy as np
 
 from pop_ros.grasp import GraspSettings
-from pop_ros.locate import LocateSettings, add_grasp, locate_pixel
+from pop_ros.locate import LocateSettings, add_grasp, locate_capture
 from pop_ros.tracking import PartTracker, TrackSettings, TrackUpdate, grey_image
 
 # Grey frames kept for catching up: two seconds of a 30 Hz camera (0.3 MB each at 640x480).
@@ -44,7 +44,7 @@ class TrackStep:
 @dataclasses.dataclass
 class _Anchor:
     answer: object
-    grey: np.ndarray
+    grey: np.ndarray | None  # None: the answer has no point to follow
     stamp_s: float
     mask: np.ndarray | None
 
@@ -67,11 +67,12 @@ class PartFollower:
     def holds(self) -> bool:
         return self.anchor_answer is not None and self._tracker.holds
 
-    def anchor(self, answer, image: np.ndarray, stamp_s: float, mask=None) -> None:
+    def anchor(self, answer, image: np.ndarray | None, stamp_s: float, mask=None) -> None:
         """A full answer about `image` (stamped `stamp_s`): the next `track` starts from it. An
-        answer without an accepted point ends the track (nothing to follow)."""
+        answer without an accepted point (its image may be None) ends the track (nothing to follow)."""
+        grey = None if image is None or not answer.success else grey_image(image)
         with self._lock:
-            self._pending = _Anchor(answer, grey_image(image), stamp_s, None if mask is None else np.asarray(mask))
+            self._pending = _Anchor(answer, grey, stamp_s, None if mask is None else np.asarray(mask))
 
     def reset(self) -> None:
         with self._lock:
@@ -125,26 +126,20 @@ class PartFollower:
 
 
 def tracked_answer(
-    step: TrackStep,
-    header,
-    image_size,
-    camera_info,
-    depth_buffer,
-    settings: LocateSettings,
-    region: GraspSettings,
-    topic: str = "camera_info",
+    step: TrackStep, capture, image_size, settings: LocateSettings, region: GraspSettings, topic: str = "camera_info"
 ):
     """The node's Answer for a tracked frame: the followed pixel, its 3D point and approach pose from
-    this frame's own depth (paired by stamp, as a full answer's), and its grasp frame (`region`'s
-    gripper settings) from the part's region moved with the track. A lost track: an Answer that says
-    why (no point, no 3D). Returns (answer, placement or None)."""
+    this frame's own depth (its `capture`: the depth paired by stamp and the camera_info, as a full
+    answer's), and its grasp frame (`region`'s gripper settings) from the part's region moved with
+    the track. A lost track: an Answer that says why (no point, no 3D). Returns (answer, placement or
+    None)."""
     from pop_ros.ros.answers import Answer, Outcome
 
     anchor, update = step.anchor, step.update
     answer = Answer(
         Outcome.OK,
         "",
-        header,
+        capture.header,
         u=update.u,
         v=update.v,
         score=anchor.score,
@@ -152,11 +147,12 @@ def tracked_answer(
         support_set=anchor.support_set,
         tracked=True,
         track_age_s=step.age_s,
+        capture=capture,
     )
     if not update.ok:
         answer.outcome, answer.message = Outcome.TRACK_LOST, f"track lost: {update.reason}"
         return answer, None
-    placement = locate_pixel(camera_info, depth_buffer, header.stamp, update.u, update.v, image_size, settings, topic)
+    placement = locate_capture(capture, update.u, update.v, image_size, settings, topic)
     notes = placement.apply(answer)
     if step.region is not None and region.part_threshold > 0:
         answer.mask = step.region

@@ -10,6 +10,7 @@ a note, never an exception, worded exactly as the node words it."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 from collections.abc import Callable
 

@@ -79,6 +79,9 @@ class PanningCamera:
 
 
 def start_tracking(inprocess, namespace, *overrides):
+    """The node, its ~/result messages, and the full answers its tracks start from (recorded where
+    continuous mode hands them over: a full answer about a frame older than a tracked answer already
+    published is not published itself, by the frame-order rule, but still starts the track)."""
     ros, node, _ = inprocess(
         namespace,
         f"support_library:={LIBRARY}",
@@ -89,30 +92,42 @@ def start_tracking(inprocess, namespace, *overrides):
         *overrides,
     )
     results = ros.collect(PartPointResult, f"/{namespace}/pop_node/result", qos=1000)
-    return ros, node, results
+    anchors = {}  # frame stamp (s) -> the full answer about it
+    hand_over = node.continuous.answered
+
+    def recorded(answer):
+        if answer.capture is not None:
+            anchors[answer.capture.stamp_s] = answer
+        hand_over(answer)
+
+    node.continuous.answered = recorded
+    return ros, node, results, anchors
+
+
+def anchor_of(result, anchors):
+    """The full answer a tracked result continues: the one about the frame track_age_s before it."""
+    stamp = min(anchors, key=lambda s: abs(s - (stamp_s(result.header.stamp) - result.track_age_s)))
+    assert abs(stamp_s(result.header.stamp) - result.track_age_s - stamp) < 1e-3
+    return stamp, anchors[stamp]
 
 
 def test_tracked_answers_follow_the_pixel_with_their_own_depth(inprocess):
-    ros, node, results = start_tracking(inprocess, "tracked", "continuous_rate:=0.5")
+    ros, node, results, anchors = start_tracking(inprocess, "tracked", "continuous_rate:=0.5")
     camera = PanningCamera(ros, "tracked").start()
     try:
         # Depth is KEEP_LAST 1: a loaded machine may drop one; such a frame says so instead of a 3D point.
         assert wait_for(lambda: sum(r.tracked and r.has_3d for r in list(results)) >= 20, timeout=120.0)
     finally:
         camera.stop()
-    received = list(results)
-    full = {stamp_s(r.header.stamp): r for r in received if not r.tracked and r.success}
-    tracked = [r for r in received if r.tracked and r.success]
-    assert full, "no full answer of the standing query"
+    tracked = [r for r in list(results) if r.tracked and r.success]
     for result in tracked:
         index = camera.stamps[stamp_s(result.header.stamp)]  # stamped like a published colour frame
-        anchor_stamp = min(full, key=lambda s: abs(s - (stamp_s(result.header.stamp) - result.track_age_s)))
-        anchor = full[anchor_stamp]
-        assert abs(stamp_s(result.header.stamp) - result.track_age_s - anchor_stamp) < 1e-3
+        anchor_stamp, anchor = anchor_of(result, anchors)
         frames = index - camera.stamps[anchor_stamp]
         assert frames > 0
         true_u, true_v = anchor.u + STEP[0] * frames, anchor.v + STEP[1] * frames
         assert math.hypot(result.u - true_u, result.v - true_v) <= TOLERANCE_PX, (result.u, result.v, true_u, true_v)
+        assert result.query == anchor.query and result.score == anchor.score
         # Its 3D point: this frame's own depth (each frame's differs), through the camera's K.
         if not result.has_3d:
             assert "no 3D point: nearest depth is" in result.message
@@ -120,11 +135,10 @@ def test_tracked_answers_follow_the_pixel_with_their_own_depth(inprocess):
         depth = camera.depth_m(index)
         assert abs(result.point.z - depth) < 1e-4
         assert abs(result.point.x - (result.u - K[2]) * depth / K[0]) < 1e-3
-        assert result.query == anchor.query and result.score == anchor.score
 
 
 def test_a_lost_track_says_why_and_publishes_nothing_further(inprocess):
-    ros, node, results = start_tracking(inprocess, "lost", "continuous_rate:=0.5")
+    ros, node, results, anchors = start_tracking(inprocess, "lost", "continuous_rate:=0.5")
     diagnostics = ros.collect(DiagnosticArray, "/diagnostics", qos=100)
     camera = PanningCamera(ros, "lost").start()
     try:
@@ -144,36 +158,30 @@ def test_a_lost_track_says_why_and_publishes_nothing_further(inprocess):
     lost = received[lost_at]
     assert lost.message.startswith("track lost: ") and "features" in lost.message
     assert not lost.has_3d
-    # After a loss, no tracked point until a new full answer starts a track again.
-    since_full = False
+    # After a loss, no tracked point from that track: only from a later full answer's.
+    lost_anchor, _ = anchor_of(lost, anchors)
     for result in received[lost_at + 1 :]:
-        if not result.tracked:
-            since_full = True
-        assert not (result.tracked and result.success) or since_full
+        if result.tracked and result.success:
+            assert anchor_of(result, anchors)[0] > lost_anchor
 
 
 def test_a_lost_track_asks_for_a_full_answer_at_once(inprocess):
     """continuous_rate 0.01 Hz: the rate's first tick would come after 100 s. The first full answer is
     asked for by hand (tick_soon); the second comes from the track's loss, long before the rate's."""
-    ros, node, results = start_tracking(inprocess, "reanchor", "continuous_rate:=0.01")
+    ros, node, results, anchors = start_tracking(inprocess, "reanchor", "continuous_rate:=0.01")
     camera = PanningCamera(ros, "reanchor").start()
-
-    def full_answers():
-        return sum(not r.tracked for r in list(results))
-
     try:
         assert wait_for(lambda: node.camera.latest is not None, timeout=30.0)
         node.continuous.tick_soon()
         assert wait_for(lambda: any(r.tracked and r.success for r in list(results)), timeout=60.0)
-        assert full_answers() == 1
+        assert len(anchors) == 1
         camera.flat = True
-        assert wait_for(lambda: full_answers() >= 2, timeout=60.0)
+        assert wait_for(lambda: len(anchors) >= 2, timeout=60.0)
     finally:
         camera.stop()
-    received = list(results)
-    lost = next(i for i, r in enumerate(received) if r.tracked and not r.success)
-    second_full = [i for i, r in enumerate(received) if not r.tracked][1]
-    assert lost < second_full
+    assert any(r.tracked and not r.success for r in list(results))  # what asked for it
+    first, second = sorted(anchors)[:2]
+    assert second > first  # a later frame (the newest with its depth when the models were free)
 
 
 def test_a_tracked_answers_markers_can_leave_out_the_part_points():

@@ -17,7 +17,7 @@ class ContinuousMode:
         self._timer = None
         self._soon = None  # a one-off tick (tick_soon), cancelled until asked for
         self._done_seq = 0  # the newest frame a tick has answered about
-        self.answered = None  # called with (answer, frame) after each answered tick (continuous tracking)
+        self.answered = None  # called with each answer of a tick (continuous tracking anchors on its capture)
 
     def restart(self, rate_hz: float) -> None:
         """Tick `rate_hz` times a second from now on (0 = stop)."""
@@ -66,7 +66,7 @@ class ContinuousMode:
         self._done_seq = answer.capture.seq if answer.capture is not None else frame.seq
         self.queries.record(answer)
         if self.answered is not None:
-            self.answered(answer, frame)
+            self.answered(answer)
         if not answer.success:
             node.get_logger().warning(f"continuous query: {answer.message}", throttle_duration_sec=5.0)
         return answer

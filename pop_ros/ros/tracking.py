@@ -22,6 +22,7 @@ import threading
 
 from sensor_msgs.msg import CompressedImage
 
+from pop_ros.capture import Frame, capture_of
 from pop_ros.following import PartFollower, TrackStep, tracked_answer
 from pop_ros.grasp import GraspSettings
 from pop_ros.image_conversion import compressed_to_rgb8, to_rgb8
@@ -43,8 +44,8 @@ class ContinuousTracking:
         self.node = node
         self.continuous = continuous
         self.follower = PartFollower()
-        # Tracked frames waiting for their depth, oldest first: (step, header, image size).
-        self._waiting: collections.deque[tuple[TrackStep, object, tuple[int, int]]] = collections.deque()
+        # Tracked frames waiting for their depth, oldest first: (step, frame, image size).
+        self._waiting: collections.deque[tuple[TrackStep, Frame, tuple[int, int]]] = collections.deque()
         self._lock = threading.Lock()
         self.tracked_total = 0
         self.lost_total = 0
@@ -61,13 +62,17 @@ class ContinuousTracking:
         self._waiting.clear()
 
     # ---- from continuous mode (the query thread) -----------------------------------------------------
-    def anchor(self, answer, frame) -> None:
-        """A full answer of the standing query about `frame`: the track starts again from it."""
+    def anchor(self, answer) -> None:
+        """A full answer of the standing query (about its capture's frame): the track starts again
+        from it; one without a point (or without a capture) ends the track."""
         if not self.enabled():
             return
-        self.follower.anchor(answer, frame_rgb(frame), frame.stamp_s, answer.mask)
-        if not answer.success:
+        capture = answer.capture
+        if not answer.success or capture is None:
+            self.follower.anchor(answer, None, 0.0)
             self.last_reason = f"the last full answer has no point: {answer.message}"
+            return
+        self.follower.anchor(answer, frame_rgb(capture.frame), capture.stamp_s, answer.mask)
 
     # ---- from the camera callbacks (the sensor group: one at a time) -----------------------------------
     def on_colour(self, frame) -> None:
@@ -81,10 +86,10 @@ class ContinuousTracking:
             return
         if step.want_anchor:
             self.continuous.tick_soon()
-        self._waiting.append((step, frame.msg.header, image.shape[:2]))
+        self._waiting.append((step, frame, image.shape[:2]))
         _, gap = self.node.camera.depth_near(frame.msg.header.stamp, SAME_STAMP_S)
         if not step.update.ok or gap <= SAME_STAMP_S:  # lost (no 3D to wait for), or its depth is here
-            self._publish_until(_seconds(frame.msg.header.stamp))
+            self._publish_until(frame.stamp_s)
         while len(self._waiting) > MAX_WAITING:
             self._publish(*self._waiting.popleft())
 
@@ -93,27 +98,27 @@ class ContinuousTracking:
         (it is stamped past their pairing window: theirs was dropped)."""
         window = float(self.node.param("depth_max_dt"))
         ready = [
-            _seconds(header.stamp)
-            for _, header, _ in self._waiting
-            if abs(_seconds(header.stamp) - stamp_s) <= SAME_STAMP_S or stamp_s > _seconds(header.stamp) + window
+            frame.stamp_s
+            for _, frame, _ in self._waiting
+            if abs(frame.stamp_s - stamp_s) <= SAME_STAMP_S or stamp_s > frame.stamp_s + window
         ]
         if ready:
             self._publish_until(max(ready))
 
     def _publish_until(self, stamp_s: float) -> None:
         """Publish the waiting frames stamped up to `stamp_s`, in order."""
-        while self._waiting and _seconds(self._waiting[0][1].stamp) <= stamp_s:
+        while self._waiting and self._waiting[0][1].stamp_s <= stamp_s:
             self._publish(*self._waiting.popleft())
 
-    def _publish(self, step: TrackStep, header, image_size) -> None:
+    def _publish(self, step: TrackStep, frame: Frame, image_size) -> None:
         node = self.node
         camera = node.camera
+        # The frame's capture (capture.py), taken now that its depth had its chance to arrive.
+        capture = capture_of(frame, camera.depth, camera.camera_info, float(node.param("depth_max_dt")))
         answer, placement = tracked_answer(
             step,
-            header,
+            capture,
             image_size,
-            camera.camera_info,
-            camera.depth,
             LocateSettings.from_parameters(node.param),
             GraspSettings.from_parameters(node.param),
             node.resolve_topic_name("camera_info"),
@@ -144,7 +149,3 @@ class ContinuousTracking:
         if reason:
             return [("tracking", WARN, reason, values)]
         return [("tracking", OK, "waiting for a full answer of the standing query", values)]
-
-
-def _seconds(stamp) -> float:
-    return stamp.sec + stamp.nanosec * 1e-9
