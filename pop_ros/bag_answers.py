@@ -94,6 +94,7 @@ class Frame:
     msg: object
     log_ns: int
     index: int
+    chosen: bool = True  # False: a frame between two chosen ones, replayed for tracking (--track)
 
 
 def message_classes():
@@ -113,8 +114,12 @@ class Replay:
     (StampBuffer of the recent images, as the node's), and the chosen colour frames, each released
     once the depth that could pair with it has been read."""
 
-    def __init__(self, recording: Recording, topics: CameraTopics, sampling: Sampling, depth_max_dt: float):
+    def __init__(
+        self, recording: Recording, topics: CameraTopics, sampling: Sampling, depth_max_dt: float, every_frame=False
+    ):
+        """`every_frame`: release every colour frame, the ones not chosen with `chosen` False (--track)."""
         self.recording, self.topics = recording, topics
+        self.every_frame = every_frame
         self.choose = sampling.chooser(recording.start_ns)
         self.depth = StampBuffer()
         self.camera_info = None
@@ -139,8 +144,10 @@ class Replay:
                 while pending and newest > stamp_seconds(pending[0].msg.header.stamp) + self.depth_max_dt:
                     yield pending.pop(0)
             if topic == self.topics.colour:
-                if self.choose(self.colour_count, log_ns):
-                    pending.append(Frame(deserialize_message(data, colour_type), log_ns, self.colour_count))
+                chosen = self.choose(self.colour_count, log_ns)
+                if chosen or self.every_frame:
+                    msg = deserialize_message(data, colour_type)
+                    pending.append(Frame(msg, log_ns, self.colour_count, chosen))
                 self.colour_count += 1
             while pending and (not self.topics.depth or log_ns - pending[0].log_ns > DEPTH_WAIT_S * 1e9):
                 yield pending.pop(0)
@@ -257,6 +264,29 @@ def answer_frame(pointer, frame: Frame, image_rgb, requests, replay: Replay, opt
     return answers
 
 
+def anchor_track(follower, answer, image_rgb, frame: Frame) -> None:
+    """`pop-bag --track`: a chosen frame's full answer starts the track again (following.py, as the
+    node's continuous tracking), with the part's region the answer has (add_region, as the node's)."""
+    stamp_s = stamp_seconds(frame.msg.header.stamp)
+    follower.remember(image_rgb, stamp_s)
+    follower.anchor(answer, image_rgb, stamp_s, answer.mask)
+
+
+def track_frame(follower, frame: Frame, image_rgb, replay: Replay, options: AnswerOptions):
+    """`pop-bag --track`: a frame between two chosen ones, answered by the tracker as the node's
+    continuous tracking answers it (following.tracked_answer), or None when there is no track."""
+    from pop_ros.following import tracked_answer
+
+    step = follower.track(image_rgb, stamp_seconds(frame.msg.header.stamp))
+    if step is None:
+        return None
+    capture = take_capture(frame, replay, options.locate.depth_max_dt)  # as the node takes a tracked frame's
+    answer, _ = tracked_answer(
+        step, capture, image_rgb.shape[:2], options.locate, options.region, options.camera_info_topic
+    )
+    return answer
+
+
 def answer_record(answer, recording: Recording, log_ns: int) -> dict:
     """One line of results.jsonl."""
     stamp = answer.header.stamp
@@ -283,6 +313,8 @@ def answer_record(answer, recording: Recording, log_ns: int) -> dict:
         "grasp_orientation_xyzw": list(answer.grasp_orientation) if answer.has_grasp else None,
         "grasp_width_m": answer.grasp_width_m if answer.has_grasp else None,
         "part_length_m": answer.part_length_m if answer.has_grasp else None,
+        "tracked": bool(answer.tracked),
+        "track_age_s": answer.track_age_s,
     }
 
 

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import torch
 
+from pop_ros import bench_tracking
 from pop_ros.bench_plan import ratio_above_base
 from pop_ros.models.shapes import SHAPES
 
@@ -271,7 +272,8 @@ class SectionRun:
 
 def _stages(run: SectionRun) -> dict:
     stages, run.one_shot = run_stages(run.query, run.repeats, run.device, run.progress)
-    return stages
+    # A tracked update on the same frame, against these queries (milliseconds: no budget to plan).
+    return stages | bench_tracking.run_track_ratio(run.target, run.one_shot, run.repeats, run.progress)
 
 
 def _text_prior(run: SectionRun) -> dict:
@@ -620,6 +622,7 @@ TARGETS = {
     "overhead_fraction": 0.10,
     "ratio_second_vs_first_query": 0.15,  # a second query on the same frame, over the first
     "ratio_5_queries_vs_1": 1.05,  # 5 queries on one frame (point_many: one batch), over 1 query
+    "ratio_track_vs_query": 0.05,  # a tracked update (continuous_tracking) over a full query, same frame
 }
 # Reported beside the targets, for comparison only.
 INFORMATIVE = {"ratio_5_queries_vs_1_unbatched": "the same 5 queries one by one (one pass each)"}
@@ -725,6 +728,7 @@ def _stream_lines(stream: dict) -> list[str]:
         f"{stream['query_ms']['p99']:.0f} ms; "
         f"RSS {stream['rss_mb']['start']:.0f} -> {stream['rss_mb']['end']:.0f} MiB "
         f"({100 * stream['rss_growth_fraction']:+.2f} %)",
+        *bench_tracking.table_lines(stream.get("tracking", [])),
     ]
 
 
@@ -766,6 +770,9 @@ def run_report(args, command: str, progress, started: float | None = None) -> di
     if args.stream_seconds > 0 and (budget is None or budget.keeps("streaming")):
         report["streaming"] = run_streaming(
             args.stream_preset, args.stream_seconds, args.stream_rate, progress, args.stream_reliability
+        )
+        report["streaming"]["tracking"] = bench_tracking.run_tracking_streams(
+            args.stream_preset, args.stream_seconds, args.stream_rate, progress
         )
     report["budget"] = budget_report(
         budget and budget.minutes, requested, budget and budget.query_s, budget.plans if budget else []

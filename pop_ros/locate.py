@@ -10,6 +10,7 @@ a note, never an exception, worded exactly as the node words it."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 from collections.abc import Callable
 
@@ -197,9 +198,24 @@ def add_region(answer, heatmap, placement: Placement | None, settings: grasp.Gra
     if settings.part_threshold <= 0 or not answer.success:
         return []
     answer.mask = grasp.part_mask(heatmap, answer.u, answer.v, settings.part_threshold)
+    return add_grasp(answer, answer.mask, heatmap, placement, settings)
+
+
+def add_grasp(answer, mask, heatmap, placement: Placement | None, settings, max_points: int = 0) -> list[str]:
+    """The part's cloud and grasp frame of `answer` from its region `mask (H, W)` and the placement its
+    point came from; `heatmap` weighs the cloud's points (None: all 1, a tracked region). `max_points`
+    > 0: the mask is thinned to every n-th row and column first, to about that many pixels (a tracked
+    answer's, every frame). Returns the notes on what is missing."""
     if placement is None or placement.depth_m is None or not answer.has_3d:
         return []
-    answer.cloud = grasp.part_cloud(placement.model, placement.depth_m, answer.mask, heatmap)
+    area = int(np.count_nonzero(mask))
+    weights = heatmap if heatmap is not None else mask.astype(np.float32)
+    if max_points > 0 and area > max_points:
+        stride = math.ceil(math.sqrt(area / max_points))
+        thinned = np.zeros_like(mask, dtype=bool)
+        thinned[::stride, ::stride] = mask[::stride, ::stride]
+        mask = thinned
+    answer.cloud = grasp.part_cloud(placement.model, placement.depth_m, mask, weights)
     if not answer.has_pose:
         return ["no grasp frame: no approach pose"]
     frame = grasp.grasp_frame(answer.cloud.points, answer.normal, settings.gripper_max_width_m)

@@ -881,3 +881,34 @@ def test_a_repeated_stamp_with_new_pixels_is_a_new_frame_in_a_recording(pointer)
         [(_, result)] = bag_answers.answer_frame(pointer, frame, image_rgb, [PointRequest("lid")], replay, options)
         reused.append(result.frame_reused)
     assert reused == [False, False, True]
+
+
+def test_track_gives_tracked_answers_between_the_full_ones(run, tmp_path):
+    """--track --every 4: frames 0 and 4 get full answers, the others tracked ones. The recorded scene
+    moves 2 px left a frame (colour_bgr), so a tracked pixel is its full answer's minus 2 px a frame;
+    its 3D point comes from its own frame's depth (each frame's differs; a decoy lies 60 ms later)."""
+    bag = write_bag(tmp_path / "rec", frames=8, depth="32FC1")
+    code, out, err = run("main", bag, "--query", QUERY, "--track", "--every", "4", "--out", tmp_path / "out", "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    lines = read_lines(tmp_path / "out")
+    index_of = {frame_stamp_ns(i) / 1e9: i for i in range(8)}
+    full = {index_of[line["stamp"]]: line for line in lines if not line["tracked"]}
+    tracked = [line for line in lines if line["tracked"]]
+    assert sorted(full) == [0, 4]
+    assert [index_of[line["stamp"]] for line in tracked] == [1, 2, 3, 5, 6, 7]
+    assert summary["tracked"] + summary["tracks_lost"] == 6
+    for line in tracked:
+        index = index_of[line["stamp"]]
+        anchor_index = 0 if index < 4 else 4
+        anchor = full[anchor_index]
+        assert line["track_age_s"] == pytest.approx((index - anchor_index) * 0.1, abs=1e-6)
+        if not line["success"]:
+            assert line["reason"].startswith("track lost: ")
+            continue
+        assert line["u"] == pytest.approx(anchor["u"] - 2 * (index - anchor_index), abs=1.5)
+        assert line["v"] == pytest.approx(anchor["v"], abs=1.5)
+        assert line["xyz"] is not None and line["xyz"][2] == pytest.approx(depth_of_frame(index), abs=1e-6)
+    assert summary["tracked"] == 6, [line["reason"] for line in tracked]  # the scene is textured enough everywhere
+    messages = read_bag(tmp_path / "out" / "bag")
+    assert sum(m.tracked for _, m in messages["/pop/result"]) == 6

@@ -43,6 +43,7 @@ def test_pop_bench_smoke_run_reports_every_comparison():
         "ratio_second_vs_first_query": _median(many["second_query"]) / _median(many["first_query"]),
         "ratio_5_queries_vs_1": _median(many["five_queries"]) / _median(many["first_query"]),
         "ratio_5_queries_vs_1_unbatched": _median(many["five_queries_unbatched"]) / _median(many["first_query"]),
+        "ratio_track_vs_query": _median(models["track_update_ms"]) / _median(query["pop_1shot"]),
     }
     for key, value in expected.items():
         assert models[key] == pytest.approx(value, rel=1e-9), key
@@ -57,6 +58,10 @@ def test_pop_bench_smoke_run_reports_every_comparison():
     assert stream["frames_received"] > 0 and stream["queries_processed"] > 0
     assert stream["distinct_frames_processed"] == stream["queries_processed"]  # no frame twice
     assert stream["callback_duration_ms"]["p99"] >= 0
+    # Continuous tracking, one run per camera: tracked answers arrive, with 3D from the camera's depth.
+    assert [run["camera"] for run in stream["tracking"]] == ["320x240 at 15 Hz", "640x480 at 30 Hz"]
+    for run in stream["tracking"]:
+        assert run["tracked_answers"] > 0 and run["tracked_with_3d"] > 0, run
 
 
 SETS = ("bottle_neck", "mug_handle")  # config/supports/library.yaml
@@ -126,6 +131,7 @@ def test_pop_bench_quick_shape_run_picks_a_native_dtype():
         "ratio_second_vs_first_query",
         "ratio_5_queries_vs_1",
         "ratio_5_queries_vs_1_unbatched",
+        "ratio_track_vs_query",
     ):
         assert math.isfinite(models[key]), key  # fmt: skip
     assert "1-shot query 1/1" in completed.stderr and "many parts 1/1" in completed.stderr  # progress per repeat
@@ -178,6 +184,10 @@ def test_every_section_of_the_budget_table_has_a_runner_and_its_ratios_are_docum
     assert set(SECTION_WARMUPS) <= set(SECTION_RUNNERS) and names[0] == "stages"  # its 1-shot rows feed others
     ratios = {ratio for s in SECTIONS for ratio in s.ratios}
     assert set(TARGETS) <= ratios
+    from pop_ros.bench_plan import STREAM_RUNS
+    from pop_ros.bench_tracking import TRACKING_CAMERAS
+
+    assert STREAM_RUNS == 1 + len(TRACKING_CAMERAS)  # the streaming section's cost counts every run
     performance = (REPO / "docs" / "performance.md").read_text()
     assert all(f"`{ratio}`" in performance for ratio in ratios)
 

@@ -173,6 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--every", type=_positive_int, help="every N-th colour frame (default 1: all)")
     which.add_argument("--at", type=_times, help="T1,T2,...: the first frame at or after each time (s from start)")
     which.add_argument("--rate", type=float, help="frames at this rate, Hz (recording time)")
+    parser.add_argument(
+        "--track",
+        action="store_true",
+        help="continuous tracking: the chosen frames (--every/--rate/--at) get full answers, every frame between "
+        "them a tracked answer followed from the last one (one query)",
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_topic_arguments(parser)
     add_locate_arguments(parser)
@@ -180,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rate is not None and not args.rate > 0:
         parser.error(f"--rate must be > 0, got {args.rate}")
+    if args.track and not (args.every or args.rate or args.at):
+        parser.error("--track needs --every, --rate or --at: the frames that get full answers")
+    if args.track and len(args.query) > 1:
+        parser.error("--track follows one part: give one --query")
     interrupted: list[bool] = []
     try:
         code = run_cli(lambda: _run_bag(args, interrupted), json_output=args.json)
@@ -242,11 +252,18 @@ def _run_bag(args, interrupted: list) -> dict:
     colour_count = recording.counts.get(topics.colour, 0)
     fps = args.rate or (colour_count / duration_s / sampling.every if duration_s > 0 else 1.0)
     outputs = ResultFiles(args.out, video_fps=max(1.0, min(30.0, fps)))
-    replay = Replay(recording, topics, sampling, options.locate.depth_max_dt if topics.depth else 0.0)
-    expected = sampling.expected(colour_count, duration_s)
+    replay = Replay(
+        recording, topics, sampling, options.locate.depth_max_dt if topics.depth else 0.0, every_frame=args.track
+    )
+    expected = colour_count if args.track else sampling.expected(colour_count, duration_s)
+    follower = None
+    if args.track:
+        from pop_ros.following import PartFollower
+
+        follower = PartFollower()
     started = time.perf_counter()
     try:
-        counts = _answer_frames(pointer, replay, requests, options, outputs, expected)
+        counts = _answer_frames(pointer, replay, requests, options, outputs, expected, follower)
     except KeyboardInterrupt:
         interrupted.append(True)
         counts = outputs.counts
@@ -263,6 +280,8 @@ def _run_bag(args, interrupted: list) -> dict:
         "frames": counts["frames"],
         "answers": outputs.answers,
         "answered_3d": outputs.answered_3d,
+        "tracked": counts.get("tracked", 0),
+        "tracks_lost": counts.get("tracks_lost", 0),
         "out": str(args.out),
         "bag": str(outputs.bag.path),
         "video_frames": outputs.video_frames,
@@ -296,8 +315,9 @@ def _recording(args):
     return recording, topics, sampling
 
 
-def _answer_frames(pointer, replay, requests, options, outputs, expected: int) -> dict:
-    """Answer every chosen frame, writing each answer as it comes; progress on stderr."""
+def _answer_frames(pointer, replay, requests, options, outputs, expected: int, follower=None) -> dict:
+    """Answer every chosen frame, writing each answer as it comes; progress on stderr. With a
+    `follower` (--track) the frames between the chosen ones get tracked answers."""
     from tqdm import tqdm
 
     from pop_ros import bag_answers
@@ -311,6 +331,10 @@ def _answer_frames(pointer, replay, requests, options, outputs, expected: int) -
             except ImageConversionError as error:
                 print(f"warning: colour frame {frame.index}: {error}", file=sys.stderr)
                 continue
+            if not frame.chosen:
+                _track(follower, frame, image, replay, options, outputs)
+                progress.update(1)
+                continue
             answers = bag_answers.answer_frame(pointer, frame, image, requests, replay, options)
             results = [result for _, result in answers if result is not None]
             if results:
@@ -319,9 +343,24 @@ def _answer_frames(pointer, replay, requests, options, outputs, expected: int) -
             for answer, result in answers:
                 outputs.write(answer, result, image, replay.recording, frame.log_ns)
             outputs.write_markers([answer for answer, _ in answers], frame.log_ns)
+            if follower is not None:
+                bag_answers.anchor_track(follower, answers[0][0], image, frame)
             counts["frames"] += 1
             progress.update(1)
     return counts
+
+
+def _track(follower, frame, image, replay, options, outputs) -> None:
+    """A frame between two chosen ones (--track): its tracked answer, written like the node publishes it."""
+    from pop_ros import bag_answers
+
+    answer = bag_answers.track_frame(follower, frame, image, replay, options)
+    if answer is None:
+        return
+    outputs.write(answer, None, image, replay.recording, frame.log_ns)
+    outputs.write_markers([answer], frame.log_ns)
+    key = "tracked" if answer.success else "tracks_lost"
+    outputs.counts[key] = outputs.counts.get(key, 0) + 1
 
 
 # ---- pop-teach ---------------------------------------------------------------------------------------

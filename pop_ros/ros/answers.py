@@ -17,6 +17,7 @@ class Outcome(enum.Enum):
     BAD_REQUEST = "refused"  # the request or its image cannot be answered (unknown set, bad encoding, ...)
     CANCELLED = "cancelled"  # an action goal cancelled by its client, or whose client is gone
     INTERNAL = "internal error"  # an exception nobody planned for, caught by the node's guard
+    TRACK_LOST = "track lost"  # continuous tracking could not follow the part to this frame (ros/tracking.py)
 
     @property
     def is_refused_input(self) -> bool:
@@ -55,6 +56,9 @@ class Answer:
     grasp_axes: tuple = ()  # (closing x, along y, approach z), unit vectors, when has_grasp
     grasp_width_m: float = 0.0
     part_length_m: float = 0.0
+    # A tracked answer (continuous_tracking): the pixel followed from a full answer track_age_s earlier.
+    tracked: bool = False
+    track_age_s: float = 0.0
     # Every instance, best first: instances[0] is this answer itself (empty for answers without a point).
     instances: list = dataclasses.field(default_factory=list)
     # What it answers about (capture.Capture: frame, depth, camera_info), None when no capture was taken.

@@ -66,6 +66,8 @@ class CameraInput:
         self.camera_info: CameraInfo | None = None
         self.subscriptions: list = []
         self.on_frame = None  # called for every colour frame (the node's diagnostics count them)
+        self.on_colour = None  # called with every colour Frame (continuous tracking, ros/tracking.py)
+        self.on_depth_image = None  # called with every depth image's stamp, seconds, once stored
         # Image-callback cost and delivery latency (stamp -> callback), read by pop-bench.
         self.callback_durations_ms: collections.deque = collections.deque(maxlen=100_000)
         self.callback_latency_ms: collections.deque = collections.deque(maxlen=100_000)
@@ -132,9 +134,13 @@ class CameraInput:
         self.callback_durations_ms.append((time.perf_counter() - started) * 1000.0)
         if self.on_frame is not None:
             self.on_frame()
+        if self.on_colour is not None:
+            self.on_colour(frame)
 
     def on_depth(self, msg) -> None:  # Image, or CompressedImage (compressedDepth)
         self.depth.add(stamp_seconds(msg.header.stamp), msg)
+        if self.on_depth_image is not None:
+            self.on_depth_image(stamp_seconds(msg.header.stamp))
 
     def on_camera_info(self, msg: CameraInfo) -> None:
         self.camera_info = msg

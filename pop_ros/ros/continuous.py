@@ -15,17 +15,34 @@ class ContinuousMode:
         self.queries = queries
         self.callback_group = callback_group  # mutually exclusive: one tick at a time
         self._timer = None
+        self._soon = None  # a one-off tick (tick_soon), cancelled until asked for
         self._done_seq = 0  # the newest frame a tick has answered about
+        self.answered = None  # called with each answer of a tick (continuous tracking anchors on its capture)
 
     def restart(self, rate_hz: float) -> None:
         """Tick `rate_hz` times a second from now on (0 = stop)."""
-        if self._timer is not None:
-            self.node.destroy_timer(self._timer)
-            self._timer = None
+        for timer in (self._timer, self._soon):
+            if timer is not None:
+                self.node.destroy_timer(timer)
+        self._timer = self._soon = None
         if rate_hz > 0:
             self._timer = self.node.create_timer(
                 1.0 / rate_hz, self.node.guarded(self.tick), callback_group=self.callback_group
             )
+            self._soon = self.node.create_timer(0.001, self.node.guarded(self._tick_once), self.callback_group)
+            self._soon.cancel()
+
+    def tick_soon(self) -> None:
+        """A tick as soon as the models are free, besides the rate's (continuous tracking lost its
+        part); nothing while continuous mode is off."""
+        soon = self._soon
+        if soon is not None:
+            soon.reset()
+
+    def _tick_once(self) -> None:
+        if self._soon is not None:
+            self._soon.cancel()
+        self.tick()
 
     def tick(self) -> Answer | None:
         """Answer the standing query about the newest frame (its capture), unless it was answered
@@ -48,6 +65,8 @@ class ContinuousMode:
         # The frame answered about; a frame refused (too old) is not tried again either.
         self._done_seq = answer.capture.seq if answer.capture is not None else frame.seq
         self.queries.record(answer)
+        if self.answered is not None:
+            self.answered(answer)
         if not answer.success:
             node.get_logger().warning(f"continuous query: {answer.message}", throttle_duration_sec=5.0)
         return answer

@@ -162,6 +162,7 @@ class DiagnosticsPublisher:
         stale_frame_s: float = 2.0,
         callback_group=None,
         wrap: Callable = lambda callback: callback,
+        extra_statuses: Callable[[], list[tuple[str, bytes, str, dict]]] = list,
     ):
         self.node = node
         self.health = health
@@ -169,6 +170,7 @@ class DiagnosticsPublisher:
         self.camera_expected = camera_expected
         self.hardware_id = hardware_id
         self.stale_frame_s = stale_frame_s
+        self.extra_statuses = extra_statuses  # () -> [(task, level, message, values)]: optional tasks
         self.publisher = node.create_publisher(DiagnosticArray, self.TOPIC, 1)
         self.callback_group = callback_group
         self.timer = None
@@ -235,7 +237,8 @@ class DiagnosticsPublisher:
 
         level, message, extra = self.model_state()
         model = _status(prefix + "model", hw, level, message, extra)
-        return [camera, queries, errors_status, model]
+        others = [_status(prefix + task, hw, lvl, text, values) for task, lvl, text, values in self.extra_statuses()]
+        return [camera, queries, errors_status, model, *others]
 
     def message(self) -> DiagnosticArray:
         array = DiagnosticArray(status=self.statuses())

@@ -60,6 +60,7 @@ from pop_ros.ros.parameters import (
 )
 from pop_ros.ros.queries import Queries
 from pop_ros.ros.teaching import Teaching
+from pop_ros.ros.tracking import ContinuousTracking
 from pop_ros.ros.work_slots import WorkSlots
 
 
@@ -147,6 +148,7 @@ class PopNode(LifecycleNode):
         self.actions = QueryActions(self, self.queries, query_group)
         self.teaching = Teaching(self, query_group)
         self.continuous = ContinuousMode(self, self.queries, MutuallyExclusiveCallbackGroup())
+        self.tracking = ContinuousTracking(self, self.continuous)
         self.diagnostics = DiagnosticsPublisher(
             self,
             self.health,
@@ -156,6 +158,7 @@ class PopNode(LifecycleNode):
             hardware_id=self.get_fully_qualified_name(),
             callback_group=MutuallyExclusiveCallbackGroup(),
             wrap=self.guarded,
+            extra_statuses=self.tracking.diagnostic,
         )
 
     # ---- the guard ------------------------------------------------------------------------------------
@@ -359,6 +362,7 @@ class PopNode(LifecycleNode):
         self.active = False
         self.camera.unsubscribe()
         self.continuous.restart(0.0)
+        self.tracking.reset()
         if self._frames_check is not None:
             self.destroy_timer(self._frames_check)
             self._frames_check = None

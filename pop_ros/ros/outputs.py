@@ -58,6 +58,7 @@ class Outputs:
         result.query_index, result.instance = answer.query_index, answer.instance
         result.has_grasp, result.grasp = answer.has_grasp, Outputs.grasp_message(answer).pose
         result.grasp_width_m, result.part_length_m = answer.grasp_width_m, answer.part_length_m
+        result.tracked, result.track_age_s = answer.tracked, answer.track_age_s
         if with_region:
             Outputs.fill_region(result, answer)
         return result
@@ -109,14 +110,15 @@ class Outputs:
         response.fit_rms_m, response.fit_inlier_ratio = answer.fit_rms_m, answer.fit_inlier_ratio
 
     @staticmethod
-    def markers_message(answers) -> MarkerArray:
+    def markers_message(answers, part_points: bool = True) -> MarkerArray:
         """RViz markers for the answers of one query or one ~/point_to_parts call: one DELETEALL first
         (they replace the last ones; answers that are rejected or have no 3D point leave nothing),
         then for every instance of each answer with a 3D point a sphere at it, an arrow along the
         approach (from 10 cm out along the normal to the point), a label with query and score, the
         grasp frame's axes (x red: closing, y green, z blue: approach) and the part cloud's points.
         Instance n (counted over all answers) has ids MARKERS_PER_INSTANCE * n + 0..4 in namespace
-        "pop": each part's stay visible beside the others'."""
+        "pop": each part's stay visible beside the others'. `part_points` False: without the part
+        cloud's points (a tracked answer's, every frame: building them cost 35 ms of a 640x480 frame)."""
         answers = list(answers)
         clear = Marker(action=Marker.DELETEALL)
         if answers:
@@ -125,7 +127,7 @@ class Outputs:
         instances = [item for answer in answers for item in (answer.instances or [answer])]
         for index, answer in enumerate(instances):
             if answer.success and answer.has_3d:
-                markers.markers.extend(_answer_markers(answer, first_id=MARKERS_PER_INSTANCE * index))
+                markers.markers.extend(_answer_markers(answer, MARKERS_PER_INSTANCE * index, part_points))
         return markers
 
     def publish(
@@ -176,7 +178,7 @@ class Outputs:
         if answer.success:
             self.publish_region(answer)
         if markers:
-            self.publish_markers([answer])
+            self.publish_markers([answer], part_points=not answer.tracked)
         if publish_heatmap and (answer.success or publish_rejected_heatmap):
             # One topic for every query: the picture names its query (~/point_to_parts publishes one per part).
             label = heatmap_label(answer.query, answer.support_set)
@@ -190,8 +192,8 @@ class Outputs:
         for name, message in self.region_messages(answer).items():
             publishers[name].publish(message)
 
-    def publish_markers(self, answers) -> None:
-        self.markers_pub.publish(self.markers_message(answers))
+    def publish_markers(self, answers, part_points: bool = True) -> None:
+        self.markers_pub.publish(self.markers_message(answers, part_points))
 
     def publish_markers_in_order(self, answers, header) -> None:
         """The markers of one ~/point_to_parts call, unless an answer about a newer frame was published."""
@@ -211,9 +213,9 @@ def _pose_at(answer, orientation_xyzw, position=None) -> PoseStamped:
     return pose
 
 
-def _answer_markers(answer, first_id: int) -> list[Marker]:
+def _answer_markers(answer, first_id: int, part_points: bool = True) -> list[Marker]:
     """Sphere, approach arrow (with a pose), label, grasp axes (with a grasp frame) and part cloud
-    points (with a cloud) of one answer or instance, ids `first_id` + 0..4."""
+    points (with a cloud and `part_points`) of one answer or instance, ids `first_id` + 0..4."""
     x, y, z = answer.xyz
 
     def marker(marker_id: int, marker_type: int, rgba) -> Marker:
@@ -251,7 +253,7 @@ def _answer_markers(answer, first_id: int) -> list[Marker]:
             axes.points += [Point(x=gx, y=gy, z=gz), end]
             axes.colors += [ColorRGBA(r=rgb[0], g=rgb[1], b=rgb[2], a=1.0)] * 2
         items.append(axes)
-    if answer.cloud is not None and len(answer.cloud.points):
+    if part_points and answer.cloud is not None and len(answer.cloud.points):
         points = marker(4, Marker.POINTS, (0.2, 0.6, 1.0, 0.8))
         points.scale.x = points.scale.y = 0.003
         step = max(1, len(answer.cloud.points) // MAX_MARKER_POINTS)

@@ -273,6 +273,9 @@ _TABLE = [
     _spec("continuous_support_set", "", "standing support set for continuous mode (a set of the library)", RUNTIME),
     _spec("continuous_rate", 0.0, "continuous mode: process the latest frame at most this often, Hz (0 = off)",
           RUNTIME, minimum=0.0),
+    _spec("continuous_tracking", False, "continuous mode: follow the standing query's part through every colour "
+          "frame between two full answers (tracked answers, tracked: true, 3D from each frame's own depth); a lost "
+          "track publishes nothing more and asks for a full answer at once", RUNTIME),
 ]
 # fmt: on
 PARAMETERS: dict[str, ParameterSpec] = {spec.name: spec for spec in _TABLE}

@@ -1,0 +1,240 @@
+"""pop-bench's continuous-tracking figures (kept apart from benchmarks.py, which calls in here once per
+section):
+
+- `ratio_track_vs_query` (model section): one tracked update, everything the node does for a tracked
+  frame but publishing (colour conversion, Lucas-Kanade, its 3D point, pose and grasp frame from
+  the frame's depth), over a full POP query on the same frame;
+- tracked answers per second (streaming section): pop_node with `continuous_tracking` on, a camera in
+  another process publishing colour, aligned depth and camera_info on the same stamps (a textured
+  scene panning back and forth), for each camera size and rate of TRACKING_CAMERAS.
+
+`python -m pop_ros.bench_tracking --serve-camera NAMESPACE WIDTH HEIGHT RATE SECONDS` is that camera.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import types
+
+import cv2
+import numpy as np
+
+# (width, height, rate Hz) of the streaming runs, and the share of the camera's rate that tracked
+# answers must reach on each (the issue's targets).
+TRACKING_CAMERAS = ((320, 240, 15.0, 0.9), (640, 480, 30.0, 0.8))
+PAN_FRAMES = 60  # the camera's scene pans over this many frames, then back
+PAN_STEP_PX = 1.5
+
+
+def _camera_info(width: int, height: int):
+    """A pinhole camera_info for a `width` x `height` image (f = 0.9 x width)."""
+    focal = 0.9 * width
+    k = [focal, 0.0, (width - 1) / 2, 0.0, focal, (height - 1) / 2, 0.0, 0.0, 1.0]
+    return types.SimpleNamespace(
+        width=width,
+        height=height,
+        k=k,
+        p=[k[0], 0.0, k[2], 0.0, 0.0, k[4], k[5], 0.0, 0.0, 0.0, 1.0, 0.0],
+        d=[0.0] * 5,
+        r=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+        distortion_model="plumb_bob",
+        binning_x=0,
+        binning_y=0,
+        roi=types.SimpleNamespace(x_offset=0, y_offset=0, width=0, height=0, do_rectify=False),
+    )
+
+
+def _pan(image: np.ndarray, step_px: float) -> np.ndarray:
+    shift = np.float32([[1, 0, step_px], [0, 1, step_px / 2]])
+    return cv2.warpAffine(image, shift, (image.shape[1], image.shape[0]), borderMode=cv2.BORDER_REFLECT)
+
+
+# ---- model section ------------------------------------------------------------------------------------
+def run_track_ratio(target: np.ndarray, query_ms: list[float], repeats: int, progress) -> dict:
+    """A tracked update on `target` (moved by 1.5 px), over the full query's median `query_ms` on it."""
+    from pop_ros.capture import Frame, capture_of
+    from pop_ros.following import PartFollower, tracked_answer
+    from pop_ros.grasp import GraspSettings
+    from pop_ros.image_conversion import from_array
+    from pop_ros.locate import LocateSettings
+    from pop_ros.ros.answers import Answer, Outcome
+    from pop_ros.stamps import StampBuffer
+
+    height, width = target.shape[:2]
+    moved = _pan(target, PAN_STEP_PX)
+    depth = StampBuffer()
+    depth.add(1.0, from_array(np.full((height, width), 0.8, np.float32), "32FC1"))
+    header = types.SimpleNamespace(stamp=types.SimpleNamespace(sec=1, nanosec=0), frame_id="bench")
+    settings = LocateSettings(
+        depth_max_dt=0.01,
+        depth_window=5,
+        pose_window=15,
+        pose_inlier_distance=0.005,
+        pose_min_inlier_ratio=0.6,
+        image_is_rectified=True,
+    )
+    mask = np.zeros((height, width), bool)
+    mask[height // 3 : 2 * height // 3, width // 3 : 2 * width // 3] = True
+    anchor = Answer(Outcome.OK, "ok", header, u=width / 2, v=height / 2, score=1.0, query="bench")
+    info = _camera_info(width, height)
+
+    def update():
+        follower = PartFollower()
+        follower.anchor(anchor, target, 0.0, mask)
+        follower.track(target, 0.5)  # seeds (once per full answer, not per frame); not timed
+        started = time.perf_counter()
+        step = follower.track(moved, 1.0)
+        capture = capture_of(Frame(types.SimpleNamespace(header=header), 1.0, 2), depth, info, settings.depth_max_dt)
+        answer, _ = tracked_answer(step, capture, (height, width), settings, GraspSettings())
+        elapsed = (time.perf_counter() - started) * 1000.0
+        assert answer.success and answer.has_3d, answer.message
+        return elapsed
+
+    update()  # warm-up
+    times = [update() for _ in range(max(repeats, 10))]
+    ratio = statistics.median(times) / statistics.median(query_ms)
+    progress(f"tracked update {statistics.median(times):.2f} ms, {ratio:.4f} x a full query")
+    return {"track_update_ms": {"median": statistics.median(times), "n": len(times)}, "ratio_track_vs_query": ratio}
+
+
+# ---- streaming section -------------------------------------------------------------------------------
+def serve_camera(namespace: str, width: int, height: int, rate_hz: float, seconds: float) -> int:
+    """Publish colour (bgr8), depth (32FC1) and camera_info, all stamped alike, under /NAMESPACE at
+    `rate_hz` for `seconds`; prints how many frames it published."""
+    from sensor_msgs.msg import CameraInfo, Image
+
+    from pop_ros.image_conversion import from_array
+    from pop_ros.ros_client import RosClient
+    from pop_ros.tracking_scenes import texture
+
+    scene = texture(np.random.default_rng(5), height, width, blur=2.0)
+    frames = [cv2.cvtColor(_pan(scene, PAN_STEP_PX * i), cv2.COLOR_RGB2BGR) for i in range(PAN_FRAMES)]
+    frames += frames[::-1]
+    depth = np.full((height, width), 0.8, np.float32)
+    fields = vars(_camera_info(width, height))
+    info_msg = CameraInfo(width=width, height=height, k=fields["k"], p=fields["p"], d=fields["d"], r=fields["r"])
+    info_msg.distortion_model = "plumb_bob"
+    ros = RosClient("pop_bench_tracking_camera")
+    try:
+        colour_pub = ros.publisher(Image, f"/{namespace}/image")
+        depth_pub = ros.publisher(Image, f"/{namespace}/depth")
+        info_pub = ros.publisher(CameraInfo, f"/{namespace}/camera_info")
+        published, started = 0, time.monotonic()
+        next_frame = started
+        while time.monotonic() - started < seconds:
+            stamp = ros.now_stamp()
+            colour = from_array(frames[published % len(frames)], "bgr8")
+            depth_msg = from_array(depth, "32FC1")
+            for msg in (colour, depth_msg, info_msg):
+                msg.header.stamp, msg.header.frame_id = stamp, "bench_optical"
+            info_pub.publish(info_msg)
+            colour_pub.publish(colour)
+            depth_pub.publish(depth_msg)
+            published += 1
+            next_frame += 1.0 / rate_hz
+            time.sleep(max(0.0, next_frame - time.monotonic()))
+        print(json.dumps({"published": published, "seconds": time.monotonic() - started}), flush=True)
+    finally:
+        ros.close()
+    return 0
+
+
+def run_tracking_stream(preset: str, seconds: float, query_rate_hz: float, camera: tuple, progress) -> dict:
+    """pop_node (in this process) with continuous_tracking on, the standing query at `query_rate_hz`,
+    the camera `(width, height, rate, target share)` in another process; measured after a warm-up."""
+    from pop_ros.ros.node import PopNode
+    from pop_ros.ros_client import LIBRARY, PARAMS_FILE, RosClient
+    from pop_ros_interfaces.msg import PartPointResult
+
+    width, height, rate_hz, share = camera
+    namespace = f"track{width}"
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    args = ["--ros-args", "--params-file", str(PARAMS_FILE), "-p", f"preset:={preset}", "-p", "autostart:=false",
+            "-p", f"support_library:={LIBRARY}", "-p", "continuous_support_set:=mug_handle",
+            "-p", f"continuous_rate:={query_rate_hz}", "-p", "continuous_tracking:=true",
+            "-p", "image_reliability:=reliable", "-p", "max_frame_age:=0.0"]  # fmt: skip
+    ros = RosClient("pop_bench_tracking_listener", args=args)
+    node = PopNode(context=ros.context, namespace=namespace)
+    ros.add_node(node)
+    process = None
+    try:
+        node.trigger_configure()
+        node.trigger_activate()
+        results = ros.collect(PartPointResult, f"/{namespace}/pop_node/result", qos=1000)
+        warmup = min(5.0, seconds / 5)
+        progress(f"tracking: {width}x{height} camera at {rate_hz:.0f} Hz (own process) for {seconds:.0f} s")
+        command = [sys.executable, "-m", "pop_ros.bench_tracking", "--serve-camera", namespace]
+        command += [str(width), str(height), str(rate_hz), str(seconds)]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        time.sleep(warmup)
+        results.clear()
+        received_before = node.camera.latest_seq
+        output, _ = process.communicate(timeout=seconds + 120)
+        frames_received = node.camera.latest_seq - received_before
+        time.sleep(0.5)
+        camera_report = json.loads(output.strip().splitlines()[-1])
+        measured = camera_report["seconds"] - warmup
+        received = list(results)
+        reasons = collections.Counter(
+            r.message.removeprefix("track lost: ").split(":")[0] for r in received if r.tracked and not r.success
+        )
+        tracked = [r for r in received if r.tracked and r.success]
+        lost = [r for r in received if r.tracked and not r.success]
+        rate = len(tracked) / measured
+        published = camera_report["published"] * measured / camera_report["seconds"]
+        return {
+            "camera": f"{width}x{height} at {rate_hz:g} Hz",
+            "seconds_measured": measured,
+            # What the camera process managed on this machine, and what reached the node's callback.
+            "frames_published": round(published),
+            "frames_received": frames_received,
+            "tracked_answers": len(tracked),
+            "tracked_with_3d": sum(r.has_3d for r in tracked),
+            "tracks_lost": len(lost),
+            # why, by the reason's first words ("too few features left", "the point left the image", ...)
+            "lost_reasons": dict(reasons),
+            "full_answers": sum(not r.tracked for r in received),
+            "tracked_per_second": rate,
+            "share_of_camera_rate": rate / rate_hz,
+            "share_of_frames_published": rate * measured / published if published else 0.0,
+            "target_share": share,
+            "load_average": os.getloadavg()[0],
+            "cpus": os.cpu_count(),
+        }
+    finally:
+        if process is not None and process.poll() is None:
+            process.kill()
+        ros.executor.remove_node(node)
+        node.destroy_node()
+        ros.close()
+
+
+def run_tracking_streams(preset: str, seconds: float, query_rate_hz: float, progress) -> list[dict]:
+    return [run_tracking_stream(preset, seconds, query_rate_hz, camera, progress) for camera in TRACKING_CAMERAS]
+
+
+def table_lines(streams: list[dict]) -> list[str]:
+    """The streaming section's tracking lines."""
+    return [
+        f"tracking, {s['camera']}: {s['tracked_per_second']:.1f} tracked answers/s "
+        f"({s['share_of_camera_rate']:.2f} x the camera's rate, target >= {s['target_share']}: "
+        f"{'met' if s['share_of_camera_rate'] >= s['target_share'] else 'NOT met'}; the camera published "
+        f"{s['frames_published']} frames, the node received {s['frames_received']}), {s['tracked_with_3d']} of "
+        f"{s['tracked_answers']} with 3D, {s['tracks_lost']} lost, {s['full_answers']} full answers; "
+        f"load average {s['load_average']:.1f} on {s['cpus']} CPUs"
+        for s in streams
+    ]
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 7 and sys.argv[1] == "--serve-camera":
+        name, w, h, hz, secs = sys.argv[2:]
+        sys.exit(serve_camera(name, int(w), int(h), float(hz), float(secs)))
+    print("usage: python -m pop_ros.bench_tracking --serve-camera NAMESPACE WIDTH HEIGHT RATE SECONDS", file=sys.stderr)
+    sys.exit(2)
