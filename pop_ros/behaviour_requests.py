@@ -230,11 +230,17 @@ class ServiceBehaviour(RequestBehaviour):
         return True
 
 
+# Seconds a goal may go unacknowledged before it is sent again (acceptance takes milliseconds: the node
+# queues a goal at once and answers busy or not-ready in the result, never by withholding acceptance).
+GOAL_ACK_RESEND_S = 3.0
+
+
 class GoalInFlight:
     """One goal of a behaviour: its acceptance, its latest feedback, its result. The node's answers
     arrive in the executor's threads; `cancel` comes from the tree's."""
 
     def __init__(self, client: ActionClient, goal):
+        self.sent_at = time.monotonic()
         self.feedback = None  # the latest Feedback
         self.rejected = False
         self.error = ""
@@ -269,6 +275,11 @@ class GoalInFlight:
             handle = self._handle
         if handle is not None:
             handle.cancel_goal_async()
+
+    @property
+    def acknowledged(self) -> bool:
+        """The node answered the goal request (accepted, rejected or failed)."""
+        return self._handle is not None or self.rejected or bool(self.error)
 
     def response(self):
         """The GetResult response (status, result) once the goal has ended, else None."""
@@ -312,8 +323,22 @@ class ActionBehaviour(RequestBehaviour):
 
     def _send(self, goal) -> None:
         self._goal = GoalInFlight(self.client, goal)
+        self._resends = 0
+
+    def _resend_if_unacknowledged(self) -> None:
+        """A goal request whose acceptance never comes: DDS matches each side of a new client on its
+        own, so the first request (or its answer) can be lost while the node has not yet matched this
+        client, and rclpy never retries it. After GOAL_ACK_RESEND_S without an answer, the same goal is
+        sent again; the first is cancelled should the node accept it after all."""
+        goal = self._goal
+        if goal.acknowledged or time.monotonic() - goal.sent_at < GOAL_ACK_RESEND_S:
+            return
+        goal.cancel()
+        self._goal = GoalInFlight(self.client, self._request_msg)
+        self._resends += 1
 
     def _poll(self) -> Status:
+        self._resend_if_unacknowledged()
         goal = self._goal
         if goal.rejected or goal.error:
             self._goal = None

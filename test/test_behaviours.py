@@ -407,6 +407,9 @@ class StandInNode:
         from rclpy.callback_groups import ReentrantCallbackGroup
 
         self.answers: list = []
+        self.unacknowledged = 0  # goal requests to leave unanswered (lost, as a new client's first can be)
+        self.withheld: list = []  # their goal requests
+        self.acknowledge = threading.Event()  # set: the withheld acceptances go out
         self.silent = threading.Event()
         self.release = threading.Event()
         self.requests = 0
@@ -416,9 +419,19 @@ class StandInNode:
             PointToPartAction,
             action_name,
             execute_callback=self._execute,
+            goal_callback=self._on_goal,
             cancel_callback=lambda _goal: CancelResponse.ACCEPT,
             callback_group=ReentrantCallbackGroup(),
         )
+
+    def _on_goal(self, goal_request):
+        from rclpy.action import GoalResponse
+
+        if self.unacknowledged > 0:  # its acceptance only comes once the test releases it
+            self.unacknowledged -= 1
+            self.withheld.append(goal_request)
+            self.acknowledge.wait()
+        return GoalResponse.ACCEPT
 
     def _execute(self, goal_handle):
         self.requests += 1
@@ -448,6 +461,7 @@ def stand_in():
     node = StandInNode(ros, "/stand_in/pop_node/point_to_part")
     py_trees.blackboard.Blackboard.clear()
     yield ros, node
+    node.acknowledge.set()
     node.release.set()
     py_trees.blackboard.Blackboard.clear()
     ros.close()
@@ -462,6 +476,22 @@ def test_a_node_that_goes_silent_fails_the_behaviour_after_timeout_s(stand_in):
     assert find.feedback_message == "no answer from /stand_in/pop_node/point_to_part within 1 s (goal cancelled)"
     assert node.requests == 1  # sent once, not again and again
     assert wait_for(lambda: node.cancelled == 1, 30)  # and the goal it gave up was cancelled on the node
+
+
+def test_a_goal_whose_acceptance_never_comes_is_sent_again_and_the_late_one_cancelled(stand_in):
+    from pop_ros.behaviour_requests import GOAL_ACK_RESEND_S
+
+    ros, node = stand_in
+    node.unacknowledged = 1  # the first request's acceptance is held back (lost, as far as the client knows)
+    node.answers = [answer_3d(True), answer_3d(True)]
+    find = PointToPart("find", "handle", service="/stand_in/pop_node/point_to_part", timeout_s=60.0)
+    find.setup(node=ros.node)
+    assert run_behaviour(find, timeout=60.0) == Status.SUCCESS  # answered through the second request
+    assert len(node.withheld) == 1 and node.requests == 1 and GOAL_ACK_RESEND_S < 60.0
+    node.silent.set()  # the late goal would run forever: only a cancel ends it
+    node.acknowledge.set()  # the first request's acceptance arrives late
+    assert wait_for(lambda: node.cancelled == 1, 30)  # the behaviour cancelled that goal
+    assert node.requests == 2 and node.answers == [answer_3d(True)]  # and it never answered
 
 
 def test_require_3d_failure_after_a_success_leaves_no_point_or_pose_on_the_blackboard(stand_in):
