@@ -166,6 +166,7 @@ def test_cli_flags_map_to_the_configuration():
     assert overrides == {"trim": False, "mllm_quantization": "int8"}
 
 
+@pytest.mark.slow  # 17 s: loads and trims a checkpoint twice
 def test_dropped_layers_never_become_resident_when_loading_a_saved_checkpoint(tmp_path):
     """Loading a saved 48-layer bf16 checkpoint as float32 in a fresh process, whole and trimmed to
     layer 2 (3 layers kept): which checkpoint tensors were read (a tensor never read was never
