@@ -89,7 +89,6 @@ def run_demo(preset: str, out: pathlib.Path, seconds: float) -> list[dict]:
     from pop_ros.supports import SupportLibrary
     from pop_ros.testing import NodeProcess
     from pop_ros.visualize import contact_sheet
-    from pop_ros_interfaces.srv import ListSupportSets
 
     scenes = sorted(SAMPLE_DIR.glob("scene_*.png"))
     if not scenes:
@@ -103,9 +102,7 @@ def run_demo(preset: str, out: pathlib.Path, seconds: float) -> list[dict]:
     client = RosClient("pop_demo_camera")
     try:
         try:
-            listing = client.call(
-                ListSupportSets, "/pop_node/list_support_sets", ListSupportSets.Request(), timeout=600
-            )
+            listing = client.wait_for_node(timeout=600)
         except TimeoutError as error:
             raise RuntimeError(f"pop_node did not come up; its log: {out / 'node.log'}") from error
         camera = DemoCamera(client)

@@ -42,6 +42,24 @@ class RosClient:
             raise TimeoutError(f"service {name} did not appear within {timeout} s")
         return self.wait(client.call_async(request), timeout)
 
+    def wait_for_node(self, namespace: str = "", timeout: float = 120.0):
+        """The node's `list_support_sets` answer once it has started: served, and no longer loading its
+        models (autostart configures after the services are up, answering "node is configuring").
+        Raises TimeoutError when it does not settle within `timeout`."""
+        from pop_ros.ros.answers import CONFIGURING
+        from pop_ros_interfaces.srv import ListSupportSets
+
+        name = f"{namespace}/pop_node/list_support_sets"
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            listing = self.call(ListSupportSets, name, ListSupportSets.Request(), max(left, 0.1))
+            if not listing.message.startswith(CONFIGURING):
+                return listing
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} still says: {listing.message}")
+            time.sleep(0.2)  # the poll's period: nothing to wait on but the node's next answer
+
     def call_async(self, srv_type, name: str, request):
         if name not in self._clients:
             self._clients[name] = self.node.create_client(srv_type, name)

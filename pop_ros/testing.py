@@ -25,11 +25,10 @@ class NodeProcess:
         return self.log_path.read_text()
 
     def wait_until_serving(self, client: RosClient, namespace: str = "", timeout: float = 120.0) -> None:
-        """Block until the node answers `list_support_sets`; if it does not, stop it and raise with its log."""
-        from pop_ros_interfaces.srv import ListSupportSets
-
+        """Block until the node answers `list_support_sets` and has finished configuring (autostart); if
+        it does not, stop it and raise with its log."""
         try:
-            client.call(ListSupportSets, f"{namespace}/pop_node/list_support_sets", ListSupportSets.Request(), timeout)
+            client.wait_for_node(namespace, timeout)
         except TimeoutError:
             self.stop()
             raise RuntimeError(f"node did not come up:\n{self.log()}") from None

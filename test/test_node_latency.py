@@ -229,6 +229,38 @@ def test_lifecycle_and_parameter_services_answer_during_a_long_configure(inproce
     assert node.pointer.settings.similarity == "forward"  # set while the models loaded, applied to them
 
 
+def test_autostart_loads_the_models_while_the_services_answer_configuring(inprocess, monkeypatch):
+    """autostart (pop_node's default) configures once the executor spins: during a long load,
+    get_state answers CONFIGURING, a query and list_support_sets answer "node is configuring", and the
+    node ends active (main() configured before spinning: nothing answered until the models were in)."""
+    import pop_ros.ros.node as node_module
+    from pop_ros.ros.answers import CONFIGURING
+
+    ros, node, _ = inprocess("autoload", f"support_library:={LIBRARY}", activate=False)
+    node.trigger_cleanup()
+    loading, release, original = threading.Event(), threading.Event(), node_module.load_pointer
+
+    def slow_load(*args):
+        loading.set()
+        release.wait(120)
+        return original(*args)
+
+    monkeypatch.setattr(node_module, "load_pointer", slow_load)
+    node.autostart_later()
+    try:
+        assert node.not_ready_reason().startswith(CONFIGURING)  # before the timer fires, too
+        assert loading.wait(60)
+        state = ros.call(GetState, "/autoload/pop_node/get_state", GetState.Request(), timeout=20.0)
+        assert state.current_state.id == State.TRANSITION_STATE_CONFIGURING
+        answer = ros.call(PointToPart, "/autoload/pop_node/point_to_part", request("handle", "mug_handle"), 20.0)
+        assert not answer.success and answer.message.startswith(CONFIGURING), answer.message
+    finally:
+        release.set()
+    listing = ros.wait_for_node("/autoload", timeout=120.0)
+    assert listing.success and "mug_handle" in listing.names
+    assert wait_for(lambda: node.active, 60) and not node.autostarting
+
+
 def test_a_roi_request_keeps_working_at_latency(realtime):
     """A region of interest and several instances through the capture path (the request options survive)."""
     ros, node = realtime("roi", f"support_library:={LIBRARY}", *GENEROUS)

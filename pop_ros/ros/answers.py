@@ -5,6 +5,10 @@ from __future__ import annotations
 import dataclasses
 import enum
 
+# How every service answers while the node loads its models (autostart or a configure): clients that
+# start a node wait while the message starts with this (ros_client.wait_for_node).
+CONFIGURING = "node is configuring"
+
 
 class Outcome(enum.Enum):
     """How a query ended. The value is the name /diagnostics counts it under ("answers <value>")."""

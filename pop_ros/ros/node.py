@@ -44,7 +44,7 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
 from pop_ros.ros.actions import QueryActions
-from pop_ros.ros.answers import Outcome
+from pop_ros.ros.answers import CONFIGURING, Outcome
 from pop_ros.ros.camera import CameraInput
 from pop_ros.ros.continuous import ContinuousMode
 from pop_ros.ros.diagnostics import ERROR, OK, WARN, DiagnosticsPublisher, NodeHealth
@@ -121,6 +121,8 @@ class PopNode(LifecycleNode):
 
     def __init__(self, **kwargs):
         self.configuring = False  # read by the parameter check, which may run during a configure
+        self.autostarting = False  # from autostart_later until its configure and activate have run
+        self._autostart = None  # autostart_later's one-shot timer
         super().__init__("pop_node", **kwargs)
         route_python_logging(self.get_logger())
         for spec in PARAMETERS.values():
@@ -203,6 +205,8 @@ class PopNode(LifecycleNode):
     def not_ready_reason(self) -> str:
         """'' when the node is active, else its state and how to leave it."""
         name = self.get_fully_qualified_name()
+        if self.pointer is None and (self.configuring or self.autostarting):
+            return f"{CONFIGURING}: loading the models and support features (it answers once active)"
         if self.pointer is None:
             if self.configure_error:
                 return f"node is not configured: configure failed: {self.configure_error}"
@@ -213,6 +217,26 @@ class PopNode(LifecycleNode):
         if not self.active:
             return f"inactive: activate the node (`ros2 lifecycle set {name} activate`)"
         return ""
+
+    def autostart_later(self) -> None:
+        """Configure and activate once the executor spins (autostart): the models load in a callback
+        of their own, so the lifecycle and parameter services, and the queries' "configuring" answer,
+        are served meanwhile (lifecycle managers poll get_state during a load of minutes)."""
+        self.autostarting = True
+        self._autostart = self.create_timer(0.0, self._autostart_now, callback_group=MutuallyExclusiveCallbackGroup())
+
+    def _autostart_now(self) -> None:
+        timer, self._autostart = self._autostart, None
+        if timer is None:  # a second tick queued before the first destroyed the timer
+            return
+        self.destroy_timer(timer)
+        try:
+            if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+                self.trigger_activate()
+            else:
+                self.get_logger().error("autostart: configure failed; services answer with the reason")
+        finally:
+            self.autostarting = False
 
     def work_slot(self, wait: bool = True, progress=None):
         """A context holding the models for one query: yields '' while this caller holds them, else
@@ -429,10 +453,7 @@ def main(args=None) -> None:
     reason = "the executor stopped"
     try:
         if node.param("autostart") is True:
-            if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
-                node.trigger_activate()
-            else:
-                node.get_logger().error("autostart: configure failed; services answer with the reason")
+            node.autostart_later()
         else:
             name = node.get_fully_qualified_name()
             node.get_logger().info(
