@@ -204,14 +204,17 @@ def test_a_goal_whose_client_vanishes_is_cancelled_and_frees_the_node(action_nod
     assert wait_for(lambda: node.count_clients(f"{ACTION}/_action/send_goal") == 1, TIMEOUT)
     assert wait_for(lambda: node.count_subscribers(f"{ACTION}/_action/feedback") == 1, TIMEOUT)
     gate.shut()
-    ghost_client.send_goal_async(goal(0, ros))
-    assert gate.entered.wait(TIMEOUT)  # the goal runs (its acceptance may still be on its way back)
+    ghosted = goal(0, ros)
+    # A new client's request can still be lost on a loaded machine (DDS matching is per endpoint and
+    # rclpy never resends): sent again until one runs; any that arrive later wait behind it.
+    assert any(ghost_client.send_goal_async(ghosted) and gate.entered.wait(5.0) for _ in range(int(TIMEOUT / 5)))
     ghost_client.destroy()
     ghost.close()  # the client's process ends mid-goal
-    assert wait_for(lambda: [run.progress.reason for run in node.actions.runs()] == ["its client is gone"], TIMEOUT)
+    assert wait_for(lambda: {run.progress.reason for run in node.actions.runs()} == {"its client is gone"}, TIMEOUT)
+    orphans = len(node.actions.runs())
     gate.open.set()
     assert wait_for(lambda: node.actions.runs() == [], TIMEOUT)
-    assert node.health.counts()[0].get("cancelled") == 1 and gate.prefixes == 0
+    assert node.health.counts()[0].get("cancelled") == orphans and gate.prefixes == 0
     # The node is free: the next query (a service call here) runs, and only its answer is published.
     following = goal(1, ros)
     request = PointToPartSrv.Request(query=following.query, support_set=following.support_set, image=following.image)
