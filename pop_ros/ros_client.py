@@ -34,10 +34,15 @@ class RosClient:
     def add_node(self, node) -> None:
         self.executor.add_node(node)
 
-    def call(self, srv_type, name: str, request, timeout: float = 60.0):
+    def client(self, srv_type, name: str):
+        """This node's client of service `name`, made once. Made early, DDS has matched it on the
+        server's side too by the time it is used (a request sent before that can go unanswered)."""
         if name not in self._clients:
             self._clients[name] = self.node.create_client(srv_type, name)
-        client = self._clients[name]
+        return self._clients[name]
+
+    def call(self, srv_type, name: str, request, timeout: float = 60.0):
+        client = self.client(srv_type, name)
         if not client.wait_for_service(timeout_sec=timeout):
             raise TimeoutError(f"service {name} did not appear within {timeout} s")
         return self.wait(client.call_async(request), timeout)
