@@ -104,6 +104,21 @@ def run_track_ratio(target: np.ndarray, query_ms: list[float], repeats: int, pro
 
 
 # ---- streaming section -------------------------------------------------------------------------------
+def publish_at_rate(publish_frame, rate_hz: float, seconds: float) -> int:
+    """A camera's pace: `publish_frame(index)` every 1 / `rate_hz` s for `seconds` (no drift: each
+    period counts from the start), then one JSON line of how many frames went out (the benchmark's
+    camera processes report through it)."""
+    published, started = 0, time.monotonic()
+    next_frame = started
+    while time.monotonic() - started < seconds:
+        publish_frame(published)
+        published += 1
+        next_frame += 1.0 / rate_hz
+        time.sleep(max(0.0, next_frame - time.monotonic()))
+    print(json.dumps({"published": published, "seconds": time.monotonic() - started}), flush=True)
+    return published
+
+
 def serve_camera(namespace: str, width: int, height: int, rate_hz: float, seconds: float) -> int:
     """Publish colour (bgr8), depth (32FC1) and camera_info, all stamped alike, under /NAMESPACE at
     `rate_hz` for `seconds`; prints how many frames it published."""
@@ -125,21 +140,18 @@ def serve_camera(namespace: str, width: int, height: int, rate_hz: float, second
         colour_pub = ros.publisher(Image, f"/{namespace}/image")
         depth_pub = ros.publisher(Image, f"/{namespace}/depth")
         info_pub = ros.publisher(CameraInfo, f"/{namespace}/camera_info")
-        published, started = 0, time.monotonic()
-        next_frame = started
-        while time.monotonic() - started < seconds:
+
+        def publish_frame(index: int) -> None:
             stamp = ros.now_stamp()
-            colour = from_array(frames[published % len(frames)], "bgr8")
+            colour = from_array(frames[index % len(frames)], "bgr8")
             depth_msg = from_array(depth, "32FC1")
             for msg in (colour, depth_msg, info_msg):
                 msg.header.stamp, msg.header.frame_id = stamp, "bench_optical"
             info_pub.publish(info_msg)
             colour_pub.publish(colour)
             depth_pub.publish(depth_msg)
-            published += 1
-            next_frame += 1.0 / rate_hz
-            time.sleep(max(0.0, next_frame - time.monotonic()))
-        print(json.dumps({"published": published, "seconds": time.monotonic() - started}), flush=True)
+
+        publish_at_rate(publish_frame, rate_hz, seconds)
     finally:
         ros.close()
     return 0

@@ -527,16 +527,13 @@ def serve_camera(topic: str, seconds: float, rate_hz: float = 30.0) -> int:
     ros = RosClient("pop_bench_camera")
     try:
         publisher = ros.publisher(Image, topic)
-        published, started = 0, time.monotonic()
-        next_frame = started
-        while time.monotonic() - started < seconds:
+
+        def publish_frame(_index: int) -> None:
             msg = from_array(bgr, "bgr8")
             msg.header.stamp, msg.header.frame_id = ros.now_stamp(), "bench_optical"
             publisher.publish(msg)
-            published += 1
-            next_frame += 1.0 / rate_hz
-            time.sleep(max(0.0, next_frame - time.monotonic()))
-        print(json.dumps({"published": published, "seconds": time.monotonic() - started}), flush=True)
+
+        bench_tracking.publish_at_rate(publish_frame, rate_hz, seconds)
     finally:
         ros.close()
     return 0
