@@ -20,9 +20,10 @@ import cv2
 import numpy as np
 
 from pop_ros import capture as captures
+from pop_ros.capture import stamp_seconds
 from pop_ros.grasp import GraspSettings
 from pop_ros.image_conversion import ImageConversionError, compressed_to_rgb8, to_depth_m, to_rgb8
-from pop_ros.locate import LocateSettings, add_region, locate_capture, score_note, stamp_seconds
+from pop_ros.locate import LocateSettings, add_region, locate_capture, score_note
 from pop_ros.recording import COMPRESSED_IMAGE, CameraTopics, Recording, RecordingError
 from pop_ros.stamps import StampBuffer
 

@@ -11,21 +11,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
 from collections.abc import Callable
 
 import numpy as np
 
 from pop_ros import geometry, grasp
 from pop_ros.camera_model import CameraModel, CameraModelError
-from pop_ros.capture import IMPOSSIBLE_STAMP_GAP_S, Capture, Frame, capture_of, stamp_seconds  # noqa: F401
+from pop_ros.capture import Capture
 from pop_ros.image_conversion import ImageConversionError, to_depth_m
-from pop_ros.stamps import StampBuffer
 
 
 @dataclasses.dataclass(frozen=True)
 class LocateSettings:
-    """The node parameters `locate_pixel` reads (same names; defaults and checks in ros/parameters.py)."""
+    """The node parameters `locate_capture` reads (same names; defaults and checks in ros/parameters.py)."""
 
     depth_max_dt: float
     depth_window: int
@@ -70,25 +68,6 @@ class Placement:
             answer.orientation = location.orientation
             answer.fit_rms_m, answer.fit_inlier_ratio = location.fit_rms_m, location.fit_inlier_ratio
         return list(self.notes)
-
-
-def locate_pixel(
-    camera_info,
-    depth_buffer: StampBuffer,
-    stamp,
-    u: float,
-    v: float,
-    image_size: tuple[int, int],
-    settings: LocateSettings,
-    camera_info_topic: str = "camera_info",
-) -> Placement:
-    """The 3D point and approach pose of colour pixel (u, v) of an image of `image_size (H, W)` taken
-    at `stamp`: the depth nearest in stamp within `depth_max_dt`, deprojected with `camera_info`
-    (`locate_capture` of the capture of that stamp)."""
-    header = types.SimpleNamespace(stamp=stamp, frame_id="")
-    frame = Frame(types.SimpleNamespace(header=header), stamp_seconds(stamp), 0)
-    capture = capture_of(frame, depth_buffer, camera_info, settings.depth_max_dt)
-    return locate_capture(capture, u, v, image_size, settings, camera_info_topic)
 
 
 def locate_capture(
