@@ -196,13 +196,11 @@ def test_shutdown_from_active_stops_subscriptions_and_timers(inprocess):
     assert node.pointer is None
 
 
-def test_lifecycle_and_parameter_services_answer_during_a_long_configure(inprocess, monkeypatch):
-    """A configure that loads a model for minutes: get_state (what lifecycle managers poll) and the
-    parameter services answer meanwhile. Here the load waits until they have answered."""
+def hold_model_load(monkeypatch) -> tuple[threading.Event, threading.Event]:
+    """(loading, release): the node's next model load sets `loading`, then waits for `release` (at
+    most 120 s) before it loads: a configure that takes as long as the test wants."""
     import pop_ros.ros.node as node_module
 
-    ros, node, _ = inprocess("slowload", f"support_library:={LIBRARY}", activate=False)
-    node.trigger_cleanup()
     loading, release, original = threading.Event(), threading.Event(), node_module.load_pointer
 
     def slow_load(*args):
@@ -211,6 +209,15 @@ def test_lifecycle_and_parameter_services_answer_during_a_long_configure(inproce
         return original(*args)
 
     monkeypatch.setattr(node_module, "load_pointer", slow_load)
+    return loading, release
+
+
+def test_lifecycle_and_parameter_services_answer_during_a_long_configure(inprocess, monkeypatch):
+    """A configure that loads a model for minutes: get_state (what lifecycle managers poll) and the
+    parameter services answer meanwhile. Here the load waits until they have answered."""
+    ros, node, _ = inprocess("slowload", f"support_library:={LIBRARY}", activate=False)
+    node.trigger_cleanup()
+    loading, release = hold_model_load(monkeypatch)
     configure = ros.call_async(
         ChangeState, "/slowload/pop_node/change_state", ChangeState.Request(transition=Transition(id=1))
     )
@@ -233,19 +240,11 @@ def test_autostart_loads_the_models_while_the_services_answer_configuring(inproc
     """autostart (pop_node's default) configures once the executor spins: during a long load,
     get_state answers CONFIGURING, a query and list_support_sets answer "node is configuring", and the
     node ends active (main() configured before spinning: nothing answered until the models were in)."""
-    import pop_ros.ros.node as node_module
     from pop_ros.ros.answers import CONFIGURING
 
     ros, node, _ = inprocess("autoload", f"support_library:={LIBRARY}", activate=False)
     node.trigger_cleanup()
-    loading, release, original = threading.Event(), threading.Event(), node_module.load_pointer
-
-    def slow_load(*args):
-        loading.set()
-        release.wait(120)
-        return original(*args)
-
-    monkeypatch.setattr(node_module, "load_pointer", slow_load)
+    loading, release = hold_model_load(monkeypatch)
     node.autostart_later()
     try:
         assert node.not_ready_reason().startswith(CONFIGURING)  # before the timer fires, too
