@@ -12,6 +12,28 @@ import sys
 from pop_ros.ros_client import PARAMS_FILE, RosClient
 
 
+def node_in_process(namespace: str, client_name: str, parameters: list[str]):
+    """(RosClient, PopNode): pop_node in this process under /`namespace`, configured and activated,
+    with the shipped params file and then `parameters` ("name:=value", later ones win), spinning on an
+    executor of its own with pop_node's thread count (queries waiting for the models hold threads as
+    they do in pop_node). For the measuring tools, which time the node itself."""
+    import threading
+
+    from rclpy.executors import MultiThreadedExecutor
+
+    from pop_ros.ros.node import EXECUTOR_THREADS, PopNode
+
+    args = ["--ros-args", "--params-file", str(PARAMS_FILE)] + [item for p in parameters for item in ("-p", p)]
+    ros = RosClient(client_name, args=args)
+    node = PopNode(context=ros.context, namespace=namespace)
+    executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS, context=ros.context)
+    executor.add_node(node)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    node.trigger_configure()
+    node.trigger_activate()
+    return ros, node
+
+
 class NodeProcess:
     """`python -m pop_ros.ros.node --ros-args ...` as a child process, stopped with SIGINT."""
 

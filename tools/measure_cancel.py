@@ -17,7 +17,6 @@ import json
 import os
 import statistics
 import sys
-import threading
 import time
 
 
@@ -56,23 +55,15 @@ def main() -> int:
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     from action_msgs.msg import GoalStatus
     from rclpy.action import ActionClient
-    from rclpy.executors import MultiThreadedExecutor
 
     from pop_ros.image_conversion import from_array
-    from pop_ros.ros.node import EXECUTOR_THREADS, PopNode
-    from pop_ros.ros_client import LIBRARY, PARAMS_FILE, RosClient
+    from pop_ros.ros_client import LIBRARY
+    from pop_ros.testing import node_in_process
     from pop_ros_interfaces.action import PointToPart
 
     overrides = ["preset:=tiny", "autostart:=false", f"support_library:={LIBRARY}", f"resolution:={resolution}"]
     overrides += ["frame_cache_size:=0", "max_frame_age:=0.0", "busy_timeout:=60.0"]
-    args = ["--ros-args", "--params-file", str(PARAMS_FILE)] + [item for o in overrides for item in ("-p", o)]
-    ros = RosClient("measure_cancel_client", args=args)
-    node = PopNode(context=ros.context, namespace="measure_cancel")
-    executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS, context=ros.context)
-    executor.add_node(node)
-    threading.Thread(target=executor.spin, daemon=True).start()
-    node.trigger_configure()
-    node.trigger_activate()
+    ros, node = node_in_process("measure_cancel", "measure_cancel_client", overrides)
     client = ActionClient(ros.node, PointToPart, "/measure_cancel/pop_node/point_to_part")
     assert client.wait_for_server(timeout_sec=60)
 

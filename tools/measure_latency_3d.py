@@ -39,13 +39,12 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     import cv2
-    from rclpy.executors import MultiThreadedExecutor
     from sensor_msgs.msg import CameraInfo, Image
 
     from pop_ros.image_conversion import from_array
     from pop_ros.paths import SAMPLE_DIR
-    from pop_ros.ros.node import EXECUTOR_THREADS, PopNode
-    from pop_ros.ros_client import LIBRARY, PARAMS_FILE, RosClient
+    from pop_ros.ros_client import LIBRARY
+    from pop_ros.testing import node_in_process
     from pop_ros_interfaces.srv import PointToPart
 
     overrides = {
@@ -57,18 +56,8 @@ def main() -> None:
         "max_waiting_queries": str(max(args.concurrent, 1)),
         "min_score": "0.0",
     }
-    ros_args = ["--ros-args", "--params-file", str(PARAMS_FILE)]
-    for name, value in overrides.items():
-        ros_args += ["-p", f"{name}:={value}"]
-    for given in args.param:
-        ros_args += ["-p", given]
-    ros = RosClient("latency_client", args=ros_args)
-    node = PopNode(context=ros.context, namespace="latency")
-    executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS, context=ros.context)
-    executor.add_node(node)
-    threading.Thread(target=executor.spin, daemon=True).start()
-    node.trigger_configure()
-    node.trigger_activate()
+    parameters = [f"{name}:={value}" for name, value in overrides.items()] + list(args.param)
+    ros, node = node_in_process("latency", "latency_client", parameters)
     pointer = node.pointer
     for name in ("point", "point_many"):  # the models, slowed: a real model's inference time
         original = getattr(pointer, name)
