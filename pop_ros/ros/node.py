@@ -223,7 +223,9 @@ class PopNode(LifecycleNode):
         of their own, so the lifecycle and parameter services, and the queries' "configuring" answer,
         are served meanwhile (lifecycle managers poll get_state during a load of minutes)."""
         self.autostarting = True
-        self._autostart = self.create_timer(0.0, self._autostart_now, callback_group=MutuallyExclusiveCallbackGroup())
+        self._autostart = self.create_timer(
+            0.0, self.guarded(self._autostart_now), callback_group=MutuallyExclusiveCallbackGroup()
+        )
 
     def _autostart_now(self) -> None:
         timer, self._autostart = self._autostart, None
