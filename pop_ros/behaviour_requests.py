@@ -63,10 +63,7 @@ class RequestBehaviour(py_trees.behaviour.Behaviour):
                 f"{self.name}: setup() needs the ROS node: tree.setup(node=node, ...) (py_trees_ros convention)"
             )
         self.node = node
-        if self.client is None:
-            self.client = self._create_client(node)
-        if not self._wait_for_server(self.timeout_s):
-            self._destroy_client()
+        if not self._found_server(node):
             raise ServiceUnavailableError(
                 f"{self.name}: {self.kind} {self.service} is not available after {self.timeout_s:g} s "
                 "(is pop_node running, in this ROS_DOMAIN_ID and namespace?)"
@@ -111,6 +108,21 @@ class RequestBehaviour(py_trees.behaviour.Behaviour):
         self._destroy_client()
 
     # ---- shared helpers ----------------------------------------------------------------------------
+    def _found_server(self, node) -> bool:
+        """Wait up to `timeout_s` for the server. A client that has not seen it within
+        SERVER_REDISCOVERY_S is made again: a new client's discovery was seen to stall for minutes in
+        the tests (an in-process node, several clients of one action), while a fresh one matched."""
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            if self.client is None:
+                self.client = self._create_client(node)
+            left = deadline - time.monotonic()
+            if self._wait_for_server(max(0.0, min(left, SERVER_REDISCOVERY_S))):
+                return True
+            self._destroy_client()
+            if time.monotonic() >= deadline:
+                return False
+
     def _send_if_ready(self) -> bool:
         if self._request_msg is None or not self._server_ready():
             return False
@@ -230,6 +242,8 @@ class ServiceBehaviour(RequestBehaviour):
         return True
 
 
+# Seconds a new client may take to see its server before it is made again (see _found_server).
+SERVER_REDISCOVERY_S = 10.0
 # Seconds a goal may go unacknowledged before it is sent again (acceptance takes milliseconds: the node
 # queues a goal at once and answers busy or not-ready in the result, never by withholding acceptance).
 GOAL_ACK_RESEND_S = 3.0
