@@ -18,8 +18,9 @@ import time
 
 import py_trees
 from action_msgs.msg import GoalStatus
-from rclpy.action import ActionClient
 from rclpy.callback_groups import ReentrantCallbackGroup
+
+from pop_ros.ros_client import SpinSafeActionClient
 
 Status = py_trees.common.Status
 
@@ -187,7 +188,7 @@ class RequestBehaviour(py_trees.behaviour.Behaviour):
 
     def _destroy_client(self) -> None:
         if self.client is not None and self.node is not None:
-            if isinstance(self.client, ActionClient):
+            if isinstance(self.client, SpinSafeActionClient):
                 self.client.destroy()
             else:
                 self.node.destroy_client(self.client)
@@ -253,7 +254,7 @@ class GoalInFlight:
     """One goal of a behaviour: its acceptance, its latest feedback, its result. The node's answers
     arrive in the executor's threads; `cancel` comes from the tree's."""
 
-    def __init__(self, client: ActionClient, goal):
+    def __init__(self, client: SpinSafeActionClient, goal):
         self.sent_at = time.monotonic()
         self.feedback = None  # the latest Feedback
         self.rejected = False
@@ -327,7 +328,7 @@ class ActionBehaviour(RequestBehaviour):
         return self._goal is not None
 
     def _create_client(self, node):
-        return ActionClient(node, self.action_type, self.service, callback_group=ReentrantCallbackGroup())
+        return SpinSafeActionClient(node, self.action_type, self.service, callback_group=ReentrantCallbackGroup())
 
     def _wait_for_server(self, timeout_s: float) -> bool:
         return self.client.wait_for_server(timeout_sec=timeout_s)

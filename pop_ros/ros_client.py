@@ -7,6 +7,8 @@ import threading
 import time
 
 import rclpy
+from rclpy.action import ActionClient
+from rclpy.exceptions import InvalidHandle
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
@@ -15,6 +17,52 @@ from pop_ros.paths import config_dir
 PARAMS_FILE = config_dir() / "pop_ros.yaml"
 LIBRARY = config_dir() / "supports" / "library.yaml"
 SENSOR_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE)
+
+
+class SpinSafeActionClient(ActionClient):
+    """rclpy's ActionClient, safe to make and to destroy while another thread spins its node (a
+    behaviour tree's node, a RosClient). Two rclpy races (rclpy 9.1 here) end that thread's spin()
+    with an exception, after which the node hears nothing:
+    - making one: the client joins the node's waitables before its `_lock` exists, and the executor
+      asks it for its entities under that lock (ros2/rclpy#1589; fixed upstream by making the lock
+      first): here the lock is made before rclpy's constructor runs, and its later assignment ignored;
+    - destroying one: an executor that listed the client before it was destroyed fails to enter its
+      handle, passes over that, and still adds the destroyed handle to its wait set
+      (ros2/rclpy#1385): here a destroyed client adds nothing. One the executor did enter stays valid
+      until it leaves (rclpy defers the destruction of a handle in use); what it found ready there
+      is taken later, by then possibly from a destroyed handle: a destroyed client takes nothing."""
+
+    def __init__(self, node, action_type, action_name: str, **kwargs):
+        self._lock_made_first = threading.Lock()
+        self._destroy_requested = False
+        super().__init__(node, action_type, action_name, **kwargs)
+
+    # rclpy's constructor assigns `_lock` after registering the client: keep the one made first.
+    _lock = property(lambda self: self._lock_made_first, lambda self, _ignored: None)
+
+    def add_to_wait_set(self, wait_set) -> None:
+        if not self._destroy_requested:
+            super().add_to_wait_set(wait_set)
+
+    def is_ready(self, wait_set) -> bool:
+        # not added to this wait set (see add_to_wait_set): its indices there are stale
+        return not self._destroy_requested and super().is_ready(wait_set)
+
+    def take_data(self):
+        if not self._destroy_requested:
+            try:
+                return super().take_data()
+            except InvalidHandle:  # destroyed between the check and the take
+                pass
+        return {}  # nothing for execute() to do: no one waits on a destroyed client's goals
+
+    def destroy(self) -> None:
+        if self._destroy_requested:
+            return
+        self._destroy_requested = True  # before the handle goes: see add_to_wait_set
+        if self in list(self._node.waitables):
+            self._node.remove_waitable(self)
+        self._client_handle.destroy_when_not_in_use()
 
 
 class RosClient:

@@ -518,3 +518,32 @@ def test_require_3d_failure_after_a_success_leaves_no_point_or_pose_on_the_black
     assert find.feedback_message == "no 3D point: no 3D point: no depth"
     assert reader.get("point") is None and reader.get("pose") is None  # the first answer's point is gone
     assert reader.get("result").has_3d is False  # the answer itself is kept
+
+
+def test_action_clients_made_and_let_go_beside_a_spinning_executor_never_end_its_spin():
+    """The behaviours make their action client in setup() and let it go in shutdown() (and again when
+    a server is slow to appear) while the tree's node spins in another thread. rclpy's own
+    ActionClient ends that spin() with an exception within a few rounds of this loop (ros2/rclpy#1589
+    when made, #1385 when destroyed; a CI run lost a behaviour test to the first)."""
+    from rclpy.action import get_action_client_names_and_types_by_node
+
+    from pop_ros.ros_client import RosClient, SpinSafeActionClient
+
+    ros = RosClient("spin_safe_clients")
+    ticks = []
+    ros.node.create_timer(0.0005, lambda: ticks.append(1))  # keeps the executor rebuilding wait sets
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # thread switches inside the constructor and destroy: the races' windows
+    try:
+        for index in range(300):
+            SpinSafeActionClient(ros.node, PointToPartAction, f"/spin_safe/action_{index}").destroy()
+            assert ros._thread.is_alive(), f"the executor's spin() ended after {index + 1} clients"
+    finally:
+        sys.setswitchinterval(switch_interval)
+    try:
+        seen = len(ticks)
+        assert wait_for(lambda: len(ticks) > seen + 10, 30)  # still spinning, not merely still a thread
+        assert not [w for w in ros.node.waitables if isinstance(w, SpinSafeActionClient)]  # out of its wait sets
+        assert wait_for(lambda: not get_action_client_names_and_types_by_node(ros.node, "spin_safe_clients", "/"), 30)
+    finally:
+        ros.close()

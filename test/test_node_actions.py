@@ -9,12 +9,11 @@ import threading
 
 import pytest
 from action_msgs.msg import GoalStatus
-from rclpy.action import ActionClient
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.executors import MultiThreadedExecutor
 
 from pop_ros.ros.node import EXECUTOR_THREADS
-from pop_ros.ros_client import LIBRARY, RosClient
+from pop_ros.ros_client import LIBRARY, RosClient, SpinSafeActionClient
 from pop_ros_interfaces.action import PointToPart, PointToParts
 from pop_ros_interfaces.msg import PartPointResult
 from pop_ros_interfaces.srv import PointToPart as PointToPartSrv
@@ -52,9 +51,9 @@ class EncoderGate:
 
 
 class Goal:
-    """One goal sent through an rclpy ActionClient: its feedback as it comes, its end."""
+    """One goal sent through an action client (rclpy's, made spin-safe): its feedback as it comes, its end."""
 
-    def __init__(self, client: ActionClient, goal_msg):
+    def __init__(self, client: SpinSafeActionClient, goal_msg):
         self.feedback: list = []
         self.feedback_at_result = -1
         sent = client.send_goal_async(goal_msg, feedback_callback=lambda msg: self.feedback.append(msg.feedback))
@@ -90,7 +89,7 @@ def action_node(inprocess):
     executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
-    client = ActionClient(ros.node, PointToPart, ACTION, callback_group=ReentrantCallbackGroup())
+    client = SpinSafeActionClient(ros.node, PointToPart, ACTION, callback_group=ReentrantCallbackGroup())
     assert client.wait_for_server(timeout_sec=TIMEOUT)
     results = ros.collect(PartPointResult, f"/{NS}/pop_node/result")
     yield ros, node, EncoderGate(node.pointer), client, results
@@ -198,7 +197,7 @@ def test_a_goal_whose_client_vanishes_is_cancelled_and_frees_the_node(action_nod
     ros.client(PointToPartSrv, ACTION)  # the service call at the end: matched by then, even on a loaded machine
     client.destroy()  # the node cannot tell which client sent a goal: the ghost must be the only one
     ghost = RosClient(f"{NS}_ghost")
-    ghost_client = ActionClient(ghost.node, PointToPart, ACTION)
+    ghost_client = SpinSafeActionClient(ghost.node, PointToPart, ACTION)
     assert ghost_client.wait_for_server(timeout_sec=TIMEOUT)
     # The node must have discovered the ghost too (DDS matches each side on its own): a request
     # sent before that may be dropped.
@@ -225,7 +224,7 @@ def test_a_goal_whose_client_vanishes_is_cancelled_and_frees_the_node(action_nod
 
 def test_point_to_parts_goal_can_be_cancelled_while_running(action_node):
     ros, node, gate, _, results = action_node
-    client = ActionClient(ros.node, PointToParts, f"/{NS}/pop_node/point_to_parts")
+    client = SpinSafeActionClient(ros.node, PointToParts, f"/{NS}/pop_node/point_to_parts")
     assert client.wait_for_server(timeout_sec=TIMEOUT)
     message = PointToParts.Goal(
         queries=["handle", "rim"], support_sets=["mug_handle", "mug_handle"], image=colour_msg(ros.now_stamp())

@@ -54,17 +54,16 @@ def main() -> int:
     resolution = int(sys.argv[2]) if len(sys.argv) > 2 else 1024
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     from action_msgs.msg import GoalStatus
-    from rclpy.action import ActionClient
 
     from pop_ros.image_conversion import from_array
-    from pop_ros.ros_client import LIBRARY
+    from pop_ros.ros_client import LIBRARY, SpinSafeActionClient
     from pop_ros.testing import node_in_process
     from pop_ros_interfaces.action import PointToPart
 
     overrides = ["preset:=tiny", "autostart:=false", f"support_library:={LIBRARY}", f"resolution:={resolution}"]
     overrides += ["frame_cache_size:=0", "max_frame_age:=0.0", "busy_timeout:=60.0"]
     ros, node = node_in_process("measure_cancel", "measure_cancel_client", overrides)
-    client = ActionClient(ros.node, PointToPart, "/measure_cancel/pop_node/point_to_part")
+    client = SpinSafeActionClient(ros.node, PointToPart, "/measure_cancel/pop_node/point_to_part")
     assert client.wait_for_server(timeout_sec=60)
 
     import cv2
