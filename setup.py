@@ -13,7 +13,7 @@ setup(
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         ("share/" + package_name, ["package.xml"]),
         ("share/" + package_name + "/launch", glob("launch/*.launch.py")),
-        ("share/" + package_name + "/config", glob("config/*.yaml") + glob("config/*.rviz")),
+        ("share/" + package_name + "/config", glob("config/*.yaml") + glob("config/*.rviz") + glob("config/*.xml")),
         ("share/" + package_name + "/config/heads", glob("config/heads/*.yaml")),
         ("share/" + package_name + "/config/supports", glob("config/supports/*.yaml")),
         ("share/" + package_name + "/config/supports/images", glob("config/supports/images/*.png")),

@@ -157,6 +157,18 @@ def serve_camera(namespace: str, width: int, height: int, rate_hz: float, second
     return 0
 
 
+def camera_environment() -> dict:
+    """The camera process's environment: the user's Fast DDS profile if one is set, else the one
+    pop_ros ships for large images (config/fastdds_large_images.xml). With Fast DDS's built-in
+    512 KiB shared-memory segment about two colour frames in three of a 640x480, 30 Hz camera with
+    depth never reach the node; that would be measuring the transport, not the node."""
+    from pop_ros.paths import config_dir
+
+    environment = dict(os.environ)
+    environment.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(config_dir() / "fastdds_large_images.xml"))
+    return environment
+
+
 def run_tracking_stream(preset: str, seconds: float, query_rate_hz: float, camera: tuple, progress) -> dict:
     """pop_node (in this process) with continuous_tracking on, the standing query at `query_rate_hz`,
     the camera `(width, height, rate, target share)` in another process; measured after a warm-up."""
@@ -183,7 +195,7 @@ def run_tracking_stream(preset: str, seconds: float, query_rate_hz: float, camer
         progress(f"tracking: {width}x{height} camera at {rate_hz:.0f} Hz (own process) for {seconds:.0f} s")
         command = [sys.executable, "-m", "pop_ros.bench_tracking", "--serve-camera", namespace]
         command += [str(width), str(height), str(rate_hz), str(seconds)]
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=camera_environment())
         time.sleep(warmup)
         results.clear()
         received_before = node.camera.latest_seq
@@ -216,6 +228,8 @@ def run_tracking_stream(preset: str, seconds: float, query_rate_hz: float, camer
             "share_of_camera_rate": rate / rate_hz,
             "share_of_frames_published": rate * measured / published if published else 0.0,
             "target_share": share,
+            # the camera process's Fast DDS profile: its shared-memory segment decides what arrives
+            "camera_dds_profile": camera_environment().get("FASTDDS_DEFAULT_PROFILES_FILE", ""),
             "load_average": os.getloadavg()[0],
             "cpus": os.cpu_count(),
         }
