@@ -216,3 +216,36 @@ def test_a_tracked_answers_markers_can_leave_out_the_part_points():
     without = [m.type for m in Outputs.markers_message([answer], part_points=False).markers]
     assert Marker.POINTS in with_points and Marker.POINTS not in without
     assert Marker.SPHERE in without and Marker.TEXT_VIEW_FACING in without
+
+
+def test_colour_frames_keep_arriving_while_one_is_being_tracked(inprocess):
+    """Tracking runs on a thread of its own: a frame that takes long to track (held here) does not
+    hold the colour callback, whose subscription keeps one message: the frames published meanwhile
+    are all received (the camera's rate is not capped by the tracker's), and the tracker goes on with
+    the newest, the ones between counted as skipped in /diagnostics."""
+    from test.conftest import colour_msg
+
+    ros, node, results, anchors = start_tracking(inprocess, "held", "continuous_rate:=0.01")
+    held, entered = threading.Event(), threading.Event()
+    track = node.tracking.follower.track
+    tracked_stamps = []
+
+    def held_track(image, stamp):
+        entered.set()
+        assert held.wait(60), "the test never let the tracker go"
+        tracked_stamps.append(stamp)
+        return track(image, stamp)
+
+    node.tracking.follower.track = held_track
+    colour = ros.publisher(Image, "/held/image")
+    try:
+        colour.publish(colour_msg(ros.now_stamp()))
+        assert entered.wait(30)  # the tracker holds the first frame
+        for count in range(2, 8):
+            colour.publish(colour_msg(ros.now_stamp()))
+            assert wait_for(lambda count=count: node.camera.latest_seq >= count, 30), f"frame {count} was not received"
+    finally:
+        held.set()
+    newest = node.camera.latest.stamp_s
+    assert wait_for(lambda: newest in tracked_stamps, 30)  # then straight to the newest
+    assert len(tracked_stamps) == 2 and node.tracking.skipped_total == 5  # frames 2-6 were never tracked

@@ -408,6 +408,10 @@ class PopNode(LifecycleNode):
         self.camera.clear()
         return TransitionCallbackReturn.SUCCESS
 
+    def destroy_node(self) -> None:
+        self.tracking.close()
+        super().destroy_node()
+
     def _release_models(self) -> None:
         """Drop the models and free their memory. A query in flight keeps the models it holds; it is
         waited for at most CLEANUP_WAIT_S, and its models are freed when it ends."""
