@@ -38,7 +38,7 @@ import traceback
 from collections.abc import Iterator
 
 import rclpy
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -50,6 +50,7 @@ from pop_ros.ros.continuous import ContinuousMode
 from pop_ros.ros.diagnostics import ERROR, OK, WARN, DiagnosticsPublisher, NodeHealth
 from pop_ros.ros.loading import load_library, load_pointer
 from pop_ros.ros.outputs import Outputs
+from pop_ros.ros.parameter_changes import ParameterChanges, unknown_set
 from pop_ros.ros.parameters import (
     MAX_WAITING_QUERIES_LIMIT,
     PARAMETERS,
@@ -57,6 +58,7 @@ from pop_ros.ros.parameters import (
     check_all,
     check_parameter,
     check_type,
+    pointer_settings,
 )
 from pop_ros.ros.queries import Queries
 from pop_ros.ros.teaching import Teaching
@@ -130,7 +132,7 @@ class PopNode(LifecycleNode):
             # float) before our callback runs; check_type accepts it and refuses real mismatches.
             descriptor = ParameterDescriptor(description=f"{spec.described()} [{spec.when}]", dynamic_typing=True)
             self.declare_parameter(spec.name, spec.default, descriptor)
-        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.add_on_set_parameters_callback(ParameterChanges(self).on_set)
 
         self.pointer = None  # PartPointer once configured; read it once per use (cleanup clears it)
         self.configure_error = ""
@@ -285,44 +287,8 @@ class PopNode(LifecycleNode):
             return WARN, f"{state}; RANDOM WEIGHTS: points are meaningless", values
         return OK, state, values
 
-    # ---- parameters -------------------------------------------------------------------------------
-    def _on_set_parameters(self, parameters) -> SetParametersResult:
-        try:
-            return self._check_and_apply_parameters(parameters)
-        except Exception as error:  # noqa: BLE001 - an exception here would end the process
-            self.internal_errors["_on_set_parameters"] += 1
-            self.health.error("internal error")
-            self.get_logger().error(f"internal error setting parameters: {traceback.format_exc()}")
-            return SetParametersResult(successful=False, reason=f"internal error: {type(error).__name__}: {error}")
-
-    def _check_and_apply_parameters(self, parameters) -> SetParametersResult:
-        pointer = self.pointer
-        proposed = {p.name: p.value for p in parameters if p.name in PARAMETERS}
-        writable = {"library_writable": proposed.get("library_writable", self.param("library_writable"))}
-        for name, value in proposed.items():
-            reason = check_type(name, value) or check_parameter(name, value, writable)
-            if not reason and name == "continuous_support_set" and pointer is not None:
-                unknown = _unknown_set(value, pointer.library.names())
-                reason = f"continuous_support_set: {unknown}" if unknown else None
-            if not reason and (pointer is not None or self.configuring) and not PARAMETERS[name].runtime:
-                reason = f"{name} is read at configure: deactivate and clean up the node, set it, then configure again"
-            if reason:
-                return SetParametersResult(successful=False, reason=reason)
-        if pointer is not None:
-            try:
-                pointer.settings = self.pointer_settings(proposed)
-            except ValueError as error:
-                return SetParametersResult(successful=False, reason=str(error))
-            if "continuous_rate" in proposed and self.camera.subscriptions:
-                self.continuous.restart(float(proposed["continuous_rate"]))
-        if "diagnostics_period" in proposed:
-            self.diagnostics.set_period(float(proposed["diagnostics_period"]), self.guarded)
-        return SetParametersResult(successful=True)
-
     def pointer_settings(self, proposed: dict | None = None):
         """The pipeline's settings from the parameters, `proposed` values first."""
-        from pop_ros.ros.parameters import pointer_settings
-
         proposed = proposed or {}
         return pointer_settings(lambda name: proposed.get(name, self.param(name)))
 
@@ -340,7 +306,7 @@ class PopNode(LifecycleNode):
                 raise ValueError(f"invalid parameter: {invalid}")
             library = load_library(self.param, self.get_logger())
             # Checked before the models load: a typo costs no minutes of loading.
-            unknown = _unknown_set(self.param("continuous_support_set"), library.names())
+            unknown = unknown_set(self.param("continuous_support_set"), library.names())
             if unknown:
                 raise ValueError(f"continuous_support_set: {unknown}")
             pointer = load_pointer(self.param, self.get_logger(), self.pointer_settings(), library)
@@ -427,13 +393,6 @@ class PopNode(LifecycleNode):
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-
-
-def _unknown_set(name: str, known: list[str]) -> str | None:
-    """None if `name` is empty or one of `known`, else why not (with the known names)."""
-    if not name or name in known:
-        return None
-    return f"unknown support set {name!r} (known: {', '.join(known) or 'none'})"
 
 
 def main(args=None) -> None:
