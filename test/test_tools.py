@@ -221,3 +221,29 @@ def test_shape_models_are_seeded_tied_and_complete():
     with torch.no_grad():
         logits = first(input_ids=ids).logits
     assert logits.shape == (1, 8, text["vocab_size"]) and bool(torch.isfinite(logits).all())
+
+
+def test_tracking_stream_report_counts_only_the_frames_of_its_window():
+    """The streaming section's tracking figures are over the window of frame stamps measured (the
+    camera process's start-up is not in it): answers about frames outside it are not counted, and
+    the camera's frames in it are its published count at the rate it kept."""
+    from types import SimpleNamespace
+
+    from pop_ros.bench.tracking import stream_report
+
+    def result(stamp_s, tracked=True, success=True):
+        stamp = SimpleNamespace(sec=int(stamp_s), nanosec=round((stamp_s % 1) * 1e9))
+        message = "ok" if success else "track lost: the point left the image: (700, 10) outside 640x480"
+        return SimpleNamespace(header=SimpleNamespace(stamp=stamp), tracked=tracked, success=success,
+                               has_3d=success, message=message)  # fmt: skip
+
+    stamps = [100.0 + i / 30 for i in range(0, 91)]  # 3 s of a 30 Hz camera
+    received = [result(s) for s in stamps] + [result(103.5, tracked=False), result(101.0 + 1 / 60, success=False)]
+    camera = (640, 480, 30.0, 0.8)
+    report = stream_report(received, {"published": 300, "seconds": 10.0}, (60, 4), (101.0, 103.0), camera)
+    assert report["seconds_measured"] == 2.0
+    assert report["tracked_answers"] == 60  # stamps in (101, 103]: 60 frames of 91
+    assert report["tracks_lost"] == 1 and report["lost_reasons"] == {"the point left the image": 1}
+    assert report["full_answers"] == 0  # the one at 103.5 is after the window
+    assert report["frames_published"] == 60 and report["frames_skipped_by_the_tracker"] == 4
+    assert abs(report["share_of_camera_rate"] - 1.0) < 1e-9

@@ -196,49 +196,70 @@ def run_tracking_stream(preset: str, seconds: float, query_rate_hz: float, camer
         command = [sys.executable, "-m", "pop_ros.bench.tracking", "--serve-camera", namespace]
         command += [str(width), str(height), str(rate_hz), str(seconds)]
         process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=camera_environment())
+        # The window measured runs from the newest frame received `warmup` s after the first one to
+        # the last frame received: by the camera's stamps, so its start-up time is not counted.
+        deadline = time.monotonic() + 120.0
+        while node.camera.latest is None and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.05)
         time.sleep(warmup)
+        first = node.camera.latest
         results.clear()
-        received_before = node.camera.latest_seq
+        skipped_before = node.tracking.skipped_total
         output, _ = process.communicate(timeout=seconds + 120)
-        frames_received = node.camera.latest_seq - received_before
-        time.sleep(0.5)
+        time.sleep(0.5)  # the last frames' answers
+        last = node.camera.latest
+        if first is None or last is None or last.seq <= first.seq:
+            raise RuntimeError(f"the tracking camera's frames did not reach the node: {output[-500:]}")
+        window = (first.stamp_s, last.stamp_s)
+        frames = (last.seq - first.seq, node.tracking.skipped_total - skipped_before)
         camera_report = json.loads(output.strip().splitlines()[-1])
-        measured = camera_report["seconds"] - warmup
-        received = list(results)
-        reasons = collections.Counter(
-            r.message.removeprefix("track lost: ").split(":")[0] for r in received if r.tracked and not r.success
-        )
-        tracked = [r for r in received if r.tracked and r.success]
-        lost = [r for r in received if r.tracked and not r.success]
-        rate = len(tracked) / measured
-        published = camera_report["published"] * measured / camera_report["seconds"]
-        return {
-            "camera": f"{width}x{height} at {rate_hz:g} Hz",
-            "seconds_measured": measured,
-            # What the camera process managed on this machine, and what reached the node's callback.
-            "frames_published": round(published),
-            "frames_received": frames_received,
-            "tracked_answers": len(tracked),
-            "tracked_with_3d": sum(r.has_3d for r in tracked),
-            "tracks_lost": len(lost),
-            # why, by the reason's first words ("too few features left", "the point left the image", ...)
-            "lost_reasons": dict(reasons),
-            "full_answers": sum(not r.tracked for r in received),
-            "tracked_per_second": rate,
-            "share_of_camera_rate": rate / rate_hz,
-            "share_of_frames_published": rate * measured / published if published else 0.0,
-            "target_share": share,
-            # the camera process's Fast DDS profile: its shared-memory segment decides what arrives
-            "camera_dds_profile": camera_environment().get("FASTDDS_DEFAULT_PROFILES_FILE", ""),
-            "load_average": os.getloadavg()[0],
-            "cpus": os.cpu_count(),
-        }
+        return stream_report(list(results), camera_report, frames, window, camera)
     finally:
         if process is not None and process.poll() is None:
             process.kill()
         ros.executor.remove_node(node)
         node.destroy_node()
         ros.close()
+
+
+def stream_report(received: list, camera_report: dict, frames: tuple[int, int], window: tuple, camera: tuple) -> dict:
+    """One streaming run's figures: the ~/result messages `received` about frames stamped within
+    `window` (first, last frame stamp, seconds), the camera process's report (frames published,
+    seconds) and the node's `frames` in the window (received by the colour callback, skipped by the
+    tracking thread because they came while it was busy)."""
+    width, height, rate_hz, share = camera
+    frames_received, frames_skipped = frames
+    measured = window[1] - window[0]
+    received = [r for r in received if window[0] < r.header.stamp.sec + r.header.stamp.nanosec * 1e-9 <= window[1]]
+    reasons = collections.Counter(
+        r.message.removeprefix("track lost: ").split(":")[0] for r in received if r.tracked and not r.success
+    )
+    tracked = [r for r in received if r.tracked and r.success]
+    lost = [r for r in received if r.tracked and not r.success]
+    rate = len(tracked) / measured
+    published = camera_report["published"] * measured / camera_report["seconds"]  # at the rate it kept
+    return {
+        "camera": f"{width}x{height} at {rate_hz:g} Hz",
+        "seconds_measured": measured,
+        # What the camera process managed on this machine, and what reached the node's callback.
+        "frames_published": round(published),
+        "frames_received": frames_received,
+        "frames_skipped_by_the_tracker": frames_skipped,
+        "tracked_answers": len(tracked),
+        "tracked_with_3d": sum(r.has_3d for r in tracked),
+        "tracks_lost": len(lost),
+        # why, by the reason's first words ("too few features left", "the point left the image", ...)
+        "lost_reasons": dict(reasons),
+        "full_answers": sum(not r.tracked for r in received),
+        "tracked_per_second": rate,
+        "share_of_camera_rate": rate / rate_hz,
+        "share_of_frames_published": rate * measured / published if published else 0.0,
+        "target_share": share,
+        # the camera process's Fast DDS profile: its shared-memory segment decides what arrives
+        "camera_dds_profile": camera_environment().get("FASTDDS_DEFAULT_PROFILES_FILE", ""),
+        "load_average": os.getloadavg()[0],
+        "cpus": os.cpu_count(),
+    }
 
 
 def run_tracking_streams(preset: str, seconds: float, query_rate_hz: float, progress) -> list[dict]:
@@ -251,7 +272,8 @@ def table_lines(streams: list[dict]) -> list[str]:
         f"tracking, {s['camera']}: {s['tracked_per_second']:.1f} tracked answers/s "
         f"({s['share_of_camera_rate']:.2f} x the camera's rate, target >= {s['target_share']}: "
         f"{'met' if s['share_of_camera_rate'] >= s['target_share'] else 'NOT met'}; the camera published "
-        f"{s['frames_published']} frames, the node received {s['frames_received']}), {s['tracked_with_3d']} of "
+        f"{s['frames_published']} frames, the node received {s['frames_received']}, the tracker skipped "
+        f"{s['frames_skipped_by_the_tracker']}), {s['tracked_with_3d']} of "
         f"{s['tracked_answers']} with 3D, {s['tracks_lost']} lost, {s['full_answers']} full answers; "
         f"load average {s['load_average']:.1f} on {s['cpus']} CPUs"
         for s in streams
