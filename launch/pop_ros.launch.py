@@ -140,6 +140,15 @@ def node_remappings(camera: str, depth: str) -> list:
     return [("image", f"{camera}/image_raw"), ("camera_info", f"{camera}/camera_info"), ("depth", depth)]
 
 
+def node_environment(share: str, environment=os.environ) -> dict[str, str]:
+    """pop_node's extra environment: the shipped Fast DDS profile for large images (its heatmap, mask
+    and cloud messages overrun Fast DDS's 512 KiB shared-memory segment; docs/tracking.md), unless
+    the user named a profile of their own."""
+    if environment.get("FASTDDS_DEFAULT_PROFILES_FILE"):
+        return {}
+    return {"FASTDDS_DEFAULT_PROFILES_FILE": os.path.join(share, "config", "fastdds_large_images.xml")}
+
+
 def _share() -> str:
     from ament_index_python.packages import get_package_share_directory
 
@@ -166,6 +175,7 @@ def _node(context):
             ),
             remappings=node_remappings(value("camera"), value("depth")),
             ros_arguments=node_ros_arguments(value("log_level")),
+            additional_env=node_environment(_share()),
         )
     ]
 

@@ -5,6 +5,7 @@ reading the file's syntax tree."""
 from __future__ import annotations
 
 import ast
+import pathlib
 import re
 
 import pytest
@@ -148,6 +149,13 @@ def test_ros_launch_receives_every_argument_and_the_node_s_log_level():
     assert keywords["ros_arguments"] == "node_ros_arguments(value('log_level'))"
     assert keywords["parameters"].startswith("node_parameters(value('params_file')")
     assert keywords["executable"] == "'pop_node'"
+    assert keywords["additional_env"] == "node_environment(_share())"
+
+
+def test_the_node_gets_the_large_images_dds_profile_unless_the_user_has_one(launch):
+    shipped = launch.node_environment(str(config_dir().parent), {})["FASTDDS_DEFAULT_PROFILES_FILE"]
+    assert shipped == str(config_dir() / "fastdds_large_images.xml") and pathlib.Path(shipped).is_file()
+    assert launch.node_environment(str(config_dir().parent), {"FASTDDS_DEFAULT_PROFILES_FILE": "/mine.xml"}) == {}
 
 
 def test_rviz_config_shows_the_launch_file_s_default_topics(launch):
