@@ -213,7 +213,8 @@ def test_installed_executables_are_the_readme_tools_with_the_venv_shebang(worksp
 def test_share_files_and_ament_index_markers(workspace):
     install = WORKSPACE / "install"
     share = install / "pop_ros" / "share" / "pop_ros"
-    for relative in ("package.xml", "launch/pop_ros.launch.py", "config/pop_ros.yaml", "config/pop_ros.rviz"):
+    shipped = ("config/pop_ros.yaml", "config/pop_ros.rviz", "config/fastdds_large_images.xml")
+    for relative in ("package.xml", "launch/pop_ros.launch.py", *shipped):
         assert (share / relative).is_file(), relative
     library_path = share / "config" / "supports" / "library.yaml"
     library = yaml.safe_load(library_path.read_text())
