@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from sensor_msgs.msg import CameraInfo, Image
 
-from pop_ros.capture import Capture, Frame
-from pop_ros.grasp import GraspSettings
-from pop_ros.image_conversion import from_array
-from pop_ros.locate import LocateSettings, locate_capture
+from pop_ros.messages.capture import Capture, Frame
+from pop_ros.messages.image_conversion import from_array
 from pop_ros.pipeline.api import Instance, PointResult
 from pop_ros.ros.answers import Answer, AnswerSettings, Outcome, result_answer
+from pop_ros.spatial.grasp import GraspSettings
+from pop_ros.spatial.locate import LocateSettings, locate_capture
 
 WIDTH, HEIGHT = 64, 48
 K = [50.0, 0.0, 32.0, 0.0, 50.0, 24.0, 0.0, 0.0, 1.0]

@@ -8,8 +8,8 @@ import dataclasses
 import enum
 from collections import namedtuple
 
-from pop_ros.grasp import GraspSettings
-from pop_ros.locate import LocateSettings, Placement, part_region, score_note
+from pop_ros.spatial.grasp import GraspSettings
+from pop_ros.spatial.locate import LocateSettings, Placement, part_region, score_note
 
 # How every service answers while the node loads its models (autostart or a configure): clients that
 # start a node wait while the message starts with this (ros_client.wait_for_node).

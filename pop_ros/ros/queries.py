@@ -13,13 +13,13 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from pop_ros.capture import Capture
-from pop_ros.grasp import GraspSettings
-from pop_ros.image_conversion import ImageConversionError
-from pop_ros.locate import LocateSettings, Placement, locate_capture
-from pop_ros.progress import CAPTURE, PUBLISHING, QueryProgress
+from pop_ros.messages.capture import Capture
+from pop_ros.messages.image_conversion import ImageConversionError
+from pop_ros.pipeline.progress import CAPTURE, PUBLISHING, QueryProgress
 from pop_ros.ros.answers import Answer, AnswerSettings, Outcome, result_answer
 from pop_ros.ros.camera import NoFrameError, is_empty_image
+from pop_ros.spatial.grasp import GraspSettings
+from pop_ros.spatial.locate import LocateSettings, Placement, locate_capture
 from pop_ros_interfaces.srv import PointToPart, PointToParts
 
 # The most queries one ~/point_to_parts call may ask (more are refused with this number): a call holds

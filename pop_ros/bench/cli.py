@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.budget is not None and not args.budget > 0:
         parser.error("--budget must be a positive number of minutes")
     started = time.perf_counter()  # a budget counts from here: imports and model building included
-    from pop_ros import benchmarks  # torch, transformers: only once the arguments are known good
+    from pop_ros.bench import benchmarks  # torch, transformers: only once the arguments are known good
 
     if args.serve_camera:
         return benchmarks.serve_camera(args.serve_camera, args.stream_seconds)
