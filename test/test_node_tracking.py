@@ -210,8 +210,10 @@ def test_a_tracked_answers_markers_can_leave_out_the_part_points():
     from pop_ros.ros.answers import Answer, Outcome
     from pop_ros.ros.outputs import Outputs
 
-    answer = Answer(Outcome.OK, "ok", Image().header, has_3d=True, xyz=(0.0, 0.0, 1.0), query="q", tracked=True)
-    answer.cloud = SimpleNamespace(points=np.ones((50, 3), np.float32))
+    cloud = SimpleNamespace(points=np.ones((50, 3), np.float32))
+    answer = Answer(
+        Outcome.OK, "ok", Image().header, has_3d=True, xyz=(0.0, 0.0, 1.0), query="q", tracked=True, cloud=cloud
+    )
     with_points = [m.type for m in Outputs.markers_message([answer]).markers]
     without = [m.type for m in Outputs.markers_message([answer], part_points=False).markers]
     assert Marker.POINTS in with_points and Marker.POINTS not in without

@@ -3,10 +3,11 @@ them (latest camera_info, recent depth in a StampBuffer), take each chosen frame
 the frame with the depth paired to it by stamp and the camera_info, as the node's queries do), answer
 it with `PartPointer.point_many`, and write what the node would publish.
 
-An answer is located with `pop_ros.spatial.locate.locate_capture`, its part's mask, cloud and grasp frame built
-with `pop_ros.spatial.locate.add_region`, and turned into messages with the node's own `Outputs` builders, so
-a recording answered here and the same frames answered live by the node give the same 3D points,
-poses, regions, grasp frames and messages."""
+An answer is located with `pop_ros.spatial.locate.locate_capture` and built by the node's own
+`pop_ros.ros.answers.result_answer` (3D point, pose, min_score check, the part's mask, cloud and grasp
+frame), then turned into messages with the node's own `Outputs` builders, so a recording answered here
+and the same frames answered live by the node give the same 3D points, poses, regions, grasp frames
+and messages."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from pop_ros.messages.image_conversion import ImageConversionError, compressed_t
 from pop_ros.messages.recording import COMPRESSED_IMAGE, CameraTopics, Recording, RecordingError
 from pop_ros.messages.stamps import StampBuffer
 from pop_ros.spatial.grasp import GraspSettings
-from pop_ros.spatial.locate import LocateSettings, add_region, locate_capture, score_note
+from pop_ros.spatial.locate import LocateSettings, locate_capture
 
 # A chosen colour frame waits for later depth this long (log time) before it is answered: a depth image
 # stamped like the frame is often received just after it. Answering happens as soon as a depth stamped
@@ -218,6 +219,12 @@ class AnswerOptions:
     camera_info_topic: str = "camera_info"
     region: GraspSettings = dataclasses.field(default_factory=GraspSettings)  # mask, cloud, grasp frame
 
+    def answer_settings(self):
+        """What the node's `result_answer` reads (its own parameters)."""
+        from pop_ros.ros.answers import AnswerSettings
+
+        return AnswerSettings(self.locate, self.region, min_score=self.min_score)
+
 
 def take_capture(frame: Frame, replay: Replay, depth_max_dt: float) -> captures.Capture:
     """The frame's capture: its depth paired by stamp and the camera_info, as the node's queries take it."""
@@ -231,7 +238,7 @@ def answer_frame(pointer, frame: Frame, image_rgb, requests, replay: Replay, opt
     """The node's Answers for every request on one frame (`point_many`: the frame's work is shared),
     each with its result (None for a failed request)."""
     from pop_ros.pipeline import PointerError
-    from pop_ros.ros.answers import Answer, Outcome
+    from pop_ros.ros.answers import Answer, Outcome, result_answer
 
     header = frame.msg.header
     capture = take_capture(frame, replay, options.locate.depth_max_dt)
@@ -247,27 +254,17 @@ def answer_frame(pointer, frame: Frame, image_rgb, requests, replay: Replay, opt
             )
             answers.append((failed, None))
             continue
-        answer = Answer(Outcome.OK, "", header, u=result.u, v=result.v, score=result.score, query=result.query)
-        answer.support_set = result.support_set
-        answer.capture = capture
-        placement = locate_capture(
-            capture, result.u, result.v, image_rgb.shape[:2], options.locate, options.camera_info_topic
-        )
-        notes = placement.apply(answer)
-        rejection = score_note(result.score, options.min_score)
-        if rejection:
-            answer.outcome = Outcome.REJECTED
-            notes.insert(0, rejection)
-        notes += add_region(answer, result.heatmap, placement, options.region)  # the node's own
-        answer.message = "; ".join(notes) or "ok"
-        answer.total_ms = result.timings_ms.get("total", 0.0) + result.shared_timings_ms.get("total", 0.0)
+        image_size = image_rgb.shape[:2]
+        placement = locate_capture(capture, result.u, result.v, image_size, options.locate, options.camera_info_topic)
+        total_ms = result.timings_ms.get("total", 0.0) + result.shared_timings_ms.get("total", 0.0)
+        answer = result_answer(result, capture, placement, image_size, options.answer_settings(), total_ms=total_ms)
         answers.append((answer, result))
     return answers
 
 
 def anchor_track(follower, answer, image_rgb, frame: Frame) -> None:
     """`pop-bag --track`: a chosen frame's full answer starts the track again (following.py, as the
-    node's continuous tracking), with the part's region the answer has (add_region, as the node's)."""
+    node's continuous tracking), with the part's region the answer has (part_region, as the node's)."""
     stamp_s = stamp_seconds(frame.msg.header.stamp)
     follower.remember(image_rgb, stamp_s)
     follower.anchor(answer, image_rgb, stamp_s, answer.mask)

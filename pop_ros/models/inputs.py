@@ -9,9 +9,10 @@ import math
 import numpy as np
 import torch
 
+from pop_ros.models.transformers_internals import StopForward
 
-class _StopForward(Exception):
-    """Raised after the deepest chosen layer: nothing after it is needed."""
+# Raised after the deepest chosen layer: nothing after it is needed (transformers_internals.py).
+_StopForward = StopForward
 
 
 @dataclasses.dataclass

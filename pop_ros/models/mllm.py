@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from pop_ros.models import transformers_internals as internals
 from pop_ros.models.eager_attention import EagerAttentionMixin
 from pop_ros.models.inputs import ImageLimits, ImagePrefix, PromptInputs, _StopForward, cap_pixels  # noqa: F401 (re-exported)
 from pop_ros.models.prefix_reuse import PrefixReuseMixin
@@ -63,10 +64,9 @@ class _CaptureState:
 def _capture_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """sdpa attention that also records the last query token's attention for chosen heads.
 
-    query `(B, H, S, D)` and key `(B, H_kv, S, D)` arrive after RoPE, as the model computed them.
+    query `(B, H, S, D)` and key `(B, H_kv, S, D)` arrive after RoPE, as the model computed them
+    (transformers_internals.py: what that relies on).
     """
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     state: _CaptureState | None = getattr(module, "_pop_capture", None)
     if state is not None and state.heads is None and state.stop:
         # A prefix run: this layer's keys/values are already in the cache; nothing later is needed.
@@ -94,7 +94,9 @@ def _capture_attention(module, query, key, value, attention_mask, scaling=None, 
         state.result = torch.softmax(logits, dim=-1)
         if state.stop:
             raise _StopForward
-    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    return internals.sdpa_attention(
+        module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+    )
 
 
 _REGISTERED = False
@@ -104,11 +106,7 @@ def _register_capture() -> None:
     global _REGISTERED
     if _REGISTERED:
         return
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    AttentionInterface.register(CAPTURE_IMPLEMENTATION, _capture_attention)
-    AttentionMaskInterface.register(CAPTURE_IMPLEMENTATION, sdpa_mask)
+    internals.register_attention(CAPTURE_IMPLEMENTATION, _capture_attention)
     _REGISTERED = True
 
 
@@ -286,12 +284,12 @@ class MLLMAdapter(PrefixReuseMixin, EagerAttentionMixin):
             for layer_index, heads in by_layer.items():
                 chosen = torch.tensor(heads) if capture else None
                 state = _CaptureState(heads=chosen, stop=stop_early and layer_index == deepest, last_index=last_index)
-                layers[layer_index].self_attn._pop_capture = state
+                internals.attention_module(layers[layer_index])._pop_capture = state
                 states[layer_index] = state
             yield states
         finally:
             for layer_index in by_layer:
-                layers[layer_index].self_attn.__dict__.pop("_pop_capture", None)
+                internals.attention_module(layers[layer_index]).__dict__.pop("_pop_capture", None)
 
     @torch.inference_mode()
     def head_maps(
@@ -305,10 +303,7 @@ class MLLMAdapter(PrefixReuseMixin, EagerAttentionMixin):
         prepared = prepared or self.prepare(image_rgb, query)
         by_layer = self._heads_tensor(heads)
         with self._lock, self._armed(by_layer, stop_early=True) as states:
-            try:
-                self._forward(prepared.model_inputs)
-            except _StopForward:
-                pass
+            internals.forward_until_stopped(self._forward, model_inputs=prepared.model_inputs)
             rows = {layer: None if state.result is None else state.result[0] for layer, state in states.items()}
         return self._maps_from_rows(rows, by_layer, heads, prepared.image_positions, prepared.grid)
 

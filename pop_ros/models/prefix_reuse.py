@@ -8,13 +8,15 @@ Equal to a full prefill of each query's prompt (tests)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from pop_ros.models.inputs import ImagePrefix, _StopForward
+from pop_ros.models import transformers_internals as internals
+from pop_ros.models.inputs import ImagePrefix
 
 LOG = logging.getLogger("pop_ros.models.mllm")
 # The most memory a batch's copies of the prefix's keys/values may take (one copy per row; the rest of
@@ -124,39 +126,18 @@ class PrefixReuseMixin:
         return prefix
 
     def _run_prefix(self, prefix: ImagePrefix, depth: int) -> None:
-        """Fill `prefix.keys_values` for layers 0..depth (the vision tower runs once per prefix)."""
-        from transformers import DynamicCache
-
+        """Fill `prefix.keys_values` for layers 0..depth (the vision tower runs once per prefix: its
+        output is recorded on the first run and handed back to a deeper one)."""
         inputs = dict(prefix.model_inputs)
         position_ids, offset = self._prefix_positions(inputs)
         if position_ids is not None:
             inputs["position_ids"] = position_ids
-        inner = self.model.model
-        recorded = {}
         if prefix.image_features is not None:
-            inputs.pop("pixel_values", None)
-            inputs["mm_encoder_outputs"] = {"image": prefix.image_features}
-        shadowed = inner.__dict__.get("get_image_features")  # an instance attribute already there
-        if prefix.image_features is None:
-            original = inner.get_image_features
-
-            def recording(*args, **kwargs):  # the vision tower's output, kept for a deeper prefix
-                recorded["image"] = original(*args, **kwargs)
-                return recorded["image"]
-
-            inner.get_image_features = recording  # instance attribute: the forward's self.get_image_features
-        cache = DynamicCache(config=self.model.config.get_text_config())
-        try:
-            with self._armed({depth: []}, stop_early=True, capture=False):
-                try:
-                    inner(**inputs, cache=cache, use_cache=True)
-                except _StopForward:
-                    pass
-        finally:
-            if shadowed is not None:
-                inner.get_image_features = shadowed
-            else:
-                inner.__dict__.pop("get_image_features", None)
+            inputs = internals.reuse_image_features(inputs, prefix.image_features)
+        cache = internals.new_cache(self.model)
+        recording = internals.recording_image_features if prefix.image_features is None else _nothing_recorded
+        with recording(self.model.model) as recorded, self._armed({depth: []}, stop_early=True, capture=False):
+            internals.forward_until_stopped(self.model.model, **inputs, cache=cache, use_cache=True)
         if "image" in recorded:
             prefix.image_features = self._kept_image_features(recorded["image"])
             prefix.model_inputs.pop("pixel_values", None)  # the features replace them: memory stays flat
@@ -165,29 +146,26 @@ class PrefixReuseMixin:
 
     def _kept_image_features(self, output):
         """What of the vision tower's output a deeper prefix run needs (not its hidden states)."""
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
-
-        return BaseModelOutputWithPooling(pooler_output=output.pooler_output)
+        return internals.pooled_image_features(output)
 
     def _keep_prefix_state(self, cache, depth: int, length: int) -> list:
         """What a query needs of the prefix run's cache, per layer 0..depth: its keys and values."""
         kept = []
-        for layer in cache.layers[: depth + 1]:
-            if not layer.is_initialized or layer.keys.shape[-2] != length:
+        for entry in internals.cache_layers(cache)[: depth + 1]:
+            keys_values = internals.attention_entry(entry)
+            if keys_values is None or keys_values[0].shape[-2] != length:
                 raise RuntimeError(f"{self.family}: the prefix run left no keys/values for a layer <= {depth}")
-            kept.append((layer.keys, layer.values))
+            kept.append(keys_values)
         return kept
 
     def _query_cache(self, prefix: ImagePrefix, batch: int = 1):
         """A fresh cache holding the prefix's keys/values once per batch row: `expand` makes no copy
         here, but each layer's first append of the queries' own keys concatenates, and so copies the
         prefix once per row (hence `rows_per_batch`); the queries append to it, never to the prefix."""
-        from transformers import DynamicCache
-
         expanded = [
             (keys.expand(batch, -1, -1, -1), values.expand(batch, -1, -1, -1)) for keys, values in prefix.keys_values
         ]
-        return DynamicCache(ddp_cache_data=expanded, config=self.model.config.get_text_config())
+        return internals.new_cache(self.model, expanded)
 
     @torch.inference_mode()
     def head_maps_from_prefix(self, prefix: ImagePrefix, query: str, heads: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -248,14 +226,18 @@ class PrefixReuseMixin:
                 self._run_prefix(prefix, max(by_layer))
             cache = self._query_cache(prefix, batch)
             with self._armed(by_layer, stop_early=True, last_index=lengths - 1) as states:
-                try:
-                    self.model.model(
-                        input_ids=input_ids,
-                        attention_mask=attention_mask,
-                        position_ids=positions,
-                        cache=cache,
-                        use_cache=True,
-                    )
-                except _StopForward:
-                    pass
+                internals.forward_until_stopped(
+                    self.model.model,
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    position_ids=positions,
+                    cache=cache,
+                    use_cache=True,
+                )
                 return {layer: state.result for layer, state in states.items()}
+
+
+@contextlib.contextmanager
+def _nothing_recorded(_inner_model):
+    """A prefix run that already has the vision tower's output records nothing."""
+    yield {}

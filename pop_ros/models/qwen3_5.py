@@ -27,6 +27,7 @@ from collections.abc import Sequence
 
 import torch
 
+from pop_ros.models import transformers_internals as internals
 from pop_ros.models.mllm import ImagePrefix, PromptInputs, QwenVLAdapter
 
 FULL_ATTENTION = "full_attention"
@@ -100,16 +101,18 @@ class Qwen3_5Adapter(QwenVLAdapter):
         """Per layer 0..depth: ("kv", keys, values) of a full-attention layer, ("state", conv,
         recurrent) of a Gated DeltaNet layer (conv `(1, C, kernel)`, recurrent `(1, H_v, D_k, D_v)`)."""
         kept = []
-        for index, layer in enumerate(cache.layers[: depth + 1]):
+        for index, entry in enumerate(internals.cache_layers(cache)[: depth + 1]):
             if self.layer_types[index] == FULL_ATTENTION:
-                if not layer.is_initialized or layer.keys.shape[-2] != length:
+                keys_values = internals.attention_entry(entry)
+                if keys_values is None or keys_values[0].shape[-2] != length:
                     raise RuntimeError(f"{self.family}: the prefix run left no keys/values for layer {index}")
-                kept.append(("kv", layer.keys, layer.values))
+                kept.append(("kv", *keys_values))
             else:
-                if not (layer.is_conv_states_initialized[0] and layer.is_recurrent_states_initialized[0]):
+                state = internals.linear_entry(entry)
+                if state is None:
                     raise RuntimeError(f"{self.family}: the prefix run left no DeltaNet state for layer {index}")
                 # The prefix's cache is dropped after this: nothing else writes these tensors.
-                kept.append(("state", layer.conv_states[0], layer.recurrent_states[0]))
+                kept.append(("state", *state))
         return kept
 
     def _query_cache(self, prefix: ImagePrefix, batch: int = 1):
@@ -117,18 +120,17 @@ class Qwen3_5Adapter(QwenVLAdapter):
         update their conv and recurrent states in place, so the frame's own tensors must never enter
         a query's forward. Right-padded rows are safe here: a row's padding comes after its last
         real token, which the recurrence and the causal conv never see."""
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=self.model.config.get_text_config())
+        cache = internals.new_cache(self.model)
+        entries = internals.cache_layers(cache)
         for index, (kind, first, second) in enumerate(prefix.keys_values):
-            layer = cache.layers[index]
-            rows = (batch,) + (-1,) * (first.dim() - 1)
+            first_rows = first.expand((batch,) + (-1,) * (first.dim() - 1))
+            second_rows = second.expand((batch,) + (-1,) * (second.dim() - 1))
             if kind == "kv":
                 # Concatenation: new tensors, the prefix's stay as they are.
-                layer.update(first.expand(rows), second.expand((batch,) + (-1,) * (second.dim() - 1)))
+                internals.set_attention_entry(entries[index], first_rows, second_rows)
             else:
-                layer.update_conv_state(first.expand(rows))  # copied into a new static buffer
-                layer.update_recurrent_state(second.expand((batch,) + (-1,) * (second.dim() - 1)))  # likewise
+                # Copied into new static buffers, likewise.
+                internals.set_linear_entry(entries[index], first_rows, second_rows)
         return cache
 
 

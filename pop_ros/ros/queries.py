@@ -12,19 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections import namedtuple
 
 from pop_ros.messages.capture import Capture
 from pop_ros.messages.image_conversion import ImageConversionError
 from pop_ros.pipeline.progress import CAPTURE, PUBLISHING, QueryProgress
-from pop_ros.ros.answers import Answer, Outcome
+from pop_ros.ros.answers import Answer, AnswerSettings, Outcome, result_answer
 from pop_ros.ros.camera import NoFrameError, is_empty_image
 from pop_ros.spatial.grasp import GraspSettings
-from pop_ros.spatial.locate import LocateSettings, Placement, add_region, locate_capture, locate_with, score_note
+from pop_ros.spatial.locate import LocateSettings, Placement, locate_capture
 from pop_ros_interfaces.srv import PointToPart, PointToParts
 
-# A result built without instances (by hand, in tests) answers with its single peak.
-_Peak = namedtuple("_Peak", "u v score")
 # The most queries one ~/point_to_parts call may ask (more are refused with this number): a call holds
 # the models for all of them, so every other query waits behind it.
 MAX_QUERIES_PER_CALL = 32
@@ -128,7 +125,7 @@ class Queries:
                 return Answer(Outcome.BAD_REQUEST, str(error), header, capture=capture)
         stages.stage(PUBLISHING)
         answer = self.result_answer(result, image, capture, options)
-        answer.total_ms = (time.perf_counter() - started) * 1000.0
+        answer = dataclasses.replace(answer, total_ms=(time.perf_counter() - started) * 1000.0)
         stages.check()  # the last boundary: a cancelled query publishes nothing
         if publish:
             self.publish(answer, image, result.heatmap)
@@ -160,67 +157,38 @@ class Queries:
             markers=markers,
         )
 
-    def result_answer(self, result, image, capture: Capture, options: QueryOptions | None = None) -> Answer:
-        """A pipeline result as an Answer: its instances (instances[0] is the answer itself), each with
-        its 3D point and approach pose, the min_score check, and the part's region and grasp frame."""
+    def result_answer(
+        self, result, image, capture: Capture, options: QueryOptions | None = None, query_index: int = 0, total_ms=0.0
+    ) -> Answer:
+        """A pipeline result as an Answer (answers.result_answer, as pop-bag builds it) with the node's
+        parameters of now: its best instance, holding the others, each located in the capture."""
         options = options or QueryOptions()
-        instances = result.instances or [_Peak(result.u, result.v, result.score)]
-        min_score = float(self.node.param("min_score"))
-        region = GraspSettings.from_parameters(self.node.param)
+        param = self.node.param
+        settings = AnswerSettings(
+            LocateSettings.from_parameters(param),
+            GraspSettings.from_parameters(param),
+            min_score=float(param("min_score")),
+        )
         image_size = image.shape[:2]
-        header = capture.header
-        answers, placement = [], None
-        for index, peak in enumerate(instances):
-            answer = Answer(
-                Outcome.OK,
-                "",
-                header,
-                u=peak.u,
-                v=peak.v,
-                score=peak.score,
-                query=result.query,
-                support_set=result.support_set,
-                instance=index,
-                capture=capture,
-            )
-            notes, placement = self.locate(answer, image_size, capture, options, placement)
-            rejection = score_note(peak.score, min_score)
-            if rejection:
-                answer.outcome = Outcome.REJECTED
-                notes.insert(0, rejection)
-            notes += add_region(answer, result.heatmap, placement, region)  # shared with pop-bag
-            answer.message = "; ".join(notes) or "ok"
-            answers.append(answer)
-        best = answers[0]
-        best.instances = answers
-        return best
+        placement = self.place(capture, result.u, result.v, image_size, settings.locate, options)
+        return result_answer(result, capture, placement, image_size, settings, query_index, total_ms)
 
-    def locate(
-        self, answer: Answer, image_size, capture: Capture, options: QueryOptions, paired: Placement | None = None
-    ) -> tuple[list[str], Placement]:
-        """Fill `answer`'s 3D point and approach pose for its (u, v) from the capture's depth and
-        camera_info. `paired`: the placement of a better instance of the same answer, whose depth this
-        one shares. Returns the notes on what is missing, and this placement."""
+    def place(self, capture: Capture, u: float, v: float, image_size, settings: LocateSettings, options) -> Placement:
+        """Where the best instance's pixel (u, v) is in the capture; a lookup in the depth stream (not
+        the request's own depth) is counted on /diagnostics, and a depth that does not fit logged."""
         node = self.node
-        settings = LocateSettings.from_parameters(node.param)
-        u, v = answer.u, answer.v
-        if paired is not None and paired.depth_m is not None:
-            placement = locate_with(paired.model, paired.depth_m, u, v, image_size, settings)
-        elif paired is not None:
-            placement = Placement(None, list(paired.notes[:1]))  # the same reason: no depth for any instance
-        else:
-            topic = node.resolve_topic_name("camera_info")
-            placement = locate_capture(capture, u, v, image_size, settings, topic)
-            from_streams = options.depth is None  # not the request's own depth
-            if placement.depth_paired is not None and from_streams:
-                node.health.depth_lookup(placement.depth_paired)
-            if placement.depth_paired and from_streams:
-                node.health.depth_misfit(placement.misfit)
-            if placement.misfit and from_streams:
-                node.get_logger().warning(
-                    f"depth does not fit the colour image: {placement.misfit}", throttle_duration_sec=10.0
-                )
-        return placement.apply(answer), placement
+        placement = locate_capture(capture, u, v, image_size, settings, node.resolve_topic_name("camera_info"))
+        if options.depth is not None:  # the request's own depth: not the streams'
+            return placement
+        if placement.depth_paired is not None:
+            node.health.depth_lookup(placement.depth_paired)
+        if placement.depth_paired:
+            node.health.depth_misfit(placement.misfit)
+        if placement.misfit:
+            node.get_logger().warning(
+                f"depth does not fit the colour image: {placement.misfit}", throttle_duration_sec=10.0
+            )
+        return placement
 
     # ---- services ----------------------------------------------------------------------------------------
     # `progress` (QueryProgress): given by the actions (actions.py), whose goal and result have the
@@ -269,13 +237,12 @@ class Queries:
         # The last boundary: a cancelled query publishes nothing (each part publishes below).
         (progress or QueryProgress()).stage(PUBLISHING)
         answers = [
-            self._part_answer(query, name, result, image, capture, options)
-            for query, name, result in zip(queries, sets, results, strict=True)
+            self._part_answer(index, query, name, result, image, capture, options)
+            for index, (query, name, result) in enumerate(zip(queries, sets, results, strict=True))
         ]
         node.outputs.publish_markers_in_order(answers, capture.header)  # all parts in one array: each stays visible
-        for index, answer in enumerate(answers):
+        for answer in answers:
             for item in answer.instances or [answer]:
-                item.query_index = index
                 response.instances.append(node.outputs.result_message(item, options.return_region))
         response.results = [node.outputs.result_message(answer, options.return_region) for answer in answers]
         shared_ms = next((r.shared_timings_ms.get("total", 0.0) for r in results if not _failed(r)), 0.0)
@@ -332,14 +299,17 @@ class Queries:
         return Outcome.OK, ""
 
     def _part_answer(
-        self, query: str, support_set: str, result, image, capture: Capture, options: QueryOptions
+        self, index: int, query: str, support_set: str, result, image, capture: Capture, options: QueryOptions
     ) -> Answer:
-        """One part's answer of ~/point_to_parts, published (but for the markers) and recorded."""
+        """The answer of part `index` of ~/point_to_parts, published (but for the markers) and recorded."""
         if _failed(result):
-            answer = Answer(Outcome.BAD_REQUEST, str(result), capture.header, query=query, support_set=support_set)
+            why = str(result)
+            answer = Answer(
+                Outcome.BAD_REQUEST, why, capture.header, query=query, support_set=support_set, query_index=index
+            )
         else:
-            answer = self.result_answer(result, image, capture, options)
-            answer.total_ms = result.timings_ms.get("total", 0.0)
+            total_ms = result.timings_ms.get("total", 0.0)
+            answer = self.result_answer(result, image, capture, options, query_index=index, total_ms=total_ms)
             self.publish(answer, image, result.heatmap, markers=False)
         self.record(answer)
         return answer

@@ -58,16 +58,27 @@ class Placement:
     model: CameraModel | None = None
     misfit: str = ""  # why the depth does not fit the colour image (depth_misfit); "" when it does
 
-    def apply(self, answer) -> list[str]:
-        """Copy the 3D point and pose into `answer` (the node's Answer, or anything with its fields);
-        returns the notes."""
+    def answer_fields(self) -> dict:
+        """The 3D point and approach pose as the node's Answer fields (none without a 3D point)."""
         location = self.location
-        if location is not None and location.has_3d:
-            answer.has_3d, answer.xyz = True, location.xyz
-            answer.has_pose, answer.normal = location.has_pose, location.normal
-            answer.orientation = location.orientation
-            answer.fit_rms_m, answer.fit_inlier_ratio = location.fit_rms_m, location.fit_inlier_ratio
-        return list(self.notes)
+        if location is None or not location.has_3d:
+            return {}
+        return {
+            "has_3d": True,
+            "xyz": location.xyz,
+            "has_pose": location.has_pose,
+            "normal": location.normal,
+            "orientation": location.orientation,
+            "fit_rms_m": location.fit_rms_m,
+            "fit_inlier_ratio": location.fit_inlier_ratio,
+        }
+
+    def at(self, u: float, v: float, image_size: tuple[int, int], settings) -> Placement:
+        """Another pixel (u, v) of the same capture (a further instance of one answer): located in this
+        placement's decoded depth and camera model, or, without them, with this placement's reason."""
+        if self.depth_m is None:
+            return Placement(None, list(self.notes[:1]))  # no depth for any instance: the same reason
+        return locate_with(self.model, self.depth_m, u, v, image_size, settings)
 
 
 def locate_capture(
@@ -170,39 +181,67 @@ def score_note(score: float, min_score: float) -> str:
     return f"part not visible: score {score:.3f} < min_score {min_score}" if score < min_score else ""
 
 
-def add_region(answer, heatmap, placement: Placement | None, settings: grasp.GraspSettings) -> list[str]:
-    """The part's mask, cloud and grasp frame of an accepted `answer` (the node's Answer, or anything
-    with its fields) from its fused map at image size and the placement its point came from; returns
-    the notes on what is missing. The node and pop-bag both build the region here."""
-    if settings.part_threshold <= 0 or not answer.success:
-        return []
-    answer.mask = grasp.part_mask(heatmap, answer.u, answer.v, settings.part_threshold)
-    return add_grasp(answer, answer.mask, heatmap, placement, settings)
+@dataclasses.dataclass(frozen=True)
+class PartRegion:
+    """The part's region of an accepted answer (grasp.py): its mask (H, W) bool, its cloud and grasp
+    frame, under the node's Answer field names, and the notes on what is missing."""
+
+    mask: object = None
+    cloud: object = None
+    has_grasp: bool = False
+    grasp_orientation: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 1.0)  # (x, y, z, w)
+    grasp_xyz: tuple[float, float, float] = (0.0, 0.0, 0.0)  # the point + grasp_tool_offset_m * z
+    grasp_axes: tuple = ()  # (closing x, along y, approach z), unit vectors, when has_grasp
+    grasp_width_m: float = 0.0
+    part_length_m: float = 0.0
+    notes: tuple[str, ...] = ()
+
+    def answer_fields(self) -> dict:
+        """Everything but the notes, as the node's Answer fields."""
+        fields = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        fields.pop("notes")
+        return fields
 
 
-def add_grasp(answer, mask, heatmap, placement: Placement | None, settings, max_points: int = 0) -> list[str]:
-    """The part's cloud and grasp frame of `answer` from its region `mask (H, W)` and the placement its
-    point came from; `heatmap` weighs the cloud's points (None: all 1, a tracked region). `max_points`
-    > 0: the mask is thinned to every n-th row and column first, to about that many pixels (a tracked
-    answer's, every frame). Returns the notes on what is missing."""
-    if placement is None or placement.depth_m is None or not answer.has_3d:
-        return []
+def part_region(heatmap, u: float, v: float, placement: Placement, settings: grasp.GraspSettings) -> PartRegion:
+    """The part's mask, cloud and grasp frame of an accepted answer at pixel (u, v), from its fused map
+    `heatmap (H, W)` at image size and the placement its point came from (none with part_threshold 0).
+    The node and pop-bag both build the region here."""
+    if settings.part_threshold <= 0:
+        return PartRegion()
+    mask = grasp.part_mask(heatmap, u, v, settings.part_threshold)
+    return grasp_region(mask, heatmap, placement, settings)
+
+
+def grasp_region(mask, heatmap, placement: Placement | None, settings, max_points: int = 0) -> PartRegion:
+    """The part's region `mask (H, W)` with its cloud and grasp frame from the placement its point came
+    from; `heatmap` weighs the cloud's points (None: all 1, a tracked region). `max_points` > 0: the
+    mask is thinned to every n-th row and column first, to about that many pixels (a tracked answer's,
+    every frame)."""
+    location = placement.location if placement is not None else None
+    if placement is None or placement.depth_m is None or location is None or not location.has_3d:
+        return PartRegion(mask=mask)
     area = int(np.count_nonzero(mask))
     weights = heatmap if heatmap is not None else mask.astype(np.float32)
+    cloud_mask = mask
     if max_points > 0 and area > max_points:
         stride = math.ceil(math.sqrt(area / max_points))
-        thinned = np.zeros_like(mask, dtype=bool)
-        thinned[::stride, ::stride] = mask[::stride, ::stride]
-        mask = thinned
-    answer.cloud = grasp.part_cloud(placement.model, placement.depth_m, mask, weights)
-    if not answer.has_pose:
-        return ["no grasp frame: no approach pose"]
-    frame = grasp.grasp_frame(answer.cloud.points, answer.normal, settings.gripper_max_width_m)
+        cloud_mask = np.zeros_like(mask, dtype=bool)
+        cloud_mask[::stride, ::stride] = mask[::stride, ::stride]
+    cloud = grasp.part_cloud(placement.model, placement.depth_m, cloud_mask, weights)
+    if not location.has_pose:
+        return PartRegion(mask=mask, cloud=cloud, notes=("no grasp frame: no approach pose",))
+    frame = grasp.grasp_frame(cloud.points, location.normal, settings.gripper_max_width_m)
     if not frame.ok:
-        return [f"no grasp frame: {frame.reason}"]
-    answer.has_grasp, answer.grasp_orientation = True, frame.orientation
-    answer.grasp_xyz = frame.origin(answer.xyz, settings.grasp_tool_offset_m)
+        return PartRegion(mask=mask, cloud=cloud, notes=(f"no grasp frame: {frame.reason}",))
     along = tuple(float(c) for c in np.cross(frame.approach, frame.closing))
-    answer.grasp_axes = (frame.closing, along, frame.approach)
-    answer.grasp_width_m, answer.part_length_m = frame.width_m, frame.length_m
-    return []
+    return PartRegion(
+        mask=mask,
+        cloud=cloud,
+        has_grasp=True,
+        grasp_orientation=frame.orientation,
+        grasp_xyz=frame.origin(location.xyz, settings.grasp_tool_offset_m),
+        grasp_axes=(frame.closing, along, frame.approach),
+        grasp_width_m=frame.width_m,
+        part_length_m=frame.length_m,
+    )

@@ -18,7 +18,7 @@ import threading
 import numpy as np
 
 from pop_ros.spatial.grasp import GraspSettings
-from pop_ros.spatial.locate import LocateSettings, add_grasp, locate_capture
+from pop_ros.spatial.locate import LocateSettings, PartRegion, grasp_region, locate_capture
 from pop_ros.tracking.tracker import PartTracker, TrackSettings, TrackUpdate, grey_image
 
 # Grey frames kept for catching up: two seconds of a 30 Hz camera (0.3 MB each at 640x480).
@@ -136,12 +136,7 @@ def tracked_answer(
     from pop_ros.ros.answers import Answer, Outcome
 
     anchor, update = step.anchor, step.update
-    answer = Answer(
-        Outcome.OK,
-        "",
-        capture.header,
-        u=update.u,
-        v=update.v,
+    common = dict(
         score=anchor.score,
         query=anchor.query,
         support_set=anchor.support_set,
@@ -150,13 +145,21 @@ def tracked_answer(
         capture=capture,
     )
     if not update.ok:
-        answer.outcome, answer.message = Outcome.TRACK_LOST, f"track lost: {update.reason}"
-        return answer, None
+        why = f"track lost: {update.reason}"
+        return Answer(Outcome.TRACK_LOST, why, capture.header, u=update.u, v=update.v, **common), None
     placement = locate_capture(capture, update.u, update.v, image_size, settings, topic)
-    notes = placement.apply(answer)
+    part = PartRegion()  # the part's region moved with the track, with its cloud and grasp frame here
     if step.region is not None and region.part_threshold > 0:
-        answer.mask = step.region
-        notes += add_grasp(answer, step.region, None, placement, region, TRACKED_CLOUD_POINTS)
+        part = grasp_region(step.region, None, placement, region, TRACKED_CLOUD_POINTS)
     features = f"tracked {step.age_s:.2f} s from the full answer, {update.features} features"
-    answer.message = "; ".join([features, *notes])
+    answer = Answer(
+        Outcome.OK,
+        "; ".join([features, *placement.notes, *part.notes]),
+        capture.header,
+        u=update.u,
+        v=update.v,
+        **common,
+        **placement.answer_fields(),
+        **part.answer_fields(),
+    )
     return answer, placement
