@@ -189,6 +189,39 @@ def _temporary_name(path: pathlib.Path) -> pathlib.Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
 
 
+def parse_sets(entries: dict, path: pathlib.Path) -> tuple[dict[str, SupportSet], list[str]]:
+    """The valid sets of a library document's `sets` mapping (images relative to `path`'s folder),
+    and what was wrong with the others: a bad exemplar is skipped, a set left without one too."""
+    sets, errors = {}, []
+    for name, entry in entries.items():
+        where = f"{path}: set {name!r}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("exemplars"), list):
+            errors.append(f"{where}: needs 'query' and an 'exemplars' list")
+            continue
+        query = entry.get("query", "")
+        if query is None:
+            query = ""
+        if not isinstance(query, str):
+            errors.append(f"{where}: 'query' must be a string")
+            continue
+        exemplars = []
+        for index, item in enumerate(entry["exemplars"]):
+            try:
+                if not isinstance(item, dict) or "image" not in item or "click" not in item:
+                    raise SupportError("needs 'image' and 'click'")
+                image_path = (path.parent / str(item["image"])).resolve()
+                image = read_rgb(image_path)
+                click = validate_click(item["click"], image)
+                exemplars.append(Exemplar(image, click, str(image_path), entry=index))
+            except SupportError as error:
+                errors.append(f"{where}, exemplar {index}: {error}")
+        if exemplars:
+            sets[str(name)] = SupportSet(str(name), query.strip(), exemplars)
+        else:
+            errors.append(f"{where}: no valid exemplar; set not loaded")
+    return sets, errors
+
+
 class SupportLibrary:
     """Named support sets; thread-safe for concurrent reads, runtime additions and edits.
 
@@ -241,33 +274,7 @@ class SupportLibrary:
             data = {"sets": {}}
         if not isinstance(data, dict) or not isinstance(data.get("sets"), dict):
             raise SupportError(f"support library {path} must be a mapping with a 'sets' mapping")
-        sets, errors = {}, []
-        for name, entry in data["sets"].items():
-            where = f"{path}: set {name!r}"
-            if not isinstance(entry, dict) or not isinstance(entry.get("exemplars"), list):
-                errors.append(f"{where}: needs 'query' and an 'exemplars' list")
-                continue
-            query = entry.get("query", "")
-            if query is None:
-                query = ""
-            if not isinstance(query, str):
-                errors.append(f"{where}: 'query' must be a string")
-                continue
-            exemplars = []
-            for index, item in enumerate(entry["exemplars"]):
-                try:
-                    if not isinstance(item, dict) or "image" not in item or "click" not in item:
-                        raise SupportError("needs 'image' and 'click'")
-                    image_path = (path.parent / str(item["image"])).resolve()
-                    image = read_rgb(image_path)
-                    click = validate_click(item["click"], image)
-                    exemplars.append(Exemplar(image, click, str(image_path), entry=index))
-                except SupportError as error:
-                    errors.append(f"{where}, exemplar {index}: {error}")
-            if exemplars:
-                sets[str(name)] = SupportSet(str(name), query.strip(), exemplars)
-            else:
-                errors.append(f"{where}: no valid exemplar; set not loaded")
+        sets, errors = parse_sets(data["sets"], path)
         return cls(sets, errors, path=path, writable=writable, document=data)
 
     # ---- reading --------------------------------------------------------------------------------
