@@ -4,7 +4,6 @@ on one frame, a streaming run of the node, and the report's table."""
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import resource
@@ -572,43 +571,52 @@ def run_streaming(preset: str, seconds: float, rate_hz: float, progress, reliabi
             stdout=subprocess.PIPE,
             text=True,
         )
-        time.sleep(warmup)
-        rss_start = process.memory_info().rss  # after the first queries allocated what they need
-        node.camera.callback_durations_ms.clear()
-        node.camera.callback_latency_ms.clear()
-        results.clear()
-        output, _ = camera.communicate(timeout=seconds + 120)
-        rss_end = process.memory_info().rss
-        time.sleep(0.5)
-        camera_report = json.loads(output.strip().splitlines()[-1])
-        measured = camera_report["seconds"] - warmup
-        published = int(round(camera_report["published"] * measured / camera_report["seconds"]))
-        query_ms = [result.total_ms for result in results]
-        latency = list(node.camera.callback_latency_ms)
-        duration = list(node.camera.callback_durations_ms)
-        stamps = {(r.header.stamp.sec, r.header.stamp.nanosec) for r in results}
-        return {
-            "preset": preset,
-            "reliability": reliability,
-            "seconds_measured": measured,
-            "frames_published": published,
-            "frames_received": len(latency),
-            "queries_processed": len(results),
-            "processed_rate_hz": len(results) / measured,
-            "frames_not_processed": published - len(stamps),
-            "distinct_frames_processed": len(stamps),
-            "callback_delivery_ms": {"p50": percentile(latency, 50), "p99": percentile(latency, 99)},
-            "callback_duration_ms": {"p50": percentile(duration, 50), "p99": percentile(duration, 99)},
-            "query_ms": {"p50": percentile(query_ms, 50), "p99": percentile(query_ms, 99)},
-            "rss_mb": {"start": rss_start / 2**20, "end": rss_end / 2**20},
-            "rss_growth_fraction": (rss_end - rss_start) / rss_start,
-        }
+        rss_start = []
+
+        def start_measuring():
+            rss_start.append(process.memory_info().rss)  # after the first queries allocated what they need
+            node.camera.callback_durations_ms.clear()
+            node.camera.callback_latency_ms.clear()
+            results.clear()
+
+        first, last, camera_report = bench_tracking.camera_window(node, camera, warmup, seconds, start_measuring)
+        rss = (rss_start[0], process.memory_info().rss)
+        window = (first.stamp_s, last.stamp_s)
+        latency, duration = list(node.camera.callback_latency_ms), list(node.camera.callback_durations_ms)
+        report = {"preset": preset, "reliability": reliability}
+        return report | streaming_report(bench_tracking.in_window(list(results), window), camera_report, window,
+                                         (latency, duration), rss)  # fmt: skip
     finally:
         if camera is not None and camera.poll() is None:
             camera.kill()
         ros.executor.remove_node(node)
         node.destroy_node()
         ros.close()
+
+
+def streaming_report(results: list, camera_report: dict, window: tuple, callbacks: tuple, rss: tuple) -> dict:
+    """The streaming run's figures: the standing query's `results` about frames in `window` (first,
+    last frame stamp), the camera process's report, the colour callbacks' delivery latencies and
+    durations (ms) and the process's resident memory at the window's start and end (bytes)."""
+    measured = window[1] - window[0]
+    published = int(round(camera_report["published"] * measured / camera_report["seconds"]))
+    latency, duration = callbacks
+    query_ms = [result.total_ms for result in results]
+    stamps = {(r.header.stamp.sec, r.header.stamp.nanosec) for r in results}
+    return {
+        "seconds_measured": measured,
+        "frames_published": published,
+        "frames_received": len(latency),
+        "queries_processed": len(results),
+        "processed_rate_hz": len(results) / measured,
+        "frames_not_processed": published - len(stamps),
+        "distinct_frames_processed": len(stamps),
+        "callback_delivery_ms": {"p50": percentile(latency, 50), "p99": percentile(latency, 99)},
+        "callback_duration_ms": {"p50": percentile(duration, 50), "p99": percentile(duration, 99)},
+        "query_ms": {"p50": percentile(query_ms, 50), "p99": percentile(query_ms, 99)},
+        "rss_mb": {"start": rss[0] / 2**20, "end": rss[1] / 2**20},
+        "rss_growth_fraction": (rss[1] - rss[0]) / rss[0],
+    }
 
 
 # ---- report ---------------------------------------------------------------------------------------------

@@ -196,23 +196,16 @@ def run_tracking_stream(preset: str, seconds: float, query_rate_hz: float, camer
         command = [sys.executable, "-m", "pop_ros.bench.tracking", "--serve-camera", namespace]
         command += [str(width), str(height), str(rate_hz), str(seconds)]
         process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=camera_environment())
-        # The window measured runs from the newest frame received `warmup` s after the first one to
-        # the last frame received: by the camera's stamps, so its start-up time is not counted.
-        deadline = time.monotonic() + 120.0
-        while node.camera.latest is None and time.monotonic() < deadline and process.poll() is None:
-            time.sleep(0.05)
-        time.sleep(warmup)
-        first = node.camera.latest
-        results.clear()
-        skipped_before = node.tracking.skipped_total
-        output, _ = process.communicate(timeout=seconds + 120)
-        time.sleep(0.5)  # the last frames' answers
-        last = node.camera.latest
-        if first is None or last is None or last.seq <= first.seq:
-            raise RuntimeError(f"the tracking camera's frames did not reach the node: {output[-500:]}")
+        skipped = []
+        first, last, camera_report = camera_window(
+            node,
+            process,
+            warmup,
+            seconds,
+            on_start=lambda: (results.clear(), skipped.append(node.tracking.skipped_total)),
+        )
         window = (first.stamp_s, last.stamp_s)
-        frames = (last.seq - first.seq, node.tracking.skipped_total - skipped_before)
-        camera_report = json.loads(output.strip().splitlines()[-1])
+        frames = (last.seq - first.seq, node.tracking.skipped_total - skipped[0])
         return stream_report(list(results), camera_report, frames, window, camera)
     finally:
         if process is not None and process.poll() is None:
@@ -220,6 +213,32 @@ def run_tracking_stream(preset: str, seconds: float, query_rate_hz: float, camer
         ros.executor.remove_node(node)
         node.destroy_node()
         ros.close()
+
+
+def camera_window(node, process, warmup: float, seconds: float, on_start) -> tuple:
+    """The window a streaming run measures: from the newest frame the node has `warmup` s after its
+    first one (the camera process's start-up is not in it; `on_start()` is called there, to clear
+    what is counted) to the last frame received once the camera process has ended. Returns (first
+    Frame, last Frame, the camera's report: frames published, seconds)."""
+    deadline = time.monotonic() + 120.0
+    while node.camera.latest is None and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    time.sleep(warmup)
+    first = node.camera.latest
+    on_start()
+    output, _ = process.communicate(timeout=seconds + 120)
+    time.sleep(0.5)  # the last frames' answers
+    last = node.camera.latest
+    if first is None or last is None or last.seq <= first.seq:
+        raise RuntimeError(f"the camera's frames did not reach the node: {output[-500:]}")
+    return first, last, json.loads(output.strip().splitlines()[-1])
+
+
+def in_window(results: list, window: tuple[float, float]) -> list:
+    """The results about frames stamped within `window` (first, last], seconds."""
+    from pop_ros.messages.capture import stamp_seconds
+
+    return [r for r in results if window[0] < stamp_seconds(r.header.stamp) <= window[1]]
 
 
 def stream_report(received: list, camera_report: dict, frames: tuple[int, int], window: tuple, camera: tuple) -> dict:
@@ -230,7 +249,7 @@ def stream_report(received: list, camera_report: dict, frames: tuple[int, int], 
     width, height, rate_hz, share = camera
     frames_received, frames_skipped = frames
     measured = window[1] - window[0]
-    received = [r for r in received if window[0] < r.header.stamp.sec + r.header.stamp.nanosec * 1e-9 <= window[1]]
+    received = in_window(received, window)
     reasons = collections.Counter(
         r.message.removeprefix("track lost: ").split(":")[0] for r in received if r.tracked and not r.success
     )

@@ -18,7 +18,7 @@ import numpy as np
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from pop_ros.messages.capture import Capture, Frame, capture_of, newest_capture
+from pop_ros.messages.capture import Capture, Frame, capture_of, newest_capture, stamp_seconds
 from pop_ros.messages.image_conversion import ImageConversionError, compressed_to_rgb8, to_rgb8
 from pop_ros.messages.stamps import StampBuffer
 
@@ -29,10 +29,6 @@ FRAME_HISTORY = 30
 
 class NoFrameError(ImageConversionError):
     """No camera frame to answer about: none received yet, or the latest is older than max_frame_age."""
-
-
-def stamp_seconds(stamp) -> float:
-    return stamp.sec + stamp.nanosec * 1e-9
 
 
 def is_empty_image(msg) -> bool:
