@@ -143,10 +143,10 @@ def node_remappings(camera: str, depth: str) -> list:
 def node_environment(share: str, environment=os.environ) -> dict[str, str]:
     """pop_node's extra environment: the shipped Fast DDS profile for large images (its heatmap, mask
     and cloud messages overrun Fast DDS's 512 KiB shared-memory segment; docs/tracking.md), unless
-    the user named a profile of their own."""
-    if environment.get("FASTDDS_DEFAULT_PROFILES_FILE"):
-        return {}
-    return {"FASTDDS_DEFAULT_PROFILES_FILE": os.path.join(share, "config", "fastdds_large_images.xml")}
+    the user named a profile of their own or runs another RMW."""
+    from pop_ros.paths import large_images_dds_environment
+
+    return large_images_dds_environment(environment, os.path.join(share, "config"))
 
 
 def _share() -> str:

@@ -60,3 +60,21 @@ def shipped_library_refusal(library: pathlib.Path | str) -> str | None:
         f"{library} is in the shipped example library's folder ({folder}), which is read-only; teach into a "
         f"copy: cp -r {folder} my_supports, then give my_supports/library.yaml"
     )
+
+
+# Fast DDS reads its default XML profile from FASTRTPS_DEFAULT_PROFILES_FILE up to Fast DDS 2.x (ROS 2
+# Humble, Jazzy) and from FASTDDS_DEFAULT_PROFILES_FILE since 3.0 (Kilted on; the old name still read).
+FASTDDS_PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
+FAST_DDS_2_DISTROS = ("humble", "iron", "jazzy")
+
+
+def large_images_dds_environment(environment=os.environ, config: pathlib.Path | str | None = None) -> dict[str, str]:
+    """The environment that gives a process the shipped Fast DDS profile for large images
+    (config/fastdds_large_images.xml, docs/tracking.md), under the variable its distro's Fast DDS
+    reads; empty when the process has a profile already (either variable) or another RMW."""
+    rmw = environment.get("RMW_IMPLEMENTATION", "")
+    if (rmw and not rmw.startswith("rmw_fastrtps")) or any(environment.get(v) for v in FASTDDS_PROFILE_VARIABLES):
+        return {}
+    fast_dds_2 = environment.get("ROS_DISTRO", "") in FAST_DDS_2_DISTROS
+    variable = FASTDDS_PROFILE_VARIABLES[1] if fast_dds_2 else FASTDDS_PROFILE_VARIABLES[0]
+    return {variable: str(pathlib.Path(config or config_dir()) / "fastdds_large_images.xml")}

@@ -547,3 +547,34 @@ def test_action_clients_made_and_let_go_beside_a_spinning_executor_never_end_its
         assert wait_for(lambda: not get_action_client_names_and_types_by_node(ros.node, "spin_safe_clients", "/"), 30)
     finally:
         ros.close()
+
+
+def test_an_action_client_destroyed_during_its_take_finishes_the_take_and_is_destroyed_after():
+    """The interleaving of ros2/rclpy#1385 that the wait set does not cover: the executor's worker
+    takes a client's data while another thread destroys it. The take finishes with nothing (no
+    exception reaches spin()), and the handle is destroyed once the take let go of it."""
+    from rclpy.exceptions import InvalidHandle
+
+    from pop_ros.clients.ros_client import RosClient, SpinSafeActionClient
+
+    class DestroyedMidTake(SpinSafeActionClient):
+        @property
+        def _is_goal_response_ready(self):  # read inside rclpy's take_data: destroy right there
+            self.destroy()
+            return True
+
+        @_is_goal_response_ready.setter
+        def _is_goal_response_ready(self, _value):
+            pass
+
+    ros = RosClient("destroyed_mid_take")
+    try:
+        client = DestroyedMidTake(ros.node, PointToPartAction, "/destroyed_mid_take/action")
+        for flag in ("cancel_response", "result_response", "feedback", "status"):  # set by is_ready()
+            setattr(client, f"_is_{flag}_ready", False)
+        assert client.take_data() == {}
+        with pytest.raises(InvalidHandle):
+            with client._client_handle:
+                pass
+    finally:
+        ros.close()

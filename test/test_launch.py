@@ -153,9 +153,17 @@ def test_ros_launch_receives_every_argument_and_the_node_s_log_level():
 
 
 def test_the_node_gets_the_large_images_dds_profile_unless_the_user_has_one(launch):
-    shipped = launch.node_environment(str(config_dir().parent), {})["FASTDDS_DEFAULT_PROFILES_FILE"]
+    """Under the variable its distro's Fast DDS reads (FASTRTPS_ up to Fast DDS 2.x: Jazzy), and not
+    when the user named a profile under either name or runs another RMW."""
+    share = str(config_dir().parent)
+    shipped = launch.node_environment(share, {})["FASTDDS_DEFAULT_PROFILES_FILE"]
     assert shipped == str(config_dir() / "fastdds_large_images.xml") and pathlib.Path(shipped).is_file()
-    assert launch.node_environment(str(config_dir().parent), {"FASTDDS_DEFAULT_PROFILES_FILE": "/mine.xml"}) == {}
+    assert launch.node_environment(share, {"ROS_DISTRO": "jazzy"}) == {"FASTRTPS_DEFAULT_PROFILES_FILE": shipped}
+    assert launch.node_environment(share, {"ROS_DISTRO": "kilted"}) == {"FASTDDS_DEFAULT_PROFILES_FILE": shipped}
+    for own in ({"FASTDDS_DEFAULT_PROFILES_FILE": "/mine.xml"}, {"FASTRTPS_DEFAULT_PROFILES_FILE": "/mine.xml"}):
+        assert launch.node_environment(share, own) == {}
+    assert launch.node_environment(share, {"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"}) == {}
+    assert launch.node_environment(share, {"RMW_IMPLEMENTATION": "rmw_fastrtps_cpp"}) != {}
 
 
 def test_rviz_config_shows_the_launch_file_s_default_topics(launch):

@@ -251,3 +251,27 @@ def test_colour_frames_keep_arriving_while_one_is_being_tracked(inprocess):
     newest = node.camera.latest.stamp_s
     assert wait_for(lambda: newest in tracked_stamps, 30)  # then straight to the newest
     assert len(tracked_stamps) == 2 and node.tracking.skipped_total == 5  # frames 2-6 were never tracked
+
+
+def test_an_exception_while_tracking_is_logged_and_the_next_frame_is_tracked(inprocess):
+    """The tracking thread goes through the node's callback guard: one failing frame is counted as an
+    internal error, and tracking goes on with the next frame (the thread does not end)."""
+    from test.conftest import colour_msg
+
+    ros, node, results, anchors = start_tracking(inprocess, "fails", "continuous_rate:=0.01")
+    track = node.tracking.follower.track
+    calls = []
+
+    def failing_once(image, stamp):
+        calls.append(stamp)
+        if len(calls) == 1:
+            raise RuntimeError("a frame the tracker cannot take")
+        return track(image, stamp)
+
+    node.tracking.follower.track = failing_once
+    colour = ros.publisher(Image, "/fails/image")
+    colour.publish(colour_msg(ros.now_stamp()))
+    assert wait_for(lambda: node.internal_errors["_step"] == 1, 30)
+    colour.publish(colour_msg(ros.now_stamp()))
+    assert wait_for(lambda: len(calls) == 2, 30)  # the next frame reached the tracker
+    assert node.tracking._thread.is_alive()

@@ -570,6 +570,7 @@ def run_streaming(preset: str, seconds: float, rate_hz: float, progress, reliabi
             [sys.executable, "-m", "pop_ros.bench", "--serve-camera", "/bench/image", "--stream-seconds", str(seconds)],
             stdout=subprocess.PIPE,
             text=True,
+            env=bench_tracking.camera_environment(),
         )
         rss_start = []
 
@@ -739,7 +740,7 @@ def _stream_lines(stream: dict) -> list[str]:
 
 def run_report(args, command: str, progress, started: float | None = None) -> dict:
     """Every section `pop-bench`'s arguments ask for, as one report (see pop_ros/bench/cli.py); with
-    `args.budget` (minutes, counted from `started`, a time.perf_counter()) those that fit (bench_plan.py)."""
+    `args.budget` (minutes, counted from `started`, a time.perf_counter()) those that fit (bench/plan.py)."""
     from pop_ros.bench.plan import budget_report, sections_for
     from pop_ros.models.loading import resolve_device
 

@@ -162,11 +162,16 @@ def camera_environment() -> dict:
     pop_ros ships for large images (config/fastdds_large_images.xml). With Fast DDS's built-in
     512 KiB shared-memory segment about two colour frames in three of a 640x480, 30 Hz camera with
     depth never reach the node; that would be measuring the transport, not the node."""
-    from pop_ros.paths import config_dir
+    from pop_ros.paths import large_images_dds_environment
 
-    environment = dict(os.environ)
-    environment.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(config_dir() / "fastdds_large_images.xml"))
-    return environment
+    return dict(os.environ) | large_images_dds_environment(os.environ)
+
+
+def dds_profile(environment: dict) -> str:
+    """The Fast DDS profile a process with `environment` loads ('' for none)."""
+    from pop_ros.paths import FASTDDS_PROFILE_VARIABLES
+
+    return next((environment[v] for v in FASTDDS_PROFILE_VARIABLES if environment.get(v)), "")
 
 
 def run_tracking_stream(preset: str, seconds: float, query_rate_hz: float, camera: tuple, progress) -> dict:
@@ -275,7 +280,7 @@ def stream_report(received: list, camera_report: dict, frames: tuple[int, int], 
         "share_of_frames_published": rate * measured / published if published else 0.0,
         "target_share": share,
         # the camera process's Fast DDS profile: its shared-memory segment decides what arrives
-        "camera_dds_profile": camera_environment().get("FASTDDS_DEFAULT_PROFILES_FILE", ""),
+        "camera_dds_profile": dds_profile(camera_environment()),
         "load_average": os.getloadavg()[0],
         "cpus": os.cpu_count(),
     }

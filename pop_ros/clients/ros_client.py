@@ -49,11 +49,12 @@ class SpinSafeActionClient(ActionClient):
         return not self._destroy_requested and super().is_ready(wait_set)
 
     def take_data(self):
-        if not self._destroy_requested:
-            try:
-                return super().take_data()
-            except InvalidHandle:  # destroyed between the check and the take
-                pass
+        try:
+            with self._client_handle:  # held through the takes: a destroy meanwhile waits for them
+                if not self._destroy_requested:
+                    return super().take_data()
+        except InvalidHandle:  # destroyed before the take began
+            pass
         return {}  # nothing for execute() to do: no one waits on a destroyed client's goals
 
     def destroy(self) -> None:

@@ -88,7 +88,7 @@ class ContinuousTracking:
     def anchor(self, answer) -> None:
         """A full answer of the standing query (about its capture's frame): the track starts again
         from it; one without a point (or without a capture) ends the track."""
-        if not self.enabled():
+        if not self.enabled() or not self.node.active:  # a query that ended after deactivate: no track
             return
         capture = answer.capture
         if not answer.success or capture is None:
@@ -120,8 +120,9 @@ class ContinuousTracking:
 
     # ---- the tracking thread -------------------------------------------------------------------------------
     def _run(self) -> None:
-        step = self.node.guarded(self._step)  # an exception is logged and counted; the thread goes on
-        while step():
+        # An exception is logged and counted by the guard (which then returns None); the thread goes on.
+        step = self.node.guarded(self._step)
+        while step() is not False:
             pass
 
     def _has_work(self) -> bool:  # under _handover
