@@ -153,5 +153,6 @@ class RosClient:
 
     def close(self) -> None:
         self.executor.shutdown()
+        self._thread.join(timeout=10.0)  # spin() has returned: nothing of ours is left in a wait
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)
