@@ -24,7 +24,7 @@ def _median(row: dict) -> float:
 def test_pop_bench_smoke_run_reports_every_comparison():
     completed = subprocess.run(
         [sys.executable, "-m", "pop_ros.bench", "--preset", "tiny", "--dtype", "float32", "--repeats", "3",
-         "--warmup", "1", "--stream-seconds", "6", "--json"],
+         "--warmup", "1", "--stream-seconds", "3", "--json"],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr
