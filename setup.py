@@ -30,7 +30,7 @@ setup(
             "pop-point = pop_ros.cli.point:main",
             "pop-find-heads = pop_ros.cli.find_heads:main",
             "pop-eval = pop_ros.cli.evaluate:main",
-            "pop-bench = pop_ros.bench:main",
+            "pop-bench = pop_ros.bench.cli:main",
             "find-handle-tree = pop_ros.examples.find_handle_tree:main",
             "pop-bag = pop_ros.cli.bag:main",
             "pop-teach = pop_ros.cli.bag:teach_main",

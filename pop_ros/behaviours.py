@@ -6,7 +6,7 @@
 pre-empted the behaviour) cancels the goal on the node, whose work stops and publishes nothing.
 `TeachExemplar` calls the `~/add_exemplar` service. Every behaviour clears its outputs in
 `initialise()`; on FAILURE, `feedback_message` is the node's reason. The transport, the timeouts
-and the py_trees_ros conventions: `pop_ros.behaviour_requests`.
+and the py_trees_ros conventions: `pop_ros.clients.behaviour_requests`.
 
 Someone must spin the node (an executor thread, or the executor that runs the tree's tick timer):
 answers arrive through it.
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import py_trees
 from geometry_msgs.msg import PointStamped
 
-from pop_ros.behaviour_requests import ActionBehaviour, Refused, ServiceBehaviour, ServiceUnavailableError
+from pop_ros.clients.behaviour_requests import ActionBehaviour, Refused, ServiceBehaviour, ServiceUnavailableError
 from pop_ros_interfaces import action, srv
 
 __all__ = ["PointToPart", "PointToParts", "ServiceUnavailableError", "TeachExemplar"]

@@ -84,10 +84,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_demo(preset: str, out: pathlib.Path, seconds: float) -> list[dict]:
+    from pop_ros.clients.ros_client import LIBRARY, RosClient
+    from pop_ros.clients.testing import NodeProcess
     from pop_ros.paths import SAMPLE_DIR
-    from pop_ros.ros_client import LIBRARY, RosClient
     from pop_ros.supports import SupportLibrary
-    from pop_ros.testing import NodeProcess
     from pop_ros.visualize import contact_sheet
 
     scenes = sorted(SAMPLE_DIR.glob("scene_*.png"))
@@ -149,7 +149,7 @@ class DemoCamera:
     def streaming(self, bgr: np.ndarray):
         from sensor_msgs.msg import CameraInfo
 
-        from pop_ros.image_conversion import from_array
+        from pop_ros.messages.image_conversion import from_array
 
         height, width = bgr.shape[:2]
         depth = np.full((height, width), 800, np.uint16)
@@ -198,7 +198,7 @@ class DemoCamera:
 def ask(client, camera: DemoCamera, scene_path: pathlib.Path, support_set: str) -> tuple[dict, np.ndarray]:
     """Ask for `support_set`'s part in the latest frame (one retry if that frame was late or missing):
     the answer as a dict, and the node's heatmap overlay of it (BGR)."""
-    from pop_ros.image_conversion import to_rgb8
+    from pop_ros.messages.image_conversion import to_rgb8
     from pop_ros_interfaces.srv import PointToPart
 
     for attempt in range(2):

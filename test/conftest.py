@@ -177,7 +177,7 @@ def colour_msg(stamp, frame_id: str = "cam_color_optical_frame", image: np.ndarr
     """A bgr8 sensor_msgs/Image of `image` (default: sample scene 0) with the given header."""
     import cv2
 
-    from pop_ros.image_conversion import from_array
+    from pop_ros.messages.image_conversion import from_array
 
     msg = from_array(cv2.cvtColor(scene() if image is None else image, cv2.COLOR_RGB2BGR), "bgr8")
     msg.header.stamp, msg.header.frame_id = stamp, frame_id
@@ -202,7 +202,7 @@ def depth_and_info(ros, namespace: str, stamp, depth_m: float = 1.25) -> None:
     """camera_info (K) and a flat depth image, both stamped `stamp`, on the namespace's camera topics."""
     from sensor_msgs.msg import CameraInfo, Image
 
-    from pop_ros.image_conversion import from_array
+    from pop_ros.messages.image_conversion import from_array
 
     info = CameraInfo(width=WIDTH, height=HEIGHT, k=K, distortion_model="plumb_bob")
     info.header.stamp = stamp
@@ -223,8 +223,8 @@ def inprocess():
     """Start a PopNode in-process under /<namespace>, with the shipped params file, UNHURRIED, then overrides:
     `start(namespace, "name:=value", ..., activate=True, ros_args=("-r", "image:=/cam"))` ->
     (RosClient, node, configure result)."""
+    from pop_ros.clients.ros_client import PARAMS_FILE, RosClient
     from pop_ros.ros.node import PopNode
-    from pop_ros.ros_client import PARAMS_FILE, RosClient
 
     started = []
 
@@ -284,7 +284,7 @@ def pinhole_camera():
     """The CameraModel of the rendered-depth tests (rectified, no distortion, no ROI or binning)."""
     import types
 
-    from pop_ros.camera_model import CameraModel
+    from pop_ros.spatial.camera_model import CameraModel
 
     f, cx, cy = PINHOLE_FOCAL, PINHOLE_CX, PINHOLE_CY
     info = types.SimpleNamespace(
@@ -322,7 +322,7 @@ class CameraStream:
 
         from sensor_msgs.msg import CameraInfo, Image
 
-        from pop_ros.image_conversion import from_array
+        from pop_ros.messages.image_conversion import from_array
 
         self.ros, self.period_s = ros, 1.0 / rate_hz
         width, height = depth_size or (WIDTH, HEIGHT)

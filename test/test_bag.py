@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 import pytest
 
+from pop_ros.clients.ros_client import LIBRARY, PARAMS_FILE
 from pop_ros.paths import SAMPLE_DIR
-from pop_ros.ros_client import LIBRARY, PARAMS_FILE
 from test.test_image_conversion import encode_compressed_depth
 
 WIDTH, HEIGHT = 320, 240
@@ -244,7 +244,7 @@ def read_bag(path: pathlib.Path) -> dict[str, list]:
     """topic -> [(log time ns, message)] of a results bag, read back with rosbags alone."""
     from rosbags.rosbag2 import Reader
 
-    from pop_ros.recording import typestore
+    from pop_ros.messages.recording import typestore
 
     store = typestore()
     topics: dict[str, list] = {}
@@ -373,9 +373,9 @@ def test_the_node_gives_the_same_point_for_a_frame_of_the_recording(run, tmp_pat
     from rclpy.serialization import deserialize_message
     from sensor_msgs.msg import CameraInfo, Image
 
-    from pop_ros.recording import Recording
+    from pop_ros.clients.ros_client import RosClient
+    from pop_ros.messages.recording import Recording
     from pop_ros.ros.node import PopNode
-    from pop_ros.ros_client import RosClient
     from pop_ros_interfaces.srv import PointToPart
 
     recording_path = write_bag(tmp_path / "rec", "mcap", 2, "bgr8", "16UC1", DISTORTED)
@@ -492,7 +492,7 @@ def test_camera_info_is_found_beside_a_non_realsense_compressed_colour_topic(tmp
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
 
-    from pop_ros.recording import Recording
+    from pop_ros.messages.recording import Recording
 
     store = get_typestore(Stores.ROS2_KILTED)
     types = store.types
@@ -593,7 +593,7 @@ def test_bad_recordings_get_one_line_errors(run, tmp_path, bag_options, flags, e
 
 
 def test_ctrl_c_keeps_what_was_written(run, tmp_path, monkeypatch):
-    from pop_ros import bag_answers
+    from pop_ros.cli import bag_answers
 
     recording = write_bag(tmp_path / "rec", "mcap", 3, "bgr8", "16UC1", RECTIFIED)
     answer_frame = bag_answers.answer_frame
@@ -651,10 +651,10 @@ def test_unstamped_frames_are_not_taken_for_one_another(pointer):
 
     from sensor_msgs.msg import Image
 
-    from pop_ros import bag_answers
-    from pop_ros.locate import LocateSettings
+    from pop_ros.cli import bag_answers
+    from pop_ros.messages.stamps import StampBuffer
     from pop_ros.pipeline import PointRequest
-    from pop_ros.stamps import StampBuffer
+    from pop_ros.spatial.locate import LocateSettings
 
     pointer.clear_frame_cache()
     replay = SimpleNamespace(camera_info=None, depth=StampBuffer())
@@ -834,9 +834,9 @@ def _frame_and_replay(stamp_s: float, depth_frame_id: str, image_rgb):
 
     from sensor_msgs.msg import CameraInfo
 
-    from pop_ros import bag_answers
-    from pop_ros.image_conversion import from_array
-    from pop_ros.stamps import StampBuffer
+    from pop_ros.cli import bag_answers
+    from pop_ros.messages.image_conversion import from_array
+    from pop_ros.messages.stamps import StampBuffer
 
     msg = from_array(np.ascontiguousarray(image_rgb), "rgb8")
     msg.header.stamp.sec, msg.header.frame_id = int(stamp_s), "camera_color_optical_frame"
@@ -850,9 +850,9 @@ def _frame_and_replay(stamp_s: float, depth_frame_id: str, image_rgb):
 
 
 def test_depth_of_another_frame_in_a_recording_answers_2d_with_the_reason(pointer):
-    from pop_ros import bag_answers
-    from pop_ros.locate import LocateSettings
+    from pop_ros.cli import bag_answers
     from pop_ros.pipeline import PointRequest
+    from pop_ros.spatial.locate import LocateSettings
 
     image_rgb = np.ascontiguousarray(colour_bgr(0)[:, :, ::-1])
     frame, replay = _frame_and_replay(START_S, "camera_depth_optical_frame", image_rgb)
@@ -868,9 +868,9 @@ def test_depth_of_another_frame_in_a_recording_answers_2d_with_the_reason(pointe
 def test_a_repeated_stamp_with_new_pixels_is_a_new_frame_in_a_recording(pointer):
     """A simulator paused while its scene changes records two frames with one stamp: the second must
     not get the first one's features from the frame cache."""
-    from pop_ros import bag_answers
-    from pop_ros.locate import LocateSettings
+    from pop_ros.cli import bag_answers
     from pop_ros.pipeline import PointRequest
+    from pop_ros.spatial.locate import LocateSettings
 
     pointer.clear_frame_cache()
     options = bag_answers.AnswerOptions(LocateSettings(0.05, 5, 15, 0.01, 0.5, True))

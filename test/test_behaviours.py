@@ -17,9 +17,9 @@ import pytest
 from sensor_msgs.msg import CameraInfo, Image
 
 from pop_ros.behaviours import PointToPart, PointToParts, ServiceUnavailableError, TeachExemplar
-from pop_ros.image_conversion import from_array
+from pop_ros.clients.ros_client import LIBRARY
+from pop_ros.messages.image_conversion import from_array
 from pop_ros.paths import SAMPLE_DIR
-from pop_ros.ros_client import LIBRARY
 from pop_ros_interfaces.action import PointToPart as PointToPartAction
 from pop_ros_interfaces.msg import PartPointResult
 from pop_ros_interfaces.srv import PointToPart as PointToPartSrv
@@ -464,7 +464,7 @@ def answer_3d(has_3d: bool) -> PointToPartAction.Result:
 
 @pytest.fixture
 def stand_in():
-    from pop_ros.ros_client import RosClient
+    from pop_ros.clients.ros_client import RosClient
 
     ros = RosClient("bt_stand_in")
     node = StandInNode(ros, "/stand_in/pop_node/point_to_part")
@@ -488,7 +488,7 @@ def test_a_node_that_goes_silent_fails_the_behaviour_after_timeout_s(stand_in):
 
 
 def test_a_goal_whose_acceptance_never_comes_is_sent_again_and_the_late_one_cancelled(stand_in):
-    from pop_ros.behaviour_requests import GOAL_ACK_RESEND_S
+    from pop_ros.clients.behaviour_requests import GOAL_ACK_RESEND_S
 
     ros, node = stand_in
     node.unacknowledged = 1  # the first request's acceptance is held back (lost, as far as the client knows)
@@ -527,7 +527,7 @@ def test_action_clients_made_and_let_go_beside_a_spinning_executor_never_end_its
     when made, #1385 when destroyed; a CI run lost a behaviour test to the first)."""
     from rclpy.action import get_action_client_names_and_types_by_node
 
-    from pop_ros.ros_client import RosClient, SpinSafeActionClient
+    from pop_ros.clients.ros_client import RosClient, SpinSafeActionClient
 
     ros = RosClient("spin_safe_clients")
     ticks = []

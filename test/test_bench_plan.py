@@ -1,9 +1,9 @@
-"""pop-bench's time budget (pop_ros/bench_plan.py): what a run keeps, from a query's measured cost and
+"""pop-bench's time budget (pop_ros/bench/plan.py): what a run keeps, from a query's measured cost and
 the section table, and when a ratio of two differences is reported. Pure functions: no timing here."""
 
 import pytest
 
-from pop_ros.bench_plan import (
+from pop_ros.bench.plan import (
     ASSUMED_NOISE_FRACTION,
     BUDGET_MARGIN,
     REQUIRED,

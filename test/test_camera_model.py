@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import least_squares
 
-from pop_ros import geometry
-from pop_ros.camera_model import CameraModel, CameraModelError
+from pop_ros.spatial import geometry
+from pop_ros.spatial.camera_model import CameraModel, CameraModelError
 
 
 # ---- the reference ---------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from pop_ros.progress import IMAGE_FEATURES, MLLM_PREFIX, QUERY, REGION, WAITING, QueryCancelled, QueryProgress
+from pop_ros.pipeline.progress import IMAGE_FEATURES, MLLM_PREFIX, QUERY, REGION, WAITING, QueryCancelled, QueryProgress
 from pop_ros.ros.work_slots import WorkSlots
 from test.conftest import random_image, wait_for
 

@@ -4,8 +4,8 @@ import types
 
 import numpy as np
 
-from pop_ros.capture import Capture, Frame, capture_of, newest_capture
-from pop_ros.stamps import StampBuffer, stamped_frame_key
+from pop_ros.messages.capture import Capture, Frame, capture_of, newest_capture
+from pop_ros.messages.stamps import StampBuffer, stamped_frame_key
 
 PERIOD_S = 1 / 30  # a RealSense's 30 Hz
 

@@ -23,7 +23,7 @@ heavy = sorted(name for name in ("torch", "transformers", "rclpy") if name in sy
 print(f"HELP-EXIT={status} HEAVY={','.join(heavy) or 'none'}")
 """
 TOOLS = {"pop-point": "pop_ros.cli.point:main", "pop-eval": "pop_ros.cli.evaluate:main",
-         "pop-find-heads": "pop_ros.cli.find_heads:main", "pop-bench": "pop_ros.bench:main",
+         "pop-find-heads": "pop_ros.cli.find_heads:main", "pop-bench": "pop_ros.bench.cli:main",
          "pop-bag": "pop_ros.cli.bag:main", "pop-teach": "pop_ros.cli.bag:teach_main"}  # fmt: skip
 # Programs whose work is ROS itself: their --help may import rclpy (the node's is tested with the node).
 ROS_PROGRAMS = {"pop_node", "find-handle-tree"}

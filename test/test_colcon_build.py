@@ -261,7 +261,7 @@ def test_sourced_workspace_resolves_its_own_packages(workspace):
 def test_installed_node_serves_the_shipped_support_library(workspace, tmp_path):
     """What `ros2 run pop_ros pop_node --ros-args --params-file ... -p support_library:=...` starts
     (ros2cli is not a pip wheel: the executable it would run is started directly)."""
-    from pop_ros.ros_client import RosClient
+    from pop_ros.clients.ros_client import RosClient
     from pop_ros_interfaces.srv import ListSupportSets
 
     share = WORKSPACE / "install" / "pop_ros" / "share" / "pop_ros"

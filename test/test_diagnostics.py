@@ -8,8 +8,8 @@ import pytest
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 
+from pop_ros.clients.ros_client import RosClient
 from pop_ros.ros.diagnostics import ERROR, OK, WARN, DiagnosticsPublisher, NodeHealth
-from pop_ros.ros_client import RosClient
 from test.conftest import wait_for
 
 

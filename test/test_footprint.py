@@ -60,7 +60,7 @@ def test_int8_halves_the_linear_weights_not_dino(report):
 
 
 def test_bench_memory_json_lists_every_real_preset(capsys):
-    from pop_ros.bench import main
+    from pop_ros.bench.cli import main
     from pop_ros.models.presets import PRESETS
 
     assert main(["--memory", "--json"]) == 0

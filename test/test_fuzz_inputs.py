@@ -10,11 +10,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pop_ros import geometry
-from pop_ros.camera_model import CameraModel, CameraModelError
-from pop_ros.image_conversion import ImageConversionError, compressed_to_rgb8, to_depth_m, to_rgb8
+from pop_ros.messages.image_conversion import ImageConversionError, compressed_to_rgb8, to_depth_m, to_rgb8
+from pop_ros.messages.stamps import StampBuffer
 from pop_ros.pipeline import PointerError
-from pop_ros.stamps import StampBuffer
+from pop_ros.spatial import geometry
+from pop_ros.spatial.camera_model import CameraModel, CameraModelError
 from test import fuzz_strategies as fs
 
 pytestmark = pytest.mark.slow  # generated inputs by the hundred

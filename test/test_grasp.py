@@ -1,4 +1,4 @@
-"""The part's mask, cloud and grasp frame on rendered depth of known shapes (pop_ros.grasp).
+"""The part's mask, cloud and grasp frame on rendered depth of known shapes (pop_ros.spatial.grasp).
 
 Scenes are rendered by ray casting with the camera of the tests (640 x 480, f = 600 px): a table
 plane 0.6 m away and, in front of it, a horizontal cylinder (a mug handle: 3 cm diameter, 10 cm
@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 
-from pop_ros import grasp
+from pop_ros.spatial import grasp
 from test.conftest import (
     PINHOLE_CX,
     PINHOLE_CY,

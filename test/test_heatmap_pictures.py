@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from sensor_msgs.msg import Image
 
-from pop_ros.image_conversion import to_rgb8
+from pop_ros.clients.ros_client import LIBRARY
+from pop_ros.messages.image_conversion import to_rgb8
 from pop_ros.paths import SAMPLE_DIR
-from pop_ros.ros_client import LIBRARY
 from pop_ros.visualize import heatmap_colours, heatmap_label, overlay, video_writer
 from pop_ros_interfaces.srv import PointToPart
 from test.conftest import colour_msg, request, scene, wait_for

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 from sensor_msgs.msg import CompressedImage, Image
 
-from pop_ros import geometry
-from pop_ros.image_conversion import (
+from pop_ros.messages.image_conversion import (
     ImageConversionError,
     compressed_to_rgb8,
     from_array,
     to_depth_m,
     to_rgb8,
 )
-from pop_ros.stamps import StampBuffer
+from pop_ros.messages.stamps import StampBuffer
+from pop_ros.spatial import geometry
 
 
 def make_msg(array: np.ndarray, encoding: str, pad: int = 0, big_endian: bool = False) -> Image:

@@ -153,7 +153,7 @@ def test_a_roi_smaller_than_a_map_cell_answers_inside_it_with_a_mask(tiny_pointe
     # A 640x480 image: one cell of the fused map spans several pixels, more than these boxes. The
     # answer still lies in the box, and the part's mask (the node's region around the answer) is not
     # empty where the map is positive there.
-    from pop_ros import grasp
+    from pop_ros.spatial import grasp
 
     image = cv2.resize(scene(0), (640, 480))
     visual_grid = constructed_visual_map({})

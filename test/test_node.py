@@ -12,10 +12,10 @@ from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
 from sensor_msgs.msg import CameraInfo, Image
 
-from pop_ros.image_conversion import from_array
+from pop_ros.clients.ros_client import LIBRARY, PARAMS_FILE, RosClient
+from pop_ros.clients.testing import NodeProcess
+from pop_ros.messages.image_conversion import from_array
 from pop_ros.ros.parameters import PARAMETERS, render_markdown
-from pop_ros.ros_client import LIBRARY, PARAMS_FILE, RosClient
-from pop_ros.testing import NodeProcess
 from pop_ros_interfaces.msg import PartPointResult
 from pop_ros_interfaces.srv import AddExemplar, ListSupportSets, PointToPart
 from test.conftest import HEIGHT, WIDTH, K, colour_msg, request, same_stamp, set_parameter, wait_for

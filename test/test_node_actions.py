@@ -12,8 +12,8 @@ from action_msgs.msg import GoalStatus
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.executors import MultiThreadedExecutor
 
+from pop_ros.clients.ros_client import LIBRARY, RosClient, SpinSafeActionClient
 from pop_ros.ros.node import EXECUTOR_THREADS
-from pop_ros.ros_client import LIBRARY, RosClient, SpinSafeActionClient
 from pop_ros_interfaces.action import PointToPart, PointToParts
 from pop_ros_interfaces.msg import PartPointResult
 from pop_ros_interfaces.srv import PointToPart as PointToPartSrv

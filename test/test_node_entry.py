@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
+from pop_ros.clients.ros_client import LIBRARY, PARAMS_FILE, RosClient
+from pop_ros.clients.testing import NodeProcess
 from pop_ros.paths import SOURCE_ROOT
-from pop_ros.ros_client import LIBRARY, PARAMS_FILE, RosClient
-from pop_ros.testing import NodeProcess
 
 # Runs a way in to pop_node with --help in a fresh interpreter; reports its exit code, what it printed
 # and which heavy modules got imported.

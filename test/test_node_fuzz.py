@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from pop_ros.image_conversion import from_array
-from pop_ros.ros_client import LIBRARY, RosClient
-from pop_ros.testing import NodeProcess
+from pop_ros.clients.ros_client import LIBRARY, RosClient
+from pop_ros.clients.testing import NodeProcess
+from pop_ros.messages.image_conversion import from_array
 from pop_ros_interfaces.srv import AddExemplar, ListSupportSets, PointToPart
 from test import fuzz_strategies as fs
 from test.conftest import HEIGHT, WIDTH, K, colour_msg, same_stamp

@@ -15,9 +15,9 @@ from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from visualization_msgs.msg import Marker, MarkerArray
 
-from pop_ros.image_conversion import from_array
+from pop_ros.clients.ros_client import LIBRARY
+from pop_ros.messages.image_conversion import from_array
 from pop_ros.paths import SAMPLE_DIR
-from pop_ros.ros_client import LIBRARY
 from pop_ros_interfaces.msg import PartPointResult
 from pop_ros_interfaces.srv import PointToPart
 from test.conftest import wait_for

@@ -21,9 +21,9 @@ from rclpy.executors import MultiThreadedExecutor
 from rclpy.lifecycle.publisher import LifecyclePublisher
 from sensor_msgs.msg import Image
 
+from pop_ros.clients.ros_client import LIBRARY, PARAMS_FILE, RosClient
+from pop_ros.clients.testing import NodeProcess
 from pop_ros.ros.node import EXECUTOR_THREADS, PopNode
-from pop_ros.ros_client import LIBRARY, PARAMS_FILE, RosClient
-from pop_ros.testing import NodeProcess
 from pop_ros_interfaces.msg import PartPointResult
 from pop_ros_interfaces.srv import PointToPart
 from test.conftest import colour_msg, depth_and_info, request, same_stamp, set_parameter, wait_for
@@ -258,7 +258,7 @@ CAMERA = textwrap.dedent(
     import rclpy
     from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
-    from pop_ros.image_conversion import from_array
+    from pop_ros.messages.image_conversion import from_array
 
     rclpy.init()
     node = rclpy.create_node("fake_camera_30hz")

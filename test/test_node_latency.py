@@ -15,10 +15,10 @@ from lifecycle_msgs.srv import ChangeState, GetState
 from rcl_interfaces.srv import GetParameters
 from sensor_msgs.msg import CameraInfo, RegionOfInterest
 
-from pop_ros.image_conversion import from_array
+from pop_ros.clients.ros_client import LIBRARY
+from pop_ros.messages.image_conversion import from_array
 from pop_ros.ros.diagnostics import WARN
 from pop_ros.ros.queries import MAX_QUERIES_PER_CALL
-from pop_ros.ros_client import LIBRARY
 from pop_ros_interfaces.msg import PartPointResult
 from pop_ros_interfaces.srv import PointToPart, PointToParts
 from test.conftest import (

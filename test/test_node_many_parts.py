@@ -8,8 +8,8 @@ import cv2
 import pytest
 from sensor_msgs.msg import Image
 
+from pop_ros.clients.ros_client import LIBRARY
 from pop_ros.paths import SAMPLE_DIR
-from pop_ros.ros_client import LIBRARY
 from pop_ros_interfaces.srv import PointToPart, PointToParts
 from test.conftest import colour_msg, request, same_stamp, set_parameter
 

@@ -10,8 +10,8 @@ import torch
 from rclpy.parameter import Parameter
 from visualization_msgs.msg import Marker, MarkerArray
 
+from pop_ros.clients.ros_client import LIBRARY
 from pop_ros.ros.answers import Outcome
-from pop_ros.ros_client import LIBRARY
 from pop_ros_interfaces.srv import PointToPart, PointToParts, SetDefaultQuery
 from test.conftest import colour_msg, depth_and_info, request, wait_for
 

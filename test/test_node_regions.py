@@ -13,8 +13,8 @@ from geometry_msgs.msg import PoseStamped
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image, PointCloud2, RegionOfInterest
 
-from pop_ros.image_conversion import from_array
-from pop_ros.ros_client import LIBRARY
+from pop_ros.clients.ros_client import LIBRARY
+from pop_ros.messages.image_conversion import from_array
 from pop_ros_interfaces.msg import PartPointResult
 from pop_ros_interfaces.srv import PointToPart, PointToParts
 from test.conftest import colour_msg, scene, wait_for

@@ -12,10 +12,10 @@ import pytest
 from geometry_msgs.msg import Point, PointStamped
 from sensor_msgs.msg import Image
 
-from pop_ros.image_conversion import to_rgb8
-from pop_ros.ros_client import LIBRARY, RosClient
+from pop_ros.clients.ros_client import LIBRARY, RosClient
+from pop_ros.clients.testing import NodeProcess
+from pop_ros.messages.image_conversion import to_rgb8
 from pop_ros.supports import KILL_AFTER_STEP_ENV, SupportLibrary
-from pop_ros.testing import NodeProcess
 from pop_ros_interfaces.msg import TeachResult
 from pop_ros_interfaces.srv import (
     AddExemplar,

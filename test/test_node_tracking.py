@@ -13,9 +13,9 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
 from sensor_msgs.msg import CameraInfo, Image
 
-from pop_ros.image_conversion import from_array
-from pop_ros.ros_client import LIBRARY
-from pop_ros.tracking_scenes import texture
+from pop_ros.clients.ros_client import LIBRARY
+from pop_ros.messages.image_conversion import from_array
+from pop_ros.tracking.scenes import texture
 from pop_ros_interfaces.msg import PartPointResult
 from test.conftest import HEIGHT, WIDTH, K, wait_for
 

@@ -11,8 +11,8 @@ import sys
 import cv2
 import pytest
 
+from pop_ros.clients.ros_client import LIBRARY
 from pop_ros.paths import SAMPLE_DIR
-from pop_ros.ros_client import LIBRARY
 from test.conftest import random_image
 
 # Runs pop-point's main in a fresh interpreter, then reports whether a model could have loaded:

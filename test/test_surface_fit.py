@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pop_ros import geometry
+from pop_ros.spatial import geometry
 from test.conftest import (
     PINHOLE_CX,
     PINHOLE_CY,

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from pop_ros.ros_client import LIBRARY
+from pop_ros.clients.ros_client import LIBRARY
 from test.test_bag import write_bag
 
 

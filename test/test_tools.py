@@ -171,23 +171,23 @@ def test_pop_bench_within_a_budget_too_short_for_anything_runs_the_required_sect
     assert models["image"] == [320, 240] and models["stages_ms"]["total"]["n"] == 1
     assert 0 <= models["overhead_fraction"] < 1 and "ratio_pop_vs_native" not in models
     assert "streaming" not in report and "budget 0.01 min: repeats 3 -> 1" in completed.stderr
-    from pop_ros.benchmarks import table
+    from pop_ros.bench.benchmarks import table
 
     text = table(report)  # the text report names what did not run
     assert "| ratio_pop_vs_native | not reported: its section did not run" in text and "dropped streaming" in text
 
 
 def test_every_section_of_the_budget_table_has_a_runner_and_its_ratios_are_documented():
-    from pop_ros.bench_plan import SECTIONS
-    from pop_ros.benchmarks import SECTION_RUNNERS, SECTION_WARMUPS, TARGETS
+    from pop_ros.bench.benchmarks import SECTION_RUNNERS, SECTION_WARMUPS, TARGETS
+    from pop_ros.bench.plan import SECTIONS
 
     names = [s.name for s in SECTIONS]
     assert [n for n in names if n != "streaming"] == list(SECTION_RUNNERS)  # streaming: run_report, after
     assert set(SECTION_WARMUPS) <= set(SECTION_RUNNERS) and names[0] == "stages"  # its 1-shot rows feed others
     ratios = {ratio for s in SECTIONS for ratio in s.ratios}
     assert set(TARGETS) <= ratios
-    from pop_ros.bench_plan import STREAM_RUNS
-    from pop_ros.bench_tracking import TRACKING_CAMERAS
+    from pop_ros.bench.plan import STREAM_RUNS
+    from pop_ros.bench.tracking import TRACKING_CAMERAS
 
     assert STREAM_RUNS == 1 + len(TRACKING_CAMERAS)  # the streaming section's cost counts every run
     performance = (REPO / "docs" / "performance.md").read_text()

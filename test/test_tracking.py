@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from pop_ros.tracking import PartTracker, TrackSettings
-from pop_ros.tracking_scenes import MovingPart, Pose, poses_between
+from pop_ros.tracking.scenes import MovingPart, Pose, poses_between
+from pop_ros.tracking.tracker import PartTracker, TrackSettings
 
 TOLERANCE_PX = 1.5
 POINT = (30.0, 60.0)  # a point of the part off its centre: rotation and scale move it differently

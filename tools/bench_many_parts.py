@@ -14,7 +14,7 @@ import json
 import sys
 import time
 
-from pop_ros import benchmarks as bench
+from pop_ros.bench import benchmarks as bench
 
 
 def progress(message: str) -> None:

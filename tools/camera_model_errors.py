@@ -1,5 +1,5 @@
 """Re-measure issue 12's error table: the 3D point at 1 m of the old node code and of the camera
-model (pop_ros.camera_model) against image_geometry.PinholeCameraModel's formulas.
+model (pop_ros.spatial.camera_model) against image_geometry.PinholeCameraModel's formulas.
 
     .venv/bin/python tools/camera_model_errors.py
 
@@ -22,7 +22,7 @@ from scipy.optimize import least_squares
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
 
-from pop_ros.camera_model import CameraModel  # noqa: E402
+from pop_ros.spatial.camera_model import CameraModel  # noqa: E402
 
 
 def info(width, height, k, p=None, d=(), model="plumb_bob", binning=(0, 0), roi=(0, 0, 0, 0)):

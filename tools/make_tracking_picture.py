@@ -18,8 +18,8 @@ import sys
 import cv2
 import numpy as np
 
-from pop_ros.tracking import PartTracker
-from pop_ros.tracking_scenes import MovingPart, Pose, poses_between
+from pop_ros.tracking.scenes import MovingPart, Pose, poses_between
+from pop_ros.tracking.tracker import PartTracker
 
 OUT = pathlib.Path(__file__).resolve().parents[1] / "docs" / "images" / "tracking.png"
 POINT = (30.0, 60.0)  # the followed point, in the part's own pixels

@@ -55,9 +55,9 @@ def main() -> int:
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     from action_msgs.msg import GoalStatus
 
-    from pop_ros.image_conversion import from_array
-    from pop_ros.ros_client import LIBRARY, SpinSafeActionClient
-    from pop_ros.testing import node_in_process
+    from pop_ros.clients.ros_client import LIBRARY, SpinSafeActionClient
+    from pop_ros.clients.testing import node_in_process
+    from pop_ros.messages.image_conversion import from_array
     from pop_ros_interfaces.action import PointToPart
 
     overrides = ["preset:=tiny", "autostart:=false", f"support_library:={LIBRARY}", f"resolution:={resolution}"]

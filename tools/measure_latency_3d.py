@@ -41,10 +41,10 @@ def main() -> None:
     import cv2
     from sensor_msgs.msg import CameraInfo, Image
 
-    from pop_ros.image_conversion import from_array
+    from pop_ros.clients.ros_client import LIBRARY
+    from pop_ros.clients.testing import node_in_process
+    from pop_ros.messages.image_conversion import from_array
     from pop_ros.paths import SAMPLE_DIR
-    from pop_ros.ros_client import LIBRARY
-    from pop_ros.testing import node_in_process
     from pop_ros_interfaces.srv import PointToPart
 
     overrides = {

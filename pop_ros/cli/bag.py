@@ -24,7 +24,7 @@ from pop_ros.cli.common import (
     plan_queries,
     run_cli,
 )
-from pop_ros.locate import LocateSettings
+from pop_ros.spatial.locate import LocateSettings
 
 
 def _positive_int(text: str) -> int:
@@ -139,8 +139,8 @@ def grasp_settings(args, part_threshold: float):
     """The part's region and grasp settings as pop_node would make them: `part_threshold` from the
     pipeline's settings, the gripper's from --params-file (else the node's defaults), checked by the
     node's own rules."""
-    from pop_ros.grasp import GraspSettings
     from pop_ros.ros.parameters import PARAMETERS
+    from pop_ros.spatial.grasp import GraspSettings
 
     from_file = _params_file(args)
     values = {"part_threshold": part_threshold}
@@ -232,7 +232,7 @@ def _library(args, planned):
 
 
 def _run_bag(args, interrupted: list) -> dict:
-    from pop_ros.bag_answers import AnswerOptions, Replay, ResultFiles
+    from pop_ros.cli.bag_answers import AnswerOptions, Replay, ResultFiles
     from pop_ros.pipeline import PartPointer
 
     # Everything is checked before the models load.
@@ -258,7 +258,7 @@ def _run_bag(args, interrupted: list) -> dict:
     expected = colour_count if args.track else sampling.expected(colour_count, duration_s)
     follower = None
     if args.track:
-        from pop_ros.following import PartFollower
+        from pop_ros.tracking.following import PartFollower
 
         follower = PartFollower()
     started = time.perf_counter()
@@ -299,8 +299,8 @@ def _run_bag(args, interrupted: list) -> dict:
 
 def _recording(args):
     """(Recording, CameraTopics, Sampling), checked: topics there, decodable, aligned, times inside."""
-    from pop_ros.bag_answers import Sampling, check_camera
-    from pop_ros.recording import Recording
+    from pop_ros.cli.bag_answers import Sampling, check_camera
+    from pop_ros.messages.recording import Recording
 
     recording = Recording(args.recording)
     topics = recording.find_camera(
@@ -320,8 +320,8 @@ def _answer_frames(pointer, replay, requests, options, outputs, expected: int, f
     `follower` (--track) the frames between the chosen ones get tracked answers."""
     from tqdm import tqdm
 
-    from pop_ros import bag_answers
-    from pop_ros.image_conversion import ImageConversionError
+    from pop_ros.cli import bag_answers
+    from pop_ros.messages.image_conversion import ImageConversionError
 
     counts = outputs.counts
     with tqdm(total=expected, unit="frame", desc="pop-bag", file=sys.stderr) as progress:
@@ -352,7 +352,7 @@ def _answer_frames(pointer, replay, requests, options, outputs, expected: int, f
 
 def _track(follower, frame, image, replay, options, outputs) -> None:
     """A frame between two chosen ones (--track): its tracked answer, written like the node publishes it."""
-    from pop_ros import bag_answers
+    from pop_ros.cli import bag_answers
 
     answer = bag_answers.track_frame(follower, frame, image, replay, options)
     if answer is None:
@@ -393,8 +393,8 @@ def _teach_library(args):
 
 def _teach_frame(args):
     """(Recording, CameraTopics, the frame at --time, its RGB image), the click checked against it."""
-    from pop_ros.bag_answers import Replay, Sampling, decode_colour
-    from pop_ros.recording import Recording
+    from pop_ros.cli.bag_answers import Replay, Sampling, decode_colour
+    from pop_ros.messages.recording import Recording
     from pop_ros.supports import validate_click
 
     if not args.time >= 0:

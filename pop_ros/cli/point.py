@@ -172,8 +172,8 @@ def parse_roi(text: str, image_size) -> tuple[int, int, int, int]:
 
 def read_depth_files(args, image_size):
     """(depth metres, camera model) from --depth and --camera-info, checked against the target."""
-    from pop_ros.camera_model import CameraModel
     from pop_ros.cli.depth_files import read_camera_info, read_depth_m
+    from pop_ros.spatial.camera_model import CameraModel
 
     depth_m = read_depth_m(args.depth)
     info = read_camera_info(args.camera_info)
@@ -239,9 +239,9 @@ def _run(args) -> dict:
 def add_geometry(entry: dict, result, args, part_threshold: float, index: int | None) -> None:
     """Into `entry` (a result's dict): each instance's 3D point and normal (with --depth), and the part's
     mask and cloud files of the answer (instance 0) when asked. `index`: the query's (several queries)."""
-    from pop_ros import grasp
-    from pop_ros.locate import LocateSettings, locate_with
     from pop_ros.ros.parameters import PARAMETERS
+    from pop_ros.spatial import grasp
+    from pop_ros.spatial.locate import LocateSettings, locate_with
 
     image_size = result.heatmap.shape
     placements = []

@@ -16,7 +16,7 @@ import torch
 from pop_ros.models.mllm import ImagePrefix, MLLMAdapter
 from pop_ros.models.visual import VisualEncoder, VisualFeatures
 from pop_ros.pipeline.api import Timer
-from pop_ros.progress import MLLM_PREFIX, QueryProgress
+from pop_ros.pipeline.progress import MLLM_PREFIX, QueryProgress
 
 
 @dataclasses.dataclass

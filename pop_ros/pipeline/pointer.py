@@ -31,9 +31,9 @@ from pop_ros.pipeline.api import (
 )
 from pop_ros.pipeline.frames import FrameFeatures, FrameStore, frame_cache_key
 from pop_ros.pipeline.loading import calibrated_heads, load_models, resolve_model_config, text_heads
+from pop_ros.pipeline.progress import IMAGE_FEATURES, QUERY, REGION, QueryProgress
 from pop_ros.pipeline.settings import MAX_INSTANCES, MAX_QUERY_CHARS, PointerSettings
 from pop_ros.pipeline.support_features import SupportFeatures
-from pop_ros.progress import IMAGE_FEATURES, QUERY, REGION, QueryProgress
 from pop_ros.supports import SupportError, SupportLibrary, SupportSet, validate_click, validate_image
 
 

@@ -2,7 +2,7 @@
 
 A goal holds the fields of the service's request and is answered by the same code (`queries.py`),
 through the same work slot (busy_policy, max_waiting_queries, busy_timeout); its result holds the
-fields of the service's response. On the way it sends feedback: its stage (`pop_ros.progress`:
+fields of the service's response. On the way it sends feedback: its stage (`pop_ros.pipeline.progress`:
 waiting, with its place in the queue; image features; mllm prefix; query; region; answer) and the
 milliseconds since it was accepted.
 
@@ -26,7 +26,7 @@ import time
 from rclpy.action import ActionServer, CancelResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 
-from pop_ros.progress import QueryCancelled, QueryProgress
+from pop_ros.pipeline.progress import QueryCancelled, QueryProgress
 from pop_ros.ros.answers import Answer, Outcome
 from pop_ros_interfaces.action import PointToPart, PointToParts
 

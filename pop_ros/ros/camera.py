@@ -18,9 +18,9 @@ import numpy as np
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from pop_ros.capture import Capture, Frame, capture_of, newest_capture
-from pop_ros.image_conversion import ImageConversionError, compressed_to_rgb8, to_rgb8
-from pop_ros.stamps import StampBuffer
+from pop_ros.messages.capture import Capture, Frame, capture_of, newest_capture
+from pop_ros.messages.image_conversion import ImageConversionError, compressed_to_rgb8, to_rgb8
+from pop_ros.messages.stamps import StampBuffer
 
 # Colour frames kept for clicks that name their frame by stamp: one second of a 30 Hz camera. The
 # messages as received, so about 0.9 MB each for 640x480 rgb8 (28 MB in all; 83 MB at 1280x720).

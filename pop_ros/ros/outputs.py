@@ -16,7 +16,7 @@ from sensor_msgs.msg import Image, PointCloud2, PointField
 from std_msgs.msg import ColorRGBA
 from visualization_msgs.msg import Marker, MarkerArray
 
-from pop_ros.image_conversion import from_array
+from pop_ros.messages.image_conversion import from_array
 from pop_ros.visualize import heatmap_label, overlay
 from pop_ros_interfaces.msg import PartPointResult
 

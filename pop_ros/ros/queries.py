@@ -14,13 +14,13 @@ import dataclasses
 import time
 from collections import namedtuple
 
-from pop_ros.capture import Capture
-from pop_ros.grasp import GraspSettings
-from pop_ros.image_conversion import ImageConversionError
-from pop_ros.locate import LocateSettings, Placement, add_region, locate_capture, locate_with, score_note
-from pop_ros.progress import CAPTURE, PUBLISHING, QueryProgress
+from pop_ros.messages.capture import Capture
+from pop_ros.messages.image_conversion import ImageConversionError
+from pop_ros.pipeline.progress import CAPTURE, PUBLISHING, QueryProgress
 from pop_ros.ros.answers import Answer, Outcome
 from pop_ros.ros.camera import NoFrameError, is_empty_image
+from pop_ros.spatial.grasp import GraspSettings
+from pop_ros.spatial.locate import LocateSettings, Placement, add_region, locate_capture, locate_with, score_note
 from pop_ros_interfaces.srv import PointToPart, PointToParts
 
 # A result built without instances (by hand, in tests) answers with its single peak.

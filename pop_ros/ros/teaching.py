@@ -23,7 +23,7 @@ from __future__ import annotations
 from geometry_msgs.msg import Point, PointStamped
 from sensor_msgs.msg import Image
 
-from pop_ros.image_conversion import ImageConversionError, from_array
+from pop_ros.messages.image_conversion import ImageConversionError, from_array
 from pop_ros.ros.answers import Outcome
 from pop_ros.visualize import click_thumbnail
 from pop_ros_interfaces.msg import TeachResult

@@ -22,12 +22,12 @@ import threading
 
 from sensor_msgs.msg import CompressedImage
 
-from pop_ros.capture import Frame, capture_of
-from pop_ros.following import PartFollower, TrackStep, tracked_answer
-from pop_ros.grasp import GraspSettings
-from pop_ros.image_conversion import compressed_to_rgb8, to_rgb8
-from pop_ros.locate import LocateSettings
+from pop_ros.messages.capture import Frame, capture_of
+from pop_ros.messages.image_conversion import compressed_to_rgb8, to_rgb8
 from pop_ros.ros.diagnostics import OK, WARN
+from pop_ros.spatial.grasp import GraspSettings
+from pop_ros.spatial.locate import LocateSettings
+from pop_ros.tracking.following import PartFollower, TrackStep, tracked_answer
 
 # A depth image stamped within this of a tracked frame's stamp is its own: publish at once.
 SAME_STAMP_S = 1e-3

@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 
-from pop_ros.progress import WAITING, QueryProgress
+from pop_ros.pipeline.progress import WAITING, QueryProgress
 
 
 class WorkSlots:

@@ -1,5 +1,5 @@
 """Talking to pop_node from Python: a client node of our own spinning in a background thread. Used by
-`make demo`, `pop-bench` and the tests (pop_node as a child process: `pop_ros.testing.NodeProcess`)."""
+`make demo`, `pop-bench` and the tests (pop_node as a child process: `pop_ros.clients.testing.NodeProcess`)."""
 
 from __future__ import annotations
 

@@ -15,10 +15,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from pop_ros import geometry, grasp
-from pop_ros.camera_model import CameraModel, CameraModelError
-from pop_ros.capture import Capture
-from pop_ros.image_conversion import ImageConversionError, to_depth_m
+from pop_ros.messages.capture import Capture
+from pop_ros.messages.image_conversion import ImageConversionError, to_depth_m
+from pop_ros.spatial import geometry, grasp
+from pop_ros.spatial.camera_model import CameraModel, CameraModelError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -248,7 +248,7 @@ def interface_folders() -> list[pathlib.Path]:
         if p
     ]
     folders.append(pathlib.Path(sys.prefix) / "share/pop_ros_interfaces/msg")
-    folders.append(pathlib.Path(__file__).resolve().parents[1] / "pop_ros_interfaces/msg")
+    folders.append(pathlib.Path(__file__).resolve().parents[2] / "pop_ros_interfaces/msg")
     return folders
 
 

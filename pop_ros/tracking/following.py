@@ -17,9 +17,9 @@ import threading
 
 import numpy as np
 
-from pop_ros.grasp import GraspSettings
-from pop_ros.locate import LocateSettings, add_grasp, locate_capture
-from pop_ros.tracking import PartTracker, TrackSettings, TrackUpdate, grey_image
+from pop_ros.spatial.grasp import GraspSettings
+from pop_ros.spatial.locate import LocateSettings, add_grasp, locate_capture
+from pop_ros.tracking.tracker import PartTracker, TrackSettings, TrackUpdate, grey_image
 
 # Grey frames kept for catching up: two seconds of a 30 Hz camera (0.3 MB each at 640x480).
 FOLLOW_HISTORY = 60

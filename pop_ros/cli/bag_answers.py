@@ -3,8 +3,8 @@ them (latest camera_info, recent depth in a StampBuffer), take each chosen frame
 the frame with the depth paired to it by stamp and the camera_info, as the node's queries do), answer
 it with `PartPointer.point_many`, and write what the node would publish.
 
-An answer is located with `pop_ros.locate.locate_capture`, its part's mask, cloud and grasp frame built
-with `pop_ros.locate.add_region`, and turned into messages with the node's own `Outputs` builders, so
+An answer is located with `pop_ros.spatial.locate.locate_capture`, its part's mask, cloud and grasp frame built
+with `pop_ros.spatial.locate.add_region`, and turned into messages with the node's own `Outputs` builders, so
 a recording answered here and the same frames answered live by the node give the same 3D points,
 poses, regions, grasp frames and messages."""
 
@@ -19,13 +19,13 @@ from collections.abc import Callable, Iterator, Sequence
 import cv2
 import numpy as np
 
-from pop_ros import capture as captures
-from pop_ros.capture import stamp_seconds
-from pop_ros.grasp import GraspSettings
-from pop_ros.image_conversion import ImageConversionError, compressed_to_rgb8, to_depth_m, to_rgb8
-from pop_ros.locate import LocateSettings, add_region, locate_capture, score_note
-from pop_ros.recording import COMPRESSED_IMAGE, CameraTopics, Recording, RecordingError
-from pop_ros.stamps import StampBuffer
+from pop_ros.messages import capture as captures
+from pop_ros.messages.capture import stamp_seconds
+from pop_ros.messages.image_conversion import ImageConversionError, compressed_to_rgb8, to_depth_m, to_rgb8
+from pop_ros.messages.recording import COMPRESSED_IMAGE, CameraTopics, Recording, RecordingError
+from pop_ros.messages.stamps import StampBuffer
+from pop_ros.spatial.grasp import GraspSettings
+from pop_ros.spatial.locate import LocateSettings, add_region, locate_capture, score_note
 
 # A chosen colour frame waits for later depth this long (log time) before it is answered: a depth image
 # stamped like the frame is often received just after it. Answering happens as soon as a depth stamped
@@ -276,7 +276,7 @@ def anchor_track(follower, answer, image_rgb, frame: Frame) -> None:
 def track_frame(follower, frame: Frame, image_rgb, replay: Replay, options: AnswerOptions):
     """`pop-bag --track`: a frame between two chosen ones, answered by the tracker as the node's
     continuous tracking answers it (following.tracked_answer), or None when there is no track."""
-    from pop_ros.following import tracked_answer
+    from pop_ros.tracking.following import tracked_answer
 
     step = follower.track(image_rgb, stamp_seconds(frame.msg.header.stamp))
     if step is None:
@@ -324,7 +324,7 @@ class ResultFiles:
     results.jsonl and heatmaps.mp4. Every answer is flushed as it is written."""
 
     def __init__(self, folder: pathlib.Path, video_fps: float):
-        from pop_ros.recording import ResultsBag
+        from pop_ros.messages.recording import ResultsBag
 
         self.folder = folder
         self.bag = ResultsBag(folder / "bag")
@@ -342,7 +342,7 @@ class ResultFiles:
     def write(self, answer, result, image_rgb, recording: Recording, log_ns: int) -> None:
         from rclpy.serialization import serialize_message
 
-        from pop_ros.image_conversion import from_array
+        from pop_ros.messages.image_conversion import from_array
         from pop_ros.ros.outputs import Outputs as NodeOutputs
         from pop_ros.visualize import heatmap_label, overlay
 

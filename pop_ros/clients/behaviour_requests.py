@@ -20,7 +20,7 @@ import py_trees
 from action_msgs.msg import GoalStatus
 from rclpy.callback_groups import ReentrantCallbackGroup
 
-from pop_ros.ros_client import SpinSafeActionClient
+from pop_ros.clients.ros_client import SpinSafeActionClient
 
 Status = py_trees.common.Status
 

@@ -20,7 +20,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 
-from pop_ros.stamps import StampBuffer, stamped_frame_key
+from pop_ros.messages.stamps import StampBuffer, stamped_frame_key
 
 # A colour/depth stamp gap larger than this is not a late frame but two different clocks.
 IMPOSSIBLE_STAMP_GAP_S = 60.0

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 
-from pop_ros.ros_client import PARAMS_FILE, RosClient
+from pop_ros.clients.ros_client import PARAMS_FILE, RosClient
 
 
 def node_in_process(namespace: str, client_name: str, parameters: list[str]):

@@ -17,7 +17,7 @@ import math
 import cv2
 import numpy as np
 
-from pop_ros.geometry import rotation_to_quaternion
+from pop_ros.spatial.geometry import rotation_to_quaternion
 
 # A depth pixel whose depth differs from a valid 4-neighbour's by more than this share of its own
 # depth (plus 5 mm) sits on a depth edge: stereo and ToF cameras interpolate such "flying pixels"

@@ -8,7 +8,7 @@ section):
   another process publishing colour, aligned depth and camera_info on the same stamps (a textured
   scene panning back and forth), for each camera size and rate of TRACKING_CAMERAS.
 
-`python -m pop_ros.bench_tracking --serve-camera NAMESPACE WIDTH HEIGHT RATE SECONDS` is that camera.
+`python -m pop_ros.bench.tracking --serve-camera NAMESPACE WIDTH HEIGHT RATE SECONDS` is that camera.
 """
 
 from __future__ import annotations
@@ -58,13 +58,13 @@ def _pan(image: np.ndarray, step_px: float) -> np.ndarray:
 # ---- model section ------------------------------------------------------------------------------------
 def run_track_ratio(target: np.ndarray, query_ms: list[float], repeats: int, progress) -> dict:
     """A tracked update on `target` (moved by 1.5 px), over the full query's median `query_ms` on it."""
-    from pop_ros.capture import Frame, capture_of
-    from pop_ros.following import PartFollower, tracked_answer
-    from pop_ros.grasp import GraspSettings
-    from pop_ros.image_conversion import from_array
-    from pop_ros.locate import LocateSettings
+    from pop_ros.messages.capture import Frame, capture_of
+    from pop_ros.messages.image_conversion import from_array
+    from pop_ros.messages.stamps import StampBuffer
     from pop_ros.ros.answers import Answer, Outcome
-    from pop_ros.stamps import StampBuffer
+    from pop_ros.spatial.grasp import GraspSettings
+    from pop_ros.spatial.locate import LocateSettings
+    from pop_ros.tracking.following import PartFollower, tracked_answer
 
     height, width = target.shape[:2]
     moved = _pan(target, PAN_STEP_PX)
@@ -125,9 +125,9 @@ def serve_streaming_camera(topic: str, seconds: float, rate_hz: float = 30.0) ->
     process then starts without importing torch (seconds per streaming run)."""
     from sensor_msgs.msg import Image
 
-    from pop_ros.image_conversion import from_array
+    from pop_ros.clients.ros_client import RosClient
+    from pop_ros.messages.image_conversion import from_array
     from pop_ros.paths import SAMPLE_DIR
-    from pop_ros.ros_client import RosClient
 
     bgr = cv2.resize(cv2.imread(str(SAMPLE_DIR / "scene_0.png")), (640, 480))
     ros = RosClient("pop_bench_camera")
@@ -150,9 +150,9 @@ def serve_camera(namespace: str, width: int, height: int, rate_hz: float, second
     `rate_hz` for `seconds`; prints how many frames it published."""
     from sensor_msgs.msg import CameraInfo, Image
 
-    from pop_ros.image_conversion import from_array
-    from pop_ros.ros_client import RosClient
-    from pop_ros.tracking_scenes import texture
+    from pop_ros.clients.ros_client import RosClient
+    from pop_ros.messages.image_conversion import from_array
+    from pop_ros.tracking.scenes import texture
 
     scene = texture(np.random.default_rng(5), height, width, blur=2.0)
     frames = [cv2.cvtColor(_pan(scene, PAN_STEP_PX * i), cv2.COLOR_RGB2BGR) for i in range(PAN_FRAMES)]
@@ -198,8 +198,8 @@ def camera_environment() -> dict:
 def run_tracking_stream(preset: str, seconds: float, query_rate_hz: float, camera: tuple, progress) -> dict:
     """pop_node (in this process) with continuous_tracking on, the standing query at `query_rate_hz`,
     the camera `(width, height, rate, target share)` in another process; measured after a warm-up."""
+    from pop_ros.clients.ros_client import LIBRARY, PARAMS_FILE, RosClient
     from pop_ros.ros.node import PopNode
-    from pop_ros.ros_client import LIBRARY, PARAMS_FILE, RosClient
     from pop_ros_interfaces.msg import PartPointResult
 
     width, height, rate_hz, share = camera
@@ -219,7 +219,7 @@ def run_tracking_stream(preset: str, seconds: float, query_rate_hz: float, camer
         results = ros.collect(PartPointResult, f"/{namespace}/pop_node/result", qos=1000)
         warmup = min(5.0, seconds / 5)
         progress(f"tracking: {width}x{height} camera at {rate_hz:.0f} Hz (own process) for {seconds:.0f} s")
-        command = [sys.executable, "-m", "pop_ros.bench_tracking", "--serve-camera", namespace]
+        command = [sys.executable, "-m", "pop_ros.bench.tracking", "--serve-camera", namespace]
         command += [str(width), str(height), str(rate_hz), str(seconds)]
         process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=camera_environment())
         time.sleep(warmup)
@@ -288,5 +288,5 @@ if __name__ == "__main__":
     if len(sys.argv) == 7 and sys.argv[1] == "--serve-camera":
         name, w, h, hz, secs = sys.argv[2:]
         sys.exit(serve_camera(name, int(w), int(h), float(hz), float(secs)))
-    print("usage: python -m pop_ros.bench_tracking --serve-camera NAMESPACE WIDTH HEIGHT RATE SECONDS", file=sys.stderr)
+    print("usage: python -m pop_ros.bench.tracking --serve-camera NAMESPACE WIDTH HEIGHT RATE SECONDS", file=sys.stderr)
     sys.exit(2)

@@ -211,7 +211,7 @@ def locate(
     """Colour pixel (u, v) of an image of `image_size (H, W)` -> its 3D point (median depth of the
     `depth_window_px` box, deprojected by `model`, a CameraModel) and the approach pose (plane fit of
     the `pose_window_px` box; 0 = none). Every failure is a reason, never an exception."""
-    from pop_ros.camera_model import CameraModelError
+    from pop_ros.spatial.camera_model import CameraModelError
 
     try:
         model.image_scale(image_size)  # a size the camera_info cannot describe: no 3D point at all

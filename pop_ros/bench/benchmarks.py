@@ -1,4 +1,4 @@
-"""The measurements behind `pop-bench` (pop_ros/bench.py parses the command line, then imports this):
+"""The measurements behind `pop-bench` (pop_ros/bench/cli.py parses the command line, then imports this):
 random-weight models of a real shape, per-stage timings, POP against native pointing, many parts
 on one frame, a streaming run of the node, and the report's table."""
 
@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 import torch
 
-from pop_ros import bench_tracking
-from pop_ros.bench_plan import ratio_above_base
+from pop_ros.bench import tracking as bench_tracking
+from pop_ros.bench.plan import ratio_above_base
 from pop_ros.models.shapes import SHAPES
 
 NATIVE_NEW_TOKENS = 24  # a point answer: [{"point_2d": [412, 233], "label": "handle of the mug"}]
@@ -313,7 +313,7 @@ def _many_parts(run: SectionRun) -> dict:
     return run_many_parts(run.pointer, run.target, run.supports, run.repeats, run.progress, first=run.one_shot)
 
 
-# Each model section of pop_ros.bench_plan.SECTIONS (streaming runs in run_report, after the models are
+# Each model section of pop_ros.bench.plan.SECTIONS (streaming runs in run_report, after the models are
 # freed), in the order they run; `stages` first, the others reuse its 1-shot queries.
 SECTION_RUNNERS = {
     "stages": _stages,
@@ -348,7 +348,7 @@ class Budget:
         return 60.0 * self.minutes - (time.perf_counter() - self.started)
 
     def plan(self, query_s: float, measured_at, repeats: int, image, sections, progress, **options):
-        from pop_ros.bench_plan import plan_run
+        from pop_ros.bench.plan import plan_run
 
         plan = plan_run(query_s, measured_at, self.left_s(), repeats, image, sections, **options)
         self.plans.append(plan)
@@ -369,7 +369,7 @@ def run_model_benchmarks(
 ) -> dict:
     """The model sections of `sections` (default: all of them); with a `budget`, after the first warm-up
     query, those of its plan (repeats, image, sections), re-planned once the warm-up is done."""
-    from pop_ros.bench_plan import sections_for
+    from pop_ros.bench.plan import sections_for
 
     sections = tuple(sections if sections is not None else sections_for(0))
     run = SectionRun(pointer, progress)
@@ -521,8 +521,8 @@ def run_streaming(preset: str, seconds: float, rate_hz: float, progress, reliabi
 
     import psutil
 
+    from pop_ros.clients.ros_client import LIBRARY, PARAMS_FILE, RosClient
     from pop_ros.ros.node import PopNode
-    from pop_ros.ros_client import LIBRARY, PARAMS_FILE, RosClient
     from pop_ros_interfaces.msg import PartPointResult
 
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
@@ -705,9 +705,9 @@ def _stream_lines(stream: dict) -> list[str]:
 
 
 def run_report(args, command: str, progress, started: float | None = None) -> dict:
-    """Every section `pop-bench`'s arguments ask for, as one report (see pop_ros/bench.py); with
+    """Every section `pop-bench`'s arguments ask for, as one report (see pop_ros/bench/cli.py); with
     `args.budget` (minutes, counted from `started`, a time.perf_counter()) those that fit (bench_plan.py)."""
-    from pop_ros.bench_plan import budget_report, sections_for
+    from pop_ros.bench.plan import budget_report, sections_for
     from pop_ros.models.loading import resolve_device
 
     started = time.perf_counter() if started is None else started

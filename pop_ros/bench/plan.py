@@ -13,7 +13,7 @@ here; `plan_run` then keeps what fits, degrading in this order:
 
 A new section (a new ratio): add a `Section` row here (its name, importance, costs measured or
 estimated as below, the keys it reports) and a runner of the same name in
-`pop_ros.benchmarks.SECTION_RUNNERS` (warm-ups in `SECTION_WARMUPS`); the planner needs nothing
+`pop_ros.bench.benchmarks.SECTION_RUNNERS` (warm-ups in `SECTION_WARMUPS`); the planner needs nothing
 else. docs/performance.md, "Time budget", says the same for users.
 """
 

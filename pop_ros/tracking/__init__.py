@@ -1,0 +1,2 @@
+"""Following a part between full answers: the Lucas-Kanade tracker, the follower shared by pop_node
+and pop-bag, synthetic scenes."""
