@@ -25,9 +25,10 @@ export HF_HUB_OFFLINE ?= 1
 
 # pytest-xdist workers; each takes its own DDS domain (test/conftest.py). Whole test files go to one worker
 # (--dist loadfile): a file's node process or tiny model, started once per module, is shared by its tests.
+# --no-loadscope-reorder: the files start in test/conftest.py's order (the longest first), not by test count.
 PYTEST_WORKERS ?= 2
 # --durations=20: every run ends with its 20 slowest tests and fixtures, the list to look at when the loop slows.
-PYTEST := $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=20
+PYTEST := $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=20
 
 .PHONY: setup test test-fast lint pytest pytest-fast demo bench device-wheels device-check clean help
 

@@ -68,6 +68,25 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.slow)
 
 
+# The files that take longest (`--durations`, summed per file; the colcon build's first compile of the
+# interface package leads in a fresh clone), longest first. Under `--dist loadfile` a worker is handed the
+# next file as it runs out of work: a long file left at the end of the queue keeps one worker busy while
+# the other idles. The Makefile passes --no-loadscope-reorder so that xdist keeps this order instead of
+# sorting files by their number of tests. Only the order changes; a file missing here runs after these.
+RUN_FIRST = (
+    "test_colcon_build.py", "test_doc_commands.py", "test_evaluation.py", "test_tools.py",
+    "test_node_teaching.py", "test_trimming.py", "test_node.py", "test_device_check.py",
+    "test_node_latency.py", "test_bag.py", "test_behaviours.py", "test_node_hardening.py",
+    "test_node_fuzz.py", "test_node_tracking.py", "test_node_actions.py", "test_node_entry.py",
+)  # fmt: skip
+
+
+@pytest.hookimpl(specname="pytest_collection_modifyitems", trylast=True)
+def pytest_collection_modifyitems_longest_files_first(items):
+    rank = {name: index for index, name in enumerate(RUN_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(RUN_FIRST)))  # stable: each file's own order kept
+
+
 def pytest_sessionfinish(session, exitstatus):
     """A run that selected no test (a mistyped -k/-m, a file that failed to collect) is a failure with a
     reason, never pytest's exit code 5 that a script might mistake for something else."""

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import pytest
 
+from pop_ros.cli import evaluate as evaluate_cli
 from pop_ros.evaluation import store
 from pop_ros.evaluation.datasets import DatasetError, interior_click, load_dataset, readable_name
 from pop_ros.evaluation.native import NativePointError, parse_molmo2_points, parse_molmo_point, parse_qwen_point
@@ -287,6 +288,21 @@ def run_eval(*args):
     )
 
 
+@pytest.fixture
+def eval_here(capsys):
+    """`run_eval` in this process (pop-eval's main(), its output captured): for the runs whose subject
+    is what a run does with what an earlier one saved, not the process (~4 s of imports each saved).
+    The command as a process runs in the end-to-end test, the refusals, the signals and torchrun."""
+
+    def run(*args):
+        capsys.readouterr()  # nothing printed before belongs to this run
+        returncode = evaluate_cli.main(list(args))
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(["pop-eval", *args], returncode, captured.out, captured.err)
+
+    return run
+
+
 @SEVERAL_RUNS
 @pytest.mark.slow
 def test_pop_eval_end_to_end_writes_reports_and_resumes(datasets, tmp_path):
@@ -509,6 +525,7 @@ def test_short_write_on_a_full_disk_leaves_no_fragment(tmp_path):
     # RLIMIT_FSIZE makes write(2) stop at the limit like a full disk (short write, then EFBIG).
     script = f"""
 import json, pathlib, resource, signal
+from pop_ros.cli import evaluate as evaluate_cli
 from pop_ros.evaluation import store
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 path = pathlib.Path({str(tmp_path / store.MAIN_LOG)!r})
@@ -615,21 +632,21 @@ def test_another_model_configuration_is_refused_in_one_line(datasets, reference,
 
 @SEVERAL_RUNS
 @pytest.mark.slow
-def test_run_changes_reuse_exactly_the_valid_predictions(datasets, reference, tmp_path):
+def test_run_changes_reuse_exactly_the_valid_predictions(datasets, reference, tmp_path, eval_here):
     out = tmp_path / "out"
     shutil.copytree(reference, out)
     # A method more: only its 2 datasets x 2 seeds x 2 episodes are computed.
-    wider = run_eval(*eval_args(datasets, out, "--methods", TRUST_METHODS + ",abl-sim-forward"))
+    wider = eval_here(*eval_args(datasets, out, "--methods", TRUST_METHODS + ",abl-sim-forward"))
     assert wider.returncode == 0, wider.stderr
     assert json.loads(wider.stdout)["computed"] == 8 and json.loads(wider.stdout)["reused"] == TOTAL
     # One method, a seed more: that method's earlier seeds are reused, the new seed computed.
-    fewer = run_eval(*eval_args(datasets, out, "--methods", "pop-1shot", "--seeds", "3"))
+    fewer = eval_here(*eval_args(datasets, out, "--methods", "pop-1shot", "--seeds", "3"))
     assert fewer.returncode == 0, fewer.stderr
     assert json.loads(fewer.stdout)["computed"] == 4 and json.loads(fewer.stdout)["reused"] == 8
     table = (out / "table.md").read_text()
     assert "| pop-1shot |" in table and "pop-3shot" not in table
     # Kept beside the others by request: computed afresh, reported alone.
-    both = run_eval(*eval_args(datasets, out, "--prompt", "Point at the {query}.", "--add-config"))
+    both = eval_here(*eval_args(datasets, out, "--prompt", "Point at the {query}.", "--add-config"))
     assert both.returncode == 0, both.stderr
     assert json.loads(both.stdout)["computed"] == TOTAL and json.loads(both.stdout)["reused"] == 0
     assert json.loads((out / "results.json").read_text())["configuration"]["model"]["prompt_template"].startswith(
@@ -639,7 +656,7 @@ def test_run_changes_reuse_exactly_the_valid_predictions(datasets, reference, tm
 
 @SEVERAL_RUNS
 @pytest.mark.slow
-def test_dataset_content_change_recomputes_that_dataset_only(datasets, reference, tmp_path):
+def test_dataset_content_change_recomputes_that_dataset_only(datasets, reference, tmp_path, eval_here):
     out, data = tmp_path / "out", tmp_path / "data"
     shutil.copytree(reference, out)
     shutil.copytree(datasets, data)
@@ -647,7 +664,7 @@ def test_dataset_content_change_recomputes_that_dataset_only(datasets, reference
     content = json.loads(annotations.read_text())
     content["annotations"][1]["segmentation"] = polygon((71, 46, 84, 64))
     annotations.write_text(json.dumps(content))
-    result = run_eval(*eval_args(data, out))
+    result = eval_here(*eval_args(data, out))
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["computed"] == TOTAL // 2 and json.loads(result.stdout)["reused"] == TOTAL // 2
 
@@ -699,7 +716,7 @@ def start_and_stop(args, out, sig, after_rows):
 
 @SEVERAL_RUNS
 @pytest.mark.slow
-def test_ctrl_c_says_what_was_saved_and_how_to_resume(datasets, reference, tmp_path):
+def test_ctrl_c_says_what_was_saved_and_how_to_resume(datasets, reference, tmp_path, eval_here):
     out = tmp_path / "out"
     args = eval_args(datasets, out)
     stopped = start_and_stop(args, out, signal.SIGINT, after_rows=5)
@@ -710,19 +727,19 @@ def test_ctrl_c_says_what_was_saved_and_how_to_resume(datasets, reference, tmp_p
     saved = len(store.read_log(out / store.MAIN_LOG)[1])
     reported = int(re.search(rf"\((\d+) of {TOTAL} done\)", last).group(1))
     assert 5 <= saved < TOTAL and saved - 1 <= reported <= saved  # a signal between a write and its count
-    resumed = run_eval(*args)
+    resumed = eval_here(*args)
     assert resumed.returncode == 0 and json.loads(resumed.stdout)["computed"] == TOTAL - saved
     assert without_timing(out) == without_timing(reference)
 
 
 @SEVERAL_RUNS
 @pytest.mark.slow
-def test_sigkill_and_resume_give_the_uninterrupted_reports(datasets, reference, tmp_path):
+def test_sigkill_and_resume_give_the_uninterrupted_reports(datasets, reference, tmp_path, eval_here):
     out = tmp_path / "out"
     args = eval_args(datasets, out)
     killed = start_and_stop(args, out, signal.SIGKILL, after_rows=10)
     assert killed.returncode == -signal.SIGKILL
-    resumed = run_eval(*args)
+    resumed = eval_here(*args)
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout)["reused"] >= 10
     keys = [r["key"] for r in store.read_log(out / store.MAIN_LOG)[1]]
@@ -732,7 +749,7 @@ def test_sigkill_and_resume_give_the_uninterrupted_reports(datasets, reference, 
 
 @SEVERAL_RUNS
 @pytest.mark.slow
-def test_full_disk_during_the_run_is_one_line_and_resumes(datasets, reference, tmp_path):
+def test_full_disk_during_the_run_is_one_line_and_resumes(datasets, reference, tmp_path, eval_here):
     out = tmp_path / "out"
     args = eval_args(datasets, out)
 
@@ -749,7 +766,7 @@ def test_full_disk_during_the_run_is_one_line_and_resumes(datasets, reference, t
     assert "I/O error" in lines[0] and "rerun the same command" in lines[0]
     saved = int(re.search(r"; (\d+) new predictions of this run are saved", lines[0]).group(1))
     assert 0 < saved < TOTAL and len(store.read_log(out / store.MAIN_LOG)[1]) == saved  # failed mid-run, no fragment
-    resumed = run_eval(*args)
+    resumed = eval_here(*args)
     assert resumed.returncode == 0, resumed.stderr
     assert without_timing(out) == without_timing(reference)
 

@@ -513,31 +513,6 @@ def run_many_parts(pointer, target, supports, repeats: int, progress=None, first
 
 
 # ---- streaming ------------------------------------------------------------------------------------------
-def serve_camera(topic: str, seconds: float, rate_hz: float = 30.0) -> int:
-    """Publish a 640x480 bgr8 frame on `topic` at `rate_hz` for `seconds` (run as its own process, as
-    a camera driver is); prints how many frames it published."""
-    from sensor_msgs.msg import Image
-
-    from pop_ros.clients.ros_client import RosClient
-    from pop_ros.messages.image_conversion import from_array
-    from pop_ros.paths import SAMPLE_DIR
-
-    bgr = cv2.resize(cv2.imread(str(SAMPLE_DIR / "scene_0.png")), (640, 480))
-    ros = RosClient("pop_bench_camera")
-    try:
-        publisher = ros.publisher(Image, topic)
-
-        def publish_frame(_index: int) -> None:
-            msg = from_array(bgr, "bgr8")
-            msg.header.stamp, msg.header.frame_id = ros.now_stamp(), "bench_optical"
-            publisher.publish(msg)
-
-        bench_tracking.publish_at_rate(publish_frame, rate_hz, seconds)
-    finally:
-        ros.close()
-    return 0
-
-
 def run_streaming(preset: str, seconds: float, rate_hz: float, progress, reliability: str = "reliable") -> dict:
     """pop_node in this process (to read its callback statistics), a 30 Hz camera in another process,
     a standing query at `rate_hz`. Measured after a warm-up of min(5 s, seconds / 5)."""

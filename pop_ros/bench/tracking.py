@@ -119,6 +119,32 @@ def publish_at_rate(publish_frame, rate_hz: float, seconds: float) -> int:
     return published
 
 
+def serve_streaming_camera(topic: str, seconds: float, rate_hz: float = 30.0) -> int:
+    """Publish a 640x480 bgr8 frame on `topic` at `rate_hz` for `seconds` (run as its own process, as
+    a camera driver is); prints how many frames it published. Here, not in benchmarks.py: the camera
+    process then starts without importing torch (seconds per streaming run)."""
+    from sensor_msgs.msg import Image
+
+    from pop_ros.clients.ros_client import RosClient
+    from pop_ros.messages.image_conversion import from_array
+    from pop_ros.paths import SAMPLE_DIR
+
+    bgr = cv2.resize(cv2.imread(str(SAMPLE_DIR / "scene_0.png")), (640, 480))
+    ros = RosClient("pop_bench_camera")
+    try:
+        publisher = ros.publisher(Image, topic)
+
+        def publish_frame(_index: int) -> None:
+            msg = from_array(bgr, "bgr8")
+            msg.header.stamp, msg.header.frame_id = ros.now_stamp(), "bench_optical"
+            publisher.publish(msg)
+
+        publish_at_rate(publish_frame, rate_hz, seconds)
+    finally:
+        ros.close()
+    return 0
+
+
 def serve_camera(namespace: str, width: int, height: int, rate_hz: float, seconds: float) -> int:
     """Publish colour (bgr8), depth (32FC1) and camera_info, all stamped alike, under /NAMESPACE at
     `rate_hz` for `seconds`; prints how many frames it published."""

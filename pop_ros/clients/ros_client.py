@@ -153,6 +153,8 @@ class RosClient:
 
     def close(self) -> None:
         self.executor.shutdown()
-        self._thread.join(timeout=10.0)  # spin() has returned: nothing of ours is left in a wait
+        # The spin thread ended before the context goes: a process that exited with it still inside
+        # rcl aborted ("terminate called without an active exception", exit -6: pop-bench's cameras).
+        self._thread.join(timeout=5.0)
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)
