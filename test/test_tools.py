@@ -111,7 +111,7 @@ def _expected_auto_dtype() -> str:
 def test_pop_bench_quick_shape_run_picks_a_native_dtype(capsys):
     """pop-bench's main() in this process: a process of its own spent ~5 of its ~7 s importing torch,
     torchao and transformers. `python -m pop_ros.bench` as a command is run by the smoke run above."""
-    from pop_ros import bench
+    from pop_ros.bench import cli as bench
 
     returncode = bench.main(["--shape", "tiny", "--quick", "--stream-seconds", "0", "--json"])
     completed = capsys.readouterr()
