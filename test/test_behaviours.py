@@ -578,3 +578,37 @@ def test_an_action_client_destroyed_during_its_take_finishes_the_take_and_is_des
                 pass
     finally:
         ros.close()
+
+
+def test_wait_for_node_asks_again_when_an_answer_is_lost(monkeypatch):
+    """A new client's first request (or its answer) can be lost while DDS matches both sides, and
+    rclpy never resends it: a fresh-clone run waited its whole 120 s on one such call. wait_for_node
+    asks list_support_sets again after ASK_AGAIN_S; here the stand-in never answers its first call."""
+    from rclpy.callback_groups import ReentrantCallbackGroup
+
+    from pop_ros.clients import ros_client
+    from pop_ros.clients.ros_client import RosClient
+    from pop_ros_interfaces.srv import ListSupportSets
+
+    monkeypatch.setattr(ros_client, "ASK_AGAIN_S", 1.0)
+    server, client = RosClient("lost_answer_server"), RosClient("lost_answer_client")
+    calls, release = [], threading.Event()
+
+    def list_sets(_request, response):
+        calls.append(1)
+        if len(calls) == 1:
+            release.wait(60)  # the lost one: answered only when the test ends
+        response.names = ["mug_handle"]
+        response.message = "1 support set"
+        return response
+
+    server.node.create_service(
+        ListSupportSets, "/lost/pop_node/list_support_sets", list_sets, callback_group=ReentrantCallbackGroup()
+    )
+    try:
+        listing = client.wait_for_node("/lost", timeout=60.0)
+        assert list(listing.names) == ["mug_handle"] and len(calls) >= 2
+    finally:
+        release.set()
+        client.close()
+        server.close()

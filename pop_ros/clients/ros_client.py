@@ -16,6 +16,8 @@ from pop_ros.paths import config_dir
 
 PARAMS_FILE = config_dir() / "pop_ros.yaml"
 LIBRARY = config_dir() / "supports" / "library.yaml"
+# wait_for_node asks again after this long without an answer (a lost request or response).
+ASK_AGAIN_S = 5.0
 SENSOR_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE)
 
 
@@ -105,14 +107,21 @@ class RosClient:
 
         name = f"{namespace}/pop_node/list_support_sets"
         deadline = time.monotonic() + timeout
-        while True:
+        said = "no answer"
+        while time.monotonic() < deadline:
             left = deadline - time.monotonic()
-            listing = self.call(ListSupportSets, name, ListSupportSets.Request(), max(left, 0.1))
+            try:
+                listing = self.call(ListSupportSets, name, ListSupportSets.Request(), min(max(left, 0.1), ASK_AGAIN_S))
+            except TimeoutError:
+                # A request (or its answer) sent before DDS matched both sides of a new client is lost
+                # and rclpy never resends it (the node's log then says "failed to send response"):
+                # listing is read-only, so it is asked again.
+                continue
             if not listing.message.startswith(CONFIGURING):
                 return listing
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{name} still says: {listing.message}")
+            said = f"still says: {listing.message}"
             time.sleep(0.2)  # the poll's period: nothing to wait on but the node's next answer
+        raise TimeoutError(f"{name}: {said} after {timeout:g} s")
 
     def call_async(self, srv_type, name: str, request):
         if name not in self._clients:
