@@ -249,3 +249,17 @@ def test_tracking_stream_report_counts_only_the_frames_of_its_window():
     assert report["full_answers"] == 0  # the one at 103.5 is after the window
     assert report["frames_published"] == 60 and report["frames_skipped_by_the_tracker"] == 4
     assert abs(report["share_of_camera_rate"] - 1.0) < 1e-9
+
+
+@pytest.mark.slow
+def test_measure_camera_delivery_counts_what_arrives_with_the_shipped_profile():
+    """tools/measure_camera_delivery.py as documented (docs/tracking.md): the camera process gets the
+    shipped Fast DDS profile, and what it published and what arrived are reported."""
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "measure_camera_delivery.py"), "160", "120", "10", "1"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    report = json.loads(completed.stdout)
+    assert report["dds_profile"].endswith("config/fastdds_large_images.xml")
+    assert report["published"] >= 8 and 0 < report["received_colour"] <= report["published"]
