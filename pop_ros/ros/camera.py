@@ -76,8 +76,7 @@ class CameraListener:
     def close(self) -> None:
         self.executor.shutdown()
         self.thread.join(timeout=5.0)
-        if not self.thread.is_alive():  # a spin that did not end keeps its node (the process is ending)
-            self.node.destroy_node()
+        self.node.destroy_node()
 
 
 class CameraInput:
@@ -141,12 +140,11 @@ class CameraInput:
         self.subscriptions = []
 
     def close(self) -> None:
-        """Stop the camera listener (the node is destroyed): its executor first, so that no callback
-        runs while its subscriptions and node go."""
-        listener, self._listener = self._listener, None
-        self.subscriptions = []  # destroyed with the listener's node
-        if listener is not None:
-            listener.close()
+        """Stop the camera listener (the node is destroyed)."""
+        self.unsubscribe()
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
 
     def clear(self) -> None:
         """Forget every frame, depth image and camera_info (cleanup: the next configure may be for

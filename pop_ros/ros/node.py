@@ -371,8 +371,8 @@ class PopNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def destroy_node(self) -> None:
-        self.tracking.close()  # its thread publishes: ended before anything it uses goes
         self.camera.close()
+        self.tracking.close()
         super().destroy_node()
 
     def _release_models(self) -> None:
