@@ -331,7 +331,11 @@ class PopNode(LifecycleNode):
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         topics = self.camera.subscribe(
-            self.param("image_reliability"), self.guarded, self.param("image_transport"), self.param("depth_transport")
+            self.param("image_reliability"),
+            self._sensor_group,
+            self.guarded,
+            self.param("image_transport"),
+            self.param("depth_transport"),
         )
         self.continuous.restart(float(self.param("continuous_rate")))
         self._frames_check = self.create_timer(
@@ -371,7 +375,6 @@ class PopNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def destroy_node(self) -> None:
-        self.camera.close()
         self.tracking.close()
         super().destroy_node()
 
