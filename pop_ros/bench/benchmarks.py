@@ -520,54 +520,47 @@ def run_streaming(preset: str, seconds: float, rate_hz: float, progress, reliabi
 
     import psutil
 
-    from pop_ros.clients.ros_client import LIBRARY, PARAMS_FILE, RosClient
-    from pop_ros.ros.node import PopNode
+    from pop_ros.clients.ros_client import LIBRARY
+    from pop_ros.clients.testing import node_beside_client
     from pop_ros_interfaces.msg import PartPointResult
 
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    args = ["--ros-args", "--params-file", str(PARAMS_FILE), "-p", f"preset:={preset}", "-p", "autostart:=false",
-            "-p", f"support_library:={LIBRARY}", "-p", "continuous_support_set:=mug_handle",
-            "-p", f"continuous_rate:={rate_hz}", "-p", "publish_heatmap:=true",
-            # 640x480 frames from another process: best-effort UDP drops them without DDS tuning (README).
-            "-p", f"image_reliability:={reliability}"]  # fmt: skip
-    ros = RosClient("pop_bench_listener", args=args)
-    node = PopNode(context=ros.context, namespace="bench")
-    ros.add_node(node)
-    camera = None
-    try:
-        node.trigger_configure()
-        node.trigger_activate()
-        results = ros.collect(PartPointResult, "/bench/pop_node/result")
-        process = psutil.Process()
-        warmup = min(5.0, seconds / 5)
-        progress(f"streaming: 30 Hz camera (own process) for {seconds:.0f} s, standing query at {rate_hz} Hz")
-        camera = subprocess.Popen(
-            [sys.executable, "-m", "pop_ros.bench", "--serve-camera", "/bench/image", "--stream-seconds", str(seconds)],
-            stdout=subprocess.PIPE,
-            text=True,
-            env=bench_tracking.camera_environment(),
-        )
-        rss_start = []
+    parameters = [f"preset:={preset}", "autostart:=false", f"support_library:={LIBRARY}",
+                  "continuous_support_set:=mug_handle", f"continuous_rate:={rate_hz}", "publish_heatmap:=true",
+                  # 640x480 frames from another process: best-effort UDP drops them without DDS tuning (README).
+                  f"image_reliability:={reliability}"]  # fmt: skip
+    with node_beside_client("bench", "pop_bench_listener", parameters) as (ros, node):
+        camera = None
+        try:
+            results = ros.collect(PartPointResult, "/bench/pop_node/result")
+            process = psutil.Process()
+            warmup = min(5.0, seconds / 5)
+            progress(f"streaming: 30 Hz camera (own process) for {seconds:.0f} s, standing query at {rate_hz} Hz")
+            command = [sys.executable, "-m", "pop_ros.bench", "--serve-camera", "/bench/image"]
+            camera = subprocess.Popen(
+                [*command, "--stream-seconds", str(seconds)],
+                stdout=subprocess.PIPE,
+                text=True,
+                env=bench_tracking.camera_environment(),
+            )
+            rss_start = []
 
-        def start_measuring():
-            rss_start.append(process.memory_info().rss)  # after the first queries allocated what they need
-            node.camera.callback_durations_ms.clear()
-            node.camera.callback_latency_ms.clear()
-            results.clear()
+            def start_measuring():
+                rss_start.append(process.memory_info().rss)  # after the first queries allocated what they need
+                node.camera.callback_durations_ms.clear()
+                node.camera.callback_latency_ms.clear()
+                results.clear()
 
-        first, last, camera_report = bench_tracking.camera_window(node, camera, warmup, seconds, start_measuring)
-        rss = (rss_start[0], process.memory_info().rss)
-        window = (first.stamp_s, last.stamp_s)
-        latency, duration = list(node.camera.callback_latency_ms), list(node.camera.callback_durations_ms)
-        report = {"preset": preset, "reliability": reliability}
-        return report | streaming_report(bench_tracking.in_window(list(results), window), camera_report, window,
-                                         (latency, duration), rss)  # fmt: skip
-    finally:
-        if camera is not None and camera.poll() is None:
-            camera.kill()
-        ros.executor.remove_node(node)
-        node.destroy_node()
-        ros.close()
+            first, last, camera_report = bench_tracking.camera_window(node, camera, warmup, seconds, start_measuring)
+            rss = (rss_start[0], process.memory_info().rss)
+            window = (first.stamp_s, last.stamp_s)
+            latency, duration = list(node.camera.callback_latency_ms), list(node.camera.callback_durations_ms)
+            report = {"preset": preset, "reliability": reliability}
+            return report | streaming_report(bench_tracking.in_window(list(results), window), camera_report, window,
+                                             (latency, duration), rss)  # fmt: skip
+        finally:
+            if camera is not None and camera.poll() is None:
+                camera.kill()
 
 
 def streaming_report(results: list, camera_report: dict, window: tuple, callbacks: tuple, rss: tuple) -> dict:

@@ -203,47 +203,39 @@ def dds_profile(environment: dict) -> str:
 def run_tracking_stream(preset: str, seconds: float, query_rate_hz: float, camera: tuple, progress) -> dict:
     """pop_node (in this process) with continuous_tracking on, the standing query at `query_rate_hz`,
     the camera `(width, height, rate, target share)` in another process; measured after a warm-up."""
-    from pop_ros.clients.ros_client import LIBRARY, PARAMS_FILE, RosClient
-    from pop_ros.ros.node import PopNode
+    from pop_ros.clients.ros_client import LIBRARY
+    from pop_ros.clients.testing import node_beside_client
     from pop_ros_interfaces.msg import PartPointResult
 
     width, height, rate_hz, share = camera
     namespace = f"track{width}"
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    args = ["--ros-args", "--params-file", str(PARAMS_FILE), "-p", f"preset:={preset}", "-p", "autostart:=false",
-            "-p", f"support_library:={LIBRARY}", "-p", "continuous_support_set:=mug_handle",
-            "-p", f"continuous_rate:={query_rate_hz}", "-p", "continuous_tracking:=true",
-            "-p", "image_reliability:=reliable", "-p", "max_frame_age:=0.0"]  # fmt: skip
-    ros = RosClient("pop_bench_tracking_listener", args=args)
-    node = PopNode(context=ros.context, namespace=namespace)
-    ros.add_node(node)
-    process = None
-    try:
-        node.trigger_configure()
-        node.trigger_activate()
-        results = ros.collect(PartPointResult, f"/{namespace}/pop_node/result", qos=1000)
-        warmup = min(5.0, seconds / 5)
-        progress(f"tracking: {width}x{height} camera at {rate_hz:.0f} Hz (own process) for {seconds:.0f} s")
-        command = [sys.executable, "-m", "pop_ros.bench.tracking", "--serve-camera", namespace]
-        command += [str(width), str(height), str(rate_hz), str(seconds)]
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=camera_environment())
-        skipped = []
-        first, last, camera_report = camera_window(
-            node,
-            process,
-            warmup,
-            seconds,
-            on_start=lambda: (results.clear(), skipped.append(node.tracking.skipped_total)),
-        )
-        window = (first.stamp_s, last.stamp_s)
-        frames = (last.seq - first.seq, node.tracking.skipped_total - skipped[0])
-        return stream_report(list(results), camera_report, frames, window, camera)
-    finally:
-        if process is not None and process.poll() is None:
-            process.kill()
-        ros.executor.remove_node(node)
-        node.destroy_node()
-        ros.close()
+    parameters = [f"preset:={preset}", "autostart:=false", f"support_library:={LIBRARY}",
+                  "continuous_support_set:=mug_handle", f"continuous_rate:={query_rate_hz}",
+                  "continuous_tracking:=true", "image_reliability:=reliable", "max_frame_age:=0.0"]  # fmt: skip
+    with node_beside_client(namespace, "pop_bench_tracking_listener", parameters) as (ros, node):
+        process = None
+        try:
+            results = ros.collect(PartPointResult, f"/{namespace}/pop_node/result", qos=1000)
+            warmup = min(5.0, seconds / 5)
+            progress(f"tracking: {width}x{height} camera at {rate_hz:.0f} Hz (own process) for {seconds:.0f} s")
+            command = [sys.executable, "-m", "pop_ros.bench.tracking", "--serve-camera", namespace]
+            command += [str(width), str(height), str(rate_hz), str(seconds)]
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=camera_environment())
+            skipped = []
+            first, last, camera_report = camera_window(
+                node,
+                process,
+                warmup,
+                seconds,
+                on_start=lambda: (results.clear(), skipped.append(node.tracking.skipped_total)),
+            )
+            window = (first.stamp_s, last.stamp_s)
+            frames = (last.seq - first.seq, node.tracking.skipped_total - skipped[0])
+            return stream_report(list(results), camera_report, frames, window, camera)
+        finally:
+            if process is not None and process.poll() is None:
+                process.kill()
 
 
 def camera_window(node, process, warmup: float, seconds: float, on_start) -> tuple:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import signal
@@ -23,8 +24,7 @@ def node_in_process(namespace: str, client_name: str, parameters: list[str]):
 
     from pop_ros.ros.node import EXECUTOR_THREADS, PopNode
 
-    args = ["--ros-args", "--params-file", str(PARAMS_FILE)] + [item for p in parameters for item in ("-p", p)]
-    ros = RosClient(client_name, args=args)
+    ros = RosClient(client_name, args=_node_arguments(parameters))
     node = PopNode(context=ros.context, namespace=namespace)
     executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS, context=ros.context)
     executor.add_node(node)
@@ -32,6 +32,31 @@ def node_in_process(namespace: str, client_name: str, parameters: list[str]):
     node.trigger_configure()
     node.trigger_activate()
     return ros, node
+
+
+def _node_arguments(parameters: list[str]) -> list[str]:
+    """The shipped params file, then `parameters` ("name:=value", later ones win)."""
+    return ["--ros-args", "--params-file", str(PARAMS_FILE)] + [item for p in parameters for item in ("-p", p)]
+
+
+@contextlib.contextmanager
+def node_beside_client(namespace: str, client_name: str, parameters: list[str]):
+    """(RosClient, PopNode) for a `with`: pop_node in this process under /`namespace`, configured and
+    activated, spun by the client's own executor beside the client's node; removed, destroyed and the
+    client closed at the end. pop-bench's streaming runs, which read the node's own statistics."""
+    from pop_ros.ros.node import PopNode
+
+    ros = RosClient(client_name, args=_node_arguments(parameters))
+    node = PopNode(context=ros.context, namespace=namespace)
+    ros.add_node(node)
+    try:
+        node.trigger_configure()
+        node.trigger_activate()
+        yield ros, node
+    finally:
+        ros.executor.remove_node(node)
+        node.destroy_node()
+        ros.close()
 
 
 class NodeProcess:
