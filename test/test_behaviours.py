@@ -15,9 +15,10 @@ import numpy as np
 import py_trees
 import pytest
 from sensor_msgs.msg import CameraInfo, Image
+from std_srvs.srv import Trigger
 
 from pop_ros.behaviours import PointToPart, PointToParts, ServiceUnavailableError, TeachExemplar
-from pop_ros.clients.ros_client import LIBRARY
+from pop_ros.clients.ros_client import LIBRARY, RosClient
 from pop_ros.messages.image_conversion import from_array
 from pop_ros.paths import SAMPLE_DIR
 from pop_ros_interfaces.action import PointToPart as PointToPartAction
@@ -288,6 +289,27 @@ def test_a_missing_node_fails_setup_with_its_message(bt_node):
     )
     with pytest.raises(ServiceUnavailableError, match=r"setup\(\) needs the ROS node"):
         PointToPart("no node").setup()
+
+
+def test_a_server_the_client_cannot_match_is_named_in_setup_s_failure(bt_node):
+    """The graph lists a server of that name, but of another type (a stale or foreign node): DDS never
+    matches it, and setup says what the graph shows instead of suggesting the node is absent."""
+    ros, _, _ = bt_node
+    goal_service = "/impostor/pop_node/point_to_part/_action/send_goal"
+    impostor = RosClient("impostor")  # another participant: Fast DDS refuses two types of one topic in one
+    impostor.node.create_service(Trigger, goal_service, lambda _request, response: response)
+    try:
+        assert wait_for(lambda: ros.node.count_services(goal_service) == 1, UNHURRIED_S)
+        find = PointToPart("find handle", "handle", service="/impostor/pop_node/point_to_part", timeout_s=0.5)
+        with pytest.raises(ServiceUnavailableError) as failure:
+            find.setup(node=ros.node)
+        assert str(failure.value) == (
+            "find handle: action /impostor/pop_node/point_to_part is not available after 0.5 s (the ROS graph "
+            f"lists 1 server(s) of {goal_service} that this client never matched: a stale or duplicate node "
+            "of that name?)"
+        )
+    finally:
+        impostor.close()
 
 
 def test_several_parts_one_result_each(bt_node):

@@ -245,3 +245,28 @@ def test_point_to_parts_goal_can_be_cancelled_while_running(action_node):
     assert status == GoalStatus.STATUS_CANCELED and not result.success and list(result.results) == []
     assert gate.prefixes == 1 and len(results) == 2  # nothing more published
     client.destroy()
+
+
+def test_a_destroyed_node_leaves_nothing_in_the_graph(inprocess):
+    """An in-process pop_node destroyed, its client closed: a fresh context no longer sees the node,
+    its action servers or its lifecycle services. rclpy's destroy_node leaves action servers (waitables)
+    and LifecycleNode's state machine alive, and each kept the node and its DDS participant serving:
+    stale `point_to_parts` servers beside a new node's made the graph's counts disagree with what a new
+    action client matched, and a behaviour's setup waited its whole timeout (a CI failure)."""
+    gone = RosClient("gone_client")
+    ros, node, _ = inprocess("gone")
+    send_goal = "/gone/pop_node/point_to_parts/_action/send_goal"
+
+    def seen():
+        names = gone.node.get_node_names_and_namespaces()
+        return ("pop_node", "/gone") in names, gone.node.count_services(send_goal)
+
+    try:
+        assert wait_for(lambda: seen() == (True, 1), TIMEOUT), f"the live node never appeared: {seen()}"
+        ros.executor.remove_node(node)
+        node.destroy_node()
+        ros.close()
+        # Discovery carries the removals within a second; the stale entities stayed for minutes.
+        assert wait_for(lambda: seen() == (False, 0), 30.0), f"still in the graph after destroy: {seen()}"
+    finally:
+        gone.close()

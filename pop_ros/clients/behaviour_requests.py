@@ -65,9 +65,15 @@ class RequestBehaviour(py_trees.behaviour.Behaviour):
             )
         self.node = node
         if not self._found_server(node):
+            servers = node.count_services(self._server_service)
+            hint = (
+                "is pop_node running, in this ROS_DOMAIN_ID and namespace?"
+                if servers == 0
+                else f"the ROS graph lists {servers} server(s) of {self._server_service} that this client "
+                "never matched: a stale or duplicate node of that name?"
+            )
             raise ServiceUnavailableError(
-                f"{self.name}: {self.kind} {self.service} is not available after {self.timeout_s:g} s "
-                "(is pop_node running, in this ROS_DOMAIN_ID and namespace?)"
+                f"{self.name}: {self.kind} {self.service} is not available after {self.timeout_s:g} s ({hint})"
             )
 
     def initialise(self) -> None:
@@ -166,6 +172,11 @@ class RequestBehaviour(py_trees.behaviour.Behaviour):
         """Whether a request of this behaviour awaits its answer."""
         raise NotImplementedError
 
+    @property
+    def _server_service(self) -> str:
+        """The service whose servers the ROS graph counts for this request's server."""
+        raise NotImplementedError
+
     def _create_client(self, node):
         raise NotImplementedError
 
@@ -209,6 +220,10 @@ class ServiceBehaviour(RequestBehaviour):
     @property
     def pending(self) -> bool:
         return self._future is not None
+
+    @property
+    def _server_service(self) -> str:
+        return self.service
 
     def _create_client(self, node):
         return node.create_client(self.srv_type, self.service, callback_group=ReentrantCallbackGroup())
@@ -326,6 +341,10 @@ class ActionBehaviour(RequestBehaviour):
     @property
     def pending(self) -> bool:
         return self._goal is not None
+
+    @property
+    def _server_service(self) -> str:
+        return f"{self.service}/_action/send_goal"  # rcl's name for an action's goal service
 
     def _create_client(self, node):
         return SpinSafeActionClient(node, self.action_type, self.service, callback_group=ReentrantCallbackGroup())

@@ -81,6 +81,7 @@ class RosClient:
         self._thread.start()
         self._clients = {}
         self._publishers = {}
+        self._closed = False
 
     def add_node(self, node) -> None:
         self.executor.add_node(node)
@@ -161,9 +162,19 @@ class RosClient:
         return self.node.get_clock().now().to_msg()
 
     def close(self) -> None:
+        """Stop spinning and destroy the node and the context (again: nothing)."""
+        if self._closed:
+            return
+        self._closed = True
         self.executor.shutdown()
         # The spin thread ended before the context goes: a process that exited with it still inside
         # rcl aborted ("terminate called without an active exception", exit -6: pop-bench's cameras).
         self._thread.join(timeout=5.0)
+        # rclpy's destroy_node leaves waitables (action clients) alive, and each keeps the node, the
+        # context and its DDS participant in the graph: destroyed here, then the context itself.
+        for waitable in list(self.node.waitables):
+            if hasattr(waitable, "destroy"):
+                waitable.destroy()
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)
+        self.context.destroy()

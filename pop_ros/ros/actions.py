@@ -80,6 +80,15 @@ class QueryActions:
             CLIENT_CHECK_PERIOD_S, node.guarded(self.cancel_orphans), callback_group=MutuallyExclusiveCallbackGroup()
         )
 
+    def destroy(self) -> None:
+        """Destroy the action servers. rclpy's `Node.destroy_node` leaves waitables alone: an action
+        server not destroyed here keeps its node, and with it the context's DDS participant, alive and
+        serving in the ROS graph after the node is gone (seen: two stale `point_to_parts` servers in
+        the graph of a process whose in-process nodes had all been destroyed)."""
+        for server in self.servers:
+            server.destroy()
+        self.servers = []
+
     # ---- goal lifecycle ----------------------------------------------------------------------------------
     def _acceptor(self, action_type, feedback_topic: str):
         def on_accepted(goal_handle) -> None:

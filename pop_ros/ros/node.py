@@ -376,7 +376,11 @@ class PopNode(LifecycleNode):
 
     def destroy_node(self) -> None:
         self.tracking.close()
+        self.actions.destroy()  # waitables: rclpy's destroy_node leaves them (and so the node) alive
         super().destroy_node()
+        # rclpy's LifecycleNode never destroys its state machine, whose lifecycle services and
+        # transition_event publisher then keep the node and its DDS participant in the graph.
+        self._state_machine.destroy_when_not_in_use()
 
     def _release_models(self) -> None:
         """Drop the models and free their memory. A query in flight keeps the models it holds; it is
