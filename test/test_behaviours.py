@@ -15,7 +15,6 @@ import numpy as np
 import py_trees
 import pytest
 from sensor_msgs.msg import CameraInfo, Image
-from std_srvs.srv import Trigger
 
 from pop_ros.behaviours import PointToPart, PointToParts, ServiceUnavailableError, TeachExemplar
 from pop_ros.clients.ros_client import LIBRARY, RosClient
@@ -23,6 +22,7 @@ from pop_ros.messages.image_conversion import from_array
 from pop_ros.paths import SAMPLE_DIR
 from pop_ros_interfaces.action import PointToPart as PointToPartAction
 from pop_ros_interfaces.msg import PartPointResult
+from pop_ros_interfaces.srv import ListSupportSets
 from pop_ros_interfaces.srv import PointToPart as PointToPartSrv
 from test.conftest import wait_for
 
@@ -297,7 +297,7 @@ def test_a_server_the_client_cannot_match_is_named_in_setup_s_failure(bt_node):
     ros, _, _ = bt_node
     goal_service = "/impostor/pop_node/point_to_part/_action/send_goal"
     impostor = RosClient("impostor")  # another participant: Fast DDS refuses two types of one topic in one
-    impostor.node.create_service(Trigger, goal_service, lambda _request, response: response)
+    impostor.node.create_service(ListSupportSets, goal_service, lambda _request, response: response)
     try:
         assert wait_for(lambda: ros.node.count_services(goal_service) == 1, UNHURRIED_S)
         find = PointToPart("find handle", "handle", service="/impostor/pop_node/point_to_part", timeout_s=0.5)
