@@ -458,3 +458,17 @@ def test_warns_when_a_camera_publishes_but_no_frame_arrives(inprocess, capfd):
         time.sleep(0.05)
     node.camera.check_frames_arrive()
     assert "no frame received" not in capfd.readouterr().err
+
+
+def test_the_camera_subscriptions_live_on_their_own_node_in_the_node_s_namespace(inprocess):
+    """pop_node's camera input is the node `pop_node_camera` (its own executor thread, so camera
+    messages never wait for the wait set of the node's services and actions): its subscriptions are
+    on the topics pop_node resolves, and it has no parameter services of its own."""
+    ros, node, _ = inprocess("graph", f"support_library:={LIBRARY}")
+    assert wait_for(lambda: ("pop_node_camera", "/graph") in node.get_node_names_and_namespaces(), 30)
+    for topic in ("/graph/image", "/graph/depth", "/graph/camera_info"):
+        assert [info.node_name for info in node.get_subscriptions_info_by_topic(topic)] == ["pop_node_camera"]
+    services = node.get_service_names_and_types_by_node("pop_node_camera", "/graph")
+    assert not [name for name, _ in services if "parameter" in name]
+    node.trigger_deactivate()
+    assert wait_for(lambda: not node.get_subscriptions_info_by_topic("/graph/image"), 30)

@@ -15,6 +15,8 @@ import threading
 import time
 
 import numpy as np
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
@@ -49,6 +51,35 @@ def compressed_topic(node, base: str = "image", transport: str = "compressed") -
     return node.resolve_topic_name(base).rstrip("/") + "/" + transport
 
 
+class CameraListener:
+    """The node the camera subscriptions live on, `<node>_camera` in the node's namespace, spun by a
+    single-threaded executor of its own. In the node's multi-threaded executor every colour, depth and
+    camera_info message woke the executor's thread, which rebuilt its wait set over all of the node's
+    services, actions and timers in Python: at 30 Hz with tracking that thread took 0.45 s of CPU a
+    second, and frames were replaced before their callback ran (about one in three at 640x480). Here
+    the wait set holds three subscriptions. No global ROS arguments (`__node:=`, remaps): the topic
+    names come resolved from the node."""
+
+    def __init__(self, node):
+        self.node = rclpy.create_node(
+            f"{node.get_name()}_camera",
+            namespace=node.get_namespace(),
+            context=node.context,
+            use_global_arguments=False,
+            start_parameter_services=False,
+        )
+        self.executor = SingleThreadedExecutor(context=node.context)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self.executor.spin, name=f"{node.get_name()} camera", daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.thread.join(timeout=5.0)
+        if not self.thread.is_alive():  # a spin that did not end keeps its node (the process is ending)
+            self.node.destroy_node()
+
+
 class CameraInput:
     """Colour frames (raw and compressed), depth and camera_info of one camera."""
 
@@ -61,6 +92,7 @@ class CameraInput:
         self.depth = StampBuffer()
         self.camera_info: CameraInfo | None = None
         self.subscriptions: list = []
+        self._listener: CameraListener | None = None  # made at the first subscribe
         self.on_frame = None  # called for every colour frame (the node's diagnostics count them)
         self.on_colour = None  # called with every colour Frame (continuous tracking, ros/tracking.py)
         self.on_depth_image = None  # called with every depth image's stamp, seconds, once stored
@@ -69,32 +101,32 @@ class CameraInput:
         self.callback_latency_ms: collections.deque = collections.deque(maxlen=100_000)
 
     # ---- subscriptions -------------------------------------------------------------------------------
-    def subscribe(
-        self, reliability: str, callback_group, wrap, transport: str = "raw", depth_transport: str = "raw"
-    ) -> list[str]:
-        """Create the subscriptions (each callback passed through `wrap`, the node's guard): ONE colour
-        subscription for `transport` (raw | compressed), ONE depth subscription for `depth_transport`
-        (raw | compressedDepth: decoded when a query pairs it, not in the callback) and camera_info;
-        returns the resolved topic names for the log."""
+    def subscribe(self, reliability: str, wrap, transport: str = "raw", depth_transport: str = "raw") -> list[str]:
+        """Create the subscriptions (each callback passed through `wrap`, the node's guard) on the
+        camera listener (below): ONE colour subscription for `transport` (raw | compressed), ONE depth
+        subscription for `depth_transport` (raw | compressedDepth: decoded when a query pairs it, not
+        in the callback) and camera_info; returns the resolved topic names for the log. The names are
+        resolved by the node itself, so its namespace and remaps (`-r image:=...`) apply."""
         qos = sensor_qos(reliability)
         node = self.node
-        colour = (
-            node.create_subscription(
-                CompressedImage, compressed_topic(node), wrap(self.on_image), qos, callback_group=callback_group
-            )
+        if self._listener is None:
+            self._listener = CameraListener(node)
+        listener = self._listener.node
+        colour_type, colour_topic = (
+            (CompressedImage, compressed_topic(node))
             if transport == "compressed"
-            else node.create_subscription(Image, "image", wrap(self.on_image), qos, callback_group=callback_group)
+            else (Image, node.resolve_topic_name("image"))
         )
         depth_type, depth_topic = (
             (CompressedImage, compressed_topic(node, "depth", "compressedDepth"))
             if depth_transport == "compressedDepth"
-            else (Image, "depth")
+            else (Image, node.resolve_topic_name("depth"))
         )
         self.subscriptions = [
-            colour,
-            node.create_subscription(depth_type, depth_topic, wrap(self.on_depth), qos, callback_group=callback_group),
-            node.create_subscription(
-                CameraInfo, "camera_info", wrap(self.on_camera_info), qos, callback_group=callback_group
+            listener.create_subscription(colour_type, colour_topic, wrap(self.on_image), qos),
+            listener.create_subscription(depth_type, depth_topic, wrap(self.on_depth), qos),
+            listener.create_subscription(
+                CameraInfo, node.resolve_topic_name("camera_info"), wrap(self.on_camera_info), qos
             ),
         ]
         return [subscription.topic_name for subscription in self.subscriptions]
@@ -105,8 +137,16 @@ class CameraInput:
 
     def unsubscribe(self) -> None:
         for subscription in self.subscriptions:
-            self.node.destroy_subscription(subscription)
+            self._listener.node.destroy_subscription(subscription)
         self.subscriptions = []
+
+    def close(self) -> None:
+        """Stop the camera listener (the node is destroyed): its executor first, so that no callback
+        runs while its subscriptions and node go."""
+        listener, self._listener = self._listener, None
+        self.subscriptions = []  # destroyed with the listener's node
+        if listener is not None:
+            listener.close()
 
     def clear(self) -> None:
         """Forget every frame, depth image and camera_info (cleanup: the next configure may be for

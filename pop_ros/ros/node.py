@@ -28,6 +28,7 @@ if __name__ == "__main__":  # `python -m pop_ros.ros.node --help`: answered befo
 import collections
 import contextlib
 import dataclasses
+import faulthandler
 import functools
 import gc
 import logging
@@ -98,6 +99,8 @@ EXECUTOR_THREADS = MAX_WAITING_QUERIES_LIMIT + 1 + RESERVED_THREADS
 # Cleanup and shutdown wait at most this long for a running query; it then finishes with the
 # models it holds, which are freed when it ends.
 CLEANUP_WAIT_S = 5.0
+# Seconds stop() waits, after a signal, for rclpy's signal thread to finish (it shuts the context down last).
+SIGNAL_HANDLING_WAIT_S = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -331,11 +334,7 @@ class PopNode(LifecycleNode):
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         topics = self.camera.subscribe(
-            self.param("image_reliability"),
-            self._sensor_group,
-            self.guarded,
-            self.param("image_transport"),
-            self.param("depth_transport"),
+            self.param("image_reliability"), self.guarded, self.param("image_transport"), self.param("depth_transport")
         )
         self.continuous.restart(float(self.param("continuous_rate")))
         self._frames_check = self.create_timer(
@@ -375,7 +374,8 @@ class PopNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def destroy_node(self) -> None:
-        self.tracking.close()
+        self.tracking.close()  # its thread publishes: ended before anything it uses goes
+        self.camera.close()
         self.actions.destroy()  # waitables: rclpy's destroy_node leaves them (and so the node) alive
         super().destroy_node()
         # rclpy's LifecycleNode never destroys its state machine, whose lifecycle services and
@@ -404,6 +404,7 @@ def main(args=None) -> None:
     from pop_ros.ros.usage import exit_if_help
 
     exit_if_help((sys.argv if args is None else args)[1:])
+    faulthandler.enable()  # a crash in rcl or DDS prints every thread's Python stack to stderr
     # rclpy's own handler (installed by init, on top of this one) shuts the context down, which ends
     # spin(); it then calls this one, which names the signal for the log and raises KeyboardInterrupt
     # so that a signal during a long model load ends it too.
@@ -433,10 +434,10 @@ def main(args=None) -> None:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        stop(node, executor, " and ".join(received) or reason)
+        stop(node, executor, " and ".join(received) or reason, signalled=bool(received))
 
 
-def stop(node: PopNode, executor, reason: str) -> None:
+def stop(node: PopNode, executor, reason: str, signalled: bool = False) -> None:
     """Stop the node and end the process at once, with a log line. A query still running is not
     waited for (a support-library write is atomic: a process ended mid-write leaves the old or the
     new library). The interpreter's own teardown of torch and transformers objects took ~4 s of
@@ -444,6 +445,13 @@ def stop(node: PopNode, executor, reason: str) -> None:
     started = time.perf_counter()
     for signal_number in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not interrupt this
         signal.signal(signal_number, signal.SIG_IGN)
+    if signalled:
+        # rclpy handles a signal on a thread of its own: it triggers every executor's signal guard
+        # condition, then shuts the context down. An executor shut down meanwhile frees its guard
+        # condition under that thread's loop (a SIGSEGV at exit, seen with two executors): wait for it.
+        deadline = time.monotonic() + SIGNAL_HANDLING_WAIT_S
+        while node.context.ok() and time.monotonic() < deadline:
+            time.sleep(0.01)
     # Not the node's own logger: after SIGINT its /rosout publisher is gone with the context.
     logger = rclpy.logging.get_logger(f"{node.get_name()}.shutdown")
     logger.info(f"stopping: {reason}")
