@@ -123,7 +123,7 @@ def test_tracked_answers_follow_the_pixel_with_their_own_depth(inprocess):
     camera = PanningCamera(ros, "tracked").start()
     try:
         first_answer_now(node)
-        # Depth is KEEP_LAST 1: a loaded machine may drop one; such a frame says so instead of a 3D point.
+        # A loaded machine may still drop a depth image; such a frame says so instead of a 3D point.
         assert wait_for(lambda: sum(r.tracked and r.has_3d for r in list(results)) >= 20, timeout=120.0)
     finally:
         camera.stop()
@@ -231,7 +231,7 @@ def test_a_tracked_answers_markers_can_leave_out_the_part_points():
 
 def test_colour_frames_keep_arriving_while_one_is_being_tracked(inprocess):
     """Tracking runs on a thread of its own: a frame that takes long to track (held here) does not
-    hold the colour callback, whose subscription keeps one message: the frames published meanwhile
+    hold the colour callback: the frames published meanwhile
     are all received (the camera's rate is not capped by the tracker's), and the tracker goes on with
     the newest, the ones between counted as skipped in /diagnostics."""
     from test.conftest import colour_msg

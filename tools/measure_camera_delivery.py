@@ -1,7 +1,7 @@
 """How many camera frames reach a subscriber in another process on this host: pop-bench's tracking
 camera (`python -m pop_ros.bench.tracking --serve-camera`: colour bgr8, depth 32FC1 and camera_info
 on the same stamps) publishes for SECONDS at RATE, and a plain RosClient here counts what arrives
-(KEEP_LAST 1, reliable: as pop_node subscribes). The camera runs with the shipped Fast DDS profile
+(reliable, with pop_node's queue depth: as pop_node subscribes). The camera runs with the shipped Fast DDS profile
 (config/fastdds_large_images.xml) unless `--no-profile` (then with Fast DDS's defaults, or what
 your environment sets). No pop_node, no models: the transport alone.
 Run: `python tools/measure_camera_delivery.py [WIDTH HEIGHT RATE SECONDS] [--no-profile]`
@@ -25,8 +25,9 @@ def main(argv: list[str]) -> int:
     from sensor_msgs.msg import CameraInfo, Image
 
     from pop_ros.bench.tracking import camera_environment, dds_profile
-    from pop_ros.clients.ros_client import SENSOR_QOS, RosClient
+    from pop_ros.clients.ros_client import RosClient
     from pop_ros.paths import FASTDDS_PROFILE_VARIABLES
+    from pop_ros.ros.camera import sensor_qos
 
     environment = camera_environment() if use_profile else dict(os.environ)
     if not use_profile:
@@ -41,7 +42,7 @@ def main(argv: list[str]) -> int:
     try:
         for topic in counts:  # each one subscribed: the camera waits for a subscriber on each topic
             message_type = CameraInfo if topic == "camera_info" else Image
-            ros.node.create_subscription(message_type, f"/delivery/{topic}", counter(topic), SENSOR_QOS)
+            ros.node.create_subscription(message_type, f"/delivery/{topic}", counter(topic), sensor_qos("reliable"))
         time.sleep(1.0)  # the subscriptions matched before the camera starts
         command = [sys.executable, "-m", "pop_ros.bench.tracking", "--serve-camera", "delivery"]
         command += [width, height, rate, seconds]
