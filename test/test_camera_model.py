@@ -295,3 +295,13 @@ def test_depth_is_looked_up_at_the_same_pixel(u, v, scale):
     rows = np.flatnonzero(row_distance == row_distance.min())
     cols = np.flatnonzero(col_distance == col_distance.min())
     assert geometry.robust_depth(depth, u, v, (30, 40), window=1) in depth[np.ix_(rows, cols)]
+
+
+@pytest.mark.parametrize("fx, fy", [(2.2250738585072014e-309, 1e-30), (1e-320, 600.0)])
+def test_a_focal_length_so_small_its_reciprocal_overflows_is_refused(fx, fy):
+    """hypothesis found it (test_fuzz_inputs): fx subnormal, positive and finite, passed the focal-length
+    check, and (u - cx) / fx came out infinite."""
+    info = camera_info(1, 1, [fx, 0, -1, 0, fy, 0, 0, 0, 1])
+    model = CameraModel.from_camera_info(info, rectified=True)
+    with pytest.raises(CameraModelError, match=r"give non-finite points"):
+        model.pixel_to_point(0.0, 0.0, 1.0, (1, 1))

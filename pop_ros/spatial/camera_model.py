@@ -185,7 +185,13 @@ class CameraModel:
         intrinsics = self.projection_matrix()
         fx, fy, cx, cy = intrinsics[0, 0], intrinsics[1, 1], intrinsics[0, 2], intrinsics[1, 2]
         depth = np.asarray(depth_m, dtype=np.float64).reshape(-1)
-        return np.stack([(uv[:, 0] - cx) / fx * depth, (uv[:, 1] - cy) / fy * depth, depth], axis=1)
+        with np.errstate(over="ignore", invalid="ignore"):
+            points = np.stack([(uv[:, 0] - cx) / fx * depth, (uv[:, 1] - cy) / fy * depth, depth], axis=1)
+        if not np.all(np.isfinite(points[np.isfinite(depth)])):  # e.g. a subnormal focal length: 1/fx overflows
+            raise CameraModelError(
+                f"camera_info's intrinsics (fx={fx:g}, fy={fy:g}, cx={cx:g}, cy={cy:g}) give non-finite points"
+            )
+        return points
 
     def pixel_to_point(
         self, u: float, v: float, depth_m: float, image_size: tuple[int, int]
