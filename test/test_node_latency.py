@@ -10,9 +10,11 @@ wall-clock threshold the node has (max_frame_age, busy_timeout) is set generousl
 import threading
 
 import numpy as np
+import pytest
 from lifecycle_msgs.msg import State, Transition
 from lifecycle_msgs.srv import ChangeState, GetState
 from rcl_interfaces.srv import GetParameters
+from rclpy.lifecycle import TransitionCallbackReturn
 from sensor_msgs.msg import CameraInfo, RegionOfInterest
 
 from pop_ros.clients.ros_client import LIBRARY
@@ -258,6 +260,34 @@ def test_autostart_loads_the_models_while_the_services_answer_configuring(inproc
     listing = ros.wait_for_node("/autoload", timeout=120.0)
     assert listing.success and "mug_handle" in listing.names
     assert wait_for(lambda: node.active, 60) and not node.autostarting
+
+
+def test_a_node_destroyed_during_a_configure_finishes_it_then_refuses_transitions(inprocess, monkeypatch):
+    """destroy_node destroys rclpy's lifecycle state machine (rclpy leaves it, and it kept the node in
+    the graph), which rclpy uses without holding it: the destroy waits for a configure in progress,
+    and a transition asked for afterwards is a Python error, not a use of freed memory (a SIGSEGV
+    before the guard)."""
+    ros, node, _ = inprocess("destroyload", f"support_library:={LIBRARY}", activate=False)
+    node.trigger_cleanup()
+    loading, release = hold_model_load(monkeypatch)
+    configured = []
+    configuring = threading.Thread(target=lambda: configured.append(node.trigger_configure()))
+    configuring.start()
+    destroyed = threading.Event()
+    try:
+        assert loading.wait(60)
+        ros.executor.remove_node(node)
+        destroying = threading.Thread(target=lambda: (node.destroy_node(), destroyed.set()))
+        destroying.start()
+        assert not destroyed.wait(0.5)  # held by the configure in progress
+    finally:
+        release.set()
+    configuring.join(120)
+    assert destroyed.wait(60) and configured == [TransitionCallbackReturn.SUCCESS]
+    with pytest.raises(RuntimeError, match="state machine is not initialized"):
+        node.trigger_activate()
+    with pytest.raises(Exception, match="Shutdown transtion not possible"):  # rclpy's words for a finalized node
+        node.trigger_shutdown()
 
 
 def test_a_roi_request_keeps_working_at_latency(realtime):

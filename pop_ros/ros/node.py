@@ -49,6 +49,7 @@ from pop_ros.ros.answers import CONFIGURING, Outcome
 from pop_ros.ros.camera import CameraInput
 from pop_ros.ros.continuous import ContinuousMode
 from pop_ros.ros.diagnostics import ERROR, OK, WARN, DiagnosticsPublisher, NodeHealth
+from pop_ros.ros.lifecycle_teardown import TransitionGuard
 from pop_ros.ros.loading import load_library, load_pointer
 from pop_ros.ros.outputs import Outputs
 from pop_ros.ros.parameter_changes import ParameterChanges, unknown_set
@@ -125,6 +126,7 @@ class PopNode(LifecycleNode):
         return group
 
     def __init__(self, **kwargs):
+        self._transitions = TransitionGuard()  # before rclpy's constructor, which may run a transition
         self.configuring = False  # read by the parameter check, which may run during a configure
         self.autostarting = False  # from autostart_later until its configure and activate have run
         self._autostart = None  # autostart_later's one-shot timer
@@ -378,9 +380,16 @@ class PopNode(LifecycleNode):
         self.camera.close()
         self.actions.destroy()  # waitables: rclpy's destroy_node leaves them (and so the node) alive
         super().destroy_node()
-        # rclpy's LifecycleNode never destroys its state machine, whose lifecycle services and
-        # transition_event publisher then keep the node and its DDS participant in the graph.
-        self._state_machine.destroy_when_not_in_use()
+        if not self._transitions.destroy(self, CLEANUP_WAIT_S):  # ros/lifecycle_teardown.py says why
+            self.get_logger().warning(
+                f"a lifecycle transition still runs after {CLEANUP_WAIT_S:.0f} s: its state machine is left "
+                "(the node stays in the ROS graph until the process ends)"
+            )
+
+    def _LifecycleNodeMixin__change_state(self, transition_id: int) -> TransitionCallbackReturn:
+        # rclpy's private method behind every transition (trigger_* and the change_state service):
+        # run under the guard, so the destroy never frees the state machine in the middle of one.
+        return self._transitions.run(super()._LifecycleNodeMixin__change_state, transition_id)
 
     def _release_models(self) -> None:
         """Drop the models and free their memory. A query in flight keeps the models it holds; it is
