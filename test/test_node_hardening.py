@@ -339,7 +339,8 @@ def test_camera_frames_keep_arriving_while_8_slow_queries_are_in_flight(capsys):
         assert all(r.success or r.message.startswith("busy") for r in responses), [r.message for r in responses]
         assert sum(r.success for r in responses) == 8  # 1 running + 7 waiting: all within the bound
         assert finished - started >= 8 * 0.6  # serialised: they really were in flight together
-        # The camera kept flowing: without the reserved threads it stops for the whole 4.8 s. Asked as
+        # The camera kept flowing (it once stopped for the whole 4.8 s, before threads were kept for it;
+        # its subscriptions now have a node and a thread of their own). Asked as
         # "frames arrived in every eighth of the window" (each at least one 0.6 s query long), not as a rate.
         slices = np.linspace(started, finished, 9)
         per_slice = np.histogram(during, bins=slices)[0]

@@ -162,7 +162,7 @@ class RosClient:
         return self.node.get_clock().now().to_msg()
 
     def close(self) -> None:
-        """Stop spinning and destroy the node and the context (again: nothing)."""
+        """Stop spinning, destroy the node and shut the context down (again: nothing)."""
         if self._closed:
             return
         self._closed = True
@@ -171,10 +171,10 @@ class RosClient:
         # rcl aborted ("terminate called without an active exception", exit -6: pop-bench's cameras).
         self._thread.join(timeout=5.0)
         # rclpy's destroy_node leaves waitables (action clients) alive, and each keeps the node, the
-        # context and its DDS participant in the graph: destroyed here, then the context itself.
+        # context and its DDS participant in the graph: destroyed here. The context is shut down, not
+        # destroyed: another executor on it (a test's, a tool's) may still ask it whether it is ok.
         for waitable in list(self.node.waitables):
             if hasattr(waitable, "destroy"):
                 waitable.destroy()
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)
-        self.context.destroy()

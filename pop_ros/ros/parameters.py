@@ -23,8 +23,8 @@ from pop_ros import choices
 from pop_ros.models.presets import PRESETS
 
 # Queries waiting for the running one each hold an executor thread: at most this many may wait,
-# and the executor has that many threads for queries plus RESERVED_THREADS that camera input,
-# timers and quick services always find free.
+# and the executor has that many threads for queries plus RESERVED_THREADS that timers and quick
+# services always find free (camera input has a node and a thread of its own: ros/camera.py).
 MAX_WAITING_QUERIES_LIMIT = 8
 RESERVED_THREADS = 3
 # Bound of the grasp distances (gripper opening, tool-point offset): a value past it is a unit mistake.
