@@ -174,7 +174,7 @@ class RosClient:
         # context and its DDS participant in the graph: destroyed here. The context is shut down, not
         # destroyed: another executor on it (a test's, a tool's) may still ask it whether it is ok.
         for waitable in list(self.node.waitables):
-            if hasattr(waitable, "destroy"):
+            if isinstance(waitable, ActionClient):  # the QoS event handlers go with their publishers
                 waitable.destroy()
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)
