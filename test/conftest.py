@@ -198,6 +198,13 @@ def same_stamp(a, b) -> bool:
     return a.sec == b.sec and a.nanosec == b.nanosec
 
 
+def has_depth_for(node, stamp) -> bool:
+    """Whether the node holds camera_info and the depth image stamped `stamp` (not merely an earlier one:
+    a request sent before its own depth has arrived answers in 2D)."""
+    stamp_s = stamp.sec + stamp.nanosec * 1e-9
+    return node.camera.camera_info is not None and node.camera.depth.nearest(stamp_s, 0.0)[0] is not None
+
+
 def depth_and_info(ros, namespace: str, stamp, depth_m: float = 1.25) -> None:
     """camera_info (K) and a flat depth image, both stamped `stamp`, on the namespace's camera topics."""
     from sensor_msgs.msg import CameraInfo, Image

@@ -24,7 +24,7 @@ from pop_ros_interfaces.action import PointToPart as PointToPartAction
 from pop_ros_interfaces.msg import PartPointResult
 from pop_ros_interfaces.srv import ListSupportSets
 from pop_ros_interfaces.srv import PointToPart as PointToPartSrv
-from test.conftest import wait_for
+from test.conftest import has_depth_for, wait_for
 
 Status = py_trees.common.Status
 NS = "bt"
@@ -84,9 +84,8 @@ def publish_camera(ros, node):
         ros.publisher(CameraInfo, f"/{NS}/camera_info").publish(info)
         ros.publisher(Image, f"/{NS}/depth").publish(depth)
         ros.publisher(Image, f"/{NS}/image").publish(colour)
-        if wait_for(lambda: node.camera.latest is not None and node.camera.camera_info is not None, 1.0):
-            if node.camera.depth.nearest(0, 1e12)[0]:
-                return
+        if wait_for(lambda stamp=stamp: node.camera.latest is not None and has_depth_for(node, stamp), 1.0):
+            return
     raise AssertionError("the node never received the camera frame")
 
 

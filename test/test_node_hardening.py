@@ -26,7 +26,7 @@ from pop_ros.clients.testing import NodeProcess
 from pop_ros.ros.node import EXECUTOR_THREADS, PopNode
 from pop_ros_interfaces.msg import PartPointResult
 from pop_ros_interfaces.srv import PointToPart
-from test.conftest import colour_msg, depth_and_info, request, same_stamp, set_parameter, wait_for
+from test.conftest import colour_msg, depth_and_info, has_depth_for, request, same_stamp, set_parameter, wait_for
 
 
 # ---- publishing rules ---------------------------------------------------------------------------------------
@@ -39,7 +39,7 @@ def test_a_rejected_answer_publishes_no_point_and_its_heatmap_only_on_request(in
     def ask(frame_id):
         stamp = ros.now_stamp()
         depth_and_info(ros, "reject", stamp)
-        assert wait_for(lambda: node.camera.camera_info is not None and node.camera.depth.nearest(0, 1e12)[0])
+        assert wait_for(lambda: has_depth_for(node, stamp))
         image = colour_msg(stamp, frame_id=frame_id)
         response = ros.call(PointToPart, "/reject/pop_node/point_to_part", request("handle", "mug_handle", image))
         assert wait_for(lambda: any(r.header.frame_id == frame_id for r in results))
@@ -194,7 +194,7 @@ def test_stamp_zero_and_impossible_stamp_gaps_are_reported_as_such(inprocess):
     ros, node, _ = inprocess("stamps", f"support_library:={LIBRARY}")
     now = ros.now_stamp()
     depth_and_info(ros, "stamps", now)
-    assert wait_for(lambda: node.camera.camera_info is not None and node.camera.depth.nearest(0, 1e12)[0])
+    assert wait_for(lambda: has_depth_for(node, now))
     zero = colour_msg(type(now)(sec=0, nanosec=0))
     answer = ros.call(PointToPart, "/stamps/pop_node/point_to_part", request("handle", "mug_handle", zero))
     assert answer.success and not answer.has_3d

@@ -13,7 +13,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 from pop_ros.clients.ros_client import LIBRARY
 from pop_ros.ros.answers import Outcome
 from pop_ros_interfaces.srv import PointToPart, PointToParts, SetDefaultQuery
-from test.conftest import colour_msg, depth_and_info, request, wait_for
+from test.conftest import colour_msg, depth_and_info, has_depth_for, request, wait_for
 
 
 def tick(node):
@@ -215,7 +215,7 @@ def test_point_to_parts_leaves_every_part_s_markers_visible(inprocess):
     arrays = ros.collect(MarkerArray, "/partmarks/pop_node/markers")
     stamp = ros.now_stamp()
     depth_and_info(ros, "partmarks", stamp)
-    assert wait_for(lambda: node.camera.camera_info is not None and node.camera.depth.nearest(0, 1e12)[0])
+    assert wait_for(lambda: has_depth_for(node, stamp))
     parts = PointToParts.Request(queries=["handle of the mug", "neck"], support_sets=["mug_handle", "bottle_neck"])
     parts.image = colour_msg(stamp, "parts_frame")
     response = ros.call(PointToParts, "/partmarks/pop_node/point_to_parts", parts)
