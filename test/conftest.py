@@ -123,6 +123,32 @@ def rng():
     return np.random.default_rng(1234)
 
 
+@pytest.fixture
+def tool_here(capsys, caplog):
+    """`tool_here(main, *argv)`: a command-line tool's `main(argv)` in this process, as
+    `subprocess.CompletedProcess` (its log lines, which a process prints on stderr, appended to the
+    captured stderr). For tests whose subject is what the tool does, not the process: each saves a
+    process start (~4.5 s of CPU importing torch, transformers and torchao). The tools as processes
+    run in the docs' command blocks, the refusal tests (one line on stderr and nothing else), the
+    signal tests and torchrun."""
+    import logging
+    import subprocess
+
+    def run(main, *argv):
+        capsys.readouterr()  # nothing printed before belongs to this run
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            try:
+                returncode = main([str(arg) for arg in argv])
+            except SystemExit as exit_:  # argparse's own refusals
+                returncode = exit_.code if isinstance(exit_.code, int) else 1
+        captured = capsys.readouterr()
+        logged = "".join(f"{record.levelname} {record.name}: {record.getMessage()}\n" for record in caplog.records)
+        return subprocess.CompletedProcess([main.__module__, *argv], returncode, captured.out, captured.err + logged)
+
+    return run
+
+
 def heads_on(adapter, heads):
     """`heads` as given for a plain transformer; on a hybrid model (Qwen3.5) each moves to the first
     layer at or after it that can hold heads (its full-attention layers), else the last such layer:

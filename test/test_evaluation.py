@@ -1,6 +1,8 @@
 """Evaluation harness on tiny datasets written in each dataset's real format."""
 
+import contextlib
 import errno
+import io
 import json
 import logging
 import math
@@ -597,11 +599,14 @@ def without_timing(out):
 
 @pytest.fixture(scope="module")
 def reference(datasets, tmp_path_factory):
-    """An uninterrupted run of `eval_args`."""
+    """An uninterrupted run of `eval_args`, in this process (pop-eval's main(); the process is what the
+    end-to-end test runs): the tests compare their runs' reports with it."""
     out = tmp_path_factory.mktemp("reference")
-    result = run_eval(*eval_args(datasets, out))
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["computed"] == TOTAL
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        returncode = evaluate_cli.main(eval_args(datasets, out))
+    assert returncode == 0
+    assert json.loads(printed.getvalue())["computed"] == TOTAL
     return out
 
 

@@ -174,9 +174,10 @@ def test_pipeline_uses_a_head_file_in_the_user_folder(monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
-def test_pop_find_heads_writes_to_the_user_folder_by_default(monkeypatch, tmp_path, rng):
+def test_pop_find_heads_writes_to_the_user_folder_by_default(monkeypatch, tmp_path, rng, tool_here):
+    from pop_ros.cli import find_heads
     from test.conftest import random_image
-    from test.test_pipeline import _sharpened_checkpoint, run_cli, write_image
+    from test.test_pipeline import _sharpened_checkpoint, write_image
 
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     lines = []
@@ -185,10 +186,9 @@ def test_pop_find_heads_writes_to_the_user_folder_by_default(monkeypatch, tmp_pa
         lines.append(json.dumps({"image": f"img{index}.png", "expression": "the red mug"}))
     (tmp_path / "pairs.jsonl").write_text("\n".join(lines))
     model = _sharpened_checkpoint(tmp_path / "sharp")
-    completed = run_cli(
-        "pop_ros.cli.find_heads", "--preset", "tiny", "--mllm", str(model), "--data", str(tmp_path / "pairs.jsonl"),
-        "-k", "2", "--json",
-    )  # fmt: skip
+    completed = tool_here(
+        find_heads.main, "--preset", "tiny", "--mllm", model, "--data", tmp_path / "pairs.jsonl", "-k", "2", "--json"
+    )
     assert completed.returncode == 0, completed.stderr
     written = pathlib.Path(json.loads(completed.stdout)["head_file"])
     assert written == tmp_path / "data" / "pop_ros" / "heads" / head_file_name(str(model))

@@ -315,23 +315,23 @@ def test_frame_cache_size_is_validated():
 
 # ---- pop-point with several --query ---------------------------------------------------------------
 @pytest.mark.slow
-def test_pop_point_several_queries_share_one_frame(tmp_path, rng):
+def test_pop_point_several_queries_share_one_frame(tmp_path, rng, tool_here):
     import json
     import subprocess
     import sys
 
     import cv2
 
+    from pop_ros.cli import point
+
     target_rgb, support_rgb = random_image(rng, 120, 160), random_image(rng, 100, 100)
     cv2.imwrite(str(tmp_path / "target.png"), cv2.cvtColor(target_rgb, cv2.COLOR_RGB2BGR))
     cv2.imwrite(str(tmp_path / "support.png"), cv2.cvtColor(support_rgb, cv2.COLOR_RGB2BGR))
-    command = [sys.executable, "-m", "pop_ros.cli.point", "--preset", "tiny", "--target", str(tmp_path / "target.png")]
+    command = ["--preset", "tiny", "--target", str(tmp_path / "target.png")]
     command += ["--support", f"{tmp_path / 'support.png'}:50,40", "--json"]
     queries = ["handle of the mug", "rim of the mug", "lid"]
     args = [item for query in queries for item in ("--query", query)]
-    completed = subprocess.run(
-        [*command, *args, "--save-heatmap", str(tmp_path / "heat.png")], capture_output=True, text=True, timeout=300
-    )
+    completed = tool_here(point.main, *command, *args, "--save-heatmap", tmp_path / "heat.png")
     assert completed.returncode == 0, completed.stderr
     output = json.loads(completed.stdout)
     assert [r["query"] for r in output["results"]] == queries and output["random_weights"] is True
@@ -342,7 +342,10 @@ def test_pop_point_several_queries_share_one_frame(tmp_path, rng):
         assert (result["u"], result["v"]) == (alone.u, alone.v)
         assert cv2.imread(result["heatmap_png"]).shape == (120, 160, 3)
         assert result["heatmap_png"].endswith(f"heat_{index}.png")
-    bad = subprocess.run([*command, "--query", "lid", "--query", "  "], capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(  # the refusal as a process: one line on stderr, nothing else
+        [sys.executable, "-m", "pop_ros.cli.point", *command, "--query", "lid", "--query", "  "],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     last_line = bad.stderr.strip().splitlines()[-1]
     assert last_line.startswith("error: --query '") and "request 1: the query is empty" in last_line

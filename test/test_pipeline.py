@@ -231,12 +231,14 @@ def run_cli(module, *args):
 
 
 @pytest.mark.slow
-def test_pop_point_json_and_heatmap(tmp_path, rng):
+def test_pop_point_json_and_heatmap(tmp_path, rng, tool_here):
+    from pop_ros.cli import point
+
     target = write_image(tmp_path / "target.png", random_image(rng, 120, 160))
     support = write_image(tmp_path / "support.png", random_image(rng, 100, 100))
     heatmap = tmp_path / "heat.png"
-    completed = run_cli(
-        "pop_ros.cli.point",
+    completed = tool_here(
+        point.main,
         "--preset", "tiny", "--target", str(target), "--query", "handle",
         "--support", f"{support}:50,40", "--json", "--save-heatmap", str(heatmap),
     )  # fmt: skip
@@ -288,7 +290,9 @@ def _sharpened_checkpoint(folder):
 
 
 @pytest.mark.slow
-def test_pop_find_heads_writes_a_usable_head_file(tmp_path, rng):
+def test_pop_find_heads_writes_a_usable_head_file(tmp_path, rng, tool_here):
+    from pop_ros.cli import find_heads
+
     lines = []
     for index in range(3):
         write_image(tmp_path / f"img{index}.png", random_image(rng, 224, 224))
@@ -296,9 +300,9 @@ def test_pop_find_heads_writes_a_usable_head_file(tmp_path, rng):
     (tmp_path / "pairs.jsonl").write_text("\n".join(lines))
     model = _sharpened_checkpoint(tmp_path / "sharp")
     out = tmp_path / "heads.yaml"
-    completed = run_cli(
-        "pop_ros.cli.find_heads", "--preset", "tiny", "--mllm", str(model), "--data", str(tmp_path / "pairs.jsonl"),
-        "--out", str(out), "-k", "2", "--json",
+    completed = tool_here(
+        find_heads.main, "--preset", "tiny", "--mllm", model, "--data", tmp_path / "pairs.jsonl",
+        "--out", out, "-k", "2", "--json",
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr
     result = json.loads(completed.stdout)
@@ -311,11 +315,13 @@ def test_pop_find_heads_writes_a_usable_head_file(tmp_path, rng):
 
 
 @pytest.mark.slow
-def test_pop_find_heads_refuses_to_write_an_empty_head_file(tmp_path, rng):
+def test_pop_find_heads_refuses_to_write_an_empty_head_file(tmp_path, rng, tool_here):
+    from pop_ros.cli import find_heads
+
     write_image(tmp_path / "a.png", random_image(rng, 224, 224))
     (tmp_path / "a.txt").write_text("the red mug")
     out = tmp_path / "heads.yaml"
-    flat = run_cli("pop_ros.cli.find_heads", "--preset", "tiny", "--data", str(tmp_path), "--out", str(out))
+    flat = tool_here(find_heads.main, "--preset", "tiny", "--data", tmp_path, "--out", out)
     assert flat.returncode == 2 and "no head passed" in flat.stderr and not out.exists()
     bad = run_cli("pop_ros.cli.find_heads", "--preset", "tiny", "--data", str(tmp_path / "none.jsonl"))
     assert bad.returncode == 2 and "neither a JSONL file nor a folder" in bad.stderr
