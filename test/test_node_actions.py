@@ -270,3 +270,20 @@ def test_a_destroyed_node_leaves_nothing_in_the_graph(inprocess):
         assert wait_for(lambda: seen() == (False, 0), 30.0), f"still in the graph after destroy: {seen()}"
     finally:
         gone.close()
+
+
+def test_a_destroyed_node_gives_the_package_s_log_records_back_to_python_logging(inprocess, caplog):
+    """While a pop_node lives, pop_ros's Python log records go to its ROS logger (rosout); destroyed, it
+    gives them back to the root logger. It kept them: a tool run in-process later in the same process
+    (a test's `tool_here`) lost every log line."""
+    import logging
+
+    ros, node, _ = inprocess("logs")
+    package = logging.getLogger("pop_ros.pipeline.loading")
+    with caplog.at_level(logging.INFO):
+        package.warning("while the node lives")
+        assert "while the node lives" not in caplog.text  # routed to the node's ROS logger
+        ros.executor.remove_node(node)
+        node.destroy_node()
+        package.warning("after the node is gone")
+    assert "after the node is gone" in caplog.text

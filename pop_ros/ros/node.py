@@ -85,14 +85,28 @@ class RosLogHandler(logging.Handler):
             self.ros_logger.info(text)
 
 
-def route_python_logging(ros_logger) -> None:
+def route_python_logging(ros_logger) -> RosLogHandler:
+    """The package's Python log records go to `ros_logger` (the newest node's), not to the root logger."""
     package_logger = logging.getLogger("pop_ros")
     for handler in list(package_logger.handlers):
         if isinstance(handler, RosLogHandler):
             package_logger.removeHandler(handler)
-    package_logger.addHandler(RosLogHandler(ros_logger))
+    handler = RosLogHandler(ros_logger)
+    package_logger.addHandler(handler)
     package_logger.setLevel(logging.INFO)
     package_logger.propagate = False
+    return handler
+
+
+def unroute_python_logging(handler: RosLogHandler) -> None:
+    """Undo `route_python_logging` when its node is destroyed: the records reach the root logger again
+    (a process that made a node in-process, a test or a tool, would otherwise lose them)."""
+    package_logger = logging.getLogger("pop_ros")
+    if handler not in package_logger.handlers:
+        return  # a newer node routes them now
+    package_logger.removeHandler(handler)
+    package_logger.setLevel(logging.NOTSET)
+    package_logger.propagate = True
 
 
 # Threads of the node's executor: every query that may run or wait, plus the reserved ones.
@@ -131,7 +145,7 @@ class PopNode(LifecycleNode):
         self.autostarting = False  # from autostart_later until its configure and activate have run
         self._autostart = None  # autostart_later's one-shot timer
         super().__init__("pop_node", **kwargs)
-        route_python_logging(self.get_logger())
+        self._log_handler = route_python_logging(self.get_logger())
         for spec in PARAMETERS.values():
             # dynamic_typing: rclpy would refuse `ros2 param set ... min_score 0` (an integer for a
             # float) before our callback runs; check_type accepts it and refuses real mismatches.
@@ -385,6 +399,7 @@ class PopNode(LifecycleNode):
                 f"a lifecycle transition still runs after {CLEANUP_WAIT_S:.0f} s: its state machine is left "
                 "(the node stays in the ROS graph until the process ends)"
             )
+        unroute_python_logging(self._log_handler)
 
     def _LifecycleNodeMixin__change_state(self, transition_id: int) -> TransitionCallbackReturn:
         # rclpy's private method behind every transition (trigger_* and the change_state service):
