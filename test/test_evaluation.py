@@ -659,6 +659,24 @@ def test_run_changes_reuse_exactly_the_valid_predictions(datasets, reference, tm
     )
 
 
+def test_a_dataset_loaded_again_after_its_annotations_changed_gives_the_new_clicks(datasets, tmp_path):
+    """The support click is computed once per loaded sample, never kept across loads by its key: a process
+    that evaluates a dataset, then its corrected annotations (in-process runs, a notebook), gets clicks
+    inside the corrected masks (a cache keyed by sample key alone gave the old polygon's click)."""
+    data = tmp_path / "paco"
+    shutil.copytree(datasets / "paco", data)
+    annotations = data / "annotations" / "paco_lvis_v1_test.json"
+    content = json.loads(annotations.read_text())
+    key = f"paco:{content['annotations'][1]['id']}"
+    before = next(sample for sample in load_dataset("paco", data) if sample.key == key)
+    assert before.mask()[round(before.click[1]), round(before.click[0])]
+    content["annotations"][1]["segmentation"] = polygon((10, 10, 30, 30))  # the part redrawn elsewhere
+    annotations.write_text(json.dumps(content))
+    after = next(sample for sample in load_dataset("paco", data) if sample.key == key)
+    assert after.click != before.click
+    assert 10 <= after.click[0] <= 30 and 10 <= after.click[1] <= 30
+
+
 @SEVERAL_RUNS
 @pytest.mark.slow
 def test_dataset_content_change_recomputes_that_dataset_only(datasets, reference, tmp_path, eval_here):

@@ -24,6 +24,7 @@ its part mask farthest from the mask boundary (the most unambiguous pixel of the
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import pathlib
@@ -82,6 +83,12 @@ class PartSample:
         if mask.ndim != 2 or not mask.any():
             raise DatasetError(f"{self.key}: empty or malformed part mask")
         return mask
+
+    @functools.cached_property
+    def click(self) -> tuple[float, float]:
+        """The support click the evaluation gives for this part (`interior_click` of its mask), computed
+        once per loaded sample: a dataset loaded again (its annotations changed) computes it again."""
+        return interior_click(self.mask())
 
 
 @dataclasses.dataclass

@@ -302,7 +302,7 @@ def run_episode(pointer: PartPointer, method: Method, episode: Episode, load: Im
         if method.native:
             u, v = native_point(pointer, target, episode.query)
         else:
-            pairs = [(load(s.image_path), _click(s)) for s in method_supports(method, episode)]
+            pairs = [(load(s.image_path), s.click) for s in method_supports(method, episode)]
             pointer.settings = dataclasses.replace(PointerSettings(), **dict(method.settings)).validate()
             result = pointer.point(target, episode.query, supports=pairs or None, shots=max(1, method.shots))
             u, v, score = result.u, result.v, result.score
@@ -320,17 +320,6 @@ def run_episode(pointer: PartPointer, method: Method, episode: Episode, load: Im
         "reason": reason,
         "ms": round((time.perf_counter() - started) * 1000.0, 1),
     }
-
-
-_CLICKS: dict[str, tuple[float, float]] = {}
-
-
-def _click(sample) -> tuple[float, float]:
-    from pop_ros.evaluation.datasets import interior_click
-
-    if sample.key not in _CLICKS:
-        _CLICKS[sample.key] = interior_click(sample.mask())
-    return _CLICKS[sample.key]
 
 
 def summarise(rows: list[dict]) -> dict:
