@@ -133,6 +133,7 @@ def tool_here(capsys, caplog):
     signal tests and torchrun."""
     import logging
     import subprocess
+    import sys
 
     def run(main, *argv):
         capsys.readouterr()  # nothing printed before belongs to this run
@@ -140,8 +141,12 @@ def tool_here(capsys, caplog):
         with caplog.at_level(logging.INFO):
             try:
                 returncode = main([str(arg) for arg in argv])
-            except SystemExit as exit_:  # argparse's own refusals
-                returncode = exit_.code if isinstance(exit_.code, int) else 1
+            except SystemExit as exit_:  # argparse's own refusals, as the interpreter ends a process on them
+                if exit_.code is None or isinstance(exit_.code, int):
+                    returncode = exit_.code or 0
+                else:
+                    print(exit_.code, file=sys.stderr)
+                    returncode = 1
         captured = capsys.readouterr()
         logged = "".join(f"{record.levelname} {record.name}: {record.getMessage()}\n" for record in caplog.records)
         return subprocess.CompletedProcess([main.__module__, *argv], returncode, captured.out, captured.err + logged)
@@ -227,8 +232,7 @@ def same_stamp(a, b) -> bool:
 def has_depth_for(node, stamp) -> bool:
     """Whether the node holds camera_info and the depth image stamped `stamp` (not merely an earlier one:
     a request sent before its own depth has arrived answers in 2D)."""
-    stamp_s = stamp.sec + stamp.nanosec * 1e-9
-    return node.camera.camera_info is not None and node.camera.depth.nearest(stamp_s, 0.0)[0] is not None
+    return node.camera.camera_info is not None and node.camera.depth_near(stamp, 0.0)[0] is not None
 
 
 def depth_and_info(ros, namespace: str, stamp, depth_m: float = 1.25) -> None:

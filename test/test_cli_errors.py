@@ -90,3 +90,21 @@ def test_unreachable_hub_fails_at_once_without_retry_warnings(files):
     # The backoff printed one warning per retry (23 lines over 26 s); one line means no retries.
     # Time itself is not asserted: tests hold no timing bounds.
     assert "Retrying" not in completed.stderr
+
+
+def test_a_tool_s_log_lines_reach_stderr_one_named_line_each():
+    """The tools' logging set-up (`cli.common.run_cli`) in a process of its own: the in-process tool runs of
+    other tests (`tool_here`) see log records through pytest's capture, which would hide a lost set-up."""
+    code = (
+        "import logging\n"
+        "from pop_ros.cli.common import run_cli\n"
+        "def work():\n"
+        "    logging.getLogger('pop_ros.example').info('hello from the tool')\n"
+        "    logging.getLogger('pop_ros.example').debug('not for users')\n"
+        "    return {'done': True}\n"
+        "raise SystemExit(run_cli(work, json_output=True))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "INFO pop_ros.example: hello from the tool" in done.stderr.splitlines()
+    assert "not for users" not in done.stderr and done.stdout.strip() == '{\n  "done": true\n}'
