@@ -122,6 +122,8 @@ def test_sigint_stops_the_node_promptly_with_a_log_line(tmp_path):
         client.close()
     log = node.log()
     assert "[pop_node.shutdown]: stopping: SIGINT" in log and "[pop_node.shutdown]: stopped in" in log, log[-2000:]
+    # Ctrl-C is an ordinary way to stop a node: no thread reports the shutdown as an exception.
+    assert "Traceback" not in log and "Exception in thread" not in log, log[-3000:]
 
 
 # ---- the shipped params file and the table ---------------------------------------------------------------------

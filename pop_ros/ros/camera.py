@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 import rclpy
-from rclpy.executors import SingleThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
@@ -79,8 +79,14 @@ class CameraListener:
         )
         self.executor = SingleThreadedExecutor(context=node.context)
         self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, name=f"{node.get_name()} camera", daemon=True)
+        self.thread = threading.Thread(target=self._spin, name=f"{node.get_name()} camera", daemon=True)
         self.thread.start()
+
+    def _spin(self) -> None:
+        try:
+            self.executor.spin()
+        except ExternalShutdownException:  # the context shut down (Ctrl-C, SIGTERM): the spin's normal end
+            pass
 
     def close(self) -> None:
         self.executor.shutdown()
