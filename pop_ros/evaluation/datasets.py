@@ -117,7 +117,16 @@ def coco_segmentation_mask(segmentation, height: int, width: int) -> np.ndarray:
         rle = segmentation
     else:
         raise DatasetError(f"unknown segmentation format {type(segmentation).__name__}")
-    return coco_mask.decode(rle).astype(bool)
+    try:
+        return coco_mask.decode(rle).astype(bool)
+    except TypeError as error:
+        # numpy 2 calls pycocotools' old-style Masks.__array__ again without `copy`, after a
+        # DeprecationWarning; a Ctrl-C that lands there surfaces as this TypeError and the
+        # KeyboardInterrupt is lost (24 of 40 SIGINTs during a decode loop). Without an interrupt
+        # the retry succeeds, so this message means the user pressed Ctrl-C.
+        if "unexpected keyword argument 'copy'" in str(error):
+            raise KeyboardInterrupt from error
+        raise
 
 
 def interior_click(mask: np.ndarray) -> tuple[float, float]:
