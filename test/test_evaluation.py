@@ -2,6 +2,7 @@
 
 import contextlib
 import errno
+import functools
 import io
 import json
 import logging
@@ -291,18 +292,11 @@ def run_eval(*args):
 
 
 @pytest.fixture
-def eval_here(capsys):
-    """`run_eval` in this process (pop-eval's main(), its output captured): for the runs whose subject
-    is what a run does with what an earlier one saved, not the process (~4 s of imports each saved).
-    The command as a process runs in the end-to-end test, the refusals, the signals and torchrun."""
-
-    def run(*args):
-        capsys.readouterr()  # nothing printed before belongs to this run
-        returncode = evaluate_cli.main(list(args))
-        captured = capsys.readouterr()
-        return subprocess.CompletedProcess(["pop-eval", *args], returncode, captured.out, captured.err)
-
-    return run
+def eval_here(tool_here):
+    """`run_eval` in this process (conftest's `tool_here` with pop-eval's main()): for the runs whose
+    subject is what a run does with what an earlier one saved, not the process (~4 s of imports each
+    saved). The command as a process runs in the end-to-end test, the refusals, the signals and torchrun."""
+    return functools.partial(tool_here, evaluate_cli.main)
 
 
 @SEVERAL_RUNS
