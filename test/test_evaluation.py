@@ -865,8 +865,8 @@ import signal, sys
 import numpy as np
 from pop_ros.evaluation.datasets import coco_segmentation_mask
 square = [[4.0, 4.0, 60.0, 4.0, 60.0, 60.0, 4.0, 60.0]]
-print("ready", flush=True)
 try:
+    print("ready", flush=True)  # inside the try: a signal any time after it is this loop's to catch
     while True:
         coco_segmentation_mask(square, 64, 64)
 except KeyboardInterrupt:
