@@ -56,6 +56,9 @@ os.environ["XDG_DATA_HOME"] = str(
     pathlib.Path(__file__).resolve().parents[1] / "build" / "test-data" / (XDIST_WORKER or "main")
 )
 
+# The environment every tool this session starts is compared with (test/tool_server.py).
+SESSION_ENVIRONMENT = dict(os.environ)
+
 
 # Tests on a pop_node running in its own process (started once per module) are slow like the node start:
 # marked here by fixture, so a new test on that fixture is marked too. Other slow tests carry the marker.
@@ -128,9 +131,9 @@ def tool_here(capsys, caplog):
     """`tool_here(main, *argv)`: a command-line tool's `main(argv)` in this process, as
     `subprocess.CompletedProcess` (its log lines, which a process prints on stderr, appended to the
     captured stderr). For tests whose subject is what the tool does, not the process: each saves a
-    process start (~4.5 s of CPU importing torch, transformers and torchao). The tools as processes
-    run in the docs' command blocks, the refusal tests (one line on stderr and nothing else), the
-    signal tests and torchrun."""
+    process start (~4.5 s of CPU importing torch, transformers and torchao). Commands run through
+    `tool_shims` (the docs' blocks, the end-to-end runs), and as processes of their own where only a
+    fresh interpreter shows it: one-line refusals, signals, torchrun."""
     import logging
     import subprocess
     import sys
@@ -152,6 +155,54 @@ def tool_here(capsys, caplog):
         return subprocess.CompletedProcess([main.__module__, *argv], returncode, captured.out, captured.err + logged)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tool_shims() -> pathlib.Path:
+    """A folder holding one shim per console script of pop_ros (`tool_shims / "pop-eval"`, or the folder
+    first on PATH): each runs its tool in a fork of one interpreter that has imported torch and
+    transformers once for the whole session (test/tool_server.py says what that leaves out), instead
+    of a process that imports them again (~3.5 s of CPU). The first worker that asks starts the server;
+    it ends with the session."""
+    import importlib.metadata
+    import subprocess
+    import sys
+
+    from test import tool_server
+
+    session = os.environ.get("PYTEST_XDIST_TESTRUNUID", str(os.getpid()))[:12]
+    session_pid = os.getppid() if XDIST_WORKER else os.getpid()  # xdist's workers are the session's children
+    folder = pathlib.Path(tempfile.gettempdir()) / f"pop_ros_tools_{session}"  # short: a socket path has 107 bytes
+    folder.mkdir(mode=0o700, exist_ok=True)  # the server runs any script it is sent: for this user only
+    if folder.stat().st_uid != os.getuid() or folder.stat().st_mode & 0o077:
+        pytest.fail(f"{folder} is not this user's own folder: the test tool server will not listen there")
+    socket_path = folder / "server.sock"
+    with open(folder / "start.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / "ready").exists():
+            bin_dir = pathlib.Path(sys.executable).parent
+            scripts = {
+                entry.name: str(bin_dir / entry.name)
+                for entry in importlib.metadata.distribution("pop_ros").entry_points
+                if entry.group == "console_scripts"
+            }
+            tool_server.write_shims(folder, scripts, str(pathlib.Path(__file__).parent))
+            with open(folder / "server.log", "w") as log:
+                server = subprocess.Popen(
+                    [sys.executable, tool_server.__file__, str(socket_path), str(session_pid)],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, text=True,
+                    env=SESSION_ENVIRONMENT, start_new_session=True,
+                )  # fmt: skip
+            if server.stdout.readline().strip() != "ready":
+                pytest.fail(f"the test tool server did not start:\n{(folder / 'server.log').read_text()[-3000:]}")
+            _TOOL_SERVERS.append(server)
+            (folder / "ready").touch()
+    os.environ[tool_server.SOCKET_ENV] = str(socket_path)
+    SESSION_ENVIRONMENT[tool_server.SOCKET_ENV] = str(socket_path)
+    return folder
+
+
+_TOOL_SERVERS: list = []  # the server this worker started, referenced until the worker ends
 
 
 def heads_on(adapter, heads):

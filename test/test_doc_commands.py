@@ -8,7 +8,8 @@ HTML comment on the line before the block (docs/development.md, "Command blocks 
 
 A block runs with bash -euo pipefail in a scratch folder holding the files the examples name
 (scene.png, ex1.png, depth.png, camera.yaml, workcell/, config/ -> the source tree's config/), with
-the project's tools first on PATH and the hub offline; it passes when bash exits 0. The troubleshooting
+the project's tools first on PATH (run through the tests' preloaded tool server: test/tool_server.py) and the
+hub offline; it passes when bash exits 0. The troubleshooting
 table's quoted messages must be worded as the code words them."""
 
 from __future__ import annotations
@@ -146,11 +147,12 @@ def block_params():
 
 
 @pytest.mark.parametrize("block", block_params())
-def test_documented_block_runs_as_written(block, scratch, tmp_path):
+def test_documented_block_runs_as_written(block, scratch, tmp_path, tool_shims):
     work = tmp_path / "work"
     shutil.copytree(scratch, work, symlinks=True)  # each block starts from the same files
     tools = pathlib.Path(sys.executable).parent  # pop-point, pop-bag, ... as `source .venv/bin/activate` puts them
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PATH=f"{tools}{os.pathsep}{os.environ['PATH']}")
+    # Before them on PATH, their shims: each runs its tool through the session's preloaded tool server.
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PATH=os.pathsep.join([str(tool_shims), str(tools), os.environ["PATH"]]))
     completed = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", block.text],
         cwd=work,

@@ -285,23 +285,39 @@ def test_native_point_parsers():
 SEVERAL_RUNS = pytest.mark.timeout(900)
 
 
-def run_eval(*args):
+def run_eval_process(*args):
+    """pop-eval as a process of its own interpreter: for what only a fresh process shows (nothing printed
+    while importing before a refusal's one line)."""
     return subprocess.run(
         [sys.executable, "-m", "pop_ros.cli.evaluate", *args], capture_output=True, text=True, timeout=600, check=False
     )
 
 
 @pytest.fixture
+def run_eval(tool_shims):
+    """pop-eval as a command, through the session's preloaded tool server (conftest's `tool_shims`): the
+    same argv, streams and exit code, without a process start's ~3.5 s of imports."""
+
+    def run(*args):
+        return subprocess.run(
+            [str(tool_shims / "pop-eval"), *args], capture_output=True, text=True, timeout=600, check=False
+        )
+
+    return run
+
+
+@pytest.fixture
 def eval_here(tool_here):
     """`run_eval` in this process (conftest's `tool_here` with pop-eval's main()): for the runs whose
-    subject is what a run does with what an earlier one saved, not the process (~4 s of imports each
-    saved). The command as a process runs in the end-to-end test, the refusals, the signals and torchrun."""
+    subject is what a run does with what an earlier one saved, not the process. The command runs through
+    the tool server in the end-to-end test and the refusals, as a process of its own for bad input (one
+    line, nothing printed while importing), the signals, a full disk and torchrun."""
     return functools.partial(tool_here, evaluate_cli.main)
 
 
 @SEVERAL_RUNS
 @pytest.mark.slow
-def test_pop_eval_end_to_end_writes_reports_and_resumes(datasets, tmp_path):
+def test_pop_eval_end_to_end_writes_reports_and_resumes(datasets, tmp_path, run_eval):
     out = tmp_path / "eval"
     methods = "native,attention-0shot,visual-1shot,pop-1shot,pop-3shot-cls,abl-sim-forward"
     args = [
@@ -355,9 +371,9 @@ def test_the_evaluation_runs_from_python_without_the_command_line(datasets, tmp_
 
 @pytest.mark.slow
 def test_pop_eval_bad_input_is_one_line(tmp_path):
-    missing = run_eval("--preset", "tiny", "--dataset", f"paco:{tmp_path}")
+    missing = run_eval_process("--preset", "tiny", "--dataset", f"paco:{tmp_path}")
     assert missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
-    wrong = run_eval("--preset", "tiny", "--dataset", "coco:/x")
+    wrong = run_eval_process("--preset", "tiny", "--dataset", "coco:/x")
     assert wrong.returncode == 2 and "expected NAME:ROOT" in wrong.stderr
 
 
@@ -621,7 +637,7 @@ def one_line_error(result):
     ],
 )
 @pytest.mark.slow
-def test_another_model_configuration_is_refused_in_one_line(datasets, reference, extra, names):
+def test_another_model_configuration_is_refused_in_one_line(datasets, reference, extra, names, run_eval):
     before = (reference / store.MAIN_LOG).read_bytes()
     line = one_line_error(run_eval(*eval_args(datasets, reference), *extra))
     assert "another model configuration" in line and "new --out" in line and "--add-config" in line
@@ -687,7 +703,7 @@ def test_dataset_content_change_recomputes_that_dataset_only(datasets, reference
 
 
 @pytest.mark.slow
-def test_second_run_on_the_same_out_is_refused(datasets, reference):
+def test_second_run_on_the_same_out_is_refused(datasets, reference, run_eval):
     lock = store.FolderLock(reference)
     lock.acquire()
     try:
@@ -698,7 +714,7 @@ def test_second_run_on_the_same_out_is_refused(datasets, reference):
 
 
 @pytest.mark.slow
-def test_unwritable_out_is_refused_before_models_load(datasets, tmp_path):
+def test_unwritable_out_is_refused_before_models_load(datasets, tmp_path, run_eval):
     a_file = tmp_path / "file"
     a_file.write_text("x")
     assert "is a file" in one_line_error(run_eval(*eval_args(datasets, a_file)))
@@ -839,7 +855,7 @@ def test_a_complete_but_corrupt_last_line_is_bad_not_torn(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_folder_whose_only_line_is_garbage_is_refused(datasets, tmp_path):
+def test_a_folder_whose_only_line_is_garbage_is_refused(datasets, tmp_path, run_eval):
     out = tmp_path / "out"
     out.mkdir()
     (out / store.MAIN_LOG).write_text("garbage\n")

@@ -31,7 +31,7 @@ def client():
 
 
 @pytest.fixture(scope="module")
-def node_process(tmp_path_factory, client):
+def node_process(tmp_path_factory, client, tool_shims):
     process = NodeProcess(
         "-p", "preset:=tiny",
         "-p", f"support_library:={LIBRARY}",
@@ -44,6 +44,7 @@ def node_process(tmp_path_factory, client):
         "-r", "depth:=/cam/aligned_depth/image_raw",
         "-r", "camera_info:=/cam/color/camera_info",
         log_path=tmp_path_factory.mktemp("node") / "node.log",
+        program=[str(tool_shims / "pop_node")],
     )  # fmt: skip
     process.wait_until_serving(client)
     yield process

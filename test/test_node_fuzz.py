@@ -35,13 +35,14 @@ TOPICS = {
 
 
 @pytest.fixture(scope="module")
-def fuzz_node(tmp_path_factory):
+def fuzz_node(tmp_path_factory, tool_shims):
     ros = RosClient("fuzz_client")
     process = NodeProcess(
         "-p", "preset:=tiny", "-p", f"support_library:={LIBRARY}", "-p", "image_reliability:=reliable",
         "-p", "max_frame_age:=0.0",  # no age limit: every fuzzed frame reaches the conversion
         "-p", "busy_timeout:=60.0", "-r", f"__ns:={NS}",
         log_path=tmp_path_factory.mktemp("fuzz") / "node.log",
+        program=[str(tool_shims / "pop_node")],
     )  # fmt: skip
     process.wait_until_serving(ros, NS)
     for kind, (msg_type, topic) in TOPICS.items():

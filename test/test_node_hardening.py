@@ -94,12 +94,13 @@ def test_inactive_and_unconfigured_nodes_answer_with_their_state(inprocess):
 
 
 @pytest.mark.slow
-def test_autostart_false_says_how_to_drive_the_lifecycle(tmp_path):
+def test_autostart_false_says_how_to_drive_the_lifecycle(tmp_path, tool_shims):
     """As users run it: the log names the `ros2 lifecycle set` commands, and driving the lifecycle
     through its services (what that command calls) brings the node to answering."""
     process = NodeProcess(
         "-p", "preset:=tiny", "-p", "autostart:=false", "-p", f"support_library:={LIBRARY}", "-r", "__ns:=/manual",
         log_path=tmp_path / "node.log",
+        program=[str(tool_shims / "pop_node")],
     )  # fmt: skip
     ros = RosClient("manual_client")
     try:

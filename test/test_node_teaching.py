@@ -40,7 +40,7 @@ def client():
     ros.close()
 
 
-def start_node(client, library, log_path):
+def start_node(client, library, log_path, program):
     process = NodeProcess(
         "-p", "preset:=tiny",
         "-p", f"support_library:={library}",
@@ -51,6 +51,7 @@ def start_node(client, library, log_path):
         "-p", "image_reliability:=reliable",  # see test_node.py: raw frames exceed this host's UDP buffer
         "-r", "image:=/teachcam/image_raw",
         log_path=log_path,
+        program=program,
     )  # fmt: skip
     process.wait_until_serving(client)
     return process
@@ -93,13 +94,14 @@ def away_from_ring(crop, centre, radius=9):
 
 @pytest.mark.slow
 def test_taught_sets_survive_a_restart_edits_persist_and_a_killed_writer_leaves_a_library(
-    client, tmp_path, monkeypatch
+    client, tmp_path, monkeypatch, tool_shims
 ):
+    program = [str(tool_shims / "pop_node")]
     library = tmp_path / "robot" / "library.yaml"
     shutil.copytree(LIBRARY.parent, library.parent)  # the shipped sets, in a folder we may write
     results = client.collect(TeachResult, "/pop_node/teach_result", wait_for_publisher=False)
     previews = client.collect(Image, "/pop_node/teach_preview", wait_for_publisher=False)
-    node = start_node(client, library, tmp_path / "first.log")
+    node = start_node(client, library, tmp_path / "first.log", program)
     try:
         # One click on the camera stream (PointStamped), one as rqt_image_view sends it (Point).
         result, stamp = teach_until_answered(
@@ -169,7 +171,7 @@ def test_taught_sets_survive_a_restart_edits_persist_and_a_killed_writer_leaves_
 
     # Restart: the sets are there and answer. This node kills itself half-way through its first write.
     monkeypatch.setenv(KILL_AFTER_STEP_ENV, "5")  # 5: the new YAML's temporary file half written
-    node = start_node(client, library, tmp_path / "second.log")
+    node = start_node(client, library, tmp_path / "second.log", program)
     try:
         sets = listing(client)
         assert sets[TEACH_SET] == ["lid", 1, str(library), True] and "bottle_neck" not in sets

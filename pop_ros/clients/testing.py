@@ -9,6 +9,7 @@ import pathlib
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 
 from pop_ros.clients.ros_client import PARAMS_FILE, RosClient
 
@@ -60,10 +61,12 @@ def node_beside_client(namespace: str, client_name: str, parameters: list[str]):
 
 
 class NodeProcess:
-    """`python -m pop_ros.ros.node --ros-args ...` as a child process, stopped with SIGINT."""
+    """`python -m pop_ros.ros.node --ros-args ...` as a child process, stopped with SIGINT. `program`: the
+    command that starts pop_node instead (say, `["ros2", "run", "pop_ros", "pop_node"]`)."""
 
-    def __init__(self, *ros_args: str, log_path: pathlib.Path):
-        command = [sys.executable, "-m", "pop_ros.ros.node", "--ros-args", "--params-file", str(PARAMS_FILE), *ros_args]
+    def __init__(self, *ros_args: str, log_path: pathlib.Path, program: Sequence[str] | None = None):
+        program = list(program) if program else [sys.executable, "-m", "pop_ros.ros.node"]
+        command = [*program, "--ros-args", "--params-file", str(PARAMS_FILE), *ros_args]
         self.log_path = log_path
         self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=dict(os.environ))
