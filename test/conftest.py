@@ -165,21 +165,26 @@ def tool_shims() -> pathlib.Path:
     of a process that imports them again (~3.5 s of CPU). The first worker that asks starts the server;
     it ends with the session."""
     import importlib.metadata
+    import select
+    import stat
     import subprocess
     import sys
 
     from test import tool_server
 
-    session = os.environ.get("PYTEST_XDIST_TESTRUNUID", str(os.getpid()))[:12]
     session_pid = os.getppid() if XDIST_WORKER else os.getpid()  # xdist's workers are the session's children
-    folder = pathlib.Path(tempfile.gettempdir()) / f"pop_ros_tools_{session}"  # short: a socket path has 107 bytes
+    base = pathlib.Path(tempfile.gettempdir())
+    base = base if len(str(base)) < 60 else pathlib.Path("/tmp")  # a socket's path has at most 107 bytes
+    folder = base / f"pop_ros_tools_{session_pid}"
     folder.mkdir(mode=0o700, exist_ok=True)  # the server runs any script it is sent: for this user only
-    if folder.stat().st_uid != os.getuid() or folder.stat().st_mode & 0o077:
+    status = os.lstat(folder)
+    if not stat.S_ISDIR(status.st_mode) or status.st_uid != os.getuid() or status.st_mode & 0o077:
         pytest.fail(f"{folder} is not this user's own folder: the test tool server will not listen there")
     socket_path = folder / "server.sock"
     with open(folder / "start.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (folder / "ready").exists():
+        ready = folder / "ready"  # holds the server's pid
+        if not (ready.is_file() and _process_exists(int(ready.read_text() or 0))):
             bin_dir = pathlib.Path(sys.executable).parent
             scripts = {
                 entry.name: str(bin_dir / entry.name)
@@ -193,13 +198,31 @@ def tool_shims() -> pathlib.Path:
                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, text=True,
                     env=SESSION_ENVIRONMENT, start_new_session=True,
                 )  # fmt: skip
-            if server.stdout.readline().strip() != "ready":
-                pytest.fail(f"the test tool server did not start:\n{(folder / 'server.log').read_text()[-3000:]}")
+            said = []
+            while "ready" not in said and select.select([server.stdout], [], [], 300)[0]:
+                line = server.stdout.readline()
+                if not line:
+                    break
+                said.append(line.strip())
+            if "ready" not in said:
+                server.kill()
+                log_text = (folder / "server.log").read_text()[-3000:]
+                pytest.fail(f"the test tool server did not start: {said}\n{log_text}")
             _TOOL_SERVERS.append(server)
-            (folder / "ready").touch()
+            ready.write_text(str(server.pid))
     os.environ[tool_server.SOCKET_ENV] = str(socket_path)
     SESSION_ENVIRONMENT[tool_server.SOCKET_ENV] = str(socket_path)
     return folder
+
+
+def _process_exists(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 _TOOL_SERVERS: list = []  # the server this worker started, referenced until the worker ends

@@ -23,7 +23,7 @@ what = sys.argv[1]
 try:  # from before the first line out: a SIGINT sent once it is read lands inside
     print(json.dumps({"argv": sys.argv[1:], "cwd": os.getcwd(), "marker": os.environ.get("PROBE_MARKER"),
                       "stdin": sys.stdin.read() if what == "stdin" else None, "pid": os.getpid(),
-                      "sigint": repr(signal.getsignal(signal.SIGINT))}), flush=True)
+                      "sigint": repr(signal.getsignal(signal.SIGINT)), "umask": os.umask(0)}), flush=True)
     if what == "wait":
         time.sleep(120)
 except KeyboardInterrupt:
@@ -37,6 +37,10 @@ if what == "raise":
     raise ValueError("raised on purpose")
 if what == "kill":
     os.kill(os.getpid(), getattr(signal, sys.argv[2]))
+if what == "executor":  # a worker thread left waiting: the interpreter's exit hooks end it
+    import concurrent.futures
+    sys.probe_pool = concurrent.futures.ThreadPoolExecutor(1)  # held to the end, past the script's globals
+    sys.probe_pool.submit(time.sleep, 0).result()
 """
 
 
@@ -87,6 +91,7 @@ def test_a_run_gets_its_arguments_folder_environment_and_stdin(probe, tmp_path):
 )
 def test_exit_codes_and_last_words_are_the_interpreter_s(probe, argv, code, on_stderr):
     served = probe(*argv)
+    assert said(served)["pid"] != served.pid  # through the server
     stdout, stderr = served.communicate(timeout=60)
     real = subprocess.run([str(probe.script), *argv], capture_output=True, text=True, timeout=60, check=False)
     assert served.returncode == real.returncode == code
@@ -96,7 +101,7 @@ def test_exit_codes_and_last_words_are_the_interpreter_s(probe, argv, code, on_s
 
 def test_sigint_to_the_shim_interrupts_the_tool(probe):
     process = probe("wait", preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    said(process)  # running
+    assert said(process)["pid"] != process.pid  # running, through the server
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 130 and stdout.strip() == "interrupted", stderr
@@ -105,6 +110,7 @@ def test_sigint_to_the_shim_interrupts_the_tool(probe):
 def test_a_tool_whose_shim_is_killed_is_killed_with_it(probe):
     process = probe("wait")
     child = said(process)["pid"]
+    assert child != process.pid  # through the server
     process.kill()
     process.wait(timeout=60)
     deadline = time.monotonic() + 30
@@ -143,6 +149,8 @@ def test_pop_point_through_the_server_answers_as_its_own_process(tool_shims, tmp
         for tool in (tool_shims / "pop-point", pathlib.Path(sys.executable).parent / "pop-point")
     )
     assert served.returncode == real.returncode == 0, served.stderr + real.stderr
+    forked = [line for line in (tool_shims / "server.log").read_text().splitlines() if line.startswith("fork ")]
+    assert any("pop-point" in line and line.endswith(f" in {tmp_path}") for line in forked), forked
     answers = [json.loads(run.stdout) for run in (served, real)]
     for answer in answers:
         answer.pop("timings_ms"), answer.pop("shared_timings_ms")
@@ -160,3 +168,33 @@ def test_a_signal_the_shim_ignores_is_ignored_by_the_tool_too(probe):
     answer = said(process)
     process.communicate(timeout=60)
     assert answer["sigint"] == repr(signal.SIG_IGN) and answer["pid"] != process.pid
+
+
+def test_a_run_keeps_the_umask_it_was_started_with(probe):
+    process = probe("exit", "0", preexec_fn=lambda: os.umask(0o027))
+    answer = said(process)
+    process.communicate(timeout=60)
+    assert answer["umask"] == 0o027 and answer["pid"] != process.pid
+
+
+def test_a_thread_pool_left_open_ends_with_the_run_as_in_its_own_process(probe):
+    process = probe("executor")
+    assert said(process)["pid"] != process.pid
+    process.communicate(timeout=60)  # a run that waited for the pool's worker forever would time out here
+    assert process.returncode == 0
+
+
+def test_a_shim_that_goes_away_or_says_nothing_useful_leaves_the_server_serving(probe, tool_shims):
+    import socket
+
+    path = str(tool_shims / "server.sock")
+    for message in (None, b"not json", b"{}"):
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        connection.connect(path)
+        if message is not None:
+            connection.send(message)
+        connection.close()
+    process = probe("exit", "0")
+    assert said(process)["pid"] != process.pid  # still forked by the same server
+    process.communicate(timeout=60)
+    assert process.returncode == 0
