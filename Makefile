@@ -42,7 +42,7 @@ PYTEST := env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -n $(PYTEST_WORKERS) --
 help:
 	@echo "make demo   - set up .venv, start the node on sample images, write demo_out/"
 	@echo "make test   - set up .venv, run the style check and the whole test suite"
-	@echo "make test-fast - the style check and every test not marked slow (48-50 s on the 2-core build machine)"
+	@echo "make test-fast - the style check and every test not marked slow (50-52 s on the 2-core build machine)"
 	@echo "make bench  - per-stage timings and side-by-side ratios (pop-bench --budget 15: fits 15 minutes)"
 	@echo "make device-wheels - the pinned wheels the GPU test machine's stock image lacks, in build/device-wheels"
 	@echo "make device-check  - on that GPU machine: tests on CUDA + pop-bench 3B/7B, one JSON + one log in \$$OUT"
