@@ -136,7 +136,8 @@ def tool_here(capsys, caplog):
     fresh interpreter shows it: one-line refusals, signals, torchrun."""
     import logging
     import subprocess
-    import sys
+
+    from test.tool_server import exit_code
 
     def run(main, *argv):
         capsys.readouterr()  # nothing printed before belongs to this run
@@ -145,11 +146,7 @@ def tool_here(capsys, caplog):
             try:
                 returncode = main([str(arg) for arg in argv])
             except SystemExit as exit_:  # argparse's own refusals, as the interpreter ends a process on them
-                if exit_.code is None or isinstance(exit_.code, int):
-                    returncode = exit_.code or 0
-                else:
-                    print(exit_.code, file=sys.stderr)
-                    returncode = 1
+                returncode = exit_code(exit_.code)
         captured = capsys.readouterr()
         logged = "".join(f"{record.levelname} {record.name}: {record.getMessage()}\n" for record in caplog.records)
         return subprocess.CompletedProcess([main.__module__, *argv], returncode, captured.out, captured.err + logged)
@@ -184,7 +181,7 @@ def tool_shims() -> pathlib.Path:
     with open(folder / "start.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         ready = folder / "ready"  # holds the server's pid
-        if not (ready.is_file() and _process_exists(int(ready.read_text() or 0))):
+        if not (ready.is_file() and tool_server.process_exists(int(ready.read_text() or 0))):
             bin_dir = pathlib.Path(sys.executable).parent
             scripts = {
                 entry.name: str(bin_dir / entry.name)
@@ -211,18 +208,7 @@ def tool_shims() -> pathlib.Path:
             _TOOL_SERVERS.append(server)
             ready.write_text(str(server.pid))
     os.environ[tool_server.SOCKET_ENV] = str(socket_path)
-    SESSION_ENVIRONMENT[tool_server.SOCKET_ENV] = str(socket_path)
     return folder
-
-
-def _process_exists(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
 
 
 _TOOL_SERVERS: list = []  # the server this worker started, referenced until the worker ends

@@ -81,9 +81,7 @@ def shim(script: str) -> None:
             signal.signal(signum, forward)
     reply, connection = _ask_server(script, ignored)
     if reply is None or "pid" not in reply:
-        for signum in FORWARDED_SIGNALS:
-            if signum not in ignored:
-                signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+        _set_signals_as_at_start(ignored)
         for signum in pending:
             os.kill(os.getpid(), signum)
         os.execv(script, [script, *sys.argv[1:]])
@@ -101,6 +99,16 @@ def shim(script: str) -> None:
             signal.signal(-code, signal.SIG_DFL)
         os.kill(os.getpid(), -code)
     sys.exit(code)
+
+
+def _set_signals_as_at_start(ignored: list[int]) -> None:
+    """The forwarded signals as an interpreter starts with them: ignored ones stay ignored, SIGINT raises
+    KeyboardInterrupt, the others take their default action."""
+    for signum in FORWARDED_SIGNALS:
+        if signum in ignored:
+            signal.signal(signum, signal.SIG_IGN)
+        else:
+            signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
 
 
 def _umask() -> int:
@@ -167,7 +175,7 @@ def serve(path: str, session_pid: int) -> None:
     selector.register(listener, selectors.EVENT_READ)
     runs: dict[socket.socket, int] = {}  # a shim's connection -> its child
     try:
-        while _alive(session_pid):
+        while process_exists(session_pid):
             for key, _events in selector.select(timeout=0.1):
                 if key.fileobj is listener:
                     connection, _address = listener.accept()
@@ -191,12 +199,13 @@ def serve(path: str, session_pid: int) -> None:
         shutil.rmtree(os.path.dirname(path), ignore_errors=True)  # the shims and the socket: the session is over
 
 
-def _alive(pid: int) -> bool:
+def process_exists(pid: int) -> bool:
+    """Whether `pid` is a live process of this user (another user's is a pid reused since)."""
+    if pid <= 0:  # 0 and negatives name process groups for os.kill
+        return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, under another user: a pid reused after the session ended
+    except (ProcessLookupError, PermissionError):
         return False
     return True
 
@@ -297,17 +306,13 @@ def _run_child(request: dict, fds: list[int]) -> None:
         os.umask(request["umask"])
         os.environ.clear()
         os.environ.update(request["env"])
-        for signum in FORWARDED_SIGNALS:  # as the interpreter starts: SIGINT raises KeyboardInterrupt unless ignored
-            if signum in request["ignored"]:
-                signal.signal(signum, signal.SIG_IGN)
-            else:
-                signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+        _set_signals_as_at_start(request["ignored"])
         sys.argv = [request["script"], *request["argv"]]
         try:
             runpy.run_path(request["script"], run_name="__main__")
             code = 0
         except SystemExit as exit_:
-            code = _exit_code(exit_.code)
+            code = exit_code(exit_.code)
         except BaseException as error:  # noqa: BLE001 - printed as the interpreter prints what ends a program
             sys.excepthook(type(error), error, error.__traceback__)
             interrupted = isinstance(error, KeyboardInterrupt)
@@ -324,8 +329,8 @@ def _run_child(request: dict, fds: list[int]) -> None:
         os._exit(code)
 
 
-def _exit_code(value) -> int:
-    """What the interpreter makes of `SystemExit(value)`."""
+def exit_code(value) -> int:
+    """What the interpreter makes of `SystemExit(value)` (a value that is not a number is printed)."""
     if value is None:
         return 0
     if isinstance(value, int):
